@@ -1,0 +1,18 @@
+//! Compiles the `.proto` files with protox (a pure-Rust protobuf compiler), so a fresh machine
+//! builds with `cargo` alone and no system `protoc`.
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let files = [
+        "proto/workload.proto",
+        "proto/lanyard/identity/v1/identity.proto",
+    ];
+    for file in files {
+        println!("cargo:rerun-if-changed={file}");
+    }
+    let descriptors = protox::compile(files, ["proto"])?;
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        .compile_fds(descriptors)?;
+    Ok(())
+}

@@ -1,0 +1,20 @@
+//! Lanyard's wire types, generated at build time from `proto/` by protox and tonic-prost.
+//!
+//! - [`workload`]: the SPIFFE Workload API (`/SpiffeWorkloadAPI/*`), unchanged from the
+//!   SPIFFE standards, served by lanyard-agent on its Unix socket.
+//! - [`identity::v1`]: `lanyard.identity.v1`, what lanyard-agent asks of lanyard-server.
+
+/// The SPIFFE Workload API. The `.proto` has no package, so the generated module is `_`.
+pub mod workload {
+    tonic::include_proto!("_");
+}
+
+/// Lanyard's server API.
+pub mod identity {
+    pub mod v1 {
+        tonic::include_proto!("lanyard.identity.v1");
+    }
+}
+
+/// The metadata key every Workload API call must carry with the value `true`.
+pub const WORKLOAD_API_HEADER: &str = "workload.spiffe.io";
