@@ -4,10 +4,12 @@
 //! - [`id`]: `SpiffeId` and `TrustDomain`, parsed and generated per the SPIFFE-ID standard.
 //! - [`reserved`]: the IDs Lanyard keeps for itself (`/lanyard/server`, `/lanyard/agent/...`).
 //! - [`bundle`]: trust bundles (X.509 and JWT authorities of one trust domain) and bundle sets.
+//! - [`selector`]: workload selectors (`unix:uid:1001`, `k8s:ns:default`) and selector sets.
 
 pub mod bundle;
 pub mod id;
 pub mod reserved;
+pub mod selector;
 
 pub use bundle::{BundleSet, JwtAuthority, TrustBundle};
 pub use id::{IdError, SpiffeId, TrustDomain};
