@@ -1,0 +1,489 @@
+//! `lanyard-server run` configuration: flags, `LANYARD_*` environment variables and the TOML
+//! file given by `--config`, merged in that order of precedence, then validated into a
+//! [`ServerConfig`] whose fields can no longer be wrong.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::Args;
+use lanyard_svid::TrustDomain;
+use serde::Deserialize;
+
+use crate::entries::{EntryConfig, StaticEntry};
+
+/// Defaults from DESIGN §1.
+pub const DEFAULT_X509_TTL: Duration = Duration::from_secs(3600);
+pub const DEFAULT_JWT_TTL: Duration = Duration::from_secs(300);
+pub const DEFAULT_NODE_TTL: Duration = Duration::from_secs(3600);
+pub const DEFAULT_K8S_AUDIENCE: &str = "lanyard-server";
+pub const DEFAULT_POD_ID_TEMPLATE: &str = "/ns/{namespace}/sa/{service_account}";
+/// The config file is small; refuse anything that is clearly not one.
+const MAX_CONFIG_FILE_BYTES: u64 = 1 << 20;
+
+/// Why a configuration is refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {0} is larger than 1 MiB")]
+    TooLarge(PathBuf),
+    #[error("parsing config file {path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: toml::de::Error,
+    },
+    #[error("--{0} is required (flag, LANYARD_{env} or `{key}` in --config)", env = .0.to_uppercase().replace('-', "_"), key = .0.replace('-', "_"))]
+    Missing(&'static str),
+    #[error("--{flag}: {message}")]
+    Invalid { flag: &'static str, message: String },
+    #[error("static entry {index}: {message}")]
+    Entry { index: usize, message: String },
+}
+
+fn invalid(flag: &'static str, message: impl ToString) -> ConfigError {
+    ConfigError::Invalid {
+        flag,
+        message: message.to_string(),
+    }
+}
+
+/// The raw `run` options. Every field is optional here so the three sources can be merged;
+/// [`RunArgs::resolve`] applies defaults and validates.
+#[derive(Args, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunArgs {
+    /// TOML file with any of these options (keys use `_` for `-`) and `[[entries]]`.
+    #[arg(long, env = "LANYARD_CONFIG")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+
+    /// Trust domain, e.g. `example.org`.
+    #[arg(long, env = "LANYARD_TRUST_DOMAIN")]
+    pub trust_domain: Option<String>,
+
+    /// Address of the gRPC (mTLS) listener, e.g. `0.0.0.0:8081`; port 0 picks a free port.
+    #[arg(long, env = "LANYARD_LISTEN")]
+    pub listen: Option<SocketAddr>,
+
+    /// Directory for CA material (data-dir mode) and the admin socket.
+    #[arg(long, env = "LANYARD_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+
+    /// Cluster mode: CA from a Kubernetes Secret, node attestation by TokenReview.
+    #[arg(long, env = "LANYARD_KUBE")]
+    #[serde(default)]
+    pub kube: bool,
+
+    /// Secret (`NS/NAME`, type kubernetes.io/tls) holding the issuing intermediate.
+    #[arg(long, env = "LANYARD_CA_SECRET")]
+    pub ca_secret: Option<String>,
+
+    /// ConfigMap (`NS/NAME`) holding the trust anchors under `bundle.pem`.
+    #[arg(long, env = "LANYARD_BUNDLE_CONFIGMAP")]
+    pub bundle_configmap: Option<String>,
+
+    /// ServiceAccounts (`NS:SA`) whose tokens may attest agents; repeatable.
+    #[arg(long, env = "LANYARD_AGENT_SA", value_delimiter = ',')]
+    #[serde(default)]
+    pub agent_sa: Vec<String>,
+
+    /// Audience agents' projected tokens must carry.
+    #[arg(long, env = "LANYARD_K8S_AUDIENCE")]
+    pub k8s_audience: Option<String>,
+
+    /// Lifetime of workload X.509-SVIDs (e.g. `1h`, `10m`).
+    #[arg(long, env = "LANYARD_X509_TTL")]
+    pub x509_ttl: Option<String>,
+
+    /// Lifetime of JWT-SVIDs.
+    #[arg(long, env = "LANYARD_JWT_TTL")]
+    pub jwt_ttl: Option<String>,
+
+    /// Lifetime of node (agent) SVIDs.
+    #[arg(long, env = "LANYARD_NODE_TTL")]
+    pub node_ttl: Option<String>,
+
+    /// SPIFFE ID path for pods; `{namespace}`, `{service_account}`, `{pod_name}` expand.
+    #[arg(long, env = "LANYARD_POD_ID_TEMPLATE")]
+    pub pod_id_template: Option<String>,
+
+    /// Address of the HTTP listener for /healthz, /readyz and /metrics.
+    #[arg(long, env = "LANYARD_HEALTH")]
+    pub health: Option<SocketAddr>,
+
+    /// Static workload entries (config file only).
+    #[arg(skip)]
+    #[serde(default)]
+    pub entries: Vec<EntryConfig>,
+}
+
+/// Where the CA comes from and how agents attest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mode {
+    /// One server; CA generated into and reused from the data dir; join-token attestation.
+    DataDir,
+    /// Replicas; CA from a Secret, anchors from a ConfigMap; TokenReview attestation.
+    Cluster(ClusterConfig),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterConfig {
+    pub ca_secret: ObjectRef,
+    pub bundle_configmap: ObjectRef,
+    /// `(namespace, service account)` pairs allowed to attest as agents.
+    pub agent_service_accounts: Vec<(String, String)>,
+    pub audience: String,
+}
+
+/// A namespaced object name, `NS/NAME`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectRef {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl std::fmt::Display for ObjectRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// A validated server configuration.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub trust_domain: TrustDomain,
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub mode: Mode,
+    pub x509_ttl: Duration,
+    pub jwt_ttl: Duration,
+    pub node_ttl: Duration,
+    pub pod_id_template: String,
+    pub health: Option<SocketAddr>,
+    pub entries: Vec<StaticEntry>,
+}
+
+impl RunArgs {
+    /// Merges the `--config` file under the flags and environment, then validates.
+    pub fn resolve(mut self) -> Result<ServerConfig, ConfigError> {
+        if let Some(path) = self.config.clone() {
+            let file = read_config_file(&path)?;
+            self.fill_from(file);
+        }
+        self.validate()
+    }
+
+    /// Fills every option not given by flag or environment from the file.
+    fn fill_from(&mut self, file: RunArgs) {
+        macro_rules! fill {
+            ($($field:ident),*) => { $( if self.$field.is_none() { self.$field = file.$field; } )* };
+        }
+        fill!(
+            trust_domain,
+            listen,
+            data_dir,
+            ca_secret,
+            bundle_configmap,
+            k8s_audience,
+            x509_ttl,
+            jwt_ttl,
+            node_ttl,
+            pod_id_template,
+            health
+        );
+        self.kube |= file.kube;
+        if self.agent_sa.is_empty() {
+            self.agent_sa = file.agent_sa;
+        }
+        self.entries = file.entries;
+    }
+
+    fn validate(self) -> Result<ServerConfig, ConfigError> {
+        let trust_domain = TrustDomain::new(
+            self.trust_domain
+                .as_deref()
+                .ok_or(ConfigError::Missing("trust-domain"))?,
+        )
+        .map_err(|e| invalid("trust-domain", e))?;
+        let listen = self.listen.ok_or(ConfigError::Missing("listen"))?;
+        let data_dir = self.data_dir.ok_or(ConfigError::Missing("data-dir"))?;
+
+        let mode = if self.kube {
+            let agent_service_accounts = self
+                .agent_sa
+                .iter()
+                .map(|s| parse_namespaced(s, ':', "agent-sa"))
+                .collect::<Result<Vec<_>, _>>()?;
+            if agent_service_accounts.is_empty() {
+                return Err(ConfigError::Missing("agent-sa"));
+            }
+            Mode::Cluster(ClusterConfig {
+                ca_secret: parse_object_ref(
+                    self.ca_secret
+                        .as_deref()
+                        .ok_or(ConfigError::Missing("ca-secret"))?,
+                    "ca-secret",
+                )?,
+                bundle_configmap: parse_object_ref(
+                    self.bundle_configmap
+                        .as_deref()
+                        .ok_or(ConfigError::Missing("bundle-configmap"))?,
+                    "bundle-configmap",
+                )?,
+                agent_service_accounts,
+                audience: self
+                    .k8s_audience
+                    .unwrap_or_else(|| DEFAULT_K8S_AUDIENCE.to_owned()),
+            })
+        } else {
+            for (flag, given) in [
+                ("ca-secret", self.ca_secret.is_some()),
+                ("bundle-configmap", self.bundle_configmap.is_some()),
+                ("agent-sa", !self.agent_sa.is_empty()),
+            ] {
+                if given {
+                    return Err(invalid(flag, "only meaningful with --kube"));
+                }
+            }
+            Mode::DataDir
+        };
+
+        let pod_id_template = self
+            .pod_id_template
+            .unwrap_or_else(|| DEFAULT_POD_ID_TEMPLATE.to_owned());
+        crate::pod_id::validate_template(&pod_id_template)
+            .map_err(|e| invalid("pod-id-template", e))?;
+
+        let entries = self
+            .entries
+            .into_iter()
+            .enumerate()
+            .map(|(index, e)| {
+                e.validate(&trust_domain).map_err(|e| ConfigError::Entry {
+                    index,
+                    message: e.to_string(),
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+
+        Ok(ServerConfig {
+            trust_domain,
+            listen,
+            data_dir,
+            mode,
+            x509_ttl: parse_ttl(self.x509_ttl.as_deref(), "x509-ttl", DEFAULT_X509_TTL)?,
+            jwt_ttl: parse_ttl(self.jwt_ttl.as_deref(), "jwt-ttl", DEFAULT_JWT_TTL)?,
+            node_ttl: parse_ttl(self.node_ttl.as_deref(), "node-ttl", DEFAULT_NODE_TTL)?,
+            pod_id_template,
+            health: self.health,
+            entries,
+        })
+    }
+}
+
+fn read_config_file(path: &Path) -> Result<RunArgs, ConfigError> {
+    let read_err = |source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    };
+    let len = std::fs::metadata(path).map_err(read_err)?.len();
+    if len > MAX_CONFIG_FILE_BYTES {
+        return Err(ConfigError::TooLarge(path.to_owned()));
+    }
+    let text = std::fs::read_to_string(path).map_err(read_err)?;
+    toml::from_str(&text).map_err(|source| ConfigError::Parse {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// Parses a duration such as `1h`, `10m`, `90s`; shortest 1 s, longest 1 year.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(text).map_err(|e| format!("{text:?}: {e}"))?;
+    if d < Duration::from_secs(1) || d > Duration::from_secs(366 * 24 * 3600) {
+        return Err(format!("{text:?}: must be between 1s and 1 year"));
+    }
+    Ok(d)
+}
+
+fn parse_ttl(
+    text: Option<&str>,
+    flag: &'static str,
+    default: Duration,
+) -> Result<Duration, ConfigError> {
+    text.map_or(Ok(default), |t| {
+        parse_duration(t).map_err(|e| invalid(flag, e))
+    })
+}
+
+fn parse_object_ref(text: &str, flag: &'static str) -> Result<ObjectRef, ConfigError> {
+    let (namespace, name) = parse_namespaced(text, '/', flag)?;
+    Ok(ObjectRef { namespace, name })
+}
+
+fn parse_namespaced(
+    text: &str,
+    separator: char,
+    flag: &'static str,
+) -> Result<(String, String), ConfigError> {
+    match text.split_once(separator) {
+        Some((ns, name)) if is_dns_label(ns) && is_dns_subdomain(name) => {
+            Ok((ns.to_owned(), name.to_owned()))
+        }
+        _ => Err(invalid(
+            flag,
+            format!("{text:?} is not NAMESPACE{separator}NAME"),
+        )),
+    }
+}
+
+/// RFC 1123 label: what Kubernetes allows for namespace names.
+fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+/// RFC 1123 subdomain: what Kubernetes allows for most object names.
+fn is_dns_subdomain(s: &str) -> bool {
+    s.len() <= 253 && s.split('.').all(is_dns_label)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args() -> RunArgs {
+        RunArgs {
+            trust_domain: Some("example.org".into()),
+            listen: Some("127.0.0.1:0".parse().unwrap()),
+            data_dir: Some("/tmp/x".into()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn defaults_apply() {
+        let c = args().resolve().unwrap();
+        assert_eq!(c.mode, Mode::DataDir);
+        assert_eq!(c.x509_ttl, DEFAULT_X509_TTL);
+        assert_eq!(c.jwt_ttl, DEFAULT_JWT_TTL);
+        assert_eq!(c.pod_id_template, DEFAULT_POD_ID_TEMPLATE);
+    }
+
+    #[test]
+    fn missing_required_flag_is_named() {
+        let err = RunArgs::default().resolve().unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "--trust-domain is required (flag, LANYARD_TRUST_DOMAIN or `trust_domain` in --config)"
+        );
+    }
+
+    #[test]
+    fn flags_win_over_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            "trust_domain = \"file.org\"\nx509_ttl = \"10m\"\n[[entries]]\nspiffe_id = \"spiffe://example.org/web\"\nselectors = [\"unix:uid:1001\"]\nnodes = [\"*\"]\n",
+        )
+        .unwrap();
+        let c = RunArgs {
+            config: Some(path),
+            ..args()
+        }
+        .resolve()
+        .unwrap();
+        assert_eq!(c.trust_domain.name(), "example.org");
+        assert_eq!(c.x509_ttl, Duration::from_secs(600));
+        assert_eq!(c.entries.len(), 1);
+    }
+
+    #[test]
+    fn unknown_config_key_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "trust_domian = \"x\"\n").unwrap();
+        let err = RunArgs {
+            config: Some(path),
+            ..args()
+        }
+        .resolve()
+        .unwrap_err();
+        assert!(err.to_string().contains("trust_domian"), "{err}");
+    }
+
+    #[test]
+    fn cluster_mode_needs_its_flags() {
+        let err = RunArgs {
+            kube: true,
+            ..args()
+        }
+        .resolve()
+        .unwrap_err();
+        assert!(matches!(err, ConfigError::Missing("agent-sa")), "{err}");
+        let c = RunArgs {
+            kube: true,
+            agent_sa: vec!["lanyard:lanyard-agent".into()],
+            ca_secret: Some("lanyard/lanyard-ca".into()),
+            bundle_configmap: Some("lanyard/lanyard-bundle".into()),
+            ..args()
+        }
+        .resolve()
+        .unwrap();
+        let Mode::Cluster(cluster) = c.mode else {
+            panic!("not cluster mode")
+        };
+        assert_eq!(cluster.audience, DEFAULT_K8S_AUDIENCE);
+        assert_eq!(cluster.ca_secret.to_string(), "lanyard/lanyard-ca");
+        assert_eq!(
+            cluster.agent_service_accounts,
+            [("lanyard".to_owned(), "lanyard-agent".to_owned())]
+        );
+    }
+
+    #[test]
+    fn bad_values_are_refused() {
+        let bad_sa = RunArgs {
+            kube: true,
+            agent_sa: vec!["no-colon".into()],
+            ..args()
+        };
+        assert!(
+            bad_sa
+                .resolve()
+                .unwrap_err()
+                .to_string()
+                .contains("--agent-sa")
+        );
+        let bad_ttl = RunArgs {
+            x509_ttl: Some("0s".into()),
+            ..args()
+        };
+        assert!(
+            bad_ttl
+                .resolve()
+                .unwrap_err()
+                .to_string()
+                .contains("--x509-ttl")
+        );
+        let bad_td = RunArgs {
+            trust_domain: Some("Example.org".into()),
+            ..args()
+        };
+        assert!(bad_td.resolve().is_err());
+        let stray = RunArgs {
+            ca_secret: Some("a/b".into()),
+            ..args()
+        };
+        assert!(stray.resolve().unwrap_err().to_string().contains("--kube"));
+    }
+}
