@@ -1,12 +1,39 @@
 //! Trust bundles: the CA certificates (X.509 authorities) and JWT signing keys (JWT
 //! authorities) of one trust domain, and the set of bundles a workload trusts.
+//!
+//! The X.509 authorities travel in two encodings handled here: concatenated DER (the Workload
+//! API's form) and PEM (files and humans). The SPIFFE bundle document (a JWK Set) lives in
+//! [`crate::jwks`].
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use base64::Engine as _;
 use rustls_pki_types::CertificateDer;
+use rustls_pki_types::pem::PemObject;
 
+use crate::der::{self, DerError, MAX_CERTIFICATES};
 use crate::id::TrustDomain;
+
+/// Largest PEM input accepted, in bytes (the DER bound plus base64 and armour overhead).
+pub const MAX_PEM_LEN: usize = 2 * der::MAX_CONCATENATED_LEN;
+
+/// Why X.509 authorities could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BundleError {
+    #[error("X.509 authorities are not well-formed concatenated DER: {0}")]
+    Der(#[from] DerError),
+    #[error("PEM input is {len} bytes, more than the {MAX_PEM_LEN} allowed")]
+    PemTooLarge { len: usize },
+    #[error("PEM input is not valid: {0}")]
+    Pem(String),
+    #[error("PEM input has no CERTIFICATE block; an empty trust bundle would trust nothing")]
+    NoCertificates,
+    #[error("more than {MAX_CERTIFICATES} certificates")]
+    TooManyCertificates,
+    #[error("X.509 authority number {index} is not a valid X.509 certificate: {reason}")]
+    NotACertificate { index: usize, reason: String },
+}
 
 /// A JWT signing key of a trust domain, as published in its bundle.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -124,4 +151,109 @@ impl From<TrustBundle> for BundleSet {
         set.insert(bundle);
         set
     }
+}
+
+impl TrustBundle {
+    /// A bundle whose X.509 authorities are `certs` (duplicates dropped), with no JWT
+    /// authorities. The certificates are taken as given; see [`Self::from_x509_der`] for
+    /// untrusted input.
+    pub fn from_x509_authorities<I>(trust_domain: TrustDomain, certs: I) -> Self
+    where
+        I: IntoIterator<Item = CertificateDer<'static>>,
+    {
+        let mut bundle = Self::new(trust_domain);
+        for cert in certs {
+            bundle.add_x509_authority(cert);
+        }
+        bundle
+    }
+
+    /// Reads X.509 authorities in the Workload API's form: DER certificates back to back.
+    /// Empty input gives a bundle with no X.509 authorities.
+    pub fn from_x509_der(trust_domain: TrustDomain, der: &[u8]) -> Result<Self, BundleError> {
+        let certs = certificates_from_der(der)?;
+        Ok(Self::from_x509_authorities(trust_domain, certs))
+    }
+
+    /// Reads X.509 authorities from PEM `CERTIFICATE` blocks (other blocks are skipped);
+    /// at least one is required.
+    pub fn from_pem(trust_domain: TrustDomain, pem: &[u8]) -> Result<Self, BundleError> {
+        let certs = certificates_from_pem(pem)?;
+        Ok(Self::from_x509_authorities(trust_domain, certs))
+    }
+
+    /// The X.509 authorities as concatenated DER (the Workload API's bundle form).
+    pub fn x509_authorities_der(&self) -> Vec<u8> {
+        der::concat_certificates(&self.x509_authorities)
+    }
+
+    /// The X.509 authorities as PEM `CERTIFICATE` blocks.
+    pub fn x509_authorities_pem(&self) -> String {
+        certificates_to_pem(&self.x509_authorities)
+    }
+}
+
+/// Splits concatenated DER certificates and checks that each one parses as X.509.
+pub fn certificates_from_der(der: &[u8]) -> Result<Vec<CertificateDer<'static>>, BundleError> {
+    let certs = der::split_certificates(der)?;
+    check_certificates(&certs)?;
+    Ok(certs)
+}
+
+/// Reads every PEM `CERTIFICATE` block (skipping other blocks) and checks each parses as X.509.
+/// At least one is required, and at most [`MAX_CERTIFICATES`].
+pub fn certificates_from_pem(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, BundleError> {
+    if pem.len() > MAX_PEM_LEN {
+        return Err(BundleError::PemTooLarge { len: pem.len() });
+    }
+    let mut certs = Vec::new();
+    for cert in CertificateDer::pem_slice_iter(pem) {
+        if certs.len() == MAX_CERTIFICATES {
+            return Err(BundleError::TooManyCertificates);
+        }
+        certs.push(cert.map_err(|e| BundleError::Pem(e.to_string()))?);
+    }
+    if certs.is_empty() {
+        return Err(BundleError::NoCertificates);
+    }
+    check_certificates(&certs)?;
+    Ok(certs)
+}
+
+/// Writes certificates as PEM `CERTIFICATE` blocks (64-column base64, as RFC 7468 asks).
+pub fn certificates_to_pem(certs: &[CertificateDer<'_>]) -> String {
+    let mut out = String::new();
+    for cert in certs {
+        out.push_str("-----BEGIN CERTIFICATE-----\n");
+        let body = base64::engine::general_purpose::STANDARD.encode(cert.as_ref());
+        // Base64 output is ASCII, so splitting the bytes keeps valid UTF-8.
+        for line in body.as_bytes().chunks(64) {
+            out.push_str(std::str::from_utf8(line).expect("base64 is ASCII"));
+            out.push('\n');
+        }
+        out.push_str("-----END CERTIFICATE-----\n");
+    }
+    out
+}
+
+/// Checks that each element is exactly one parsable X.509 certificate.
+fn check_certificates(certs: &[CertificateDer<'_>]) -> Result<(), BundleError> {
+    for (index, cert) in certs.iter().enumerate() {
+        match x509_parser::parse_x509_certificate(cert.as_ref()) {
+            Ok((rest, _)) if rest.is_empty() => {}
+            Ok(_) => {
+                return Err(BundleError::NotACertificate {
+                    index,
+                    reason: "trailing bytes after the certificate".into(),
+                });
+            }
+            Err(e) => {
+                return Err(BundleError::NotACertificate {
+                    index,
+                    reason: e.to_string(),
+                });
+            }
+        }
+    }
+    Ok(())
 }

@@ -3,11 +3,18 @@
 //! Module map:
 //! - [`id`]: `SpiffeId` and `TrustDomain`, parsed and generated per the SPIFFE-ID standard.
 //! - [`reserved`]: the IDs Lanyard keeps for itself (`/lanyard/server`, `/lanyard/agent/...`).
-//! - [`bundle`]: trust bundles (X.509 and JWT authorities of one trust domain) and bundle sets.
+//! - [`bundle`]: trust bundles (X.509 and JWT authorities of one trust domain) and bundle sets;
+//!   X.509 authorities as concatenated DER (the Workload API's form) and PEM.
+//! - [`der`]: the little DER handled by hand (splitting concatenated certificates, SPKI).
+//! - [`jwks`]: the SPIFFE bundle document (JWK Set) and the Workload API's JWT-only JWK Set.
+//! - [`jwt`]: JWT-SVIDs: minting (ES256) and validation against a bundle set.
 //! - [`selector`]: workload selectors (`unix:uid:1001`, `k8s:ns:default`) and selector sets.
 
 pub mod bundle;
+pub mod der;
 pub mod id;
+pub mod jwks;
+pub mod jwt;
 pub mod reserved;
 pub mod selector;
 
