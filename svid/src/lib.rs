@@ -9,14 +9,23 @@
 //! - [`jwks`]: the SPIFFE bundle document (JWK Set) and the Workload API's JWT-only JWK Set.
 //! - [`jwt`]: JWT-SVIDs: minting (ES256) and validation against a bundle set.
 //! - [`selector`]: workload selectors (`unix:uid:1001`, `k8s:ns:default`) and selector sets.
+//! - [`keys`]: ECDSA key generation and CA keys loaded from PEM, wiped on drop.
+//! - [`csr`]: PKCS#10 CSRs: made by agents ([`KeyAndCsr`]), verified by the server ([`VerifiedCsr`]).
+//! - [`ca`]: the root CA, the issuing intermediate, and X.509-SVID signing.
 
 pub mod bundle;
+pub mod ca;
+pub mod csr;
 pub mod der;
 pub mod id;
+pub mod keys;
 pub mod jwks;
 pub mod jwt;
 pub mod reserved;
 pub mod selector;
 
 pub use bundle::{BundleSet, JwtAuthority, TrustBundle};
+pub use ca::{CLOCK_SKEW_BACKDATE, CaError, Issuer, RootCa, SignedSvid};
+pub use csr::{CsrError, KeyAndCsr, VerifiedCsr};
 pub use id::{IdError, SpiffeId, TrustDomain};
+pub use keys::{KeyAlgorithm, KeyError};
