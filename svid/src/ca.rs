@@ -507,6 +507,13 @@ impl SignedSvid {
         &self.cert_chain[0]
     }
 
+    /// The leaf alone as PEM.
+    pub fn leaf_pem(&self) -> String {
+        let mut pem = String::new();
+        write_pem("CERTIFICATE", self.leaf(), &mut pem);
+        pem
+    }
+
     /// The whole chain as PEM, leaf first.
     pub fn cert_chain_pem(&self) -> String {
         let mut pem = String::new();
