@@ -12,20 +12,32 @@
 //! - [`keys`]: ECDSA key generation and CA keys loaded from PEM, wiped on drop.
 //! - [`csr`]: PKCS#10 CSRs: made by agents ([`KeyAndCsr`]), verified by the server ([`VerifiedCsr`]).
 //! - [`ca`]: the root CA, the issuing intermediate, and X.509-SVID signing.
+//! - [`x509`]: `X509Svid` (chain + optional key) and the X.509-SVID leaf rules.
+//! - [`verify`]: validating a peer's chain against its own trust domain's bundle.
+//! - [`tls`]: rustls mTLS configs over a live, swappable SVID and bundle store; authorizers.
+//! - `test_support` (tests, or feature `test-support`): rcgen-made good and bad certificates.
 
 pub mod bundle;
 pub mod ca;
 pub mod csr;
 pub mod der;
 pub mod id;
-pub mod keys;
 pub mod jwks;
 pub mod jwt;
+pub mod keys;
 pub mod reserved;
 pub mod selector;
+#[cfg(any(test, feature = "test-support"))]
+pub mod test_support;
+pub mod tls;
+pub mod verify;
+pub mod x509;
 
 pub use bundle::{BundleSet, JwtAuthority, TrustBundle};
 pub use ca::{CLOCK_SKEW_BACKDATE, CaError, Issuer, RootCa, SignedSvid};
 pub use csr::{CsrError, KeyAndCsr, VerifiedCsr};
 pub use id::{IdError, SpiffeId, TrustDomain};
 pub use keys::{KeyAlgorithm, KeyError};
+pub use tls::{Authorizer, AuthzError, SvidStore, TlsRefusal};
+pub use verify::{PeerRole, VerifyError, verify_peer};
+pub use x509::{SvidError, X509Svid, peek_spiffe_id};
