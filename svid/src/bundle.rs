@@ -240,7 +240,7 @@ pub fn certificates_to_pem(certs: &[CertificateDer<'_>]) -> String {
 fn check_certificates(certs: &[CertificateDer<'_>]) -> Result<(), BundleError> {
     for (index, cert) in certs.iter().enumerate() {
         match x509_parser::parse_x509_certificate(cert.as_ref()) {
-            Ok((rest, _)) if rest.is_empty() => {}
+            Ok(([], _)) => {}
             Ok(_) => {
                 return Err(BundleError::NotACertificate {
                     index,

@@ -382,13 +382,13 @@ fn parse_document(
             }
             Some(USE_JWT_SVID) => {
                 if let Some(authority) = parse_jwt_entry(index, jwk)? {
-                    if let Some(existing) = bundle.jwt_authority(&authority.key_id) {
-                        if existing.public_key != authority.public_key {
-                            return Err(JwksError::DuplicateKeyId {
-                                index,
-                                kid: authority.key_id,
-                            });
-                        }
+                    if let Some(existing) = bundle.jwt_authority(&authority.key_id)
+                        && existing.public_key != authority.public_key
+                    {
+                        return Err(JwksError::DuplicateKeyId {
+                            index,
+                            kid: authority.key_id,
+                        });
                     }
                     bundle.add_jwt_authority(authority);
                 }
@@ -429,7 +429,7 @@ fn parse_x509_entry(index: usize, jwk: &Map<String, Value>) -> Result<Option<Vec
         .decode(encoded)
         .map_err(|e| bad(index, "x5c", &format!("not standard base64: {e}")))?;
     let parsed = match x509_parser::parse_x509_certificate(&cert) {
-        Ok((rest, parsed)) if rest.is_empty() => parsed,
+        Ok(([], parsed)) => parsed,
         Ok(_) => {
             return Err(JwksError::Certificate {
                 index,

@@ -526,15 +526,15 @@ pub fn validate(
             expired_at: expires_at,
         });
     }
-    if let Some(not_before) = time_claim(&claims, "nbf")? {
-        if not_before > now_secs.saturating_add(CLOCK_SKEW_LEEWAY_SECS) {
-            return Err(JwtError::NotYetValid { not_before });
-        }
+    if let Some(not_before) = time_claim(&claims, "nbf")?
+        && not_before > now_secs.saturating_add(CLOCK_SKEW_LEEWAY_SECS)
+    {
+        return Err(JwtError::NotYetValid { not_before });
     }
-    if let Some(issued_at) = time_claim(&claims, "iat")? {
-        if issued_at > now_secs.saturating_add(CLOCK_SKEW_LEEWAY_SECS) {
-            return Err(JwtError::IssuedInFuture { issued_at });
-        }
+    if let Some(issued_at) = time_claim(&claims, "iat")?
+        && issued_at > now_secs.saturating_add(CLOCK_SKEW_LEEWAY_SECS)
+    {
+        return Err(JwtError::IssuedInFuture { issued_at });
     }
     Ok(ValidatedJwt {
         spiffe_id,
