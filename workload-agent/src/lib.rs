@@ -1,3 +1,7 @@
 //! lanyard-agent: the per-node agent that serves the SPIFFE Workload API on a Unix socket.
 //!
 //! Module map:
+//! - [`attest`]: workload attestation: a Unix-socket caller's peer credentials to selectors
+//!   (`unix:*`, pod UID and container ID from its cgroup).
+
+pub mod attest;
