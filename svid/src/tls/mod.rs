@@ -34,7 +34,7 @@ pub use store::{StoreError, SvidStore};
 
 use crate::id::SpiffeId;
 use crate::verify::{VerifyError, crypto_provider};
-use verifier::{CurrentSvid, SpiffeClientVerifier, SpiffeServerVerifier};
+pub use verifier::{CurrentSvid, SpiffeClientVerifier, SpiffeServerVerifier};
 
 /// The ALPN protocol of Lanyard's mTLS hop between proxies.
 pub const LANYARD_ALPN: &[u8] = b"lanyard/1";
@@ -124,11 +124,7 @@ pub fn server_config(
     authorizer: Arc<dyn Authorizer>,
     alpn: Vec<Vec<u8>>,
 ) -> ServerConfig {
-    let verifier = SpiffeClientVerifier {
-        store: store.clone(),
-        authorizer: Some(authorizer),
-        mandatory: true,
-    };
+    let verifier = SpiffeClientVerifier::required(store.clone(), authorizer);
     build_server(store, verifier, alpn)
 }
 
@@ -140,11 +136,7 @@ pub fn server_config_optional_client_auth(
     store: Arc<SvidStore>,
     alpn: Vec<Vec<u8>>,
 ) -> ServerConfig {
-    let verifier = SpiffeClientVerifier {
-        store: store.clone(),
-        authorizer: None,
-        mandatory: false,
-    };
+    let verifier = SpiffeClientVerifier::optional(store.clone());
     build_server(store, verifier, alpn)
 }
 
@@ -192,11 +184,7 @@ fn build_client(
     alpn: Vec<Vec<u8>>,
     require_own_svid: bool,
 ) -> ClientConfig {
-    let verifier = SpiffeServerVerifier {
-        store: store.clone(),
-        authorizer: expected,
-        require_own_svid,
-    };
+    let verifier = SpiffeServerVerifier::new(store.clone(), expected, require_own_svid);
     let mut config = ClientConfig::builder_with_provider(crypto_provider())
         .with_protocol_versions(PROTOCOL_VERSIONS)
         .expect("the ring provider supports TLS 1.3 and 1.2")
@@ -212,3 +200,39 @@ fn build_client(
 /// TLS 1.3 first: rustls prefers the first version both sides support.
 const PROTOCOL_VERSIONS: &[&rustls::SupportedProtocolVersion] =
     &[&rustls::version::TLS13, &rustls::version::TLS12];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_round_trip_through_rustls_and_io_errors() {
+        let cases = [
+            TlsRefusal::NoSvid,
+            TlsRefusal::Verify(VerifyError::Expired),
+            TlsRefusal::Unauthorized(AuthzError::NotAllowed {
+                id: SpiffeId::parse("spiffe://td/x").unwrap(),
+            }),
+        ];
+        for refusal_in in cases {
+            let err: rustls::Error = refusal_in.clone().into();
+            assert_eq!(refusal(&err), Some(&refusal_in));
+            let io = std::io::Error::new(std::io::ErrorKind::InvalidData, err);
+            assert_eq!(refusal_from_io(&io), Some(&refusal_in));
+            assert!(!refusal_in.message().is_empty());
+        }
+        assert_eq!(refusal(&rustls::Error::DecryptError), None);
+        assert_eq!(refusal_from_io(&std::io::Error::other("x")), None);
+        assert_eq!(TlsRefusal::NoSvid.to_string(), "no_svid");
+    }
+
+    #[test]
+    fn configs_build_without_a_process_default_provider() {
+        let store = Arc::new(SvidStore::new(crate::BundleSet::new()));
+        let server = server_config(store.clone(), Arc::new(AnyId), vec![LANYARD_ALPN.to_vec()]);
+        assert_eq!(server.alpn_protocols, vec![LANYARD_ALPN.to_vec()]);
+        assert_eq!(server.send_tls13_tickets, 0);
+        let client = client_config(store, Arc::new(AnyId), vec![]);
+        assert!(!client.enable_sni);
+    }
+}

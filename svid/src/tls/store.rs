@@ -146,3 +146,47 @@ impl fmt::Debug for SvidStore {
             .finish()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_support::TestCa;
+
+    #[test]
+    fn starts_empty_and_swaps() {
+        let ca = TestCa::new("example.org");
+        let store = SvidStore::new(BundleSet::new());
+        assert!(!store.has_svid());
+        assert!(store.certified_key().is_none());
+        assert!(store.bundles().get(ca.trust_domain()).is_none());
+
+        let first = ca.svid("spiffe://example.org/a");
+        store.update_svid(first.clone()).unwrap();
+        assert!(store.has_svid());
+        assert_eq!(store.certified_key().unwrap().cert, first.chain());
+        let second = ca.svid("spiffe://example.org/b");
+        store.update_svid(second.clone()).unwrap();
+        assert_eq!(store.svid().unwrap().spiffe_id(), second.spiffe_id());
+        assert_eq!(store.certified_key().unwrap().cert, second.chain());
+
+        store.update_bundles(ca.bundle_set());
+        assert!(store.bundles().get(ca.trust_domain()).is_some());
+        store.clear_svid();
+        assert!(!store.has_svid());
+    }
+
+    #[test]
+    fn refuses_an_svid_without_key_and_keeps_the_current_one() {
+        let ca = TestCa::new("example.org");
+        let svid = ca.svid("spiffe://example.org/a");
+        let store = SvidStore::with_svid(svid.clone(), BundleSet::new()).unwrap();
+        assert_eq!(
+            store.update_svid(ca.svid("spiffe://example.org/b").without_private_key()),
+            Err(StoreError::NoPrivateKey)
+        );
+        assert_eq!(store.svid().unwrap().spiffe_id(), svid.spiffe_id());
+        let debug = format!("{store:?}");
+        assert!(debug.contains("spiffe://example.org/a"), "{debug}");
+        assert!(!debug.contains("private"), "{debug}");
+    }
+}

@@ -84,13 +84,34 @@ fn supported_schemes() -> Vec<SignatureScheme> {
         .supported_schemes()
 }
 
-/// Server side: verifies client SVIDs.
-pub(crate) struct SpiffeClientVerifier {
-    pub(crate) store: Arc<SvidStore>,
+/// Server side: verifies client SVIDs. Public for callers assembling their own rustls
+/// config; [`super::server_config`] is the usual way.
+pub struct SpiffeClientVerifier {
+    store: Arc<SvidStore>,
     /// `None`: any verified ID; the application decides per request.
-    pub(crate) authorizer: Option<Arc<dyn Authorizer>>,
+    authorizer: Option<Arc<dyn Authorizer>>,
     /// False for servers that also accept clients without a certificate.
-    pub(crate) mandatory: bool,
+    mandatory: bool,
+}
+
+impl SpiffeClientVerifier {
+    /// Clients must present an SVID that verifies and that `authorizer` allows.
+    pub fn required(store: Arc<SvidStore>, authorizer: Arc<dyn Authorizer>) -> Self {
+        Self {
+            store,
+            authorizer: Some(authorizer),
+            mandatory: true,
+        }
+    }
+
+    /// Clients may come without a certificate; one that is presented must verify.
+    pub fn optional(store: Arc<SvidStore>) -> Self {
+        Self {
+            store,
+            authorizer: None,
+            mandatory: false,
+        }
+    }
 }
 
 impl fmt::Debug for SpiffeClientVerifier {
@@ -153,12 +174,28 @@ impl ClientCertVerifier for SpiffeClientVerifier {
     }
 }
 
-/// Client side: verifies the server's SVID and that it is the server we meant.
-pub(crate) struct SpiffeServerVerifier {
-    pub(crate) store: Arc<SvidStore>,
-    pub(crate) authorizer: Arc<dyn Authorizer>,
+/// Client side: verifies the server's SVID and that it is the server we meant. Public for
+/// callers assembling their own rustls config; [`super::client_config`] is the usual way.
+pub struct SpiffeServerVerifier {
+    store: Arc<SvidStore>,
+    authorizer: Arc<dyn Authorizer>,
     /// Fail early (before our certificate would be needed) when we hold no SVID.
-    pub(crate) require_own_svid: bool,
+    require_own_svid: bool,
+}
+
+impl SpiffeServerVerifier {
+    /// `require_own_svid`: refuse with [`TlsRefusal::NoSvid`] while the store has no SVID.
+    pub fn new(
+        store: Arc<SvidStore>,
+        expected: Arc<dyn Authorizer>,
+        require_own_svid: bool,
+    ) -> Self {
+        Self {
+            store,
+            authorizer: expected,
+            require_own_svid,
+        }
+    }
 }
 
 impl fmt::Debug for SpiffeServerVerifier {
@@ -216,9 +253,10 @@ impl ServerCertVerifier for SpiffeServerVerifier {
     }
 }
 
-/// Presents the store's current SVID, as server or as client.
+/// Presents the store's current SVID, as server ([`ResolvesServerCert`]) or as client
+/// ([`ResolvesClientCert`]).
 #[derive(Debug)]
-pub(crate) struct CurrentSvid(pub(crate) Arc<SvidStore>);
+pub struct CurrentSvid(pub Arc<SvidStore>);
 
 impl ResolvesServerCert for CurrentSvid {
     fn resolve(&self, _client_hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
