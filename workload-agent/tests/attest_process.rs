@@ -296,8 +296,8 @@ async fn process_in_pod_cgroups_gets_its_pod_and_container() {
     let attested = attestor.attest(in_pod.cred()).await.expect("attest v1 pod");
     let pod = attested.pod.as_ref().expect("v1 child is in a pod");
     assert_eq!((pod.pod_uid(), pod.container_id()), (&*uid, &*cid));
-    assert_eq!(values(&attested, SelectorKey::PodUid), [uid.clone()]);
-    assert_eq!(values(&attested, SelectorKey::ContainerId), [cid.clone()]);
+    assert_eq!(values(&attested, SelectorKey::PodUid), [uid.as_str()]);
+    assert_eq!(values(&attested, SelectorKey::ContainerId), [cid.as_str()]);
 
     // A sibling process left where it was is in no pod.
     let outside = Waiter::spawn();
