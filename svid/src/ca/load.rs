@@ -101,7 +101,7 @@ fn parse_chain_pem(pem: &str) -> Result<Vec<CertificateDer<'static>>, CaError> {
 
 fn parse_cert<'a>(der: &'a CertificateDer<'_>) -> Result<X509Certificate<'a>, CaError> {
     match X509Certificate::from_der(der) {
-        Ok((rest, cert)) if rest.is_empty() => Ok(cert),
+        Ok(([], cert)) => Ok(cert),
         Ok(_) => Err(CaError::BadCertificate(
             "trailing bytes after the certificate".to_owned(),
         )),
