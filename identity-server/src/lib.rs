@@ -4,21 +4,39 @@
 //! - [`config`]: flags, `LANYARD_*` env and `--config` TOML merged into a `ServerConfig`.
 //! - [`entries`]: static workload entries (`[[entries]]`) and their validation.
 //! - [`pod_id`]: the SPIFFE ID template for Kubernetes pods.
+//! - [`ca_store`]: data-dir mode's CA: generated once, 0600 files, refused when half-written.
+//! - [`k8s`]: cluster mode: the pod index, TokenReview, the CA Secret and bundle ConfigMap.
+//! - [`authority`]: the signing material in force and the bundle published with it.
+//! - [`server_svid`]: the server's own SVID (`/lanyard/server`), kept fresh.
 //! - [`join_token`]: single-use, node-bound, expiring join tokens.
 //! - [`evictions`]: the persisted list of evicted join-token nodes.
-//! - [`admin`]: the admin Unix socket behind `token generate`, `agent evict`, `bundle show`.
-//! - [`k8s`]: the pod index and TokenReview (cluster mode).
 //! - [`node_attest`]: deciding that a caller is the agent of a node (join token, k8s_psat).
 //! - [`mint_policy`]: which SPIFFE ID, if any, an agent may obtain for a workload.
+//! - [`node_feed`]: `WatchNode`, each node's entries and pods.
+//! - [`rate_limit`]: per-caller token buckets.
+//! - [`service`]: the `lanyard.identity.v1.NodeIdentity` gRPC service.
+//! - [`tls_listener`]: TCP accept + concurrent, bounded TLS handshakes feeding tonic.
+//! - [`admin`]: the admin Unix socket behind `token generate`, `agent evict`, `bundle show`.
+//! - [`metrics`]: Prometheus metrics.
+//! - [`run`]: wiring it all together for `lanyard-server run`.
 //! - [`fsutil`]: 0600 atomic writes and private directories.
 
 pub mod admin;
+pub mod authority;
+pub mod ca_store;
 pub mod config;
 pub mod entries;
 pub mod evictions;
 pub mod fsutil;
 pub mod join_token;
 pub mod k8s;
+pub mod metrics;
 pub mod mint_policy;
 pub mod node_attest;
+pub mod node_feed;
 pub mod pod_id;
+pub mod rate_limit;
+pub mod run;
+pub mod server_svid;
+pub mod service;
+pub mod tls_listener;

@@ -3,6 +3,9 @@
 //! - [`workload`]: the SPIFFE Workload API (`/SpiffeWorkloadAPI/*`), unchanged from the
 //!   SPIFFE standards, served by lanyard-agent on its Unix socket.
 //! - [`identity::v1`]: `lanyard.identity.v1`, what lanyard-agent asks of lanyard-server.
+//! - [`convert`]: wire messages to and from `lanyard-svid` domain types.
+
+pub mod convert;
 
 /// The SPIFFE Workload API. The `.proto` has no package, so the generated module is `_`.
 pub mod workload {

@@ -1,0 +1,297 @@
+//! `lanyard-server run`: wires configuration, CA source, attestation, the gRPC service, the
+//! admin socket and the health listener together, and runs them.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use lanyard_proto::convert::unix_seconds;
+use lanyard_proto::identity::v1::node_identity_server::NodeIdentityServer;
+use lanyard_svid::BundleSet;
+use lanyard_svid::bundle::certificates_to_pem;
+use lanyard_svid::tls::{SvidStore, server_config_optional_client_auth};
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+
+use crate::admin::{self, AdminHandler, AdminRequest, AdminResponse};
+use crate::authority::{Authority, SigningMaterial};
+use crate::ca_store::DataDirCa;
+use crate::config::{Mode, ServerConfig};
+use crate::evictions::Evictions;
+use crate::fsutil::ensure_dir;
+use crate::join_token::JoinTokens;
+use crate::k8s::ca_source::KubeCaSource;
+use crate::k8s::pods::{PodIndex, PodLookup};
+use crate::k8s::token_review::KubeTokenReviewer;
+use crate::metrics::ServerMetrics;
+use crate::node_attest::{K8sPsat, Method, NodeAttestor};
+use crate::service::{IdentityService, ServiceSettings};
+use crate::{server_svid, tls_listener};
+
+/// Largest gRPC message accepted (a batch of 500 CSRs is well under this).
+const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
+/// Bounds on what one HTTP/2 connection may ask of us.
+const MAX_HEADER_LIST_BYTES: u32 = 16 * 1024;
+const MAX_CONCURRENT_STREAMS: u32 = 256;
+/// Longest join-token lifetime an operator may ask for.
+const MAX_JOIN_TOKEN_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("data dir {path}: {source}")]
+    DataDir {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    CaStore(#[from] crate::ca_store::CaStoreError),
+    #[error("{0}")]
+    Evictions(#[from] crate::evictions::EvictionError),
+    #[error("{0}")]
+    Install(#[from] crate::authority::InstallError),
+    #[error("Kubernetes client: {0} (set KUBECONFIG, or run in a pod)")]
+    Kube(#[from] kube::Error),
+    #[error("{0}")]
+    CaSource(#[from] crate::k8s::ca_source::CaSourceError),
+    #[error("server SVID: {0}")]
+    ServerSvid(#[from] server_svid::ServerSvidError),
+    #[error("binding {role} listener on {addr}: {source}")]
+    Bind {
+        role: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("admin socket: {0}")]
+    Admin(#[from] admin::AdminError),
+    #[error("gRPC server: {0}")]
+    Serve(#[from] tonic::transport::Error),
+}
+
+/// Runs the server until `shutdown` resolves. `on_listening` sees each bound listener.
+pub async fn run(
+    config: ServerConfig,
+    on_listening: impl Fn(&'static str, SocketAddr),
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), RunError> {
+    ensure_dir(&config.data_dir, 0o700).map_err(|source| RunError::DataDir {
+        path: config.data_dir.clone(),
+        source,
+    })?;
+    let mut registry = Registry::default();
+    let metrics = ServerMetrics::register(&mut registry);
+    let authority = Arc::new(Authority::new(config.trust_domain.clone()));
+
+    let mut tasks = Vec::new();
+    let (attestor, pods, join_tokens, evictions) = match &config.mode {
+        Mode::DataDir => {
+            let now = SystemTime::now();
+            let ca = DataDirCa::load_or_create(&config.data_dir, &config.trust_domain, now)?;
+            metrics.set_ca_expiry("root", unix_seconds(ca.root.not_after()));
+            authority.install(
+                SigningMaterial {
+                    roots: vec![ca.root.cert_der().clone()],
+                    issuer: ca.issuer,
+                    jwt: ca.jwt,
+                },
+                now,
+            )?;
+            let tokens = Arc::new(JoinTokens::new());
+            let evictions = Arc::new(Evictions::load(&config.data_dir)?);
+            let method = Method::JoinToken {
+                tokens: tokens.clone(),
+                evictions: evictions.clone(),
+            };
+            (
+                NodeAttestor::new(config.trust_domain.clone(), method),
+                None,
+                Some(tokens),
+                Some(evictions),
+            )
+        }
+        Mode::Cluster(cluster) => {
+            let client = kube::Client::try_default().await?;
+            let pods = PodIndex::new();
+            tasks.push(pods.spawn_watcher(client.clone()));
+            let source = KubeCaSource {
+                client: client.clone(),
+                trust_domain: config.trust_domain.clone(),
+                secret: cluster.ca_secret.clone(),
+                configmap: cluster.bundle_configmap.clone(),
+            };
+            tasks.push(source.start(authority.clone()).await?);
+            let method = Method::K8sPsat(K8sPsat {
+                reviewer: Arc::new(KubeTokenReviewer::new(client)),
+                pods: Arc::new(pods.clone()),
+                allowed: cluster.agent_service_accounts.clone(),
+                audience: cluster.audience.clone(),
+            });
+            (
+                NodeAttestor::new(config.trust_domain.clone(), method),
+                Some(pods),
+                None,
+                None,
+            )
+        }
+    };
+    if let Some(active) = authority.active() {
+        metrics.set_ca_expiry("intermediate", unix_seconds(active.issuer.not_after()));
+    }
+
+    // Our own SVID first, so the listener never serves a handshake without one.
+    let store = Arc::new(SvidStore::new(BundleSet::new()));
+    let not_after = server_svid::refresh(&authority, &store)?;
+    tasks.push(server_svid::spawn_rotation(
+        authority.clone(),
+        store.clone(),
+        not_after,
+    ));
+
+    tasks.push(admin::serve(
+        &config.data_dir,
+        Arc::new(Admin {
+            authority: authority.clone(),
+            join_tokens,
+            evictions,
+        }),
+    )?);
+
+    if let Some(addr) = config.health {
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| RunError::Bind {
+                role: "health",
+                addr,
+                source,
+            })?;
+        let ready_authority = authority.clone();
+        let ready_pods = pods.clone();
+        let readiness = move || -> Result<(), String> {
+            if ready_authority.active().is_none() {
+                return Err("CA not loaded".into());
+            }
+            if ready_pods.as_ref().is_some_and(|p| !p.is_synced()) {
+                return Err("pods not listed yet".into());
+            }
+            Ok(())
+        };
+        on_listening("health", listener.local_addr().unwrap_or(addr));
+        tasks.push(tokio::spawn(lanyard_telemetry::serve_health(
+            listener,
+            Arc::new(registry),
+            Arc::new(readiness),
+        )));
+    }
+
+    let service = IdentityService::new(
+        ServiceSettings {
+            trust_domain: config.trust_domain.clone(),
+            x509_ttl: config.x509_ttl,
+            jwt_ttl: config.jwt_ttl,
+            node_ttl: config.node_ttl,
+            pod_id_template: config.pod_id_template.clone(),
+            entries: config.entries.clone().into(),
+        },
+        authority.clone(),
+        Arc::new(attestor),
+        pods,
+        metrics,
+    );
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| RunError::Bind {
+            role: "grpc",
+            addr: config.listen,
+            source,
+        })?;
+    on_listening("grpc", listener.local_addr().unwrap_or(config.listen));
+    let tls = Arc::new(server_config_optional_client_auth(
+        store,
+        vec![b"h2".to_vec()],
+    ));
+    let result = tonic::transport::Server::builder()
+        .http2_max_header_list_size(MAX_HEADER_LIST_BYTES)
+        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+        .add_service(
+            NodeIdentityServer::new(service)
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+        )
+        .serve_with_incoming_shutdown(tls_listener::incoming(listener, tls), shutdown)
+        .await;
+    for task in tasks {
+        task.abort();
+    }
+    Ok(result?)
+}
+
+/// The admin socket's requests, answered from the running server's state.
+struct Admin {
+    authority: Arc<Authority>,
+    join_tokens: Option<Arc<JoinTokens>>,
+    evictions: Option<Arc<Evictions>>,
+}
+
+impl AdminHandler for Admin {
+    fn handle(&self, request: AdminRequest) -> AdminResponse {
+        let error = |message: String| AdminResponse::Error { message };
+        match request {
+            AdminRequest::TokenGenerate { node, ttl_secs } => {
+                let Some(tokens) = &self.join_tokens else {
+                    return error("join tokens exist only in data-dir mode; cluster mode attests by TokenReview".into());
+                };
+                let ttl = Duration::from_secs(ttl_secs);
+                if ttl.is_zero() || ttl > MAX_JOIN_TOKEN_TTL {
+                    return error("ttl must be between 1s and 7 days".into());
+                }
+                let node = node.unwrap_or_else(random_node_name);
+                if lanyard_svid::reserved::agent_id(
+                    self.authority.trust_domain(),
+                    lanyard_svid::reserved::NodeAttestation::JoinToken,
+                    &node,
+                )
+                .is_err()
+                {
+                    return error(format!(
+                        "node name {node:?} must be letters, digits, '.', '-' or '_'"
+                    ));
+                }
+                match tokens.generate(&node, ttl, SystemTime::now()) {
+                    Ok(token) => {
+                        tracing::info!(node, ttl_secs, "join token generated");
+                        AdminResponse::Token { token, node }
+                    }
+                    Err(e) => error(e.message().into()),
+                }
+            }
+            AdminRequest::AgentEvict { node } => {
+                let Some(evictions) = &self.evictions else {
+                    return error(
+                        "eviction applies to join-token agents, which exist only in data-dir mode"
+                            .into(),
+                    );
+                };
+                match evictions.evict(&node, SystemTime::now()) {
+                    Ok(()) => {
+                        tracing::info!(node, "agent evicted");
+                        AdminResponse::Evicted { node }
+                    }
+                    Err(e) => error(e.to_string()),
+                }
+            }
+            AdminRequest::BundleShow => match self.authority.active() {
+                Some(active) => AdminResponse::Bundle {
+                    pem: certificates_to_pem(active.bundle.x509_authorities()),
+                },
+                None => error("the CA is not loaded yet".into()),
+            },
+        }
+    }
+}
+
+fn random_node_name() -> String {
+    use ring::rand::{SecureRandom, SystemRandom};
+    let mut bytes = [0u8; 6];
+    let _ = SystemRandom::new().fill(&mut bytes);
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    format!("node-{hex}")
+}

@@ -1,0 +1,420 @@
+//! The `lanyard.identity.v1.NodeIdentity` gRPC service: node attestation, minting, and the
+//! bundle and node feeds.
+//!
+//! Who the caller is comes only from the TLS layer: the client certificate (if any) was
+//! verified against our bundle during the handshake; here we read its SPIFFE ID, accept only
+//! agent IDs of our trust domain, and re-check the agent on every call.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use futures::{Stream, StreamExt};
+use lanyard_proto::convert::unix_seconds;
+use lanyard_proto::identity::v1 as wire;
+use lanyard_proto::identity::v1::node_identity_server::NodeIdentity;
+use lanyard_svid::ca::{CLOCK_SKEW_BACKDATE, SignedSvid};
+use lanyard_svid::csr::VerifiedCsr;
+use lanyard_svid::reserved::{AgentIdentity, agent_id, parse_agent_id};
+use lanyard_svid::x509::X509Svid;
+use lanyard_svid::{SpiffeId, TrustDomain};
+use tonic::{Request, Response, Status};
+
+use crate::authority::{ActiveMaterial, Authority};
+use crate::entries::StaticEntry;
+use crate::k8s::pods::{PodIndex, PodLookup};
+use crate::metrics::ServerMetrics;
+use crate::mint_policy::{MintPolicy, MintRefusal, PodClaim, WorkloadClaim};
+use crate::node_attest::{AttestRefusal, NodeAttestor};
+use crate::node_feed::{NodeFeed, NodeStream};
+use crate::rate_limit::RateLimiter;
+
+/// Most CSRs in one `MintX509SVIDs` call.
+pub const MAX_BATCH: usize = 500;
+/// Most audiences in one `MintJWTSVID` call, and longest audience.
+const MAX_AUDIENCES: usize = 16;
+const MAX_AUDIENCE_LEN: usize = 1024;
+
+/// Settings the service needs from the configuration.
+pub struct ServiceSettings {
+    pub trust_domain: TrustDomain,
+    pub x509_ttl: Duration,
+    pub jwt_ttl: Duration,
+    pub node_ttl: Duration,
+    pub pod_id_template: String,
+    pub entries: Arc<[StaticEntry]>,
+}
+
+pub struct IdentityService {
+    settings: ServiceSettings,
+    authority: Arc<Authority>,
+    attestor: Arc<NodeAttestor>,
+    /// `None` in data-dir mode.
+    pods: Option<PodIndex>,
+    metrics: Arc<ServerMetrics>,
+    /// Attestations per peer IP address (the caller has no identity yet).
+    attest_limiter: RateLimiter<std::net::IpAddr>,
+    /// Signatures per node.
+    mint_limiter: RateLimiter<String>,
+}
+
+impl IdentityService {
+    pub fn new(
+        settings: ServiceSettings,
+        authority: Arc<Authority>,
+        attestor: Arc<NodeAttestor>,
+        pods: Option<PodIndex>,
+        metrics: Arc<ServerMetrics>,
+    ) -> Self {
+        Self {
+            settings,
+            authority,
+            attestor,
+            pods,
+            metrics,
+            // Generous for real agents (a node attests about once an hour), tight for a loop.
+            attest_limiter: RateLimiter::new(5.0, 20),
+            // A node starting 500 pods at once fits in the burst.
+            mint_limiter: RateLimiter::new(500.0, 2000),
+        }
+    }
+
+    fn material(&self) -> Result<Arc<ActiveMaterial>, Status> {
+        self.authority
+            .active()
+            .ok_or_else(|| Status::unavailable("the CA is not loaded yet; retry"))
+    }
+
+    fn refuse_attest(&self, refusal: AttestRefusal) -> Status {
+        self.metrics.refused("attest_node", &refusal);
+        tracing::info!(reason = %refusal, "node attestation refused");
+        let message = format!("{refusal}: {}", refusal.message());
+        if refusal.is_transient() {
+            Status::unavailable(message)
+        } else {
+            Status::permission_denied(message)
+        }
+    }
+
+    /// The calling agent, from its verified client certificate, re-checked now.
+    fn caller_agent<T>(
+        &self,
+        rpc: &'static str,
+        request: &Request<T>,
+    ) -> Result<AgentIdentity, Status> {
+        let refuse = |reason: &'static str, status: Status| {
+            self.metrics.refused(rpc, reason);
+            status
+        };
+        let certs = request.peer_certs().ok_or_else(|| {
+            refuse(
+                "no_client_certificate",
+                Status::unauthenticated(
+                    "no_client_certificate: present a node SVID (attest first)",
+                ),
+            )
+        })?;
+        let svid = X509Svid::parse(certs.to_vec(), None).map_err(|e| {
+            refuse(
+                "bad_client_certificate",
+                Status::unauthenticated(format!("bad_client_certificate: {}", e.message())),
+            )
+        })?;
+        let id = svid.spiffe_id();
+        let agent = parse_agent_id(id)
+            .filter(|_| id.trust_domain() == &self.settings.trust_domain)
+            .ok_or_else(|| {
+                refuse(
+                    "not_an_agent",
+                    Status::permission_denied(format!(
+                        "not_an_agent: only node agents may call {rpc}; {id} is not one"
+                    )),
+                )
+            })?;
+        let issued_at = svid.not_before() + CLOCK_SKEW_BACKDATE;
+        self.attestor
+            .check_agent(&agent, issued_at)
+            .map_err(|refusal| {
+                self.metrics.refused(rpc, &refusal);
+                let message = format!("{refusal}: {}", refusal.message());
+                if refusal.is_transient() {
+                    Status::unavailable(message)
+                } else {
+                    Status::permission_denied(message)
+                }
+            })?;
+        Ok(agent)
+    }
+
+    fn policy(&self) -> MintPolicy<'_> {
+        MintPolicy {
+            trust_domain: &self.settings.trust_domain,
+            pod_id_template: &self.settings.pod_id_template,
+            entries: &self.settings.entries,
+            pods: self.pods.as_ref().map(|p| p as &dyn PodLookup),
+        }
+    }
+
+    fn audit(&self, kind: &'static str, svid: &SignedSvid, node: &str) {
+        self.metrics.issued(kind);
+        tracing::info!(
+            target: "audit",
+            kind,
+            spiffe_id = %svid.spiffe_id,
+            serial = %svid.serial_hex,
+            node,
+            expires_at = unix_seconds(svid.not_after),
+            "issued X.509-SVID"
+        );
+    }
+
+    fn node_feed(&self) -> NodeFeed {
+        NodeFeed {
+            trust_domain: self.settings.trust_domain.clone(),
+            pod_id_template: self.settings.pod_id_template.as_str().into(),
+            entries: self.settings.entries.clone(),
+            pods: self.pods.clone(),
+        }
+    }
+}
+
+fn claim_from_wire(workload: Option<&wire::Workload>) -> Result<WorkloadClaim, MintRefusal> {
+    let workload = workload.ok_or(MintRefusal::NoWorkload)?;
+    let pod_claim = |p: &wire::Pod| PodClaim {
+        namespace: p.namespace.clone(),
+        name: p.name.clone(),
+        uid: p.uid.clone(),
+        service_account: p.service_account.clone(),
+    };
+    match &workload.kind {
+        Some(wire::workload::Kind::Pod(p)) => Ok(WorkloadClaim::Pod(pod_claim(p))),
+        Some(wire::workload::Kind::EntrySpiffeId(id)) => Ok(WorkloadClaim::Entry {
+            spiffe_id: id.clone(),
+            pod: workload.entry_pod.as_ref().map(pod_claim),
+        }),
+        None => Err(MintRefusal::NoWorkload),
+    }
+}
+
+fn svid_to_wire(svid: &SignedSvid) -> wire::X509Svid {
+    wire::X509Svid {
+        spiffe_id: svid.spiffe_id.to_string(),
+        cert_chain: svid
+            .cert_chain
+            .iter()
+            .map(|c| c.as_ref().to_vec())
+            .collect(),
+        expires_at: unix_seconds(svid.not_after),
+    }
+}
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl NodeIdentity for IdentityService {
+    async fn attest_node(
+        &self,
+        request: Request<wire::AttestNodeRequest>,
+    ) -> Result<Response<wire::AttestNodeResponse>, Status> {
+        let now = SystemTime::now();
+        if let Some(addr) = request.remote_addr() {
+            if !self.attest_limiter.try_acquire(&addr.ip(), 1) {
+                self.metrics.refused("attest_node", "rate_limited");
+                return Err(Status::resource_exhausted(
+                    "rate_limited: too many attestations from this address",
+                ));
+            }
+        }
+        let material = self.material()?;
+        // Check the CSR before consuming anything (a join token is single-use).
+        let csr = VerifiedCsr::from_der(&request.get_ref().csr).map_err(|e| {
+            self.metrics.refused("attest_node", e.label());
+            Status::invalid_argument(format!("{}: {}", e.label(), e.message()))
+        })?;
+        use wire::attest_node_request::Method;
+        let agent = match &request.get_ref().method {
+            Some(Method::JoinToken(token)) => self.attestor.attest_join_token(token, now),
+            Some(Method::K8sPsatToken(token)) => self.attestor.attest_k8s_psat(token).await,
+            Some(Method::RenewWithNodeSvid(_)) => {
+                let certs = request.peer_certs().ok_or_else(|| {
+                    self.metrics.refused("attest_node", "no_client_certificate");
+                    Status::unauthenticated(
+                        "no_client_certificate: renewal needs the current node SVID",
+                    )
+                })?;
+                let svid = X509Svid::parse(certs.to_vec(), None).map_err(|e| {
+                    Status::unauthenticated(format!("bad_client_certificate: {}", e.message()))
+                })?;
+                let current = parse_agent_id(svid.spiffe_id())
+                    .filter(|_| svid.spiffe_id().trust_domain() == &self.settings.trust_domain)
+                    .ok_or_else(|| {
+                        Status::permission_denied("not_an_agent: renewal needs a node SVID")
+                    })?;
+                self.attestor
+                    .renew(&current, svid.not_before() + CLOCK_SKEW_BACKDATE)
+            }
+            None => {
+                self.metrics.refused("attest_node", "no_method");
+                return Err(Status::invalid_argument(
+                    "no_method: set one attestation method",
+                ));
+            }
+        }
+        .map_err(|r| self.refuse_attest(r))?;
+
+        let id: SpiffeId = agent_id(&self.settings.trust_domain, agent.method, &agent.node)
+            .map_err(|e| Status::internal(e.to_string()))?;
+        let signed = material
+            .issuer
+            .sign_x509_svid(&csr, &id, self.settings.node_ttl, now)
+            .map_err(|e| Status::internal(format!("signing failed: {}", e.message())))?;
+        self.audit("node", &signed, &agent.node);
+        Ok(Response::new(wire::AttestNodeResponse {
+            svid: Some(svid_to_wire(&signed)),
+            bundle: Some(wire::Bundle::from(material.bundle.as_ref())),
+        }))
+    }
+
+    async fn mint_x509svi_ds(
+        &self,
+        request: Request<wire::MintX509SvidsRequest>,
+    ) -> Result<Response<wire::MintX509SvidsResponse>, Status> {
+        const RPC: &str = "mint_x509_svids";
+        let agent = self.caller_agent(RPC, &request)?;
+        let items = &request.get_ref().requests;
+        if items.len() > MAX_BATCH {
+            self.metrics.refused(RPC, "batch_too_large");
+            return Err(Status::invalid_argument(format!(
+                "batch_too_large: {} requests; at most {MAX_BATCH} per call",
+                items.len()
+            )));
+        }
+        if !self
+            .mint_limiter
+            .try_acquire(&agent.node, items.len() as u32)
+        {
+            self.metrics.refused(RPC, "rate_limited");
+            return Err(Status::resource_exhausted(
+                "rate_limited: too many mints from this node",
+            ));
+        }
+        let material = self.material()?;
+        let now = SystemTime::now();
+        let policy = self.policy();
+        let results = items
+            .iter()
+            .map(|item| {
+                let refusal = |reason: String, message: String| {
+                    self.metrics.refused(RPC, &reason);
+                    wire::mint_x509_svid_result::Result::Refusal(wire::Refusal { reason, message })
+                };
+                let outcome = match claim_from_wire(item.workload.as_ref())
+                    .and_then(|claim| policy.decide(&agent, &claim))
+                {
+                    Err(r) => refusal(r.to_string(), r.message()),
+                    Ok(decision) => match VerifiedCsr::from_der(&item.csr) {
+                        Err(e) => refusal(e.label().to_owned(), e.message()),
+                        Ok(csr) => {
+                            let ttl = decision.x509_ttl.unwrap_or(self.settings.x509_ttl);
+                            match material.issuer.sign_x509_svid(
+                                &csr,
+                                &decision.spiffe_id,
+                                ttl,
+                                now,
+                            ) {
+                                Ok(signed) => {
+                                    self.audit("x509", &signed, &agent.node);
+                                    wire::mint_x509_svid_result::Result::Svid(svid_to_wire(&signed))
+                                }
+                                Err(e) => refusal(e.label().to_owned(), e.message()),
+                            }
+                        }
+                    },
+                };
+                wire::MintX509SvidResult {
+                    result: Some(outcome),
+                }
+            })
+            .collect();
+        Ok(Response::new(wire::MintX509SvidsResponse { results }))
+    }
+
+    async fn mint_jwtsvid(
+        &self,
+        request: Request<wire::MintJwtSvidRequest>,
+    ) -> Result<Response<wire::MintJwtSvidResponse>, Status> {
+        const RPC: &str = "mint_jwt_svid";
+        let agent = self.caller_agent(RPC, &request)?;
+        let audience = &request.get_ref().audience;
+        if audience.is_empty()
+            || audience.len() > MAX_AUDIENCES
+            || audience
+                .iter()
+                .any(|a| a.is_empty() || a.len() > MAX_AUDIENCE_LEN)
+        {
+            self.metrics.refused(RPC, "bad_audience");
+            return Err(Status::invalid_argument(format!(
+                "bad_audience: give 1 to {MAX_AUDIENCES} non-empty audiences"
+            )));
+        }
+        if !self.mint_limiter.try_acquire(&agent.node, 1) {
+            self.metrics.refused(RPC, "rate_limited");
+            return Err(Status::resource_exhausted(
+                "rate_limited: too many mints from this node",
+            ));
+        }
+        let material = self.material()?;
+        let decision = claim_from_wire(request.get_ref().workload.as_ref())
+            .and_then(|claim| self.policy().decide(&agent, &claim))
+            .map_err(|r| {
+                self.metrics.refused(RPC, &r);
+                if r.is_transient() {
+                    Status::unavailable(format!("{r}: {}", r.message()))
+                } else {
+                    Status::permission_denied(format!("{r}: {}", r.message()))
+                }
+            })?;
+        let now = SystemTime::now();
+        let ttl = decision.jwt_ttl.unwrap_or(self.settings.jwt_ttl);
+        let token = material
+            .jwt
+            .mint(&decision.spiffe_id, audience, ttl, now)
+            .map_err(|e| Status::internal(format!("signing failed: {e}")))?;
+        self.metrics.issued("jwt");
+        let expires_at = unix_seconds(now + ttl);
+        tracing::info!(target: "audit", kind = "jwt", spiffe_id = %decision.spiffe_id, node = %agent.node, expires_at, "issued JWT-SVID");
+        Ok(Response::new(wire::MintJwtSvidResponse {
+            spiffe_id: decision.spiffe_id.to_string(),
+            token,
+            expires_at,
+        }))
+    }
+
+    type WatchBundleStream = BoxStream<wire::WatchBundleResponse>;
+
+    async fn watch_bundle(
+        &self,
+        request: Request<wire::WatchBundleRequest>,
+    ) -> Result<Response<Self::WatchBundleStream>, Status> {
+        self.caller_agent("watch_bundle", &request)?;
+        let stream = tokio_stream::wrappers::WatchStream::new(self.authority.subscribe_bundle())
+            .filter_map(|bundle| async move {
+                bundle.map(|b| {
+                    Ok(wire::WatchBundleResponse {
+                        bundle: Some(wire::Bundle::from(b.as_ref())),
+                    })
+                })
+            });
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    type WatchNodeStream = NodeStream;
+
+    async fn watch_node(
+        &self,
+        request: Request<wire::WatchNodeRequest>,
+    ) -> Result<Response<Self::WatchNodeStream>, Status> {
+        let agent = self.caller_agent("watch_node", &request)?;
+        Ok(Response::new(self.node_feed().stream(agent)))
+    }
+}
