@@ -1,6 +1,7 @@
-//! Acceptance: X.509-SVIDs from Lanyard's CA are accepted by two independent
-//! implementations, the Rust `spiffe` crate's X.509-SVID parser and `openssl verify` (with
-//! the TLS client and server purposes), and a leaf from another root is refused.
+//! Acceptance: X.509-SVIDs from Lanyard's CA are accepted by independent implementations:
+//! the Rust `spiffe` crate's X.509-SVID parser, `openssl verify` (with the TLS client and
+//! server purposes) and rustls-webpki (what rustls, so the proxy, uses); a leaf from another
+//! root is refused.
 
 use std::path::Path;
 use std::process::Command;
@@ -200,4 +201,44 @@ fn openssl_refuses_a_leaf_from_another_root() {
     let their_root = write_pem(dir.path(), "their-root.pem", &theirs.root.cert_pem());
     let (ok, out) = verify(&their_root, &their_intermediate, &leaf, None);
     assert!(ok, "{out}");
+}
+
+/// rustls-webpki path validation for both TLS usages, at `now`.
+fn webpki_verify(
+    root: &rustls_pki_types::CertificateDer<'_>,
+    intermediates: &[rustls_pki_types::CertificateDer<'static>],
+    leaf: &rustls_pki_types::CertificateDer<'_>,
+) -> Result<(), webpki::Error> {
+    let anchor = webpki::anchor_from_trusted_cert(root)?;
+    let leaf = webpki::EndEntityCert::try_from(leaf)?;
+    let now = rustls_pki_types::UnixTime::now();
+    for usage in [
+        webpki::KeyUsage::client_auth(),
+        webpki::KeyUsage::server_auth(),
+    ] {
+        leaf.verify_for_usage(
+            webpki::ALL_VERIFICATION_ALGS,
+            std::slice::from_ref(&anchor),
+            intermediates,
+            now,
+            usage,
+            None,
+            None,
+        )?;
+    }
+    Ok(())
+}
+
+#[test]
+fn rustls_webpki_verifies_the_chain_and_refuses_another_root() {
+    let ours = pki();
+    let theirs = pki();
+    for alg in [KeyAlgorithm::EcdsaP256, KeyAlgorithm::EcdsaP384] {
+        let (_key, svid) = issue(&ours.issuer, "spiffe://example.org/web", alg);
+        webpki_verify(ours.root.cert_der(), &svid.cert_chain[1..], svid.leaf())
+            .unwrap_or_else(|e| panic!("webpki refused our {alg} leaf: {e:?}"));
+        let err =
+            webpki_verify(theirs.root.cert_der(), &svid.cert_chain[1..], svid.leaf()).unwrap_err();
+        assert_eq!(err, webpki::Error::UnknownIssuer);
+    }
 }
