@@ -39,64 +39,47 @@ pub const MAX_CHAIN_CERTS: usize = 8;
 
 /// Why the CA refused to load material or to sign. `Display` is a snake_case label, usable as
 /// a metric label; [`CaError::message`] is the human explanation.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CaError {
     /// Input PEM larger than its bound, or too many certificates in it.
-    #[error("too_large")]
     TooLarge { what: &'static str, limit: usize },
     /// The certificate PEM holds no readable `CERTIFICATE` block.
-    #[error("bad_pem")]
     BadPem(&'static str),
     /// A certificate that is not valid X.509 DER (or has duplicate/broken extensions).
-    #[error("bad_certificate")]
     BadCertificate(String),
     /// The private key could not be read, or is not ECDSA P-256/P-384.
-    #[error("{}", .0.to_string())]
     Key(KeyError),
     /// The private key does not belong to the certificate.
-    #[error("key_mismatch")]
     KeyMismatch,
     /// A certificate that must be a CA is not (cA=false, or no keyCertSign).
-    #[error("not_ca")]
     NotCa(String),
     /// A certificate has expired.
-    #[error("expired")]
     Expired {
         subject: String,
         not_after: SystemTime,
     },
     /// A certificate is not valid yet.
-    #[error("not_yet_valid")]
     NotYetValid {
         subject: String,
         not_before: SystemTime,
     },
     /// A SPIFFE ID (of a CA certificate, or asked for) is in another trust domain.
-    #[error("wrong_trust_domain")]
     WrongTrustDomain { expected: String, found: String },
     /// A CA certificate's SPIFFE ID has a path (signing certificates carry `spiffe://<td>`).
-    #[error("bad_ca_id")]
     BadCaId(String),
     /// The certificates after the first do not certify the one before.
-    #[error("broken_chain")]
     BrokenChain(String),
     /// The CA's subject name cannot be re-encoded byte for byte, so leaves would not chain.
-    #[error("unsupported_ca_subject")]
     UnsupportedCaSubject,
     /// An SVID was asked for a trust domain ID (no path).
-    #[error("id_without_path")]
     IdWithoutPath(String),
     /// A zero (under one second) TTL.
-    #[error("invalid_ttl")]
     InvalidTtl,
     /// The signing CA is no longer (or not yet) valid at the requested time.
-    #[error("issuer_expired")]
     IssuerExpired { not_after: SystemTime },
     /// A DNS SAN that is not a valid DNS name, or too many of them.
-    #[error("bad_dns_name")]
     BadDnsName(String),
     /// Encoding or signing failed inside rcgen or ring.
-    #[error("signing_failed")]
     Signing(String),
 }
 
@@ -170,6 +153,21 @@ impl CaError {
             ),
             Self::BadDnsName(why) => format!("DNS SAN refused: {why}"),
             Self::Signing(why) => format!("signing failed: {why}"),
+        }
+    }
+}
+
+impl fmt::Display for CaError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.label())
+    }
+}
+
+impl std::error::Error for CaError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::Key(e) => Some(e),
+            _ => None,
         }
     }
 }

@@ -536,12 +536,10 @@ fn issuer_refuses_bad_pem_and_oversize_input() {
             .label(),
         "too_large"
     );
-    assert_eq!(
-        Issuer::from_pem_at(&td(), &issuer.cert_chain_pem(), "nope", now())
-            .unwrap_err()
-            .label(),
-        "bad_key"
-    );
+    let err = Issuer::from_pem_at(&td(), &issuer.cert_chain_pem(), "nope", now()).unwrap_err();
+    assert_eq!(err.label(), "bad_key");
+    assert_eq!(err.to_string(), "bad_key");
+    assert!(err.message().contains("malformed"), "{}", err.message());
 }
 
 #[test]
