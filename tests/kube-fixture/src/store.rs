@@ -116,11 +116,12 @@ pub(crate) struct Subscription {
     pub receiver: broadcast::Receiver<Notice>,
     /// The global resourceVersion the replay brings the client up to.
     pub start_rv: u64,
-    _slot: WatchSlot,
+    /// The watch's slot; released when dropped.
+    pub slot: WatchSlot,
 }
 
 /// Holds one of the `max_watches` slots until dropped.
-struct WatchSlot(Arc<AtomicUsize>);
+pub(crate) struct WatchSlot(Arc<AtomicUsize>);
 
 impl Drop for WatchSlot {
     fn drop(&mut self) {
@@ -628,7 +629,7 @@ impl Store {
             backlog,
             receiver,
             start_rv: inner.rv,
-            _slot: slot_guard,
+            slot: slot_guard,
         })
     }
 

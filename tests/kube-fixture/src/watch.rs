@@ -71,16 +71,31 @@ pub(crate) fn stream_body(
 async fn pump(
     subscription: Subscription,
     options: WatchOptions,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
     tx: mpsc::Sender<Bytes>,
 ) {
     let Subscription {
         initial,
         backlog,
-        mut receiver,
+        receiver,
         start_rv,
-        ..
+        slot,
     } = subscription;
+    run(initial, backlog, receiver, start_rv, options, shutdown, &tx).await;
+    // Release the slot before the client sees the end of the stream.
+    drop(slot);
+    drop(tx);
+}
+
+async fn run(
+    initial: Vec<Value>,
+    backlog: Vec<std::sync::Arc<Change>>,
+    mut receiver: broadcast::Receiver<Notice>,
+    start_rv: u64,
+    options: WatchOptions,
+    mut shutdown: watch::Receiver<bool>,
+    tx: &mpsc::Sender<Bytes>,
+) {
     let deadline = tokio::time::Instant::now() + options.timeout;
     let mut seen = start_rv;
 
