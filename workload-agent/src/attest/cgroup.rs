@@ -284,10 +284,14 @@ fn find_systemd_pod<'a>(components: &[&'a str], relative: bool) -> Option<(usize
         let Some((parent, uid)) = stem.rsplit_once("-pod") else {
             continue;
         };
-        let parent_ok = parent == "kubepods"
-            || parent.ends_with("-kubepods")
-            || parent.ends_with("kubepods-besteffort")
-            || parent.ends_with("kubepods-burstable");
+        // The pod's parent slice is `kubepods` or a QoS slice `kubepods-<qos>`, after any
+        // prefix from the kubelet's cgroup root (`kubelet-kubepods...`).
+        let mut parts = parent.rsplit('-');
+        let parent_ok = match parts.next() {
+            Some("kubepods") => true,
+            Some("besteffort" | "burstable") => parts.next() == Some("kubepods"),
+            _ => false,
+        };
         if !parent_ok {
             continue;
         }
@@ -390,6 +394,12 @@ mod tests {
             // Slice ancestors that do not spell the pod slice's name.
             format!("/evil.slice/kubepods-pod{UID_}.slice/cri-containerd-{CID}.scope"),
             format!("/system.slice/kubepods-pod{UID_}.slice/cri-containerd-{CID}.scope"),
+            format!(
+                "/xkubepods.slice/xkubepods-besteffort.slice/xkubepods-besteffort-pod{UID_}.slice/cri-containerd-{CID}.scope"
+            ),
+            format!(
+                "/kubepods.slice/kubepods-guaranteed.slice/kubepods-guaranteed-pod{UID_}.slice/cri-containerd-{CID}.scope"
+            ),
             "/".to_owned(),
             "/system.slice/sshd.service".to_owned(),
             "/kubepods/besteffort".to_owned(),
