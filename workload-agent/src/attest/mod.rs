@@ -21,6 +21,10 @@
 //! - start times have clock-tick (10 ms) resolution, so a PID reused within one tick would
 //!   pass; that needs the whole PID space to wrap within 10 ms.
 //!
+//! - `execve` keeps the PID and the start time, so a caller that execs while it is being
+//!   attested may get the path of one binary and the digest of the next; both are binaries it
+//!   chose to run, and selectors describe the process as it is, not as it connected.
+//!
 //! A pidfd opened here (`pidfd_open`) would add nothing: it can only be opened from the PID,
 //! after the same window, and the start-time comparison already detects a later reuse.
 //!
