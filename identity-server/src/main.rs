@@ -89,7 +89,7 @@ async fn main() -> anyhow::Result<()> {
                 }
                 tracing::info!("shutting down");
             };
-            lanyard_server::run::run(config, lanyard_telemetry::announce_listener, shutdown)
+            lanyard_server::run::run(config, None, lanyard_telemetry::announce_listener, shutdown)
                 .await?;
         }
         Command::Token {

@@ -67,9 +67,12 @@ pub enum RunError {
     Serve(#[from] tonic::transport::Error),
 }
 
-/// Runs the server until `shutdown` resolves. `on_listening` sees each bound listener.
+/// Runs the server until `shutdown` resolves. `on_listening` sees each bound listener. In
+/// cluster mode `kube` is the API client to use; `None` takes it from `KUBECONFIG` or the
+/// in-cluster environment.
 pub async fn run(
     config: ServerConfig,
+    kube: Option<kube::Client>,
     on_listening: impl Fn(&'static str, SocketAddr),
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), RunError> {
@@ -109,7 +112,10 @@ pub async fn run(
             )
         }
         Mode::Cluster(cluster) => {
-            let client = kube::Client::try_default().await?;
+            let client = match kube {
+                Some(client) => client,
+                None => kube::Client::try_default().await?,
+            };
             let pods = PodIndex::new();
             tasks.push(pods.spawn_watcher(client.clone()));
             let source = KubeCaSource {

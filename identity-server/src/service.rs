@@ -217,19 +217,20 @@ impl NodeIdentity for IdentityService {
         request: Request<wire::AttestNodeRequest>,
     ) -> Result<Response<wire::AttestNodeResponse>, Status> {
         let now = SystemTime::now();
-        if let Some(addr) = request.remote_addr() {
-            if !self.attest_limiter.try_acquire(&addr.ip(), 1) {
-                self.metrics.refused("attest_node", "rate_limited");
-                return Err(Status::resource_exhausted(
-                    "rate_limited: too many attestations from this address",
-                ));
-            }
+        if let Some(addr) = request.remote_addr()
+            && !self.attest_limiter.try_acquire(&addr.ip(), 1)
+        {
+            self.metrics.refused("attest_node", "rate_limited");
+            return Err(Status::resource_exhausted(
+                "rate_limited: too many attestations from this address",
+            ));
         }
         let material = self.material()?;
         // Check the CSR before consuming anything (a join token is single-use).
         let csr = VerifiedCsr::from_der(&request.get_ref().csr).map_err(|e| {
-            self.metrics.refused("attest_node", e.label());
-            Status::invalid_argument(format!("{}: {}", e.label(), e.message()))
+            let reason = format!("csr_{}", e.label());
+            self.metrics.refused("attest_node", &reason);
+            Status::invalid_argument(format!("{reason}: {}", e.message()))
         })?;
         use wire::attest_node_request::Method;
         let agent = match &request.get_ref().method {
@@ -313,7 +314,7 @@ impl NodeIdentity for IdentityService {
                 {
                     Err(r) => refusal(r.to_string(), r.message()),
                     Ok(decision) => match VerifiedCsr::from_der(&item.csr) {
-                        Err(e) => refusal(e.label().to_owned(), e.message()),
+                        Err(e) => refusal(format!("csr_{}", e.label()), e.message()),
                         Ok(csr) => {
                             let ttl = decision.x509_ttl.unwrap_or(self.settings.x509_ttl);
                             match material.issuer.sign_x509_svid(
@@ -326,7 +327,7 @@ impl NodeIdentity for IdentityService {
                                     self.audit("x509", &signed, &agent.node);
                                     wire::mint_x509_svid_result::Result::Svid(svid_to_wire(&signed))
                                 }
-                                Err(e) => refusal(e.label().to_owned(), e.message()),
+                                Err(e) => refusal(format!("csr_{}", e.label()), e.message()),
                             }
                         }
                     },

@@ -43,7 +43,7 @@ pub enum CaSourceError {
     Api {
         what: &'static str,
         object: ObjectRef,
-        source: kube::Error,
+        source: Box<kube::Error>,
     },
     #[error("Secret {0} has no `{1}`")]
     MissingKey(ObjectRef, &'static str),
@@ -76,7 +76,7 @@ impl KubeCaSource {
             .map_err(|source| CaSourceError::Api {
                 what: "Secret",
                 object: self.secret.clone(),
-                source,
+                source: Box::new(source),
             })?
             .ok_or_else(|| CaSourceError::SecretMissing(self.secret.clone()))?;
         let maps: Api<ConfigMap> = Api::namespaced(self.client.clone(), &self.configmap.namespace);
@@ -86,7 +86,7 @@ impl KubeCaSource {
             .map_err(|source| CaSourceError::Api {
                 what: "ConfigMap",
                 object: self.configmap.clone(),
-                source,
+                source: Box::new(source),
             })?
             .ok_or_else(|| CaSourceError::ConfigMapMissing(self.configmap.clone()))?;
         self.material(&secret, &configmap)
