@@ -117,7 +117,9 @@ pub enum JwksError {
     X5cCount { index: usize, count: usize },
     #[error("keys[{index}] (x509-svid) certificate is not valid X.509: {reason}")]
     Certificate { index: usize, reason: String },
-    #[error("keys[{index}] (x509-svid) key members do not match its certificate's public key")]
+    #[error(
+        "keys[{index}] (x509-svid) kty or key members do not match its certificate's public key"
+    )]
     KeyMismatch { index: usize },
     #[error("keys[{index}] reuses kid {kid:?} for a different key")]
     DuplicateKeyId { index: usize, kid: String },
@@ -443,16 +445,17 @@ fn parse_x509_entry(index: usize, jwk: &Map<String, Value>) -> Result<Option<Vec
             });
         }
     };
-    // Key members are optional here, but when present they must describe the certificate.
+    // The certificate's key must be of the declared kty (so the bundle can be written back),
+    // and key members, optional here, must describe it when present.
+    let cert_key = JwtPublicKey::from_spki_der(parsed.public_key().raw)
+        .ok()
+        .filter(|key| key.kty() == kty)
+        .ok_or(JwksError::KeyMismatch { index })?;
     let has_key_members = ["crv", "x", "y", "n", "e"]
         .iter()
         .any(|m| jwk.contains_key(*m));
-    if has_key_members {
-        let cert_key = JwtPublicKey::from_spki_der(parsed.public_key().raw);
-        let jwk_key = parse_jwk_key(index, kty, jwk)?;
-        if cert_key.ok() != jwk_key {
-            return Err(JwksError::KeyMismatch { index });
-        }
+    if has_key_members && parse_jwk_key(index, kty, jwk)? != Some(cert_key) {
+        return Err(JwksError::KeyMismatch { index });
     }
     Ok(Some(cert))
 }

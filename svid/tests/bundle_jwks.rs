@@ -298,15 +298,38 @@ fn x509_key_members_must_match_the_certificate() {
         parse(&json!({"keys": [entry]})),
         Err(JwksError::KeyMismatch { index: 0 })
     );
-    // An RSA CA cannot be described as an EC key.
+    // An RSA CA cannot be declared an EC key, with or without key members.
     let mut entry = x509_entry(&ca(&rsa_key()));
     entry["kty"] = json!("EC");
+    let bare = json!({"use": "x509-svid", "kty": "EC", "x5c": entry["x5c"].clone()});
+    assert_eq!(
+        parse(&json!({"keys": [bare]})),
+        Err(JwksError::KeyMismatch { index: 0 })
+    );
     entry["crv"] = other["crv"].clone();
     entry["x"] = other["x"].clone();
     entry["y"] = other["y"].clone();
     assert_eq!(
         parse(&json!({"keys": [entry]})),
         Err(JwksError::KeyMismatch { index: 0 })
+    );
+}
+
+#[test]
+fn x509_certificate_with_an_unsupported_key_is_refused_under_a_known_kty() {
+    let ed25519 = ca(&KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap());
+    let entry = json!({"use": "x509-svid", "kty": "EC", "x5c": [STANDARD.encode(&ed25519)]});
+    assert_eq!(
+        parse(&json!({"keys": [entry]})),
+        Err(JwksError::KeyMismatch { index: 0 })
+    );
+    // Under its own (unknown to us) kty it is skipped, as the standard asks.
+    let entry = json!({"use": "x509-svid", "kty": "OKP", "x5c": [STANDARD.encode(&ed25519)]});
+    assert!(
+        parse(&json!({"keys": [entry]}))
+            .unwrap()
+            .x509_authorities()
+            .is_empty()
     );
 }
 
