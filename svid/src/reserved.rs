@@ -96,9 +96,15 @@ mod tests {
 
     #[test]
     fn server_and_agent_ids() {
-        assert_eq!(server_id(&td()).to_string(), "spiffe://example.org/lanyard/server");
+        assert_eq!(
+            server_id(&td()).to_string(),
+            "spiffe://example.org/lanyard/server"
+        );
         let id = agent_id(&td(), NodeAttestation::K8sPsat, "node-1").unwrap();
-        assert_eq!(id.to_string(), "spiffe://example.org/lanyard/agent/k8s_psat/node-1");
+        assert_eq!(
+            id.to_string(),
+            "spiffe://example.org/lanyard/agent/k8s_psat/node-1"
+        );
         assert_eq!(
             parse_agent_id(&id),
             Some(AgentIdentity {
