@@ -69,10 +69,17 @@ pub trait WorkloadIdentities: Send + Sync + 'static {
     /// them, so a first call for a new identity costs one mint round trip. An identity the
     /// agent already holds returns at once. Subscribers keep the identities renewed for as long
     /// as they keep calling; the manager may drop identities nobody asked for in a while.
-    async fn x509_svids(&self, entitlements: &[Entitlement]) -> Result<Vec<Arc<X509Svid>>, IdentityError>;
+    async fn x509_svids(
+        &self,
+        entitlements: &[Entitlement],
+    ) -> Result<Vec<Arc<X509Svid>>, IdentityError>;
 
     /// A JWT-SVID for `entitlement` and `audience` (non-empty), minted by the server.
-    async fn jwt_svid(&self, entitlement: &Entitlement, audience: &[String]) -> Result<String, IdentityError>;
+    async fn jwt_svid(
+        &self,
+        entitlement: &Entitlement,
+        audience: &[String],
+    ) -> Result<String, IdentityError>;
 
     /// The trust bundles to serve: our own trust domain's, plus any federated ones.
     fn bundles(&self) -> Arc<BundleSet>;
