@@ -30,10 +30,10 @@
 //! - [`store`]: one global resourceVersion, optimistic concurrency (409), no-op writes,
 //!   status subresource, bounded history and 410 for compacted versions
 //!   (<https://kubernetes.io/docs/reference/using-api/api-concepts/#resource-versions>).
-//! - [`watch`](crate::watch) (private): chunked newline-delimited events, selector
+//! - [`watch`]: chunked newline-delimited events, selector
 //!   transitions, bookmarks, `timeoutSeconds`, in-stream 410
 //!   (<https://kubernetes.io/docs/reference/using-api/api-concepts/#efficient-detection-of-changes>).
-//! - [`router`](crate::router) (private): paths, verbs, list semantics; **`limit` is ignored**
+//! - [`router`]: paths, verbs, list semantics; **`limit` is ignored**
 //!   (one complete page), `dryRun` refused.
 //! - [`selectors`]: label and field selectors, per-type supported fields (`spec.nodeName`...).
 //! - [`tokens`]: bound ServiceAccount tokens and TokenReview
@@ -62,13 +62,13 @@ pub mod kubeconfig;
 pub mod patch;
 pub mod rbac;
 pub mod resources;
-mod router;
+pub mod router;
 pub mod selectors;
 pub mod status;
 pub mod store;
 pub mod tls;
 pub mod tokens;
-mod watch;
+pub mod watch;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -229,7 +229,7 @@ impl KubeFixture {
             shutdown,
             server,
         };
-        fixture.kubeconfig = fixture.write_kubeconfig("admin", &fixture.admin_token().to_string())?;
+        fixture.kubeconfig = fixture.write_kubeconfig("admin", fixture.admin_token())?;
         tracing::info!(url = %fixture.url, "kube-fixture: serving");
         Ok(fixture)
     }
@@ -239,7 +239,7 @@ impl KubeFixture {
         self.addr
     }
 
-    /// `https://127.0.0.1:PORT`.
+    /// `https://127.0.0.1:PORT/`.
     pub fn url(&self) -> &http::Uri {
         &self.url
     }
@@ -260,10 +260,17 @@ impl KubeFixture {
     pub fn write_kubeconfig(&self, user: &str, token: &str) -> Result<PathBuf, FixtureError> {
         let safe: String = user
             .chars()
-            .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' })
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' {
+                    c
+                } else {
+                    '_'
+                }
+            })
             .collect();
         let path = self.dir.path().join(format!("kubeconfig-{safe}"));
-        let text = kubeconfig::render(&self.url.to_string(), self.ca_pem(), user, token);
+        let server = format!("https://{}", self.addr);
+        let text = kubeconfig::render(&server, self.ca_pem(), user, token);
         kubeconfig::write_private(&path, &text).map_err(|source| FixtureError::Kubeconfig {
             path: path.clone(),
             source,

@@ -39,12 +39,12 @@ impl PatchKind {
             "application/json-patch+json" => Ok(PatchKind::Json),
             "application/merge-patch+json" => Ok(PatchKind::Merge),
             "application/strategic-merge-patch+json" => Ok(PatchKind::Strategic),
-            "application/apply-patch+yaml" | "application/apply-patch+json" => {
-                Ok(PatchKind::Apply)
-            }
+            "application/apply-patch+yaml" | "application/apply-patch+json" => Ok(PatchKind::Apply),
             other => Err(ApiError::new(
                 Reason::UnsupportedMediaType,
-                format!("the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml (got {other:?})"),
+                format!(
+                    "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml (got {other:?})"
+                ),
             )),
         }
     }
@@ -105,7 +105,10 @@ mod tests {
     fn merge_and_json_patches_apply() {
         let mut obj = json!({"metadata": {"labels": {"a": "1", "b": "2"}}});
         PatchKind::Merge
-            .apply(&mut obj, &json!({"metadata": {"labels": {"a": null, "c": "3"}}}))
+            .apply(
+                &mut obj,
+                &json!({"metadata": {"labels": {"a": null, "c": "3"}}}),
+            )
             .unwrap();
         assert_eq!(obj, json!({"metadata": {"labels": {"b": "2", "c": "3"}}}));
         PatchKind::Json
@@ -123,9 +126,7 @@ mod tests {
 
     #[test]
     fn apply_bodies_may_be_yaml() {
-        let v = PatchKind::Apply
-            .decode(b"metadata:\n  name: x\n")
-            .unwrap();
+        let v = PatchKind::Apply.decode(b"metadata:\n  name: x\n").unwrap();
         assert_eq!(v, json!({"metadata": {"name": "x"}}));
         assert!(PatchKind::Merge.decode(b"metadata: {").is_err());
     }

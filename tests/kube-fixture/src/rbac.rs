@@ -153,7 +153,10 @@ pub fn forbidden(user: &User, attrs: &Attributes) -> ApiError {
         None => attrs.resource.clone(),
     };
     let subject = match &attrs.name {
-        Some(name) => format!("{} \"{name}\"", qualified(&attrs.api_group, &attrs.resource)),
+        Some(name) => format!(
+            "{} \"{name}\"",
+            qualified(&attrs.api_group, &attrs.resource)
+        ),
         None => qualified(&attrs.api_group, &attrs.resource),
     };
     let scope = match &attrs.namespace {
@@ -174,7 +177,11 @@ pub fn forbidden(user: &User, attrs: &Attributes) -> ApiError {
     )
 }
 
-fn any_subject_matches(subjects: Option<&[Subject]>, user: &User, binding_ns: Option<&str>) -> bool {
+fn any_subject_matches(
+    subjects: Option<&[Subject]>,
+    user: &User,
+    binding_ns: Option<&str>,
+) -> bool {
     subjects
         .unwrap_or_default()
         .iter()
@@ -190,9 +197,7 @@ fn subject_matches(subject: &Subject, user: &User, binding_ns: Option<&str>) -> 
                 .as_deref()
                 .filter(|s| !s.is_empty())
                 .or(binding_ns);
-            ns.is_some_and(|ns| {
-                user.name == format!("system:serviceaccount:{ns}:{}", subject.name)
-            })
+            ns.is_some_and(|ns| user.name == format!("system:serviceaccount:{ns}:{}", subject.name))
         }
         "User" => user.name == subject.name,
         "Group" => user.groups.contains(&subject.name),
@@ -217,16 +222,19 @@ fn rule_allows(rule: &PolicyRule, attrs: &Attributes) -> bool {
     if !has(&Some(rule.verbs.clone()), &attrs.verb) || !has(&rule.api_groups, &attrs.api_group) {
         return false;
     }
-    let resource_ok = rule.resources.as_deref().unwrap_or_default().iter().any(|r| {
-        match &attrs.subresource {
+    let resource_ok = rule
+        .resources
+        .as_deref()
+        .unwrap_or_default()
+        .iter()
+        .any(|r| match &attrs.subresource {
             None => r == "*" || *r == attrs.resource,
             Some(sub) => {
                 r == "*"
                     || *r == format!("{}/{sub}", attrs.resource)
                     || r.strip_prefix("*/") == Some(sub.as_str())
             }
-        }
-    });
+        });
     if !resource_ok {
         return false;
     }
@@ -268,10 +276,22 @@ mod tests {
     #[test]
     fn resource_names_need_a_request_name() {
         let r = rule(&["get", "watch", "list"], &["secrets"], &["ca"]);
-        assert!(rule_allows(&r, &attrs("get", "secrets", Some("ns"), Some("ca"))));
-        assert!(!rule_allows(&r, &attrs("get", "secrets", Some("ns"), Some("other"))));
-        assert!(!rule_allows(&r, &attrs("list", "secrets", Some("ns"), None)));
-        assert!(!rule_allows(&r, &attrs("update", "secrets", Some("ns"), Some("ca"))));
+        assert!(rule_allows(
+            &r,
+            &attrs("get", "secrets", Some("ns"), Some("ca"))
+        ));
+        assert!(!rule_allows(
+            &r,
+            &attrs("get", "secrets", Some("ns"), Some("other"))
+        ));
+        assert!(!rule_allows(
+            &r,
+            &attrs("list", "secrets", Some("ns"), None)
+        ));
+        assert!(!rule_allows(
+            &r,
+            &attrs("update", "secrets", Some("ns"), Some("ca"))
+        ));
     }
 
     #[test]

@@ -28,8 +28,15 @@ use crate::status::ApiError;
 ///
 /// Implemented for every such type; [`ResourceType::lookup`] says whether the fixture serves it.
 pub trait FixtureResource:
-    Resource<Scope: Scope> + ListableResource + Metadata<Ty = ObjectMeta> + Serialize + DeserializeOwned + Clone
-    + Send + Sync + 'static
+    Resource<Scope: Scope>
+    + ListableResource
+    + Metadata<Ty = ObjectMeta>
+    + Serialize
+    + DeserializeOwned
+    + Clone
+    + Send
+    + Sync
+    + 'static
 {
 }
 
@@ -117,10 +124,7 @@ pub static SERVED: &[ResourceType] = &[
 ];
 
 impl ResourceType {
-    const fn of<K: FixtureResource>(
-        has_status: bool,
-        fields: &'static [SelectableField],
-    ) -> Self {
+    const fn of<K: FixtureResource>(has_status: bool, fields: &'static [SelectableField]) -> Self {
         Self {
             group: K::GROUP,
             version: K::VERSION,
@@ -186,9 +190,8 @@ impl ResourceType {
         if self.kind == "Secret" {
             fold_string_data(map);
         }
-        (self.normalize)(body).map_err(|e| {
-            ApiError::bad_request(format!("unable to decode {} body: {e}", self.kind))
-        })
+        (self.normalize)(body)
+            .map_err(|e| ApiError::bad_request(format!("unable to decode {} body: {e}", self.kind)))
     }
 
     /// Builds the `XxxList` body for these (already canonical) items.
@@ -265,9 +268,7 @@ mod tests {
         let slices = ResourceType::find("discovery.k8s.io", "v1", "endpointslices").unwrap();
         assert_eq!(slices.kind, "EndpointSlice");
         assert!(ResourceType::find("", "v1", "deployments").is_none());
-        assert!(
-            ResourceType::lookup::<k8s_openapi::api::apps::v1::Deployment>().is_err()
-        );
+        assert!(ResourceType::lookup::<k8s_openapi::api::apps::v1::Deployment>().is_err());
     }
 
     #[test]

@@ -153,7 +153,9 @@ impl Api {
             return Err(rbac::forbidden(&who.user, &attrs));
         }
         if query.contains_key("dryRun") {
-            return Err(ApiError::bad_request("dryRun is not supported by the kube fixture"));
+            return Err(ApiError::bad_request(
+                "dryRun is not supported by the kube fixture",
+            ));
         }
 
         let Some(rt) = rt else {
@@ -188,12 +190,18 @@ impl Api {
             }
         };
         match verb {
-            "get" => Ok(json_response(StatusCode::OK, &self.store.get_value(rt, ns, name)?)),
+            "get" => Ok(json_response(
+                StatusCode::OK,
+                &self.store.get_value(rt, ns, name)?,
+            )),
             "list" => self.list(rt, &filter, &query),
             "watch" => self.watch(rt, filter, &query),
             "create" => {
                 if rp.subresource.is_some() {
-                    return Err(ApiError::new(Reason::MethodNotAllowed, "create on a subresource"));
+                    return Err(ApiError::new(
+                        Reason::MethodNotAllowed,
+                        "create on a subresource",
+                    ));
                 }
                 let body = json_body(read_body(req).await?)?;
                 let created = self.store.create_value(rt, ns, body, true)?;
@@ -231,9 +239,9 @@ impl Api {
         }
         let (items, rv) = self.store.list_values(rt, filter);
         if let Some(requested) = query.get("resourceVersion").filter(|s| !s.is_empty()) {
-            let requested: u64 = requested
-                .parse()
-                .map_err(|_| ApiError::bad_request(format!("invalid resource version {requested:?}")))?;
+            let requested: u64 = requested.parse().map_err(|_| {
+                ApiError::bad_request(format!("invalid resource version {requested:?}"))
+            })?;
             let exact = query.get("resourceVersionMatch").map(String::as_str) == Some("Exact");
             if requested > rv {
                 return Err(ApiError::new(
@@ -258,13 +266,13 @@ impl Api {
         filter: Filter,
         query: &HashMap<String, String>,
     ) -> Result<Response<Body>, ApiError> {
-        let from = match query.get("resourceVersion").map(String::as_str) {
-            None | Some("") | Some("0") => WatchFrom::Now,
-            Some(n) => WatchFrom::After(
-                n.parse()
-                    .map_err(|_| ApiError::bad_request(format!("invalid resource version {n:?}")))?,
-            ),
-        };
+        let from =
+            match query.get("resourceVersion").map(String::as_str) {
+                None | Some("") | Some("0") => WatchFrom::Now,
+                Some(n) => WatchFrom::After(n.parse().map_err(|_| {
+                    ApiError::bad_request(format!("invalid resource version {n:?}"))
+                })?),
+            };
         let timeout = match query.get("timeoutSeconds") {
             Some(s) => Duration::from_secs(
                 s.parse()
@@ -454,15 +462,13 @@ fn percent_decode(s: &str) -> String {
     while i < bytes.len() {
         match bytes[i] {
             b'+' => out.push(b' '),
-            b'%' if i + 2 < bytes.len() => {
-                match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
-                    (Some(h), Some(l)) => {
-                        out.push(h * 16 + l);
-                        i += 2;
-                    }
-                    _ => out.push(b'%'),
+            b'%' if i + 2 < bytes.len() => match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                (Some(h), Some(l)) => {
+                    out.push(h * 16 + l);
+                    i += 2;
                 }
-            }
+                _ => out.push(b'%'),
+            },
             b => out.push(b),
         }
         i += 1;
@@ -548,7 +554,10 @@ mod tests {
         assert_eq!(p.name.as_deref(), Some("p"));
         assert_eq!(p.subresource.as_deref(), Some("status"));
         let p = parse_path("/api/v1/namespaces/ns").unwrap();
-        assert_eq!((p.resource.as_str(), p.name.as_deref()), ("namespaces", Some("ns")));
+        assert_eq!(
+            (p.resource.as_str(), p.name.as_deref()),
+            ("namespaces", Some("ns"))
+        );
         let p = parse_path("/api/v1/namespaces/ns/status").unwrap();
         assert_eq!(p.subresource.as_deref(), Some("status"));
         assert_eq!(p.namespace, None);

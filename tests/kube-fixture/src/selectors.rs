@@ -51,7 +51,9 @@ impl LabelSelector {
                 continue;
             }
             if requirements.len() == MAX_REQUIREMENTS {
-                return Err(ApiError::bad_request("label selector has too many requirements"));
+                return Err(ApiError::bad_request(
+                    "label selector has too many requirements",
+                ));
             }
             requirements.push(parse_label_term(term)?);
         }
@@ -114,12 +116,18 @@ fn parse_label_term(term: &str) -> Result<LabelRequirement, ApiError> {
         return Ok(LabelRequirement::DoesNotExist(valid_key(key.trim(), term)?));
     }
     for (op, build) in [
-        ("!=", LabelRequirement::NotEquals as fn(String, String) -> LabelRequirement),
+        (
+            "!=",
+            LabelRequirement::NotEquals as fn(String, String) -> LabelRequirement,
+        ),
         ("==", LabelRequirement::Equals),
         ("=", LabelRequirement::Equals),
     ] {
         if let Some((k, v)) = term.split_once(op) {
-            return Ok(build(valid_key(k.trim(), term)?, valid_value(v.trim(), term)?));
+            return Ok(build(
+                valid_key(k.trim(), term)?,
+                valid_value(v.trim(), term)?,
+            ));
         }
     }
     if term.contains('<') || term.contains('>') {
@@ -240,7 +248,9 @@ impl FieldSelector {
                 continue;
             }
             if selector.requirements.len() == MAX_REQUIREMENTS {
-                return Err(ApiError::bad_request("field selector has too many requirements"));
+                return Err(ApiError::bad_request(
+                    "field selector has too many requirements",
+                ));
             }
             let (field, value, negated) = if let Some((f, v)) = split_op(&term, "!=") {
                 (f, v, true)
@@ -259,10 +269,7 @@ impl FieldSelector {
                 .chain(supported)
                 .find(|f| f.name == field)
                 .ok_or_else(|| {
-                    ApiError::bad_request(format!(
-                        "field label not supported: {}",
-                        unescape(field)
-                    ))
+                    ApiError::bad_request(format!("field label not supported: {}", unescape(field)))
                 })?;
             let value = unescape(&value);
             if known.name == "metadata.name" && !negated {
@@ -387,7 +394,13 @@ mod tests {
         for s in yes {
             assert!(LabelSelector::parse(s).unwrap().matches(&l), "{s}");
         }
-        let no = ["app=db", "app notin (web)", "missing", "!app", "app=web,tier=back"];
+        let no = [
+            "app=db",
+            "app notin (web)",
+            "missing",
+            "!app",
+            "app=web,tier=back",
+        ];
         for s in no {
             assert!(!LabelSelector::parse(s).unwrap().matches(&l), "{s}");
         }
@@ -407,12 +420,16 @@ mod tests {
         let s = FieldSelector::parse("spec.nodeName=n1,metadata.name=p", POD_FIELDS).unwrap();
         assert!(s.matches_object(&pod));
         assert_eq!(s.exact_name(), Some("p"));
-        assert!(!FieldSelector::parse("spec.nodeName!=n1", POD_FIELDS)
-            .unwrap()
-            .matches_object(&pod));
-        assert!(!FieldSelector::parse("spec.nodeName=n2", POD_FIELDS)
-            .unwrap()
-            .matches_object(&pod));
+        assert!(
+            !FieldSelector::parse("spec.nodeName!=n1", POD_FIELDS)
+                .unwrap()
+                .matches_object(&pod)
+        );
+        assert!(
+            !FieldSelector::parse("spec.nodeName=n2", POD_FIELDS)
+                .unwrap()
+                .matches_object(&pod)
+        );
         let err = FieldSelector::parse("spec.hostname=x", POD_FIELDS).unwrap_err();
         assert_eq!(err.message, "field label not supported: spec.hostname");
         assert!(FieldSelector::parse("nonsense", POD_FIELDS).is_err());

@@ -140,7 +140,10 @@ pub(crate) struct Filter {
 impl Filter {
     pub fn matches(&self, object: &Value) -> bool {
         if let Some(ns) = &self.namespace
-            && object.pointer("/metadata/namespace").and_then(Value::as_str) != Some(ns)
+            && object
+                .pointer("/metadata/namespace")
+                .and_then(Value::as_str)
+                != Some(ns)
         {
             return false;
         }
@@ -391,10 +394,19 @@ impl Store {
         meta.insert("uid".into(), Value::String(ids::uid()));
         meta.insert(
             "creationTimestamp".into(),
-            serde_json::to_value(Time(self.clock.now().round(k8s_openapi::jiff::Unit::Second).unwrap_or(self.clock.now())))
-                .map_err(|e| ApiError::internal(e.to_string()))?,
+            serde_json::to_value(Time(
+                self.clock
+                    .now()
+                    .round(k8s_openapi::jiff::Unit::Second)
+                    .unwrap_or(self.clock.now()),
+            ))
+            .map_err(|e| ApiError::internal(e.to_string()))?,
         );
-        for server_owned in ["deletionTimestamp", "deletionGracePeriodSeconds", "managedFields"] {
+        for server_owned in [
+            "deletionTimestamp",
+            "deletionGracePeriodSeconds",
+            "managedFields",
+        ] {
             meta.remove(server_owned);
         }
         if from_api && rt.has_status {
@@ -444,7 +456,11 @@ impl Store {
 
     /// Lists matching objects (in key order: namespace, then name) and the current
     /// resourceVersion.
-    pub(crate) fn list_values(&self, rt: &'static ResourceType, filter: &Filter) -> (Vec<Value>, u64) {
+    pub(crate) fn list_values(
+        &self,
+        rt: &'static ResourceType,
+        filter: &Filter,
+    ) -> (Vec<Value>, u64) {
         let inner = self.lock();
         let index = rt.index();
         let items = inner
@@ -526,7 +542,13 @@ impl Store {
         let rv = inner.rv;
         set_resource_version(&mut next, rv);
         inner.objects.insert(key, next.clone());
-        self.record(&mut inner, rt, ChangeKind::Modified, next.clone(), Some(current));
+        self.record(
+            &mut inner,
+            rt,
+            ChangeKind::Modified,
+            next.clone(),
+            Some(current),
+        );
         Ok(next)
     }
 
@@ -574,7 +596,13 @@ impl Store {
         inner.rv += 1;
         let mut last = current.clone();
         set_resource_version(&mut last, inner.rv);
-        self.record(&mut inner, rt, ChangeKind::Deleted, last.clone(), Some(current));
+        self.record(
+            &mut inner,
+            rt,
+            ChangeKind::Deleted,
+            last.clone(),
+            Some(current),
+        );
         Ok(last)
     }
 
@@ -751,7 +779,9 @@ fn merge_for_target(
     }
     match target {
         Target::Main => {
-            let obj = desired.as_object_mut().expect("normalized objects are maps");
+            let obj = desired
+                .as_object_mut()
+                .expect("normalized objects are maps");
             match current.get("status") {
                 Some(s) => obj.insert("status".into(), s.clone()),
                 None => obj.remove("status"),

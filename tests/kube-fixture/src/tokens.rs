@@ -119,7 +119,9 @@ impl TokenRejection {
             TokenRejection::Unknown => "token lookup failed: not issued by this cluster".into(),
             TokenRejection::Expired => "service account token has expired".into(),
             TokenRejection::WrongAudience { token, accepted } => {
-                format!("token audiences {token:?} is invalid for the target audiences {accepted:?}")
+                format!(
+                    "token audiences {token:?} is invalid for the target audiences {accepted:?}"
+                )
             }
             TokenRejection::PodNotFound(name) => {
                 format!("pod \"{name}\" not found: the token's bound pod was deleted")
@@ -410,7 +412,11 @@ impl Tokens {
     }
 
     /// Answers a TokenReview: the same object back with `status` filled in.
-    pub(crate) fn review(&self, store: &Store, mut review: TokenReview) -> Result<TokenReview, ApiError> {
+    pub(crate) fn review(
+        &self,
+        store: &Store,
+        mut review: TokenReview,
+    ) -> Result<TokenReview, ApiError> {
         let token = review.spec.token.clone().unwrap_or_default();
         if token.is_empty() {
             return Err(ApiError::new(

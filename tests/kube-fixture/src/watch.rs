@@ -47,7 +47,10 @@ pub(crate) struct WatchOptions {
 
 /// The body of a watch that failed before it started (e.g. 410 Expired): one ERROR event.
 pub(crate) fn error_body(error: &ApiError) -> Body {
-    let line = event_line("ERROR", &serde_json::to_value(error.to_status()).unwrap_or_default());
+    let line = event_line(
+        "ERROR",
+        &serde_json::to_value(error.to_status()).unwrap_or_default(),
+    );
     http_body_util::Full::new(line).boxed_unsync()
 }
 
@@ -176,7 +179,10 @@ fn change_line(change: &Change, filter: &Filter) -> Option<Bytes> {
             // Left the selection: DELETED with the previous content at the new version.
             let mut previous = change.previous.clone().unwrap_or_default();
             if let Some(meta) = previous.get_mut("metadata").and_then(Value::as_object_mut) {
-                meta.insert("resourceVersion".into(), Value::String(change.rv.to_string()));
+                meta.insert(
+                    "resourceVersion".into(),
+                    Value::String(change.rv.to_string()),
+                );
             }
             Some(event_line("DELETED", &previous))
         }
@@ -232,7 +238,10 @@ mod tests {
         let on = json!({"metadata": {"name": "a", "labels": {"app": "x"}, "resourceVersion": "6"}});
         let off = json!({"metadata": {"name": "a", "resourceVersion": "7"}});
         let joined = change(ChangeKind::Modified, Some(off.clone()), on.clone());
-        assert_eq!(parse(change_line(&joined, &filter).unwrap())["type"], "ADDED");
+        assert_eq!(
+            parse(change_line(&joined, &filter).unwrap())["type"],
+            "ADDED"
+        );
         let left = change(ChangeKind::Modified, Some(on.clone()), off.clone());
         let ev = parse(change_line(&left, &filter).unwrap());
         assert_eq!(ev["type"], "DELETED");

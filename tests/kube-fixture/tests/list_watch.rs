@@ -23,10 +23,18 @@ fn names<K: kube::Resource>(items: &[K]) -> Vec<String> {
 
 async fn seed_pods(fixture: &kube_fixture::KubeFixture) {
     let store = fixture.store();
-    store.create(&pod("apps", "web-1", "node-a", &[("app", "web")])).unwrap();
-    store.create(&pod("apps", "web-2", "node-b", &[("app", "web")])).unwrap();
-    store.create(&pod("apps", "db-1", "node-a", &[("app", "db")])).unwrap();
-    store.create(&pod("other", "web-9", "node-a", &[("app", "web")])).unwrap();
+    store
+        .create(&pod("apps", "web-1", "node-a", &[("app", "web")]))
+        .unwrap();
+    store
+        .create(&pod("apps", "web-2", "node-b", &[("app", "web")]))
+        .unwrap();
+    store
+        .create(&pod("apps", "db-1", "node-a", &[("app", "db")]))
+        .unwrap();
+    store
+        .create(&pod("other", "web-9", "node-a", &[("app", "web")]))
+        .unwrap();
 }
 
 #[tokio::test]
@@ -41,7 +49,10 @@ async fn lists_filter_by_namespace_labels_and_fields() {
     let rv: u64 = all.metadata.resource_version.unwrap().parse().unwrap();
     assert_eq!(rv, fixture.store().resource_version());
 
-    let web = pods.list(&ListParams::default().labels("app=web")).await.unwrap();
+    let web = pods
+        .list(&ListParams::default().labels("app=web"))
+        .await
+        .unwrap();
     assert_eq!(names(&web.items), ["web-1", "web-2"]);
     let set = pods
         .list(&ListParams::default().labels("app in (db),app!=web"))
@@ -56,7 +67,11 @@ async fn lists_filter_by_namespace_labels_and_fields() {
     assert_eq!(names(&on_a.items), ["db-1", "web-1"]);
     let everywhere: Api<Pod> = Api::all(client.clone());
     let on_a_all = everywhere
-        .list(&ListParams::default().fields("spec.nodeName=node-a").labels("app=web"))
+        .list(
+            &ListParams::default()
+                .fields("spec.nodeName=node-a")
+                .labels("app=web"),
+        )
         .await
         .unwrap();
     assert_eq!(names(&on_a_all.items), ["web-1", "web-9"]);
@@ -141,7 +156,10 @@ async fn a_watch_sees_changes_made_after_it_starts() {
             namespace: Some("apps".into()),
             ..Default::default()
         },
-        data: Some(BTreeMap::from([("bundle.pem".to_string(), "one".to_string())])),
+        data: Some(BTreeMap::from([(
+            "bundle.pem".to_string(),
+            "one".to_string(),
+        )])),
         ..Default::default()
     };
     let created = api.create(&PostParams::default(), &cm).await.unwrap();
@@ -155,7 +173,10 @@ async fn a_watch_sees_changes_made_after_it_starts() {
     fixture
         .store()
         .modify::<ConfigMap>("apps", "bundle", |cm| {
-            cm.data = Some(BTreeMap::from([("bundle.pem".to_string(), "two".to_string())]));
+            cm.data = Some(BTreeMap::from([(
+                "bundle.pem".to_string(),
+                "two".to_string(),
+            )]));
         })
         .unwrap();
     match next_event(&mut events).await {
@@ -164,7 +185,10 @@ async fn a_watch_sees_changes_made_after_it_starts() {
         }
         other => panic!("expected MODIFIED, got {other:?}"),
     }
-    fixture.store().delete::<ConfigMap>("apps", "bundle").unwrap();
+    fixture
+        .store()
+        .delete::<ConfigMap>("apps", "bundle")
+        .unwrap();
     match next_event(&mut events).await {
         WatchEvent::Deleted(obj) => assert_eq!(obj.name_any(), "bundle"),
         other => panic!("expected DELETED, got {other:?}"),
@@ -225,7 +249,10 @@ async fn bookmarks_arrive_and_timeout_seconds_ends_the_watch() {
     }
     // The server closes the stream after timeoutSeconds (2 s), well within the deadline.
     let rest: Vec<_> = within("the watch to time out", events.collect::<Vec<_>>()).await;
-    assert!(rest.iter().all(|e| matches!(e, Ok(WatchEvent::Bookmark(_)))));
+    assert!(
+        rest.iter()
+            .all(|e| matches!(e, Ok(WatchEvent::Bookmark(_))))
+    );
     assert_eq!(fixture.store().open_watches(), 0);
 }
 
@@ -236,7 +263,11 @@ async fn a_watch_from_a_compacted_version_gets_410_expired() {
     let api: Api<Pod> = Api::namespaced(fixture.admin_client().unwrap(), "apps");
     let old = fixture.store().resource_version().to_string();
     fixture.expire_watches();
-    let mut events = api.watch(&WatchParams::default(), &old).await.unwrap().boxed();
+    let mut events = api
+        .watch(&WatchParams::default(), &old)
+        .await
+        .unwrap()
+        .boxed();
     match next_event(&mut events).await {
         WatchEvent::Error(status) => {
             assert_eq!(status.code, 410);
@@ -248,9 +279,16 @@ async fn a_watch_from_a_compacted_version_gets_410_expired() {
     // A fresh version still works.
     let fresh = api.list(&ListParams::default()).await.unwrap();
     let rv = fresh.metadata.resource_version.unwrap();
-    let mut events = api.watch(&WatchParams::default(), &rv).await.unwrap().boxed();
+    let mut events = api
+        .watch(&WatchParams::default(), &rv)
+        .await
+        .unwrap()
+        .boxed();
     fixture.store().delete::<Pod>("apps", "db-1").unwrap();
-    assert!(matches!(next_event(&mut events).await, WatchEvent::Deleted(_)));
+    assert!(matches!(
+        next_event(&mut events).await,
+        WatchEvent::Deleted(_)
+    ));
 }
 
 #[tokio::test]
@@ -272,7 +310,10 @@ async fn the_kube_watcher_relists_after_410_and_keeps_up() {
 
     let mut saw_init_done = 0;
     while saw_init_done == 0 {
-        match within("the initial list", rx.recv()).await.expect("watcher runs") {
+        match within("the initial list", rx.recv())
+            .await
+            .expect("watcher runs")
+        {
             Ok(Event::InitDone) => saw_init_done += 1,
             Ok(_) => {}
             Err(e) => panic!("unexpected watcher error before expiry: {e}"),
@@ -283,7 +324,10 @@ async fn the_kube_watcher_relists_after_410_and_keeps_up() {
     fixture.expire_watches();
     let mut saw_gone = false;
     loop {
-        match within("a 410 from the re-watch", rx.recv()).await.expect("watcher runs") {
+        match within("a 410 from the re-watch", rx.recv())
+            .await
+            .expect("watcher runs")
+        {
             Err(watcher::Error::WatchError(status)) if status.code == 410 => {
                 saw_gone = true;
             }
@@ -297,13 +341,22 @@ async fn the_kube_watcher_relists_after_410_and_keeps_up() {
         .create(&pod("apps", "web-3", "node-a", &[("app", "web")]))
         .unwrap();
     loop {
-        match within("the new pod", rx.recv()).await.expect("watcher runs") {
+        match within("the new pod", rx.recv())
+            .await
+            .expect("watcher runs")
+        {
             Ok(Event::Apply(p) | Event::InitApply(p)) if p.name_any() == "web-3" => break,
             Err(e) => panic!("unexpected watcher error after relist: {e}"),
             _ => {}
         }
     }
-    let mut cached = names(&reader.state().iter().map(|p| (**p).clone()).collect::<Vec<_>>());
+    let mut cached = names(
+        &reader
+            .state()
+            .iter()
+            .map(|p| (**p).clone())
+            .collect::<Vec<_>>(),
+    );
     cached.sort();
     assert_eq!(cached, ["db-1", "web-1", "web-2", "web-3"]);
     task.abort();
@@ -320,7 +373,9 @@ async fn the_kube_watcher_follows_a_named_object_by_field_selector() {
     assert_eq!(first.name_any(), "web-2");
     fixture
         .store()
-        .modify::<Pod>("apps", "web-1", |p| p.metadata.annotations = Some(Default::default()))
+        .modify::<Pod>("apps", "web-1", |p| {
+            p.metadata.annotations = Some(Default::default())
+        })
         .unwrap();
     fixture
         .store()
@@ -328,7 +383,10 @@ async fn the_kube_watcher_follows_a_named_object_by_field_selector() {
             p.metadata.annotations = Some(BTreeMap::from([("seen".into(), "yes".into())]));
         })
         .unwrap();
-    let next = within("web-2 again", objects.try_next()).await.unwrap().unwrap();
+    let next = within("web-2 again", objects.try_next())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(next.name_any(), "web-2");
     assert_eq!(next.annotations()["seen"], "yes");
 }

@@ -155,7 +155,10 @@ async fn resource_names_allow_one_secret_and_forbid_the_rest() {
         "secrets \"other\" is forbidden: User \"system:serviceaccount:lanyard:server\" cannot get resource \"secrets\" in API group \"\" in the namespace \"lanyard\""
     );
     // Listing all Secrets has no name, so a resourceNames rule does not allow it...
-    assert_eq!(api_status(secrets.list(&ListParams::default()).await).code, 403);
+    assert_eq!(
+        api_status(secrets.list(&ListParams::default()).await).code,
+        403
+    );
     // ...but listing by metadata.name does, as in the API server.
     let one = secrets
         .list(&ListParams::default().fields("metadata.name=lanyard-ca"))
@@ -170,12 +173,24 @@ async fn a_verb_not_granted_is_forbidden() {
     let secrets: Api<Secret> = Api::namespaced(client.clone(), "lanyard");
     let mut ca = secrets.get("lanyard-ca").await.unwrap();
     ca.metadata.labels = Some(BTreeMap::from([("x".to_string(), "y".to_string())]));
-    let status = api_status(secrets.replace("lanyard-ca", &PostParams::default(), &ca).await);
-    assert_eq!(status.code, 403);
-    assert!(status.message.contains("cannot update resource \"secrets\""));
     let status = api_status(
         secrets
-            .patch("lanyard-ca", &PatchParams::default(), &Patch::Merge(json!({})))
+            .replace("lanyard-ca", &PostParams::default(), &ca)
+            .await,
+    );
+    assert_eq!(status.code, 403);
+    assert!(
+        status
+            .message
+            .contains("cannot update resource \"secrets\"")
+    );
+    let status = api_status(
+        secrets
+            .patch(
+                "lanyard-ca",
+                &PatchParams::default(),
+                &Patch::Merge(json!({})),
+            )
             .await,
     );
     assert!(status.message.contains("cannot patch"));
@@ -200,17 +215,26 @@ async fn a_role_binding_grants_only_in_its_namespace() {
     assert_eq!(status.code, 403);
     assert!(status.message.contains("in the namespace \"kube-system\""));
     let everywhere: Api<ConfigMap> = Api::all(client);
-    assert_eq!(api_status(everywhere.list(&ListParams::default()).await).code, 403);
+    assert_eq!(
+        api_status(everywhere.list(&ListParams::default()).await).code,
+        403
+    );
 }
 
 #[tokio::test]
 async fn a_cluster_role_binding_grants_in_every_namespace() {
     let (fixture, client) = setup().await;
     let all: Api<Pod> = Api::all(client.clone());
-    assert_eq!(all.list(&ListParams::default()).await.unwrap().items.len(), 1);
-    let mut stream = watcher(all, watcher::Config::default().fields("spec.nodeName=node-a"))
-        .applied_objects()
-        .boxed();
+    assert_eq!(
+        all.list(&ListParams::default()).await.unwrap().items.len(),
+        1
+    );
+    let mut stream = watcher(
+        all,
+        watcher::Config::default().fields("spec.nodeName=node-a"),
+    )
+    .applied_objects()
+    .boxed();
     let first = within("web-1", stream.try_next()).await.unwrap().unwrap();
     assert_eq!(first.name_any(), "web-1");
     fixture
@@ -227,7 +251,10 @@ async fn a_named_secret_can_be_watched_by_field_selector() {
     let secrets: Api<Secret> = Api::namespaced(client, "lanyard");
     let cfg = watcher::Config::default().fields("metadata.name=lanyard-ca");
     let mut stream = watcher(secrets.clone(), cfg).applied_objects().boxed();
-    let first = within("the CA secret", stream.try_next()).await.unwrap().unwrap();
+    let first = within("the CA secret", stream.try_next())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(first.name_any(), "lanyard-ca");
     fixture
         .store()
@@ -235,7 +262,10 @@ async fn a_named_secret_can_be_watched_by_field_selector() {
             s.metadata.labels = Some(BTreeMap::from([("rotated".to_string(), "1".to_string())]));
         })
         .unwrap();
-    let next = within("the rotated secret", stream.try_next()).await.unwrap().unwrap();
+    let next = within("the rotated secret", stream.try_next())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(next.labels()["rotated"], "1");
 
     // Watching every Secret is refused.
@@ -262,7 +292,10 @@ async fn rbac_objects_are_served_under_the_rbac_api() {
     assert_eq!(names, ["configmap-reader", "pod-reader"]);
     // The ServiceAccount may not read RBAC objects.
     let denied: Api<ClusterRole> = Api::all(client.clone());
-    assert_eq!(api_status(denied.list(&ListParams::default()).await).code, 403);
+    assert_eq!(
+        api_status(denied.list(&ListParams::default()).await).code,
+        403
+    );
 
     // Removing the binding through the API revokes access at once.
     let bindings: Api<k8s_openapi::api::rbac::v1::RoleBinding> =

@@ -12,8 +12,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
 use kube::api::PostParams;
 use kube_fixture::{
-    DEFAULT_API_AUDIENCE, EXTRA_NODE_NAME, EXTRA_POD_NAME, EXTRA_POD_UID, KubeFixture,
-    TokenBinding,
+    DEFAULT_API_AUDIENCE, EXTRA_NODE_NAME, EXTRA_POD_NAME, EXTRA_POD_UID, KubeFixture, TokenBinding,
 };
 
 const AUDIENCE: &str = "lanyard-server";
@@ -89,13 +88,7 @@ async fn review(api: &Api<TokenReview>, token: &str, audiences: &[&str]) -> Toke
 }
 
 fn extra(status: &TokenReviewStatus, key: &str) -> Option<Vec<String>> {
-    status
-        .user
-        .as_ref()?
-        .extra
-        .as_ref()?
-        .get(key)
-        .cloned()
+    status.user.as_ref()?.extra.as_ref()?.get(key).cloned()
 }
 
 #[tokio::test]
@@ -121,7 +114,10 @@ async fn a_bound_token_is_authenticated_with_pod_and_node_extras() {
     let groups = user.groups.expect("groups");
     assert!(groups.contains(&"system:serviceaccounts:lanyard".to_string()));
     assert!(groups.contains(&"system:authenticated".to_string()));
-    assert_eq!(extra(&status, EXTRA_POD_NAME), Some(vec!["agent-abc".into()]));
+    assert_eq!(
+        extra(&status, EXTRA_POD_NAME),
+        Some(vec!["agent-abc".into()])
+    );
     assert_eq!(extra(&status, EXTRA_POD_UID), Some(vec![s.pod_uid.clone()]));
     assert_eq!(extra(&status, EXTRA_NODE_NAME), Some(vec!["node-1".into()]));
 }
@@ -140,7 +136,10 @@ async fn node_name_extra_can_be_switched_off_like_before_1_30() {
     let status = review(&s.reviews, &token, &[AUDIENCE]).await;
     assert_eq!(status.authenticated, Some(true));
     assert_eq!(extra(&status, EXTRA_NODE_NAME), None);
-    assert_eq!(extra(&status, EXTRA_POD_NAME), Some(vec!["agent-abc".into()]));
+    assert_eq!(
+        extra(&status, EXTRA_POD_NAME),
+        Some(vec!["agent-abc".into()])
+    );
     s.fixture.set_node_name_extra(true);
     let status = review(&s.reviews, &token, &[AUDIENCE]).await;
     assert_eq!(extra(&status, EXTRA_NODE_NAME), Some(vec!["node-1".into()]));
@@ -151,7 +150,12 @@ async fn unknown_and_tampered_tokens_are_not_authenticated() {
     let s = setup().await;
     let status = review(&s.reviews, "not-a-token", &[AUDIENCE]).await;
     assert_eq!(status.authenticated, Some(false));
-    assert!(status.error.expect("error").contains("invalid bearer token"));
+    assert!(
+        status
+            .error
+            .expect("error")
+            .contains("invalid bearer token")
+    );
     assert_eq!(status.audiences, None);
 
     let token = s.fixture.issue_service_account_token(
@@ -203,7 +207,10 @@ async fn wrong_audience_tokens_are_not_authenticated() {
     assert_eq!(status.authenticated, Some(false));
     let error = status.error.expect("error");
     assert!(error.contains("audiences"), "{error}");
-    assert!(error.contains("vault") && error.contains(AUDIENCE), "{error}");
+    assert!(
+        error.contains("vault") && error.contains(AUDIENCE),
+        "{error}"
+    );
 }
 
 #[tokio::test]
@@ -212,7 +219,10 @@ async fn a_review_without_audiences_uses_the_api_server_audience() {
     let api_token = s.fixture.issue_api_token("lanyard", "lanyard-agent");
     let status = review(&s.reviews, &api_token, &[]).await;
     assert_eq!(status.authenticated, Some(true));
-    assert_eq!(status.audiences, Some(vec![DEFAULT_API_AUDIENCE.to_string()]));
+    assert_eq!(
+        status.audiences,
+        Some(vec![DEFAULT_API_AUDIENCE.to_string()])
+    );
     let bound = s.fixture.issue_service_account_token(
         "lanyard",
         "lanyard-agent",
@@ -220,7 +230,10 @@ async fn a_review_without_audiences_uses_the_api_server_audience() {
         &[AUDIENCE],
         Duration::from_secs(600),
     );
-    assert_eq!(review(&s.reviews, &bound, &[]).await.authenticated, Some(false));
+    assert_eq!(
+        review(&s.reviews, &bound, &[]).await.authenticated,
+        Some(false)
+    );
 }
 
 #[tokio::test]
@@ -266,5 +279,9 @@ async fn creating_a_review_needs_rbac() {
     let status = api_status(api.create(&PostParams::default(), &request).await);
     assert_eq!(status.code, 403);
     assert_eq!(status.reason, "Forbidden");
-    assert!(status.message.contains("at the cluster scope"), "{}", status.message);
+    assert!(
+        status.message.contains("at the cluster scope"),
+        "{}",
+        status.message
+    );
 }

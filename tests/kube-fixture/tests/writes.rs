@@ -37,7 +37,10 @@ async fn create_get_and_delete_follow_api_server_errors() {
     assert!(created.uid().is_some());
     assert!(created.creation_timestamp().is_some());
 
-    let dup = api_status(api.create(&PostParams::default(), &config_map("bundle", "1")).await);
+    let dup = api_status(
+        api.create(&PostParams::default(), &config_map("bundle", "1"))
+            .await,
+    );
     assert_eq!((dup.code, dup.reason.as_str()), (409, "AlreadyExists"));
     let missing = api_status(api.get("nope").await);
     assert_eq!((missing.code, missing.reason.as_str()), (404, "NotFound"));
@@ -52,7 +55,9 @@ async fn create_get_and_delete_follow_api_server_errors() {
     };
     let refused = api_status(api.delete("bundle", &wrong_uid).await);
     assert_eq!(refused.code, 409);
-    api.delete("bundle", &DeleteParams::default()).await.unwrap();
+    api.delete("bundle", &DeleteParams::default())
+        .await
+        .unwrap();
     assert!(api.get_opt("bundle").await.unwrap().is_none());
     let gone = api_status(api.delete("bundle", &DeleteParams::default()).await);
     assert_eq!(gone.code, 404);
@@ -153,7 +158,9 @@ async fn status_is_a_subresource_and_create_resets_it() {
         .patch(
             "p",
             &PatchParams::default(),
-            &Patch::Merge(json!({"metadata": {"labels": {"a": "b"}}, "status": {"podIP": "9.9.9.9"}})),
+            &Patch::Merge(
+                json!({"metadata": {"labels": {"a": "b"}}, "status": {"podIP": "9.9.9.9"}}),
+            ),
         )
         .await
         .unwrap();
@@ -183,7 +190,11 @@ async fn patches_json_merge_strategic_and_apply() {
         )
         .await
         .unwrap();
-    assert_eq!(same.resource_version(), rv_before, "a no-op write keeps the version");
+    assert_eq!(
+        same.resource_version(),
+        rv_before,
+        "a no-op write keeps the version"
+    );
 
     let strategic = api
         .patch(
@@ -197,7 +208,11 @@ async fn patches_json_merge_strategic_and_apply() {
     let json_patch: json_patch::Patch =
         serde_json::from_value(json!([{"op": "remove", "path": "/data/a"}])).unwrap();
     let patched = api
-        .patch("ssa", &PatchParams::default(), &Patch::<()>::Json(json_patch))
+        .patch(
+            "ssa",
+            &PatchParams::default(),
+            &Patch::<()>::Json(json_patch),
+        )
         .await
         .unwrap();
     assert_eq!(
@@ -252,12 +267,18 @@ async fn requests_need_a_token_for_the_api_audience() {
         std::time::Duration::from_secs(600),
     );
     let wrong: Api<ConfigMap> = Api::namespaced(fixture.client_for(&token).unwrap(), "x");
-    assert_eq!(api_status(wrong.list(&ListParams::default()).await).code, 401);
+    assert_eq!(
+        api_status(wrong.list(&ListParams::default()).await).code,
+        401
+    );
 
     // An API token without RBAC is authenticated but forbidden.
     let token = fixture.issue_api_token("lanyard", "agent");
     let nobody: Api<ConfigMap> = Api::namespaced(fixture.client_for(&token).unwrap(), "x");
-    assert_eq!(api_status(nobody.list(&ListParams::default()).await).code, 403);
+    assert_eq!(
+        api_status(nobody.list(&ListParams::default()).await).code,
+        403
+    );
 }
 
 #[tokio::test]
@@ -275,7 +296,12 @@ async fn the_kubeconfig_file_works_with_kube() {
     api.create(&PostParams::default(), &config_map("via-file", "1"))
         .await
         .unwrap();
-    assert!(fixture.store().get::<ConfigMap>("default", "via-file").is_ok());
+    assert!(
+        fixture
+            .store()
+            .get::<ConfigMap>("default", "via-file")
+            .is_ok()
+    );
     drop(fixture);
     assert!(!path.exists(), "the kubeconfig is removed with the fixture");
 }
