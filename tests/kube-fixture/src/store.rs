@@ -21,6 +21,9 @@
 //!   compacts on demand and [`Store::disconnect_watches`] ends open watches, as an API server
 //!   restart or watch timeout would, so a test can drive a client through relisting.
 //! - Namespaces are not required to exist before objects are created in them.
+//! - `metadata.generation` and `managedFields` are not maintained; `uid`,
+//!   `creationTimestamp`, `resourceVersion`, `name` and `namespace` are server-owned and
+//!   survive any update.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -652,11 +655,15 @@ impl Store {
                     .collect(),
             ),
         };
+        let start_rv = match from {
+            WatchFrom::After(n) => n.max(inner.rv),
+            WatchFrom::Now => inner.rv,
+        };
         Ok(Subscription {
             initial,
             backlog,
             receiver,
-            start_rv: inner.rv,
+            start_rv,
             slot: slot_guard,
         })
     }

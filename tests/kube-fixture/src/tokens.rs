@@ -35,7 +35,7 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewStatus, UserInfo};
-use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
+use k8s_openapi::api::core::v1::{Node, Pod, ServiceAccount};
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use ring::rand::SystemRandom;
 use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair};
@@ -239,10 +239,17 @@ impl Tokens {
             .checked_add(SignedDuration::try_from(ttl).unwrap_or(SignedDuration::MAX))
             .unwrap_or(Timestamp::MAX);
         let service_account_uid = self.service_account_uid(store, namespace, service_account);
+        // The node's UID comes from a stored Node of that name, else it is made up.
         let node_uid = binding
             .as_ref()
             .and_then(|b| b.node_name.as_ref())
-            .map(|_| ids::uid());
+            .map(|node| {
+                store
+                    .get::<Node>("", node)
+                    .ok()
+                    .and_then(|n| n.metadata.uid)
+                    .unwrap_or_else(ids::uid)
+            });
         let jti = ids::uid();
         let mut k8s = json!({
             "namespace": namespace,

@@ -390,3 +390,33 @@ async fn the_kube_watcher_follows_a_named_object_by_field_selector() {
     assert_eq!(next.name_any(), "web-2");
     assert_eq!(next.annotations()["seen"], "yes");
 }
+
+#[tokio::test]
+async fn the_kube_watcher_works_with_streaming_lists() {
+    let fixture = start().await;
+    seed_pods(&fixture).await;
+    let api: Api<Pod> = Api::namespaced(fixture.admin_client().unwrap(), "apps");
+    let cfg = watcher::Config::default()
+        .streaming_lists()
+        .labels("app=web");
+    let mut events = watcher(api, cfg).boxed();
+    let mut initial = Vec::new();
+    loop {
+        match within("the streamed initial list", events.next()).await {
+            Some(Ok(Event::Init)) => {}
+            Some(Ok(Event::InitApply(p))) => initial.push(p.name_any()),
+            Some(Ok(Event::InitDone)) => break,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    initial.sort();
+    assert_eq!(initial, ["web-1", "web-2"]);
+    fixture
+        .store()
+        .create(&pod("apps", "web-3", "node-a", &[("app", "web")]))
+        .unwrap();
+    match within("web-3", events.next()).await {
+        Some(Ok(Event::Apply(p))) => assert_eq!(p.name_any(), "web-3"),
+        other => panic!("unexpected {other:?}"),
+    }
+}
