@@ -6,8 +6,16 @@
 //! - [`identities`]: the seam between the Workload API and the certificate manager.
 //! - [`workload_api`]: the SPIFFE Workload API served on the agent's Unix socket.
 //! - [`api_cli`]: `lanyard-agent api ...`, a Workload API client for humans and scripts.
+//! - [`server_client`]: the mTLS gRPC connection to lanyard-server (server ID pinned) and its
+//!   `WatchBundle` / `WatchNode` feeds.
+//! - [`manager`]: the certificate manager: resolves callers to identities from the node view,
+//!   mints and renews their X.509-SVIDs, implements [`identities::WorkloadIdentities`].
+//! - [`metrics`]: the agent's Prometheus metrics (server-facing half).
 
 pub mod api_cli;
 pub mod attest;
 pub mod identities;
+pub mod manager;
+pub mod metrics;
+pub mod server_client;
 pub mod workload_api;
