@@ -17,6 +17,8 @@ pub const DEFAULT_X509_TTL: Duration = Duration::from_secs(3600);
 pub const DEFAULT_JWT_TTL: Duration = Duration::from_secs(300);
 pub const DEFAULT_NODE_TTL: Duration = Duration::from_secs(3600);
 pub const DEFAULT_K8S_AUDIENCE: &str = "lanyard-server";
+/// SVIDs per second per node: far above what renewals need, low enough to stop a runaway loop.
+pub const DEFAULT_MINT_RATE_LIMIT: f64 = 500.0;
 pub const DEFAULT_POD_ID_TEMPLATE: &str = "/ns/{namespace}/sa/{service_account}";
 /// The config file is small; refuse anything that is clearly not one.
 const MAX_CONFIG_FILE_BYTES: u64 = 1 << 20;
@@ -115,6 +117,10 @@ pub struct RunArgs {
     #[arg(long, env = "LANYARD_HEALTH")]
     pub health: Option<SocketAddr>,
 
+    /// SVIDs per second each node may have signed (bursts of 4x are allowed).
+    #[arg(long, env = "LANYARD_MINT_RATE_LIMIT")]
+    pub mint_rate_limit: Option<f64>,
+
     /// Static workload entries (config file only).
     #[arg(skip)]
     #[serde(default)]
@@ -164,6 +170,7 @@ pub struct ServerConfig {
     pub node_ttl: Duration,
     pub pod_id_template: String,
     pub health: Option<SocketAddr>,
+    pub mint_rate_limit: f64,
     pub entries: Vec<StaticEntry>,
 }
 
@@ -193,7 +200,8 @@ impl RunArgs {
             jwt_ttl,
             node_ttl,
             pod_id_template,
-            health
+            health,
+            mint_rate_limit
         );
         self.kube |= file.kube;
         if self.agent_sa.is_empty() {
@@ -280,6 +288,11 @@ impl RunArgs {
             node_ttl: parse_ttl(self.node_ttl.as_deref(), "node-ttl", DEFAULT_NODE_TTL)?,
             pod_id_template,
             health: self.health,
+            mint_rate_limit: match self.mint_rate_limit {
+                None => DEFAULT_MINT_RATE_LIMIT,
+                Some(r) if r.is_finite() && r >= 1.0 => r,
+                Some(_) => return Err(invalid("mint-rate-limit", "must be at least 1")),
+            },
             entries,
         })
     }

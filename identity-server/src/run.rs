@@ -196,6 +196,7 @@ pub async fn run(
             node_ttl: config.node_ttl,
             pod_id_template: config.pod_id_template.clone(),
             entries: config.entries.clone().into(),
+            mint_rate_limit: config.mint_rate_limit,
         },
         authority.clone(),
         Arc::new(attestor),

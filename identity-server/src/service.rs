@@ -43,6 +43,8 @@ pub struct ServiceSettings {
     pub node_ttl: Duration,
     pub pod_id_template: String,
     pub entries: Arc<[StaticEntry]>,
+    /// SVIDs per second per node.
+    pub mint_rate_limit: f64,
 }
 
 pub struct IdentityService {
@@ -67,6 +69,11 @@ impl IdentityService {
         metrics: Arc<ServerMetrics>,
     ) -> Self {
         Self {
+            // A node starting many pods at once fits in the burst.
+            mint_limiter: RateLimiter::new(
+                settings.mint_rate_limit,
+                (settings.mint_rate_limit * 4.0) as u32,
+            ),
             settings,
             authority,
             attestor,
@@ -74,8 +81,6 @@ impl IdentityService {
             metrics,
             // Generous for real agents (a node attests about once an hour), tight for a loop.
             attest_limiter: RateLimiter::new(5.0, 20),
-            // A node starting 500 pods at once fits in the burst.
-            mint_limiter: RateLimiter::new(500.0, 2000),
         }
     }
 
