@@ -1,6 +1,10 @@
-//! `lanyard-proxy`: The Lanyard sidecar proxy: per-connection mTLS or plaintext.
+//! `lanyard-proxy`: the Lanyard sidecar proxy (per-connection mTLS or plaintext).
+
+use std::net::SocketAddr;
 
 use clap::{Parser, Subcommand};
+use lanyard_proxy::config::{DEFAULT_ADMIN, RunArgs, SPIFFE_ENDPOINT_SOCKET};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 /// The Lanyard sidecar proxy: per-connection mTLS or plaintext.
 #[derive(Parser)]
@@ -12,13 +16,56 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the daemon (not implemented yet: see the project's open issues).
-    Run,
+    /// Run the proxy.
+    Run(Box<RunArgs>),
+    /// Print the tap of a running proxy: one line per finished connection.
+    Tap {
+        /// The proxy's `--admin` address.
+        #[arg(long, env = "LANYARD_ADMIN", default_value_t = DEFAULT_ADMIN)]
+        admin: SocketAddr,
+    },
 }
 
-fn main() -> anyhow::Result<()> {
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    // One crypto provider in the process, installed before anything builds a TLS config.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
     match cli.command {
-        Command::Run => anyhow::bail!("`lanyard-proxy run` is not implemented yet"),
+        Command::Run(args) => run(*args).await,
+        Command::Tap { admin } => tap(admin).await,
     }
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<()> {
+    lanyard_telemetry::logging::init();
+    let config = args.resolve(std::env::var(SPIFFE_ENDPOINT_SOCKET).ok())?;
+    let proxy = lanyard_proxy::start(&config).await?;
+    for (role, addr) in &proxy.listeners {
+        lanyard_telemetry::announce_listener(role, *addr);
+    }
+    tracing::info!(
+        workload_socket = %config.workload_socket.display(),
+        strict = config.strict,
+        allow = %config.allow,
+        "lanyard-proxy running"
+    );
+    tokio::select! {
+        _ = proxy.wait() => anyhow::bail!("a serving task ended unexpectedly"),
+        _ = tokio::signal::ctrl_c() => Ok(()),
+    }
+}
+
+async fn tap(admin: SocketAddr) -> anyhow::Result<()> {
+    let stream = tokio::net::TcpStream::connect(admin)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot connect to the proxy's admin address {admin}: {e}"))?;
+    let mut lines = BufReader::new(stream).lines();
+    let mut out = tokio::io::stdout();
+    while let Some(line) = lines.next_line().await? {
+        out.write_all(line.as_bytes()).await?;
+        out.write_all(b"\n").await?;
+        out.flush().await?;
+    }
+    Ok(())
 }

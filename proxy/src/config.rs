@@ -1,0 +1,628 @@
+//! `lanyard-proxy run` configuration: flags, `LANYARD_*` environment variables and the TOML
+//! file given by `--config`, merged in that order of precedence (the same approach as
+//! lanyard-server's config), then validated into a [`ProxyConfig`].
+//!
+//! Repeatable options are comma separated in the environment and arrays in the file. An
+//! `--outbound` value itself contains a comma (`L=D,id=ID`), so list items starting with
+//! `id=` belong to the item before them.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::Args;
+use lanyard_svid::SpiffeId;
+use lanyard_svid::tls::AllowPolicy;
+use serde::Deserialize;
+
+pub const DEFAULT_ADMIN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 4191);
+pub const DEFAULT_DETECT_TIMEOUT: Duration = Duration::from_secs(1);
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+/// The standard variable SPIFFE clients read the Workload API address from.
+pub const SPIFFE_ENDPOINT_SOCKET: &str = "SPIFFE_ENDPOINT_SOCKET";
+const MAX_CONFIG_FILE_BYTES: u64 = 1 << 20;
+/// Listeners per kind: far above any sidecar's needs.
+const MAX_LISTENERS: usize = 256;
+
+/// Why a configuration is refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {0} is larger than 1 MiB")]
+    TooLarge(PathBuf),
+    #[error("parsing config file {path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: toml::de::Error,
+    },
+    #[error("--{0} is required (flag, LANYARD_{env} or `{key}` in --config)", env = .0.to_uppercase().replace('-', "_"), key = .0.replace('-', "_"))]
+    Missing(&'static str),
+    #[error("--{flag}: {message}")]
+    Invalid { flag: &'static str, message: String },
+    #[error(
+        "nothing to proxy: give at least one of --inbound, --outbound, --transparent-inbound, --transparent-outbound"
+    )]
+    NoListeners,
+}
+
+fn invalid(flag: &'static str, message: impl ToString) -> ConfigError {
+    ConfigError::Invalid {
+        flag,
+        message: message.to_string(),
+    }
+}
+
+/// The raw `run` options; every field optional so the three sources can be merged.
+#[derive(Args, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunArgs {
+    /// TOML file with any of these options (keys use `_` for `-`; repeatables as arrays).
+    #[arg(long, env = "LANYARD_CONFIG")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+
+    /// The Workload API socket: a path or `unix:///path` (else SPIFFE_ENDPOINT_SOCKET).
+    #[arg(long, env = "LANYARD_WORKLOAD_SOCKET")]
+    pub workload_socket: Option<String>,
+
+    /// `LISTEN=TARGET`: accept on LISTEN, deliver to the app at TARGET; repeatable.
+    #[arg(long, env = "LANYARD_INBOUND", value_delimiter = ',')]
+    #[serde(default)]
+    pub inbound: Vec<String>,
+
+    /// `LISTEN=DEST[,id=SPIFFE_ID]`: accept the app's connections on LISTEN and send them to
+    /// DEST, over mTLS expecting SPIFFE_ID when given; repeatable.
+    #[arg(long, env = "LANYARD_OUTBOUND")]
+    #[serde(default)]
+    pub outbound: Vec<String>,
+
+    /// Which client IDs inbound mTLS accepts: `any`, an ID, or `PREFIX*`. Anything but `any`
+    /// makes inbound listeners strict.
+    #[arg(long, env = "LANYARD_ALLOW")]
+    pub allow: Option<String>,
+
+    /// Close inbound connections that do not start mTLS instead of forwarding them.
+    #[arg(long, env = "LANYARD_STRICT")]
+    #[serde(default)]
+    pub strict: bool,
+
+    /// Inbound target ports forwarded without protocol detection; repeatable.
+    #[arg(long, env = "LANYARD_OPAQUE_PORT", value_delimiter = ',')]
+    #[serde(default)]
+    pub opaque_port: Vec<u16>,
+
+    /// Port (all addresses) receiving the pod's inbound traffic redirected by iptables.
+    #[arg(long, env = "LANYARD_TRANSPARENT_INBOUND")]
+    pub transparent_inbound: Option<u16>,
+
+    /// Port (loopback) receiving the app's outbound traffic redirected by iptables.
+    #[arg(long, env = "LANYARD_TRANSPARENT_OUTBOUND")]
+    pub transparent_outbound: Option<u16>,
+
+    /// Address of the tap listener (keep it on loopback).
+    #[arg(long, env = "LANYARD_ADMIN")]
+    pub admin: Option<SocketAddr>,
+
+    /// Address of the HTTP listener for /metrics, /healthz and /readyz.
+    #[arg(long, env = "LANYARD_METRICS")]
+    pub metrics: Option<SocketAddr>,
+
+    /// How long inbound detection waits for the client's first bytes (e.g. `1s`, `300ms`).
+    #[arg(long, env = "LANYARD_DETECT_TIMEOUT")]
+    pub detect_timeout: Option<String>,
+
+    /// Limit on each TLS handshake and on each connect to a target.
+    #[arg(long, env = "LANYARD_HANDSHAKE_TIMEOUT")]
+    pub handshake_timeout: Option<String>,
+
+    /// Connections handled at once, all listeners together; more are closed at accept.
+    #[arg(long, env = "LANYARD_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+}
+
+/// An explicit inbound listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InboundListener {
+    pub listen: SocketAddr,
+    /// `HOST:PORT` of the application.
+    pub target: String,
+}
+
+/// An explicit outbound listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboundListener {
+    pub listen: SocketAddr,
+    /// `HOST:PORT` to dial.
+    pub destination: String,
+    /// The server's SPIFFE ID: mTLS is used exactly when it is known.
+    pub expected_id: Option<SpiffeId>,
+}
+
+/// A validated configuration.
+#[derive(Debug, Clone)]
+pub struct ProxyConfig {
+    pub workload_socket: PathBuf,
+    pub inbound: Vec<InboundListener>,
+    pub outbound: Vec<OutboundListener>,
+    pub allow: AllowPolicy,
+    /// `--strict`, or implied by a restrictive `--allow`.
+    pub strict: bool,
+    pub opaque_ports: Vec<u16>,
+    pub transparent_inbound: Option<SocketAddr>,
+    pub transparent_outbound: Option<SocketAddr>,
+    pub admin: SocketAddr,
+    pub metrics: Option<SocketAddr>,
+    pub detect_timeout: Duration,
+    pub handshake_timeout: Duration,
+    pub max_connections: usize,
+}
+
+impl RunArgs {
+    /// Merges the `--config` file under the flags and environment, then validates;
+    /// `spiffe_endpoint_socket` is the value of `SPIFFE_ENDPOINT_SOCKET`, the last fallback.
+    pub fn resolve(
+        mut self,
+        spiffe_endpoint_socket: Option<String>,
+    ) -> Result<ProxyConfig, ConfigError> {
+        if let Some(path) = self.config.clone() {
+            let file = read_config_file(&path)?;
+            self.fill_from(file);
+        }
+        if self.workload_socket.is_none() {
+            self.workload_socket = spiffe_endpoint_socket;
+        }
+        self.validate()
+    }
+
+    fn fill_from(&mut self, file: RunArgs) {
+        macro_rules! fill {
+            ($($field:ident),*) => { $( if self.$field.is_none() { self.$field = file.$field; } )* };
+        }
+        fill!(
+            workload_socket,
+            allow,
+            transparent_inbound,
+            transparent_outbound,
+            admin,
+            metrics,
+            detect_timeout,
+            handshake_timeout,
+            max_connections
+        );
+        macro_rules! fill_list {
+            ($($field:ident),*) => { $( if self.$field.is_empty() { self.$field = file.$field; } )* };
+        }
+        fill_list!(inbound, outbound, opaque_port);
+        self.strict |= file.strict;
+    }
+
+    fn validate(self) -> Result<ProxyConfig, ConfigError> {
+        let workload_socket = parse_socket(
+            self.workload_socket
+                .as_deref()
+                .ok_or(ConfigError::Missing("workload-socket"))?,
+        )
+        .map_err(|e| invalid("workload-socket", e))?;
+
+        let inbound = split_items(&self.inbound, false)
+            .iter()
+            .map(|item| parse_inbound(item).map_err(|e| invalid("inbound", e)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let outbound = split_items(&self.outbound, true)
+            .iter()
+            .map(|item| parse_outbound(item).map_err(|e| invalid("outbound", e)))
+            .collect::<Result<Vec<_>, _>>()?;
+        if inbound.len() > MAX_LISTENERS || outbound.len() > MAX_LISTENERS {
+            return Err(invalid(
+                "inbound",
+                format!("at most {MAX_LISTENERS} listeners of each kind"),
+            ));
+        }
+        if inbound.is_empty()
+            && outbound.is_empty()
+            && self.transparent_inbound.is_none()
+            && self.transparent_outbound.is_none()
+        {
+            return Err(ConfigError::NoListeners);
+        }
+
+        let allow: AllowPolicy = match self.allow.as_deref() {
+            None => AllowPolicy::Any,
+            Some(text) => text.parse().map_err(|e| {
+                invalid(
+                    "allow",
+                    format!("{text:?} is not `any`, a SPIFFE ID or `PREFIX*`: {e}"),
+                )
+            })?,
+        };
+        let strict = self.strict || allow.is_restrictive();
+        if strict && !self.opaque_port.is_empty() {
+            return Err(invalid(
+                "opaque-port",
+                "opaque ports are forwarded as plaintext without detection, which a strict \
+                 listener (--strict or a restrictive --allow) must refuse",
+            ));
+        }
+        if self.opaque_port.contains(&0) {
+            return Err(invalid("opaque-port", "port 0 is not a port"));
+        }
+
+        let detect_timeout = parse_timeout(
+            self.detect_timeout.as_deref(),
+            "detect-timeout",
+            DEFAULT_DETECT_TIMEOUT,
+            Duration::from_millis(10)..=Duration::from_secs(60),
+        )?;
+        let handshake_timeout = parse_timeout(
+            self.handshake_timeout.as_deref(),
+            "handshake-timeout",
+            DEFAULT_HANDSHAKE_TIMEOUT,
+            Duration::from_millis(100)..=Duration::from_secs(300),
+        )?;
+        let max_connections = match self.max_connections {
+            None => DEFAULT_MAX_CONNECTIONS,
+            Some(n) if (1..=1_000_000).contains(&n) => n,
+            Some(_) => return Err(invalid("max-connections", "must be 1 to 1000000")),
+        };
+
+        Ok(ProxyConfig {
+            workload_socket,
+            inbound,
+            outbound,
+            allow,
+            strict,
+            opaque_ports: self.opaque_port,
+            // Redirected inbound traffic arrives on the pod's own addresses.
+            transparent_inbound: self
+                .transparent_inbound
+                .map(|p| SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), p)),
+            transparent_outbound: self
+                .transparent_outbound
+                .map(|p| SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), p)),
+            admin: self.admin.unwrap_or(DEFAULT_ADMIN),
+            metrics: self.metrics,
+            detect_timeout,
+            handshake_timeout,
+            max_connections,
+        })
+    }
+}
+
+fn read_config_file(path: &Path) -> Result<RunArgs, ConfigError> {
+    let read_err = |source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    };
+    let len = std::fs::metadata(path).map_err(read_err)?.len();
+    if len > MAX_CONFIG_FILE_BYTES {
+        return Err(ConfigError::TooLarge(path.to_owned()));
+    }
+    let text = std::fs::read_to_string(path).map_err(read_err)?;
+    toml::from_str(&text).map_err(|source| ConfigError::Parse {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// Splits comma-separated list items; with `join_id`, an `id=` item joins the one before.
+fn split_items(values: &[String], join_id: bool) -> Vec<String> {
+    let mut items: Vec<String> = Vec::new();
+    for part in values.iter().flat_map(|v| v.split(',')) {
+        let part = part.trim();
+        if part.is_empty() {
+            continue;
+        }
+        match items.last_mut() {
+            Some(last) if join_id && part.starts_with("id=") => {
+                last.push(',');
+                last.push_str(part);
+            }
+            _ => items.push(part.to_owned()),
+        }
+    }
+    items
+}
+
+/// A Workload API address: a path or a `unix:` URI (`unix:///path` or `unix:/path`).
+pub fn parse_socket(text: &str) -> Result<PathBuf, String> {
+    let path = if let Some(rest) = text.strip_prefix("unix://") {
+        rest
+    } else if let Some(rest) = text.strip_prefix("unix:") {
+        rest
+    } else if text.contains("://") {
+        return Err(format!(
+            "{text:?}: only Unix socket endpoints (a path or unix:///path) are supported"
+        ));
+    } else {
+        text
+    };
+    if !path.starts_with('/') {
+        return Err(format!("{text:?}: the socket path must be absolute"));
+    }
+    Ok(PathBuf::from(path))
+}
+
+/// `HOST:PORT` with a non-zero port and a non-empty host (IPv6 in brackets).
+fn check_host_port(text: &str) -> Result<(), String> {
+    if text.parse::<SocketAddr>().is_ok() {
+        return Ok(());
+    }
+    match text.rsplit_once(':') {
+        Some((host, port))
+            if !host.is_empty()
+                && !host.contains(':')
+                && host.len() <= 253
+                && port.parse::<u16>().is_ok_and(|p| p != 0) =>
+        {
+            Ok(())
+        }
+        _ => Err(format!("{text:?} is not HOST:PORT")),
+    }
+}
+
+fn parse_listen_pair(item: &str) -> Result<(SocketAddr, &str), String> {
+    let (listen, rest) = item
+        .split_once('=')
+        .ok_or_else(|| format!("{item:?} is not LISTEN=TARGET"))?;
+    let listen: SocketAddr = listen
+        .parse()
+        .map_err(|_| format!("{listen:?} is not IP:PORT"))?;
+    Ok((listen, rest))
+}
+
+fn parse_inbound(item: &str) -> Result<InboundListener, String> {
+    let (listen, target) = parse_listen_pair(item)?;
+    check_host_port(target)?;
+    Ok(InboundListener {
+        listen,
+        target: target.to_owned(),
+    })
+}
+
+fn parse_outbound(item: &str) -> Result<OutboundListener, String> {
+    let (listen, rest) = parse_listen_pair(item)?;
+    let (destination, expected_id) = match rest.split_once(',') {
+        None => (rest, None),
+        Some((dest, option)) => {
+            let id = option
+                .strip_prefix("id=")
+                .ok_or_else(|| format!("{option:?}: the only option is id=SPIFFE_ID"))?;
+            let id = SpiffeId::parse(id).map_err(|e| format!("id={id}: {e}"))?;
+            if id.is_trust_domain_id() {
+                return Err(format!("id={id}: a workload ID needs a path"));
+            }
+            (dest, Some(id))
+        }
+    };
+    check_host_port(destination)?;
+    Ok(OutboundListener {
+        listen,
+        destination: destination.to_owned(),
+        expected_id,
+    })
+}
+
+fn parse_timeout(
+    text: Option<&str>,
+    flag: &'static str,
+    default: Duration,
+    range: std::ops::RangeInclusive<Duration>,
+) -> Result<Duration, ConfigError> {
+    let Some(text) = text else {
+        return Ok(default);
+    };
+    let d = humantime::parse_duration(text).map_err(|e| invalid(flag, format!("{text:?}: {e}")))?;
+    if !range.contains(&d) {
+        return Err(invalid(
+            flag,
+            format!(
+                "{text:?} must be between {} and {}",
+                humantime::format_duration(*range.start()),
+                humantime::format_duration(*range.end())
+            ),
+        ));
+    }
+    Ok(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args() -> RunArgs {
+        RunArgs {
+            workload_socket: Some("/run/agent.sock".into()),
+            inbound: vec!["127.0.0.1:0=127.0.0.1:8080".into()],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn defaults_apply() {
+        let c = args().resolve(None).unwrap();
+        assert_eq!(c.workload_socket, PathBuf::from("/run/agent.sock"));
+        assert_eq!(c.allow, AllowPolicy::Any);
+        assert!(!c.strict);
+        assert_eq!(c.admin, DEFAULT_ADMIN);
+        assert_eq!(c.detect_timeout, DEFAULT_DETECT_TIMEOUT);
+        assert_eq!(c.max_connections, DEFAULT_MAX_CONNECTIONS);
+        assert_eq!(c.inbound[0].target, "127.0.0.1:8080");
+    }
+
+    #[test]
+    fn outbound_items_keep_their_id_through_comma_splitting() {
+        let c = RunArgs {
+            outbound: vec![
+                "127.0.0.1:1=10.0.0.1:80,id=spiffe://td/api,127.0.0.1:2=db.local:5432".into(),
+                "127.0.0.1:3=[::1]:443,id=spiffe://td/web".into(),
+            ],
+            ..args()
+        }
+        .resolve(None)
+        .unwrap();
+        assert_eq!(c.outbound.len(), 3);
+        assert_eq!(
+            c.outbound[0].expected_id,
+            Some(SpiffeId::parse("spiffe://td/api").unwrap())
+        );
+        assert_eq!(c.outbound[1].destination, "db.local:5432");
+        assert_eq!(c.outbound[1].expected_id, None);
+        assert_eq!(c.outbound[2].destination, "[::1]:443");
+    }
+
+    #[test]
+    fn restrictive_allow_implies_strict_and_refuses_opaque_ports() {
+        let c = RunArgs {
+            allow: Some("spiffe://td/ns/*".into()),
+            ..args()
+        }
+        .resolve(None)
+        .unwrap();
+        assert!(c.strict);
+        let err = RunArgs {
+            strict: true,
+            opaque_port: vec![3306],
+            ..args()
+        }
+        .resolve(None)
+        .unwrap_err();
+        assert!(err.to_string().starts_with("--opaque-port"), "{err}");
+        assert!(
+            RunArgs {
+                allow: Some("web".into()),
+                ..args()
+            }
+            .resolve(None)
+            .unwrap_err()
+            .to_string()
+            .starts_with("--allow")
+        );
+    }
+
+    #[test]
+    fn socket_sources_and_forms() {
+        let err = RunArgs {
+            workload_socket: None,
+            ..args()
+        }
+        .resolve(None)
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "--workload-socket is required (flag, LANYARD_WORKLOAD_SOCKET or `workload_socket` in --config)"
+        );
+        let c = RunArgs {
+            workload_socket: None,
+            ..args()
+        }
+        .resolve(Some("unix:///tmp/a.sock".into()))
+        .unwrap();
+        assert_eq!(c.workload_socket, PathBuf::from("/tmp/a.sock"));
+        assert_eq!(parse_socket("unix:/x").unwrap(), PathBuf::from("/x"));
+        assert!(parse_socket("tcp://127.0.0.1:1").is_err());
+        assert!(parse_socket("relative.sock").is_err());
+    }
+
+    #[test]
+    fn flags_win_over_the_file_and_the_file_fills_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("proxy.toml");
+        std::fs::write(
+            &path,
+            r#"
+workload_socket = "/from/file.sock"
+outbound = ["127.0.0.1:0=127.0.0.1:9,id=spiffe://td/x"]
+opaque_port = [25, 3306]
+detect_timeout = "250ms"
+metrics = "127.0.0.1:0"
+"#,
+        )
+        .unwrap();
+        let c = RunArgs {
+            config: Some(path),
+            ..args()
+        }
+        .resolve(None)
+        .unwrap();
+        assert_eq!(c.workload_socket, PathBuf::from("/run/agent.sock"));
+        assert_eq!(c.outbound.len(), 1);
+        assert_eq!(c.opaque_ports, [25, 3306]);
+        assert_eq!(c.detect_timeout, Duration::from_millis(250));
+        assert!(c.metrics.is_some());
+    }
+
+    #[test]
+    fn unknown_file_keys_and_bad_values_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("proxy.toml");
+        std::fs::write(&path, "inbund = []\n").unwrap();
+        let err = RunArgs {
+            config: Some(path),
+            ..args()
+        }
+        .resolve(None)
+        .unwrap_err();
+        assert!(err.to_string().contains("inbund"), "{err}");
+
+        for (bad, flag) in [
+            (
+                RunArgs {
+                    inbound: vec!["127.0.0.1:1".into()],
+                    ..args()
+                },
+                "--inbound",
+            ),
+            (
+                RunArgs {
+                    inbound: vec!["127.0.0.1:1=nohost".into()],
+                    ..args()
+                },
+                "--inbound",
+            ),
+            (
+                RunArgs {
+                    outbound: vec!["127.0.0.1:1=h:1,sni=x".into()],
+                    ..args()
+                },
+                "--outbound",
+            ),
+            (
+                RunArgs {
+                    outbound: vec!["127.0.0.1:1=h:1,id=spiffe://td".into()],
+                    ..args()
+                },
+                "--outbound",
+            ),
+            (
+                RunArgs {
+                    detect_timeout: Some("1ms".into()),
+                    ..args()
+                },
+                "--detect-timeout",
+            ),
+            (
+                RunArgs {
+                    max_connections: Some(0),
+                    ..args()
+                },
+                "--max-connections",
+            ),
+        ] {
+            let err = bad.resolve(None).unwrap_err().to_string();
+            assert!(err.starts_with(flag), "{flag}: {err}");
+        }
+        let none = RunArgs {
+            inbound: vec![],
+            ..args()
+        };
+        assert!(matches!(
+            none.resolve(None).unwrap_err(),
+            ConfigError::NoListeners
+        ));
+    }
+}

@@ -1,0 +1,70 @@
+//! What every connection handler shares: the SVID store, the connection limit, the tap and
+//! the metrics; and the end of every connection (one metric, one tap line, one log line).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use lanyard_svid::tls::SvidStore;
+use tokio::net::TcpStream;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::metrics::ProxyMetrics;
+use crate::reason::NoTlsReason;
+use crate::tap::{ConnRecord, Outcome, Tap};
+
+pub struct ConnContext {
+    pub store: Arc<SvidStore>,
+    pub tap: Tap,
+    pub metrics: Arc<ProxyMetrics>,
+    /// Connections handled at once, all listeners together.
+    pub limit: Arc<Semaphore>,
+    /// Limit on each TLS handshake and each upstream connect.
+    pub handshake_timeout: Duration,
+}
+
+impl ConnContext {
+    /// A slot for one more connection, if the limit allows.
+    pub fn admit(&self) -> Option<OwnedSemaphorePermit> {
+        self.limit.clone().try_acquire_owned().ok()
+    }
+
+    /// Reports a finished connection.
+    pub fn finish(&self, record: ConnRecord) {
+        self.metrics.finished(&record);
+        self.tap.publish(&record);
+        match &record.outcome {
+            Outcome::NoTls(reason) if reason.is_refusal() => tracing::info!(
+                direction = %record.direction,
+                src = %record.src,
+                dst = %record.dst,
+                %reason,
+                detail = %reason.message(),
+                "connection refused"
+            ),
+            _ => tracing::debug!(connection = %record, "connection finished"),
+        }
+    }
+
+    /// Connects to `address` (`HOST:PORT`) within the handshake timeout.
+    pub async fn connect(&self, address: &str) -> Result<TcpStream, NoTlsReason> {
+        match tokio::time::timeout(self.handshake_timeout, TcpStream::connect(address)).await {
+            Ok(Ok(stream)) => {
+                let _ = stream.set_nodelay(true);
+                Ok(stream)
+            }
+            Ok(Err(e)) => {
+                tracing::debug!(%address, error = %e, "connect failed");
+                Err(NoTlsReason::TargetUnreachable)
+            }
+            Err(_) => Err(NoTlsReason::TargetUnreachable),
+        }
+    }
+}
+
+/// The peer address of `stream` as text, or `fallback` when the socket has none.
+pub fn peer_text(stream: &TcpStream, fallback: &str) -> String {
+    stream
+        .peer_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_else(|_| fallback.to_owned())
+}

@@ -1,0 +1,232 @@
+//! Inbound: connections from the network to the workload.
+//!
+//! Per connection: the target is the listener's (`--inbound L=T`) or the redirected original
+//! destination (transparent). An opaque target port is forwarded at once. Otherwise the
+//! client's first flight is read under the detection timeout ([`crate::first_flight`]):
+//! a ClientHello offering `lanyard/1` is terminated as mTLS (client SVID verified against
+//! its own trust domain's bundle, its ID checked by `--allow`), then piped to the target;
+//! anything else is forwarded untouched when permissive, or closed when strict. The decision
+//! uses the client's bytes and the timeout only.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use lanyard_svid::tls::peer_spiffe_id;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::Instant;
+use tokio_rustls::TlsAcceptor;
+
+use crate::context::{ConnContext, peer_text};
+use crate::first_flight::{FirstFlight, read_first_flight};
+use crate::forward::{Transfer, pipe};
+use crate::original_dst::original_dst;
+use crate::reason::NoTlsReason;
+use crate::rewind::Rewind;
+use crate::tap::{ConnRecord, Direction, Outcome};
+
+/// Where an inbound listener delivers.
+#[derive(Debug, Clone)]
+pub enum InboundTarget {
+    /// `--inbound L=T`: always T.
+    Fixed(String),
+    /// `--transparent-inbound`: the connection's original destination.
+    OriginalDst,
+}
+
+/// Policy shared by every inbound listener.
+pub struct InboundPolicy {
+    /// Close anything that is not mTLS.
+    pub strict: bool,
+    /// Target ports forwarded without detection.
+    pub opaque_ports: Vec<u16>,
+    pub detect_timeout: Duration,
+    /// Built from `lanyard_svid::tls::server_config` with the `--allow` policy.
+    pub acceptor: TlsAcceptor,
+}
+
+/// Accepts on `listener` until the task is dropped.
+pub async fn serve_inbound(
+    listener: TcpListener,
+    target: InboundTarget,
+    policy: Arc<InboundPolicy>,
+    ctx: Arc<ConnContext>,
+) {
+    loop {
+        let (tcp, src) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                // E.g. out of file descriptors: pause instead of spinning.
+                tracing::warn!(error = %e, "inbound accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let target = target.clone();
+        let policy = policy.clone();
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let done = match ctx.admit() {
+                Some(_permit) => {
+                    let _open = ctx.metrics.open(Direction::In);
+                    handle(tcp, &target, &policy, &ctx).await
+                }
+                None => Done::refused(target_text(&target), NoTlsReason::ConnectionLimit),
+            };
+            ctx.finish(ConnRecord {
+                direction: Direction::In,
+                src,
+                dst: done.dst,
+                outcome: done.outcome,
+                bytes_in: done.transfer.bytes_in,
+                bytes_out: done.transfer.bytes_out,
+                duration: started.elapsed(),
+            });
+        });
+    }
+}
+
+/// How a connection ended, for its record.
+pub(crate) struct Done {
+    pub dst: String,
+    pub outcome: Outcome,
+    pub transfer: Transfer,
+}
+
+impl Done {
+    pub(crate) fn refused(dst: String, reason: NoTlsReason) -> Self {
+        Self {
+            dst,
+            outcome: Outcome::NoTls(reason),
+            transfer: Transfer::default(),
+        }
+    }
+}
+
+fn target_text(target: &InboundTarget) -> String {
+    match target {
+        InboundTarget::Fixed(t) => t.clone(),
+        InboundTarget::OriginalDst => "unknown".into(),
+    }
+}
+
+/// The port of `HOST:PORT`.
+fn port_of(address: &str) -> Option<u16> {
+    address.rsplit_once(':')?.1.parse().ok()
+}
+
+async fn handle(
+    mut tcp: TcpStream,
+    target: &InboundTarget,
+    policy: &InboundPolicy,
+    ctx: &ConnContext,
+) -> Done {
+    let _ = tcp.set_nodelay(true);
+    let target: String = match target {
+        InboundTarget::Fixed(t) => t.clone(),
+        InboundTarget::OriginalDst => match original_dst(&tcp) {
+            Ok(addr) => addr.to_string(),
+            Err(e) => {
+                tracing::debug!(error = %e, "no original destination");
+                return Done::refused(target_text(target), NoTlsReason::NoOriginalDst);
+            }
+        },
+    };
+
+    if port_of(&target).is_some_and(|p| policy.opaque_ports.contains(&p)) {
+        return forward_plain(
+            Rewind::new(Vec::new(), tcp),
+            &target,
+            NoTlsReason::OpaquePort,
+            ctx,
+        )
+        .await;
+    }
+
+    let sniffed = match read_first_flight(&mut tcp, policy.detect_timeout).await {
+        Ok(sniffed) => sniffed,
+        Err(e) => {
+            tracing::debug!(error = %e, "reading the first flight failed");
+            return Done::refused(target, NoTlsReason::ClientError);
+        }
+    };
+    let stream = Rewind::new(sniffed.bytes, tcp);
+    let reason = match sniffed.kind {
+        FirstFlight::LanyardHello => return terminate_mtls(stream, &target, policy, ctx).await,
+        FirstFlight::OtherTls => NoTlsReason::OtherTls,
+        FirstFlight::Plaintext | FirstFlight::Closed => NoTlsReason::NoTlsFromRemote,
+        FirstFlight::Timeout => NoTlsReason::DetectTimeout,
+    };
+    if policy.strict {
+        tracing::debug!(detected = %reason, "strict listener");
+        return Done::refused(target, NoTlsReason::PlaintextRefused);
+    }
+    forward_plain(stream, &target, reason, ctx).await
+}
+
+async fn forward_plain(
+    stream: Rewind<TcpStream>,
+    target: &str,
+    reason: NoTlsReason,
+    ctx: &ConnContext,
+) -> Done {
+    let upstream = match ctx.connect(target).await {
+        Ok(upstream) => upstream,
+        Err(refusal) => return Done::refused(target.to_owned(), refusal),
+    };
+    let dst = peer_text(&upstream, target);
+    let (transfer, _result) = pipe(stream, upstream).await;
+    Done {
+        dst,
+        outcome: Outcome::NoTls(reason),
+        transfer,
+    }
+}
+
+async fn terminate_mtls(
+    stream: Rewind<TcpStream>,
+    target: &str,
+    policy: &InboundPolicy,
+    ctx: &ConnContext,
+) -> Done {
+    if !ctx.store.has_svid() {
+        return Done::refused(target.to_owned(), NoTlsReason::NoSvid);
+    }
+    let tls =
+        match tokio::time::timeout(ctx.handshake_timeout, policy.acceptor.accept(stream)).await {
+            Err(_) => return Done::refused(target.to_owned(), NoTlsReason::HandshakeTimeout),
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "inbound TLS handshake failed");
+                return Done::refused(target.to_owned(), NoTlsReason::from_handshake_error(&e));
+            }
+            Ok(Ok(tls)) => tls,
+        };
+    // The verifier has validated and authorised this leaf; client auth is mandatory.
+    let Some(peer) = peer_spiffe_id(tls.get_ref().1) else {
+        return Done::refused(target.to_owned(), NoTlsReason::HandshakeFailed);
+    };
+    let upstream = match ctx.connect(target).await {
+        Ok(upstream) => upstream,
+        Err(refusal) => return Done::refused(target.to_owned(), refusal),
+    };
+    let dst = peer_text(&upstream, target);
+    let (transfer, _result) = pipe(tls, upstream).await;
+    Done {
+        dst,
+        outcome: Outcome::Mtls { peer },
+        transfer,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::port_of;
+
+    #[test]
+    fn ports_of_targets() {
+        assert_eq!(port_of("127.0.0.1:8080"), Some(8080));
+        assert_eq!(port_of("[::1]:443"), Some(443));
+        assert_eq!(port_of("app.local:25"), Some(25));
+        assert_eq!(port_of("nope"), None);
+    }
+}

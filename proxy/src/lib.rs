@@ -1,0 +1,37 @@
+//! lanyard-proxy: the sidecar that gives a workload mutual TLS without changing it.
+//!
+//! Module map:
+//! - [`config`]: `run` options from flags, `LANYARD_*` env and `--config` TOML, validated.
+//! - [`workload_client`]: the Workload API client keeping the SVID store current.
+//! - [`detect`]: the bounded, allocation-free ClientHello/ALPN parser (fuzzed).
+//! - [`first_flight`]: reading a client's first bytes for detection under a deadline.
+//! - [`rewind`]: a stream replaying the bytes detection consumed.
+//! - [`inbound`]: network to workload: detect, terminate mTLS or forward, or refuse.
+//! - [`outbound`]: workload to network: originate mTLS to a known ID, else plaintext.
+//! - [`original_dst`]: `SO_ORIGINAL_DST` for the transparent (iptables REDIRECT) listeners.
+//! - [`forward`]: the bidirectional pipe with byte counts and half-close.
+//! - [`context`]: what connection handlers share, and the end-of-connection report.
+//! - [`reason`]: the typed reasons for plaintext or refusal, whose text is the label.
+//! - [`tap`]: one line per connection to `--admin` readers, lossy for slow readers.
+//! - [`metrics`]: Prometheus metrics.
+//! - [`run`]: binds everything and starts serving.
+
+pub mod config;
+pub mod context;
+pub mod detect;
+pub mod first_flight;
+pub mod forward;
+pub mod inbound;
+pub mod metrics;
+pub mod original_dst;
+pub mod outbound;
+pub mod reason;
+pub mod rewind;
+pub mod run;
+pub mod tap;
+pub mod workload_client;
+
+pub use config::{ProxyConfig, RunArgs};
+pub use reason::NoTlsReason;
+pub use run::{RunningProxy, start};
+pub use tap::{ConnRecord, Direction, Outcome, Tap, TapEvent};

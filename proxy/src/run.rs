@@ -1,0 +1,188 @@
+//! `lanyard-proxy run`: binds every listener, starts the Workload API client, and serves.
+//!
+//! [`start`] returns once everything is bound, with the bound addresses (port 0 resolved), so
+//! the binary can announce them and tests can dial them. Dropping the [`RunningProxy`] stops
+//! the listeners and the Workload API client; connections already open run to their end.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use lanyard_svid::BundleSet;
+use lanyard_svid::tls::{ExactId, LANYARD_ALPN, SvidStore, client_config, server_config};
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_rustls::{TlsAcceptor, TlsConnector};
+
+use crate::config::ProxyConfig;
+use crate::context::ConnContext;
+use crate::inbound::{InboundPolicy, InboundTarget, serve_inbound};
+use crate::metrics::ProxyMetrics;
+use crate::outbound::{OutboundDestination, serve_outbound};
+use crate::tap::{TAP_QUEUE_LINES, Tap, serve_tap};
+use crate::workload_client;
+
+/// Why the proxy could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("cannot listen on {addr} ({role}): {source}")]
+    Bind {
+        role: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// A started proxy.
+pub struct RunningProxy {
+    /// Each listener's role and bound address, in the order they were configured.
+    pub listeners: Vec<(&'static str, SocketAddr)>,
+    pub store: Arc<SvidStore>,
+    pub tap: Tap,
+    pub metrics: Arc<ProxyMetrics>,
+    tasks: JoinSet<()>,
+}
+
+impl RunningProxy {
+    /// The bound addresses of the listeners with `role` (`inbound`, `outbound`,
+    /// `transparent-inbound`, `transparent-outbound`, `admin`, `metrics`).
+    pub fn addrs(&self, role: &str) -> Vec<SocketAddr> {
+        self.listeners
+            .iter()
+            .filter(|(r, _)| *r == role)
+            .map(|(_, a)| *a)
+            .collect()
+    }
+
+    /// The one listener with `role`; panics if there is not exactly one (a test helper).
+    pub fn addr(&self, role: &str) -> SocketAddr {
+        let addrs = self.addrs(role);
+        assert_eq!(addrs.len(), 1, "listeners with role {role}: {addrs:?}");
+        addrs[0]
+    }
+
+    /// Runs until a serving task ends (they do not, short of a panic).
+    pub async fn wait(mut self) {
+        let _ = self.tasks.join_next().await;
+    }
+}
+
+async fn bind(role: &'static str, addr: SocketAddr) -> Result<(TcpListener, SocketAddr), RunError> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| RunError::Bind { role, addr, source })?;
+    let bound = listener
+        .local_addr()
+        .map_err(|source| RunError::Bind { role, addr, source })?;
+    Ok((listener, bound))
+}
+
+/// Binds and starts everything `config` asks for.
+pub async fn start(config: &ProxyConfig) -> Result<RunningProxy, RunError> {
+    let mut registry = Registry::default();
+    let metrics = ProxyMetrics::register(&mut registry);
+    let store = Arc::new(SvidStore::new(BundleSet::new()));
+    let tap = Tap::new(TAP_QUEUE_LINES, metrics.tap_dropped.clone());
+    let ctx = Arc::new(ConnContext {
+        store: store.clone(),
+        tap: tap.clone(),
+        metrics: metrics.clone(),
+        limit: Arc::new(Semaphore::new(config.max_connections)),
+        handshake_timeout: config.handshake_timeout,
+    });
+    let policy = Arc::new(InboundPolicy {
+        strict: config.strict,
+        opaque_ports: config.opaque_ports.clone(),
+        detect_timeout: config.detect_timeout,
+        acceptor: TlsAcceptor::from(Arc::new(server_config(
+            store.clone(),
+            config.allow.clone().into_authorizer(),
+            vec![LANYARD_ALPN.to_vec()],
+        ))),
+    });
+
+    let mut tasks = JoinSet::new();
+    let mut listeners = Vec::new();
+    for inbound in &config.inbound {
+        let (listener, addr) = bind("inbound", inbound.listen).await?;
+        listeners.push(("inbound", addr));
+        tasks.spawn(serve_inbound(
+            listener,
+            InboundTarget::Fixed(inbound.target.clone()),
+            policy.clone(),
+            ctx.clone(),
+        ));
+    }
+    for outbound in &config.outbound {
+        let (listener, addr) = bind("outbound", outbound.listen).await?;
+        listeners.push(("outbound", addr));
+        let mtls = outbound.expected_id.as_ref().map(|id| {
+            let config = client_config(
+                store.clone(),
+                Arc::new(ExactId(id.clone())),
+                vec![LANYARD_ALPN.to_vec()],
+            );
+            (id.clone(), TlsConnector::from(Arc::new(config)))
+        });
+        tasks.spawn(serve_outbound(
+            listener,
+            OutboundDestination::Fixed {
+                destination: outbound.destination.clone(),
+                mtls,
+            },
+            ctx.clone(),
+        ));
+    }
+    if let Some(listen) = config.transparent_inbound {
+        let (listener, addr) = bind("transparent-inbound", listen).await?;
+        listeners.push(("transparent-inbound", addr));
+        tasks.spawn(serve_inbound(
+            listener,
+            InboundTarget::OriginalDst,
+            policy.clone(),
+            ctx.clone(),
+        ));
+    }
+    if let Some(listen) = config.transparent_outbound {
+        let (listener, addr) = bind("transparent-outbound", listen).await?;
+        listeners.push(("transparent-outbound", addr));
+        tasks.spawn(serve_outbound(
+            listener,
+            OutboundDestination::OriginalDst,
+            ctx.clone(),
+        ));
+    }
+    let (admin, addr) = bind("admin", config.admin).await?;
+    listeners.push(("admin", addr));
+    tasks.spawn(serve_tap(admin, tap.clone()));
+    if let Some(listen) = config.metrics {
+        let (listener, addr) = bind("metrics", listen).await?;
+        listeners.push(("metrics", addr));
+        let ready_store = store.clone();
+        let readiness = move || {
+            if ready_store.has_svid() {
+                Ok(())
+            } else {
+                Err("no X.509-SVID from the Workload API yet".to_owned())
+            }
+        };
+        tasks.spawn(lanyard_telemetry::serve_health(
+            listener,
+            Arc::new(registry),
+            Arc::new(readiness),
+        ));
+    }
+    tasks.spawn(workload_client::follow(
+        config.workload_socket.clone(),
+        store.clone(),
+        metrics.clone(),
+    ));
+    Ok(RunningProxy {
+        listeners,
+        store,
+        tap,
+        metrics,
+        tasks,
+    })
+}
