@@ -100,20 +100,31 @@ pub enum ValidateCommand {
 
 /// Runs one `api` command, printing to stdout.
 pub async fn run(cmd: ApiCommand) -> anyhow::Result<()> {
-    let mut out = std::io::stdout().lock();
+    let mut out = Vec::new();
+    let result = run_to(cmd, &mut out).await;
+    // Whatever was produced is printed, also before an error.
+    let mut stdout = std::io::stdout().lock();
+    stdout.write_all(&out)?;
+    stdout.flush()?;
+    result
+}
+
+/// Runs one `api` command, writing its output to `out`.
+pub async fn run_to(cmd: ApiCommand, out: &mut (impl std::io::Write + Send)) -> anyhow::Result<()> {
+    let out = &mut *out;
     match cmd {
         ApiCommand::Fetch { what, connection } => {
             let (mut client, timeout) = client(&connection).await?;
             match what {
                 FetchCommand::X509 { write } => {
-                    fetch_x509(&mut client, timeout, write.as_deref(), &mut out).await
+                    fetch_x509(&mut client, timeout, write.as_deref(), out).await
                 }
                 FetchCommand::Jwt {
                     audience,
                     spiffe_id,
-                } => fetch_jwt(&mut client, timeout, audience, spiffe_id, &mut out).await,
+                } => fetch_jwt(&mut client, timeout, audience, spiffe_id, out).await,
                 FetchCommand::Bundles { pem } => {
-                    fetch_bundles(&mut client, timeout, pem, &mut out).await
+                    fetch_bundles(&mut client, timeout, pem, out).await
                 }
             }
         }
@@ -122,7 +133,7 @@ pub async fn run(cmd: ApiCommand) -> anyhow::Result<()> {
             connection,
         } => {
             let (mut client, timeout) = client(&connection).await?;
-            validate_jwt(&mut client, timeout, audience, token, &mut out).await
+            validate_jwt(&mut client, timeout, audience, token, out).await
         }
     }
 }
@@ -216,7 +227,7 @@ async fn fetch_x509(
     client: &mut SpiffeWorkloadApiClient<Channel>,
     timeout: Duration,
     write: Option<&Path>,
-    out: &mut impl std::io::Write,
+    out: &mut (impl std::io::Write + Send),
 ) -> anyhow::Result<()> {
     let mut stream = client
         .fetch_x509svid(request(X509svidRequest {}, timeout))
@@ -306,7 +317,7 @@ async fn fetch_jwt(
     timeout: Duration,
     audience: Vec<String>,
     spiffe_id: Option<String>,
-    out: &mut impl std::io::Write,
+    out: &mut (impl std::io::Write + Send),
 ) -> anyhow::Result<()> {
     let response = client
         .fetch_jwtsvid(request(
@@ -331,7 +342,7 @@ async fn fetch_bundles(
     client: &mut SpiffeWorkloadApiClient<Channel>,
     timeout: Duration,
     pem: bool,
-    out: &mut impl std::io::Write,
+    out: &mut (impl std::io::Write + Send),
 ) -> anyhow::Result<()> {
     let mut x509 = client
         .fetch_x509_bundles(request(X509BundlesRequest {}, timeout))
@@ -381,7 +392,7 @@ async fn validate_jwt(
     timeout: Duration,
     audience: String,
     token: String,
-    out: &mut impl std::io::Write,
+    out: &mut (impl std::io::Write + Send),
 ) -> anyhow::Result<()> {
     let response = client
         .validate_jwtsvid(request(

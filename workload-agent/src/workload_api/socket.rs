@@ -72,6 +72,10 @@ pub fn bind(path: &Path) -> Result<UnixListener, SocketError> {
             .recursive(true)
             .mode(0o755)
             .create(parent)
+            .and_then(|()| {
+                // The umask may have narrowed the mode; callers of every uid must reach the socket.
+                std::fs::set_permissions(parent, std::fs::Permissions::from_mode(0o755))
+            })
             .map_err(|source| SocketError::CreateDir {
                 path: parent.to_owned(),
                 source,

@@ -313,7 +313,12 @@ impl Agent {
 
     /// Stops the server and waits for `serve` to return.
     pub async fn stop(mut self) -> Result<(), WorkloadApiError> {
-        let _ = self.stop.take().unwrap().send(());
+        self.shutdown().await
+    }
+
+    /// Stops the server, keeping the tempdir (to look at what is left in it).
+    pub async fn shutdown(&mut self) -> Result<(), WorkloadApiError> {
+        let _ = self.stop.take().expect("stopped once").send(());
         within("serve to return", &mut self.task).await.unwrap()
     }
 }
