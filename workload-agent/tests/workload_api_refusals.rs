@@ -320,3 +320,38 @@ async fn shutdown_ends_open_streams_and_removes_the_socket() {
     assert!(status.message().contains("shutting down"), "{status:?}");
     assert!(!socket.exists(), "the socket file is removed");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_that_cannot_be_attested_is_unavailable_with_the_reason() {
+    install_ring();
+    let pki = Pki::new();
+    let web = pki.id("/web");
+    let identities = FakeIdentities::new(pki, std::slice::from_ref(&web));
+    // A /proc in which this process does not exist: attestation says it is gone.
+    let empty_proc = tempfile::tempdir().unwrap();
+    let attestor = lanyard_agent::attest::WorkloadAttestor::new(
+        empty_proc.path(),
+        lanyard_agent::attest::DigestCache::default(),
+    );
+    let agent = Agent::start_with(identities.clone(), Limits::default(), attestor).await;
+    let mut client = agent.raw_client().await;
+
+    let status = open_x509(&mut client).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(
+        status
+            .message()
+            .starts_with("workload attestation failed ("),
+        "{status:?}"
+    );
+    let status = client
+        .validate_jwtsvid(req(ValidateJwtsvidRequest {
+            audience: "a".into(),
+            svid: "x.y.z".into(),
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "attestation comes first");
+    assert!(identities.resolved_for().is_empty(), "nothing was resolved");
+    agent.stop().await.unwrap();
+}

@@ -101,3 +101,32 @@ impl Drop for OpenStreamGauge {
         self.0.dec();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registered_metrics_are_exported() {
+        let mut registry = Registry::default();
+        let metrics = WorkloadApiMetrics::register(&mut registry);
+        metrics.answered("FetchX509SVID", tonic::Code::PermissionDenied);
+        metrics.refused("FetchX509SVID", "no_identity");
+        let gauge = metrics.stream_opened("FetchJWTBundles");
+        assert_eq!(metrics.open_streams("FetchJWTBundles"), 1);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        assert!(text.contains(
+            r#"lanyard_agent_workload_api_rpcs_total{method="FetchX509SVID",code="PermissionDenied"} 1"#
+        ), "{text}");
+        assert!(text.contains(
+            r#"lanyard_agent_workload_api_refusals_total{method="FetchX509SVID",reason="no_identity"} 1"#
+        ), "{text}");
+        assert!(
+            text.contains(r#"lanyard_agent_workload_api_streams_open{method="FetchJWTBundles"} 1"#),
+            "{text}"
+        );
+        drop(gauge);
+        assert_eq!(metrics.open_streams("FetchJWTBundles"), 0);
+    }
+}

@@ -258,6 +258,15 @@ pub struct Agent {
 
 impl Agent {
     pub async fn start(identities: Arc<FakeIdentities>, limits: Limits) -> Self {
+        Self::start_with(identities, limits, WorkloadAttestor::default()).await
+    }
+
+    /// With an attestor of the test's choosing (e.g. over a fixture /proc).
+    pub async fn start_with(
+        identities: Arc<FakeIdentities>,
+        limits: Limits,
+        attestor: WorkloadAttestor,
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         // A subdirectory that does not exist yet: serve creates it.
         let socket = dir.path().join("sockets").join("agent.sock");
@@ -270,7 +279,7 @@ impl Agent {
                 workload_api::serve(
                     &socket,
                     identities,
-                    Arc::new(WorkloadAttestor::default()),
+                    Arc::new(attestor),
                     limits,
                     metrics,
                     async {
