@@ -14,7 +14,8 @@ pub struct ServerMetrics {
     pub issued: Family<Labels, Counter>,
     /// Refused requests, by `rpc` and `reason`.
     pub refusals: Family<Labels, Counter>,
-    /// Unix seconds at which a CA certificate expires, by `cert` (`intermediate`, `root`).
+    /// Unix seconds at which a CA certificate expires, by `cert` (`intermediate`, and `anchor`:
+    /// the first trust anchor in the bundle to expire).
     pub ca_expiry: Family<Labels, Gauge>,
 }
 

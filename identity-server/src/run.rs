@@ -89,7 +89,6 @@ pub async fn run(
         Mode::DataDir => {
             let now = SystemTime::now();
             let ca = DataDirCa::load_or_create(&config.data_dir, &config.trust_domain, now)?;
-            metrics.set_ca_expiry("root", unix_seconds(ca.root.not_after()));
             authority.install(
                 SigningMaterial {
                     roots: vec![ca.root.cert_der().clone()],
@@ -139,9 +138,7 @@ pub async fn run(
             )
         }
     };
-    if let Some(active) = authority.active() {
-        metrics.set_ca_expiry("intermediate", unix_seconds(active.issuer.not_after()));
-    }
+    tasks.push(spawn_expiry_metrics(authority.clone(), metrics.clone()));
 
     // Our own SVID first, so the listener never serves a handshake without one.
     let store = Arc::new(SvidStore::new(BundleSet::new()));
@@ -201,7 +198,7 @@ pub async fn run(
         authority.clone(),
         Arc::new(attestor),
         pods,
-        metrics,
+        metrics.clone(),
     );
     let listener = TcpListener::bind(config.listen)
         .await
@@ -229,6 +226,40 @@ pub async fn run(
         task.abort();
     }
     Ok(result?)
+}
+
+/// Keeps the CA expiry gauges current: the intermediate in use, and the first trust anchor to
+/// expire, updated whenever the authority installs new material.
+fn spawn_expiry_metrics(
+    authority: Arc<Authority>,
+    metrics: Arc<ServerMetrics>,
+) -> tokio::task::JoinHandle<()> {
+    use x509_parser::prelude::{FromDer, X509Certificate};
+    let not_after = |der: &[u8]| {
+        X509Certificate::from_der(der)
+            .ok()
+            .map(|(_, c)| c.validity().not_after.timestamp())
+    };
+    let mut bundles = authority.subscribe_bundle();
+    tokio::spawn(async move {
+        loop {
+            if let Some(active) = authority.active() {
+                metrics.set_ca_expiry("intermediate", unix_seconds(active.issuer.not_after()));
+                let first_anchor = active
+                    .bundle
+                    .x509_authorities()
+                    .iter()
+                    .filter_map(|c| not_after(c.as_ref()))
+                    .min();
+                if let Some(at) = first_anchor {
+                    metrics.set_ca_expiry("anchor", at);
+                }
+            }
+            if bundles.changed().await.is_err() {
+                return;
+            }
+        }
+    })
 }
 
 /// The admin socket's requests, answered from the running server's state.

@@ -506,3 +506,51 @@ async fn garbage_on_the_tls_port_leaves_the_server_serving() {
     assert!(closed.is_ok(), "the server closes a garbage connection");
     agent(&server, "node-1").await;
 }
+
+#[tokio::test]
+async fn health_readiness_and_metrics() {
+    let dir = tempfile::tempdir().unwrap();
+    let config_path = dir.path().join("c.toml");
+    std::fs::write(&config_path, ENTRIES).unwrap();
+    let server = start(
+        lanyard_server::config::RunArgs {
+            config: Some(config_path),
+            trust_domain: Some(TD.into()),
+            listen: Some("127.0.0.1:0".parse().unwrap()),
+            data_dir: Some(dir.path().join("data")),
+            health: Some("127.0.0.1:0".parse().unwrap()),
+            ..Default::default()
+        },
+        None,
+    )
+    .await;
+    let health = server.health.expect("health listener announced");
+    assert!(
+        http_get(health, "/readyz")
+            .await
+            .starts_with("HTTP/1.1 200")
+    );
+    let caller = agent(&server, "node-1").await;
+    let response = caller
+        .client(server.addr)
+        .await
+        .mint_x509svi_ds(wire::MintX509SvidsRequest {
+            requests: vec![entry_request("spiffe://example.org/db", new_csr())],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        outcome(&response.results[0]),
+        Err("entry_not_assigned_to_node".into())
+    );
+    let metrics = http_get(health, "/metrics").await;
+    for line in [
+        "lanyard_server_svids_issued_total{kind=\"node\"} 1",
+        "lanyard_server_refusals_total{rpc=\"mint_x509_svids\",reason=\"entry_not_assigned_to_node\"} 1",
+        "lanyard_server_ca_expiry_timestamp_seconds{cert=\"anchor\"}",
+        "lanyard_server_ca_expiry_timestamp_seconds{cert=\"intermediate\"}",
+    ] {
+        assert!(metrics.contains(line), "missing {line} in\n{metrics}");
+    }
+}

@@ -36,6 +36,8 @@ pub fn td() -> TrustDomain {
 /// A running server; stops when dropped.
 pub struct TestServer {
     pub addr: SocketAddr,
+    /// The health listener, when `--health` was given.
+    pub health: Option<SocketAddr>,
     pub data_dir: PathBuf,
     stop: Option<oneshot::Sender<()>>,
     pub task: tokio::task::JoinHandle<Result<(), lanyard_server::run::RunError>>,
@@ -71,11 +73,16 @@ pub async fn start(args: RunArgs, kube: Option<kube::Client>) -> TestServer {
     let data_dir = config.data_dir.clone();
     let (addr_tx, addr_rx) = oneshot::channel();
     let addr_tx = std::sync::Mutex::new(Some(addr_tx));
+    let health = Arc::new(std::sync::Mutex::new(None));
+    let health_seen = health.clone();
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(lanyard_server::run::run(
         config,
         kube,
         move |role, addr| {
+            if role == "health" {
+                *health_seen.lock().unwrap() = Some(addr);
+            }
             if role == "grpc"
                 && let Some(tx) = addr_tx.lock().unwrap().take()
             {
@@ -90,8 +97,11 @@ pub async fn start(args: RunArgs, kube: Option<kube::Client>) -> TestServer {
         .await
         .expect("server listens before the deadline")
         .expect("server started (see its error)");
+    // The health listener is announced before the gRPC one.
+    let health = *health.lock().unwrap();
     TestServer {
         addr,
+        health,
         data_dir,
         stop: Some(stop),
         task,
@@ -197,6 +207,21 @@ impl Caller {
         self.store.update_bundles(BundleSet::from(bundle));
         Ok(svid)
     }
+}
+
+/// GETs `path` from the health listener; returns the status line and body.
+pub async fn http_get(addr: SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut out = String::new();
+    tokio::time::timeout(DEADLINE, s.read_to_string(&mut out))
+        .await
+        .unwrap()
+        .unwrap();
+    out
 }
 
 /// A mint request item for a static entry.
