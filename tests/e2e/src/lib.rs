@@ -1,1 +1,36 @@
-//! Helpers for the end-to-end tests: starting the real binaries and waiting on their output.
+//! Helpers for the end-to-end tests: finding the real binaries, starting them as processes,
+//! waiting (with a deadline) for the `listening on ...` lines they print, and stopping them.
+//!
+//! The binaries are the ones cargo built for this workspace (`target/<profile>/lanyard-*`).
+//! `./scripts/test` builds them before running tests; a test run without them fails with a
+//! message saying so, rather than testing something stale or nothing.
+//!
+//! Module map:
+//! - [`process`]: a child process with its stdout lines collected and its process group killed
+//!   on drop.
+//! - [`stack`]: a server and an agent on loopback, as the local stack runs them.
+
+pub mod process;
+pub mod stack;
+
+use std::path::PathBuf;
+
+/// Every wait in the end-to-end tests is bounded by this.
+pub const DEADLINE: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The path of workspace binary `name`, next to this test executable's profile directory.
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test-exe> -> target/<profile>/<name>
+    let dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("test executable lives in target/<profile>/deps");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build the binaries first (`cargo build --workspace --bins`, which ./scripts/test does)",
+        path.display()
+    );
+    path
+}
