@@ -371,12 +371,10 @@ impl Lines {
 
     pub async fn next(&mut self) -> String {
         within("a tap line", async {
-            loop {
-                match self.0.next().await {
-                    Some(TapEvent::Line(line)) => return line.to_string(),
-                    Some(TapEvent::Dropped(n)) => panic!("{n} tap lines dropped"),
-                    None => panic!("tap closed"),
-                }
+            match self.0.next().await {
+                Some(TapEvent::Line(line)) => line.to_string(),
+                Some(TapEvent::Dropped(n)) => panic!("{n} tap lines dropped"),
+                None => panic!("tap closed"),
             }
         })
         .await
