@@ -11,11 +11,18 @@
 //! - [`manager`]: the certificate manager: resolves callers to identities from the node view,
 //!   mints and renews their X.509-SVIDs, implements [`identities::WorkloadIdentities`].
 //! - [`metrics`]: the agent's Prometheus metrics (server-facing half).
+//! - [`node_svid`]: node attestation (join token, k8s_psat), the node SVID saved in the data
+//!   dir, and its renewal.
+//! - [`config`]: `lanyard-agent run` flags, `LANYARD_*` env and `--config` TOML.
+//! - [`run`]: wiring it all together for `lanyard-agent run`.
 
 pub mod api_cli;
 pub mod attest;
+pub mod config;
 pub mod identities;
 pub mod manager;
 pub mod metrics;
+pub mod node_svid;
+pub mod run;
 pub mod server_client;
 pub mod workload_api;

@@ -1,6 +1,9 @@
-//! `lanyard-agent`: The Lanyard node agent: serves the SPIFFE Workload API on a Unix socket.
+//! `lanyard-agent`: the Lanyard node agent: serves the SPIFFE Workload API on a Unix socket.
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
+use lanyard_agent::api_cli::{self, ApiCommand};
+use lanyard_agent::config::RunArgs;
 
 /// The Lanyard node agent: serves the SPIFFE Workload API on a Unix socket.
 #[derive(Parser)]
@@ -12,13 +15,35 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the daemon (not implemented yet: see the project's open issues).
-    Run,
+    /// Run the agent: attest to the server, keep SVIDs fresh, serve the Workload API.
+    Run(Box<RunArgs>),
+    /// A Workload API client, for humans and scripts.
+    Api {
+        #[command(subcommand)]
+        command: ApiCommand,
+    },
 }
 
-fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
-    match cli.command {
-        Command::Run => anyhow::bail!("`lanyard-agent run` is not implemented yet"),
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    match Cli::parse().command {
+        Command::Run(args) => {
+            lanyard_telemetry::logging::init();
+            let config = args.resolve().context("invalid configuration")?;
+            let shutdown = async {
+                let mut term =
+                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                        .expect("SIGTERM handler");
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+                tracing::info!("shutting down");
+            };
+            lanyard_agent::run::run(config, lanyard_telemetry::announce_listener, shutdown).await?;
+        }
+        Command::Api { command } => api_cli::run(command).await?,
     }
+    Ok(())
 }

@@ -615,7 +615,10 @@ impl WorkloadIdentities for CertificateManager {
                     };
                     match slot.servable(now) {
                         Some(svid) => out.push(svid),
-                        None if slot.attempts > *start => {
+                        // Failed since we asked, or backing off past our deadline: say why now.
+                        None if slot.attempts > *start
+                            || slot.retry_at.is_some_and(|r| r >= deadline) =>
+                        {
                             failed = slot.last_error.clone().or(Some("mint failed".into()));
                         }
                         None => {}

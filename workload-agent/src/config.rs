@@ -1,0 +1,316 @@
+//! `lanyard-agent run` configuration: flags, `LANYARD_*` environment variables and the TOML
+//! file given by `--config`, merged in that order of precedence (the same rule and approach as
+//! `lanyard-server`'s), then validated into an [`AgentConfig`].
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use clap::Args;
+use lanyard_svid::TrustDomain;
+use serde::Deserialize;
+use zeroize::Zeroizing;
+
+use crate::node_svid::AttestMethod;
+
+/// Where the Workload API socket goes unless told otherwise.
+pub const DEFAULT_SOCKET: &str = "/run/lanyard/sockets/agent.sock";
+/// The config file is small; refuse anything that is clearly not one.
+const MAX_CONFIG_FILE_BYTES: u64 = 1 << 20;
+
+/// Why a configuration is refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {0} is larger than 1 MiB")]
+    TooLarge(PathBuf),
+    #[error("parsing config file {path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: toml::de::Error,
+    },
+    #[error("--{0} is required (flag, LANYARD_{env} or `{key}` in --config)", env = .0.to_uppercase().replace('-', "_"), key = .0.replace('-', "_"))]
+    Missing(&'static str),
+    #[error("--{flag}: {message}")]
+    Invalid { flag: &'static str, message: String },
+}
+
+fn invalid(flag: &'static str, message: impl ToString) -> ConfigError {
+    ConfigError::Invalid {
+        flag,
+        message: message.to_string(),
+    }
+}
+
+/// The raw `run` options, all optional so the three sources can be merged; see
+/// [`RunArgs::resolve`]. `Debug` never shows the join token.
+#[derive(Args, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunArgs {
+    /// TOML file with any of these options (keys use `_` for `-`).
+    #[arg(long, env = "LANYARD_CONFIG")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+
+    /// lanyard-server's gRPC address, `HOST:PORT`.
+    #[arg(long, env = "LANYARD_SERVER")]
+    pub server: Option<String>,
+
+    /// PEM file with the trust domain's root certificates, to trust the server on first
+    /// contact (afterwards the server's bundle is used).
+    #[arg(long, env = "LANYARD_TRUST_BUNDLE")]
+    pub trust_bundle: Option<PathBuf>,
+
+    /// Trust domain; by default read from the roots' `spiffe://` URI SAN.
+    #[arg(long, env = "LANYARD_TRUST_DOMAIN")]
+    pub trust_domain: Option<String>,
+
+    /// Single-use join token (`lanyard-server token generate`). Not needed when the data dir
+    /// holds a valid node SVID.
+    #[arg(long, env = "LANYARD_JOIN_TOKEN", hide_env_values = true)]
+    pub join_token: Option<String>,
+
+    /// Projected ServiceAccount token file (Kubernetes), re-read at every attestation.
+    #[arg(long, env = "LANYARD_K8S_TOKEN_PATH")]
+    pub k8s_token_path: Option<PathBuf>,
+
+    /// Path of the Workload API Unix socket.
+    #[arg(long, env = "LANYARD_SOCKET")]
+    pub socket: Option<PathBuf>,
+
+    /// Directory for the node SVID (so a join-token agent survives a restart).
+    #[arg(long, env = "LANYARD_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+
+    /// Address of the HTTP listener for /healthz, /readyz and /metrics.
+    #[arg(long, env = "LANYARD_HEALTH")]
+    pub health: Option<SocketAddr>,
+}
+
+impl std::fmt::Debug for RunArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunArgs")
+            .field("config", &self.config)
+            .field("server", &self.server)
+            .field("trust_bundle", &self.trust_bundle)
+            .field("trust_domain", &self.trust_domain)
+            .field(
+                "join_token",
+                &self.join_token.as_ref().map(|_| "<redacted>"),
+            )
+            .field("k8s_token_path", &self.k8s_token_path)
+            .field("socket", &self.socket)
+            .field("data_dir", &self.data_dir)
+            .field("health", &self.health)
+            .finish()
+    }
+}
+
+/// A validated agent configuration.
+#[derive(Debug)]
+pub struct AgentConfig {
+    pub server: String,
+    pub trust_bundle: PathBuf,
+    /// `None`: taken from the trust bundle's roots.
+    pub trust_domain: Option<TrustDomain>,
+    /// `None`: only a node SVID saved in `data_dir` can be used.
+    pub method: Option<AttestMethod>,
+    pub socket: PathBuf,
+    pub data_dir: Option<PathBuf>,
+    pub health: Option<SocketAddr>,
+}
+
+impl RunArgs {
+    /// Merges the `--config` file under the flags and environment, then validates.
+    pub fn resolve(mut self) -> Result<AgentConfig, ConfigError> {
+        if let Some(path) = self.config.clone() {
+            let file = read_config_file(&path)?;
+            self.fill_from(file);
+        }
+        self.validate()
+    }
+
+    /// Fills every option not given by flag or environment from the file.
+    fn fill_from(&mut self, file: RunArgs) {
+        macro_rules! fill {
+            ($($field:ident),*) => { $( if self.$field.is_none() { self.$field = file.$field; } )* };
+        }
+        fill!(
+            server,
+            trust_bundle,
+            trust_domain,
+            join_token,
+            k8s_token_path,
+            socket,
+            data_dir,
+            health
+        );
+    }
+
+    fn validate(self) -> Result<AgentConfig, ConfigError> {
+        let server = self.server.ok_or(ConfigError::Missing("server"))?;
+        if server.is_empty() || server.len() > 1024 {
+            return Err(invalid("server", "give HOST:PORT"));
+        }
+        let trust_bundle = self
+            .trust_bundle
+            .ok_or(ConfigError::Missing("trust-bundle"))?;
+        let trust_domain = self
+            .trust_domain
+            .as_deref()
+            .map(TrustDomain::new)
+            .transpose()
+            .map_err(|e| invalid("trust-domain", e))?;
+        let method = match (self.join_token, self.k8s_token_path) {
+            (Some(_), Some(_)) => {
+                return Err(invalid(
+                    "join-token",
+                    "give either --join-token or --k8s-token-path, not both",
+                ));
+            }
+            (Some(token), None) => {
+                let token = Zeroizing::new(token);
+                if token.trim().is_empty() {
+                    return Err(invalid("join-token", "is empty"));
+                }
+                Some(AttestMethod::JoinToken(token))
+            }
+            (None, Some(token_path)) => Some(AttestMethod::K8sPsat { token_path }),
+            // Only a node SVID saved by an earlier run can do; without a data dir there is none.
+            (None, None) if self.data_dir.is_some() => None,
+            (None, None) => return Err(ConfigError::Missing("join-token")),
+        };
+        Ok(AgentConfig {
+            server,
+            trust_bundle,
+            trust_domain,
+            method,
+            socket: self.socket.unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET)),
+            data_dir: self.data_dir,
+            health: self.health,
+        })
+    }
+}
+
+fn read_config_file(path: &Path) -> Result<RunArgs, ConfigError> {
+    let read_err = |source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    };
+    let len = std::fs::metadata(path).map_err(read_err)?.len();
+    if len > MAX_CONFIG_FILE_BYTES {
+        return Err(ConfigError::TooLarge(path.to_owned()));
+    }
+    let text = std::fs::read_to_string(path).map_err(read_err)?;
+    toml::from_str(&text).map_err(|source| ConfigError::Parse {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args() -> RunArgs {
+        RunArgs {
+            server: Some("127.0.0.1:8081".into()),
+            trust_bundle: Some("/etc/lanyard/bundle.pem".into()),
+            join_token: Some("tok".into()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn defaults_apply() {
+        let c = args().resolve().unwrap();
+        assert_eq!(c.socket, PathBuf::from(DEFAULT_SOCKET));
+        assert!(matches!(c.method, Some(AttestMethod::JoinToken(_))));
+        assert_eq!(c.trust_domain, None);
+    }
+
+    #[test]
+    fn missing_required_flag_is_named() {
+        let err = RunArgs::default().resolve().unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "--server is required (flag, LANYARD_SERVER or `server` in --config)"
+        );
+        let no_method = RunArgs {
+            join_token: None,
+            ..args()
+        };
+        assert!(matches!(
+            no_method.resolve().unwrap_err(),
+            ConfigError::Missing("join-token")
+        ));
+        // With a data dir, a saved node SVID may do instead.
+        let restart = RunArgs {
+            join_token: None,
+            data_dir: Some("/var/lib/lanyard".into()),
+            ..args()
+        };
+        assert!(restart.resolve().unwrap().method.is_none());
+    }
+
+    #[test]
+    fn flags_win_over_file_and_file_fills_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.toml");
+        std::fs::write(
+            &path,
+            "server = \"file:1\"\nsocket = \"/tmp/file.sock\"\nhealth = \"127.0.0.1:9090\"\n",
+        )
+        .unwrap();
+        let c = RunArgs {
+            config: Some(path),
+            ..args()
+        }
+        .resolve()
+        .unwrap();
+        assert_eq!(c.server, "127.0.0.1:8081");
+        assert_eq!(c.socket, PathBuf::from("/tmp/file.sock"));
+        assert_eq!(c.health, Some("127.0.0.1:9090".parse().unwrap()));
+    }
+
+    #[test]
+    fn bad_values_are_refused() {
+        let both = RunArgs {
+            k8s_token_path: Some("/var/run/token".into()),
+            ..args()
+        };
+        assert!(both.resolve().unwrap_err().to_string().contains("not both"));
+        let bad_td = RunArgs {
+            trust_domain: Some("Not A Domain".into()),
+            ..args()
+        };
+        assert!(
+            bad_td
+                .resolve()
+                .unwrap_err()
+                .to_string()
+                .contains("--trust-domain")
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.toml");
+        std::fs::write(&path, "sever = \"x\"\n").unwrap();
+        let typo = RunArgs {
+            config: Some(path),
+            ..args()
+        };
+        assert!(typo.resolve().unwrap_err().to_string().contains("sever"));
+    }
+
+    #[test]
+    fn debug_never_shows_the_join_token() {
+        let a = RunArgs {
+            join_token: Some("s3cret".into()),
+            ..args()
+        };
+        assert!(!format!("{a:?}").contains("s3cret"));
+        assert!(!format!("{:?}", a.resolve().unwrap()).contains("s3cret"));
+    }
+}

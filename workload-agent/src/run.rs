@@ -1,0 +1,352 @@
+//! `lanyard-agent run`: wires the server connection, node attestation, the feeds, the
+//! certificate manager, the health listener and the Workload API together.
+//!
+//! [`Agent::start`] is everything but the listeners (tests drive it directly); [`run`] adds
+//! the health listener and the Workload API socket and runs until shutdown.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use lanyard_proto::identity::v1 as wire;
+use lanyard_svid::bundle::certificates_from_pem;
+use lanyard_svid::tls::SvidStore;
+use lanyard_svid::{BundleSet, SpiffeId, TrustBundle, TrustDomain};
+use prometheus_client::registry::Registry;
+use rustls_pki_types::CertificateDer;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+use crate::attest::WorkloadAttestor;
+use crate::config::AgentConfig;
+use crate::identities::WorkloadIdentities;
+use crate::manager::resolve::NodeView;
+use crate::manager::{CertificateManager, ManagerSettings};
+use crate::metrics::AgentMetrics;
+use crate::node_svid::{NodeAttestError, NodeSvidKeeper};
+use crate::server_client::{ServerClient, ServerError, feeds};
+use crate::workload_api::{self, Limits, WorkloadApiMetrics};
+
+/// Why the agent could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("trust bundle {path}: {message}")]
+    TrustBundle { path: PathBuf, message: String },
+    #[error("{0}")]
+    Server(ServerError),
+    #[error("node attestation failed ({0}): {msg}", msg = .0.message())]
+    Attest(NodeAttestError),
+    #[error("binding {role} listener on {addr}: {source}")]
+    Bind {
+        role: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    WorkloadApi(#[from] workload_api::WorkloadApiError),
+}
+
+/// What `/readyz` checks: attested, and a bundle from the server is in.
+#[derive(Debug, Default)]
+pub struct Readiness {
+    attested: AtomicBool,
+    server_bundle: AtomicBool,
+}
+
+impl Readiness {
+    pub fn check(&self) -> Result<(), String> {
+        if !self.attested.load(Ordering::Relaxed) {
+            return Err("not attested to the server yet".into());
+        }
+        if !self.server_bundle.load(Ordering::Relaxed) {
+            return Err("no trust bundle from the server yet".into());
+        }
+        Ok(())
+    }
+}
+
+/// A running agent, minus its listeners. Dropping it stops its tasks.
+pub struct Agent {
+    pub trust_domain: TrustDomain,
+    pub manager: CertificateManager,
+    pub node: Arc<NodeSvidKeeper>,
+    pub store: Arc<SvidStore>,
+    pub client: Arc<ServerClient>,
+    pub metrics: Arc<AgentMetrics>,
+    pub readiness: Arc<Readiness>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+impl Agent {
+    /// Reads the bootstrap bundle, attests (or loads the saved node SVID), then starts the
+    /// manager, the node SVID renewal and the server feeds. Returns once attested; transient
+    /// failures are retried meanwhile (see [`NodeSvidKeeper::start`]).
+    pub async fn start(
+        config: &AgentConfig,
+        metrics: Arc<AgentMetrics>,
+        readiness: Arc<Readiness>,
+    ) -> Result<Self, RunError> {
+        let (trust_domain, bootstrap) = read_trust_bundle(config)?;
+        let store = Arc::new(SvidStore::new(bootstrap.clone()));
+        let client = Arc::new(
+            ServerClient::new(&config.server, store.clone(), &trust_domain)
+                .map_err(RunError::Server)?,
+        );
+        let manager =
+            CertificateManager::new(client.clone(), ManagerSettings::default(), metrics.clone());
+        manager.set_bundles(bootstrap);
+        let mut tasks = vec![manager.spawn()];
+
+        let apply = BundleApplier {
+            trust_domain: trust_domain.clone(),
+            store: store.clone(),
+            manager: manager.clone(),
+            readiness: readiness.clone(),
+        };
+        let node = Arc::new(NodeSvidKeeper::new(
+            client.clone(),
+            store.clone(),
+            trust_domain.clone(),
+            config.method.as_ref().map(clone_method),
+            config.data_dir.clone(),
+            metrics.clone(),
+            Box::new({
+                let apply = apply.clone();
+                move |b: &wire::Bundle| apply.apply(b)
+            }),
+        ));
+        tracing::info!(server = %client.address(), trust_domain = %trust_domain, "attesting to the server");
+        node.start().await.map_err(RunError::Attest)?;
+        readiness.attested.store(true, Ordering::Relaxed);
+        manager.set_attested(true);
+        tasks.push(tokio::spawn(node.clone().run_renewals()));
+
+        // The manager mints only while the node SVID is valid.
+        let mut node_svid = node.subscribe();
+        let (watch_manager, watch_ready) = (manager.clone(), readiness.clone());
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let attested = node_svid.borrow_and_update().is_some();
+                watch_manager.set_attested(attested);
+                watch_ready.attested.store(attested, Ordering::Relaxed);
+                if node_svid.changed().await.is_err() {
+                    return;
+                }
+            }
+        }));
+
+        tasks.push(feeds::spawn_bundle_feed(client.clone(), move |b| {
+            apply.apply(b)
+        }));
+        let (view_manager, view_td) = (manager.clone(), trust_domain.clone());
+        tasks.push(feeds::spawn_node_feed(client.clone(), move |msg| {
+            view_manager.set_view(NodeView::from_wire(msg, &view_td));
+        }));
+
+        Ok(Self {
+            trust_domain,
+            manager,
+            node,
+            store,
+            client,
+            metrics,
+            readiness,
+            tasks,
+        })
+    }
+
+    /// The agent as the Workload API sees it.
+    pub fn identities(&self) -> Arc<dyn WorkloadIdentities> {
+        Arc::new(self.manager.clone())
+    }
+}
+
+/// Runs the agent until `shutdown` resolves. `on_listening` sees the health listener; the
+/// Workload API announces its socket itself.
+pub async fn run(
+    config: AgentConfig,
+    on_listening: impl Fn(&'static str, SocketAddr),
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), RunError> {
+    let mut registry = Registry::default();
+    let metrics = AgentMetrics::register(&mut registry);
+    let api_metrics = WorkloadApiMetrics::register(&mut registry);
+    let readiness = Arc::new(Readiness::default());
+
+    // Health first, so /readyz answers (not ready) while we attest.
+    let mut health_task = None;
+    if let Some(addr) = config.health {
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| RunError::Bind {
+                role: "health",
+                addr,
+                source,
+            })?;
+        on_listening("health", listener.local_addr().unwrap_or(addr));
+        let ready = readiness.clone();
+        health_task = Some(tokio::spawn(lanyard_telemetry::serve_health(
+            listener,
+            Arc::new(registry),
+            Arc::new(move || ready.check()),
+        )));
+    }
+
+    let result = async {
+        let agent = Agent::start(&config, metrics, readiness).await?;
+        workload_api::serve(
+            &config.socket,
+            agent.identities(),
+            Arc::new(WorkloadAttestor::default()),
+            Limits::default(),
+            api_metrics,
+            shutdown,
+        )
+        .await?;
+        drop(agent);
+        Ok(())
+    }
+    .await;
+    if let Some(task) = health_task {
+        task.abort();
+    }
+    result
+}
+
+/// Applies a bundle from the server to the TLS store and the Workload API, after checks.
+#[derive(Clone)]
+struct BundleApplier {
+    trust_domain: TrustDomain,
+    store: Arc<SvidStore>,
+    manager: CertificateManager,
+    readiness: Arc<Readiness>,
+}
+
+impl BundleApplier {
+    fn apply(&self, wire: &wire::Bundle) {
+        let bundle = match TrustBundle::try_from(wire) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!("ignoring a bundle from the server: {e}");
+                return;
+            }
+        };
+        if bundle.trust_domain() != &self.trust_domain {
+            tracing::warn!(got = %bundle.trust_domain(), "ignoring a bundle for another trust domain");
+            return;
+        }
+        if bundle.x509_authorities().is_empty() {
+            tracing::warn!("ignoring a bundle without X.509 authorities (it would trust nothing)");
+            return;
+        }
+        let set = BundleSet::from(bundle);
+        if *self.store.bundles() != set {
+            tracing::info!(
+                roots = wire.x509_authorities.len(),
+                sequence = wire.sequence,
+                "trust bundle from the server in use"
+            );
+        }
+        self.store.update_bundles(set.clone());
+        self.manager.set_bundles(set);
+        self.readiness.server_bundle.store(true, Ordering::Relaxed);
+    }
+}
+
+fn clone_method(m: &crate::node_svid::AttestMethod) -> crate::node_svid::AttestMethod {
+    use crate::node_svid::AttestMethod;
+    match m {
+        AttestMethod::JoinToken(t) => AttestMethod::JoinToken(t.clone()),
+        AttestMethod::K8sPsat { token_path } => AttestMethod::K8sPsat {
+            token_path: token_path.clone(),
+        },
+    }
+}
+
+/// The `--trust-bundle` roots, and the trust domain (given, or from the roots' URI SAN).
+fn read_trust_bundle(config: &AgentConfig) -> Result<(TrustDomain, BundleSet), RunError> {
+    let path = &config.trust_bundle;
+    let fail = |message: String| RunError::TrustBundle {
+        path: path.clone(),
+        message,
+    };
+    let pem = std::fs::read(path).map_err(|e| fail(e.to_string()))?;
+    let roots = certificates_from_pem(&pem).map_err(|e| fail(e.to_string()))?;
+    let trust_domain = match &config.trust_domain {
+        Some(td) => td.clone(),
+        None => trust_domain_of(&roots).map_err(fail)?,
+    };
+    let bundle = TrustBundle::from_x509_authorities(trust_domain.clone(), roots);
+    Ok((trust_domain, BundleSet::from(bundle)))
+}
+
+/// The one trust domain the roots name in a `spiffe://<td>` URI SAN (Lanyard's CAs carry one).
+pub fn trust_domain_of(roots: &[CertificateDer<'_>]) -> Result<TrustDomain, String> {
+    use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
+    let mut found: Option<TrustDomain> = None;
+    for root in roots {
+        let (_, cert) = X509Certificate::from_der(root).map_err(|e| e.to_string())?;
+        let Ok(Some(san)) = cert.subject_alternative_name() else {
+            continue;
+        };
+        for name in &san.value.general_names {
+            let GeneralName::URI(uri) = name else {
+                continue;
+            };
+            let Ok(id) = SpiffeId::parse(uri) else {
+                continue;
+            };
+            match &found {
+                Some(td) if td != id.trust_domain() => {
+                    return Err(format!(
+                        "the roots name two trust domains ({td}, {}); pass --trust-domain",
+                        id.trust_domain()
+                    ));
+                }
+                _ => found = Some(id.trust_domain().clone()),
+            }
+        }
+    }
+    found.ok_or_else(|| {
+        "no root names its trust domain (a spiffe:// URI SAN); pass --trust-domain".to_owned()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lanyard_svid::RootCa;
+    use std::time::{Duration, SystemTime};
+
+    #[test]
+    fn trust_domain_comes_from_the_root_uri_san() {
+        let td = TrustDomain::new("example.org").unwrap();
+        let root = RootCa::generate(&td, Duration::from_secs(3600), SystemTime::now()).unwrap();
+        assert_eq!(trust_domain_of(&[root.cert_der().clone()]).unwrap(), td);
+        let other = TrustDomain::new("other.org").unwrap();
+        let root2 = RootCa::generate(&other, Duration::from_secs(3600), SystemTime::now()).unwrap();
+        let err =
+            trust_domain_of(&[root.cert_der().clone(), root2.cert_der().clone()]).unwrap_err();
+        assert!(err.contains("two trust domains"), "{err}");
+        assert!(trust_domain_of(&[]).unwrap_err().contains("--trust-domain"));
+    }
+
+    #[test]
+    fn readiness_needs_attestation_and_a_server_bundle() {
+        let r = Readiness::default();
+        assert!(r.check().unwrap_err().contains("not attested"));
+        r.attested.store(true, Ordering::Relaxed);
+        assert!(r.check().unwrap_err().contains("bundle"));
+        r.server_bundle.store(true, Ordering::Relaxed);
+        assert!(r.check().is_ok());
+    }
+}
