@@ -1,6 +1,11 @@
 //! Reading a client's first flight for detection: only as many bytes as [`crate::detect`]
 //! asks for (never more than one full TLS record), all under one deadline counted from the
 //! start, so the decision waits on nothing but the client's bytes and the timeout.
+//!
+//! The bytes are read, not peeked: a ClientHello may span several TCP segments, and reading
+//! exactly what the parser asks for (first a record header, then the record) needs no
+//! peek-buffer sizing and never reads past the record. The caller replays the bytes with
+//! [`crate::rewind::Rewind`] to the target or to rustls.
 
 use std::io;
 use std::time::Duration;

@@ -5,6 +5,11 @@
 //! either refuses the option or reports the listener's own address. Both are
 //! [`OriginalDstError::NotRedirected`], so a stray direct connection can never make the proxy
 //! dial itself.
+//!
+//! What the redirect rules (a later `lanyard inject` init container) must do: send the pod's
+//! inbound TCP ports to `--transparent-inbound` (PREROUTING) and the app's outbound TCP to
+//! `--transparent-outbound` (OUTPUT), exempting the proxy's own traffic (owner uid match) and
+//! loopback, or the proxy's upstream connections would be redirected back to itself.
 
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 

@@ -469,3 +469,69 @@ fn client_hello(alpn: &[&[u8]]) -> Vec<u8> {
     record.extend(hs);
     record
 }
+
+#[tokio::test]
+async fn a_lost_workload_api_stream_is_reopened_and_the_svid_kept_meanwhile() {
+    let ca = Ca::new("example.org");
+    let app = echo_app(None).await;
+    let b = server_node(&ca, &app, |_| {}).await;
+    let first = b.proxy.store.svid().unwrap();
+    assert_eq!(b.api.streams.load(Ordering::SeqCst), 1);
+
+    // The agent goes away and, on its return, refuses once ("no identity issued").
+    b.api.refuse_next.store(1, Ordering::SeqCst);
+    b.api.kill_streams();
+    wait_until("the proxy to retry past the refusal", || {
+        b.api.streams.load(Ordering::SeqCst) >= 3
+    })
+    .await;
+    // The proxy kept its SVID and still serves mTLS.
+    assert_eq!(b.proxy.store.svid().unwrap().leaf(), first.leaf());
+    let a = client_node(&ca, &b, SERVER).await;
+    let mut conn = TcpStream::connect(a.proxy.addr("outbound")).await.unwrap();
+    assert_eq!(
+        round_trip(&mut conn, b"still meshed").await,
+        b"still meshed"
+    );
+
+    // Updates on the new stream apply.
+    let next = ca.issue(SERVER);
+    b.api
+        .push(svid_message(SERVER, &next, &[ca.root_der()], &[]));
+    wait_for_svid(&b.proxy, next.leaf()).await;
+    let (_, metrics) = http_get(b.proxy.addr("metrics"), "/metrics").await;
+    assert!(
+        metrics.contains("lanyard_proxy_workload_api_errors_total{reason=\"status\"} 2"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn an_unusable_workload_api_message_is_ignored_and_the_svid_kept() {
+    let ca = Ca::new("example.org");
+    let other = Ca::new("example.org");
+    let app = echo_app(None).await;
+    let b = server_node(&ca, &app, |_| {}).await;
+    let first = b.proxy.store.svid().unwrap();
+    let metrics_addr = b.proxy.addr("metrics");
+    let refusals_reach = |n: usize| async move {
+        let wanted = format!("lanyard_proxy_workload_api_errors_total{{reason=\"bad_svid\"}} {n}");
+        within("the refusal to be counted", async {
+            while !http_get(metrics_addr, "/metrics").await.1.contains(&wanted) {
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+        })
+        .await
+    };
+    // A message whose spiffe_id field does not match its certificate.
+    let issued = ca.issue(SERVER);
+    b.api
+        .push(svid_message(CLIENT, &issued, &[ca.root_der()], &[]));
+    refusals_reach(1).await;
+    // A message whose key is not the certificate's.
+    let mut mismatched = svid_message(SERVER, &ca.issue(SERVER), &[ca.root_der()], &[]);
+    mismatched.svids[0].x509_svid_key = other.issue(SERVER).key.to_vec();
+    b.api.push(mismatched);
+    refusals_reach(2).await;
+    assert_eq!(b.proxy.store.svid().unwrap().leaf(), first.leaf());
+}

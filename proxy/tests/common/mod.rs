@@ -152,6 +152,10 @@ pub struct FakeWorkloadApi {
     tx: watch::Sender<Option<X509svidResponse>>,
     /// FetchX509SVID calls that carried the security header.
     pub streams: Arc<AtomicUsize>,
+    /// Ends every open stream with `Unavailable` (an agent going away).
+    kill: tokio::sync::broadcast::Sender<()>,
+    /// How many of the next calls are answered `PermissionDenied` "no identity issued".
+    pub refuse_next: Arc<AtomicUsize>,
     _dir: tempfile::TempDir,
 }
 
@@ -162,9 +166,13 @@ impl FakeWorkloadApi {
         let listener = UnixListener::bind(&socket).unwrap();
         let (tx, _) = watch::channel(None);
         let streams = Arc::new(AtomicUsize::new(0));
+        let (kill, _) = tokio::sync::broadcast::channel(4);
+        let refuse_next = Arc::new(AtomicUsize::new(0));
         let service = Service {
             tx: tx.clone(),
             streams: streams.clone(),
+            kill: kill.clone(),
+            refuse_next: refuse_next.clone(),
         };
         tokio::spawn(
             tonic::transport::Server::builder()
@@ -175,8 +183,15 @@ impl FakeWorkloadApi {
             socket,
             tx,
             streams,
+            kill,
+            refuse_next,
             _dir: dir,
         }
+    }
+
+    /// Ends every open FetchX509SVID stream with `Unavailable`.
+    pub fn kill_streams(&self) {
+        let _ = self.kill.send(());
     }
 
     /// Sends `message` to every open stream (and to streams opened later).
@@ -188,6 +203,8 @@ impl FakeWorkloadApi {
 struct Service {
     tx: watch::Sender<Option<X509svidResponse>>,
     streams: Arc<AtomicUsize>,
+    kill: tokio::sync::broadcast::Sender<()>,
+    refuse_next: Arc<AtomicUsize>,
 }
 
 type Boxed<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
@@ -212,8 +229,17 @@ impl SpiffeWorkloadApi for Service {
             return Err(Status::invalid_argument("security header missing"));
         }
         self.streams.fetch_add(1, Ordering::SeqCst);
-        let stream = WatchStream::new(self.tx.subscribe()).filter_map(|m| m.map(Ok));
-        Ok(Response::new(Box::pin(stream)))
+        if self
+            .refuse_next
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            return Err(Status::permission_denied("no identity issued"));
+        }
+        let updates = WatchStream::new(self.tx.subscribe()).filter_map(|m| m.map(Ok));
+        let killed = tokio_stream::wrappers::BroadcastStream::new(self.kill.subscribe())
+            .map(|_| Err(Status::unavailable("agent going away")));
+        Ok(Response::new(Box::pin(updates.merge(killed))))
     }
 
     async fn fetch_x509_bundles(
