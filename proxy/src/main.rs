@@ -50,9 +50,11 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         allow = %config.allow,
         "lanyard-proxy running"
     );
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = proxy.wait() => anyhow::bail!("a serving task ended unexpectedly"),
         _ = tokio::signal::ctrl_c() => Ok(()),
+        _ = terminate.recv() => Ok(()),
     }
 }
 

@@ -149,10 +149,17 @@ async fn originate_mtls(
     }
     // The verifier accepted exactly `expected`; read it back from the leaf all the same.
     let peer = peer_spiffe_id(tls.get_ref().1).unwrap_or_else(|| expected.clone());
-    let (transfer, _result) = pipe(app, tls).await;
+    let (transfer, result) = pipe(app, tls).await;
+    let outcome = match result {
+        // Refused by the server before anything came back: not an mTLS connection at all.
+        Err(e) if transfer.bytes_out == 0 && NoTlsReason::is_peer_alert(&e) => {
+            Outcome::NoTls(NoTlsReason::RefusedByPeer)
+        }
+        _ => Outcome::Mtls { peer },
+    };
     Done {
         dst,
-        outcome: Outcome::Mtls { peer },
+        outcome,
         transfer,
     }
 }

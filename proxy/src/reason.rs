@@ -17,6 +17,7 @@
 //! | `handshake_failed` | both | closed: the TLS handshake failed for another reason |
 //! | `handshake_timeout` | both | closed: the TLS handshake did not finish in time |
 //! | `alpn_mismatch` | out | closed: the server did not select `lanyard/1` |
+//! | `refused_by_peer` | out | closed: the server refused our SVID after the handshake (TLS 1.3 sends that alert after the client's Finished) and no byte came back |
 //! | `target_unreachable` | both | closed: connecting to the target or destination failed |
 //! | `connection_limit` | both | closed: the listener is at its connection limit |
 //! | `no_original_dst` | both | closed: transparent listener without a redirected destination |
@@ -48,6 +49,7 @@ pub enum NoTlsReason {
     HandshakeFailed,
     HandshakeTimeout,
     AlpnMismatch,
+    RefusedByPeer,
     TargetUnreachable,
     ConnectionLimit,
     NoOriginalDst,
@@ -69,6 +71,7 @@ impl NoTlsReason {
             Self::HandshakeFailed => "handshake_failed",
             Self::HandshakeTimeout => "handshake_timeout",
             Self::AlpnMismatch => "alpn_mismatch",
+            Self::RefusedByPeer => "refused_by_peer",
             Self::TargetUnreachable => "target_unreachable",
             Self::ConnectionLimit => "connection_limit",
             Self::NoOriginalDst => "no_original_dst",
@@ -98,6 +101,7 @@ impl NoTlsReason {
             Self::HandshakeFailed => "the TLS handshake failed".into(),
             Self::HandshakeTimeout => "the TLS handshake did not finish in time".into(),
             Self::AlpnMismatch => "the server did not select ALPN lanyard/1".into(),
+            Self::RefusedByPeer => "the server refused our X.509-SVID".into(),
             Self::TargetUnreachable => "could not connect to the target".into(),
             Self::ConnectionLimit => "the listener is at its connection limit".into(),
             Self::NoOriginalDst => {
@@ -127,6 +131,14 @@ impl NoTlsReason {
             Some(refusal) => Self::PeerRefused(refusal.clone()),
             None => Self::HandshakeFailed,
         }
+    }
+
+    /// True for an I/O error that is a TLS alert from the peer (e.g. its refusal of our
+    /// certificate, which under TLS 1.3 arrives after our handshake has completed).
+    pub fn is_peer_alert(err: &std::io::Error) -> bool {
+        err.get_ref()
+            .and_then(|e| e.downcast_ref::<rustls::Error>())
+            .is_some_and(|e| matches!(e, rustls::Error::AlertReceived(_)))
     }
 }
 
@@ -158,6 +170,7 @@ mod tests {
             NoTlsReason::HandshakeFailed,
             NoTlsReason::HandshakeTimeout,
             NoTlsReason::AlpnMismatch,
+            NoTlsReason::RefusedByPeer,
             NoTlsReason::TargetUnreachable,
             NoTlsReason::ConnectionLimit,
             NoTlsReason::NoOriginalDst,

@@ -160,6 +160,7 @@ async fn an_id_outside_allow_is_refused() {
     })
     .await;
     let a = client_node(&ca, &b, SERVER).await;
+    let mut tap_a = Lines::of(&a.proxy);
     let mut tap_b = Lines::of(&b.proxy);
     let mut conn = TcpStream::connect(a.proxy.addr("outbound")).await.unwrap();
     conn.write_all(b"let me in").await.unwrap();
@@ -168,6 +169,10 @@ async fn an_id_outside_allow_is_refused() {
     let line = tap_b.next().await;
     assert_eq!(field(&line, "tls"), "false", "{line}");
     assert_eq!(field(&line, "reason"), "id_not_allowed", "{line}");
+    // A's handshake completed (TLS 1.3) before B's refusal arrived; A still reports it.
+    let out = tap_a.next().await;
+    assert_eq!(field(&out, "tls"), "false", "{out}");
+    assert_eq!(field(&out, "reason"), "refused_by_peer", "{out}");
     assert_eq!(app.accepted.load(Ordering::SeqCst), 0);
 }
 
