@@ -6,6 +6,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use lanyard_svid::BundleSet;
 use lanyard_svid::tls::{ExactId, LANYARD_ALPN, SvidStore, client_config, server_config};
@@ -160,13 +161,7 @@ pub async fn start(config: &ProxyConfig) -> Result<RunningProxy, RunError> {
         let (listener, addr) = bind("metrics", listen).await?;
         listeners.push(("metrics", addr));
         let ready_store = store.clone();
-        let readiness = move || {
-            if ready_store.has_svid() {
-                Ok(())
-            } else {
-                Err("no X.509-SVID from the Workload API yet".to_owned())
-            }
-        };
+        let readiness = move || readiness(&ready_store, SystemTime::now());
         tasks.spawn(lanyard_telemetry::serve_health(
             listener,
             Arc::new(registry),
@@ -185,4 +180,44 @@ pub async fn start(config: &ProxyConfig) -> Result<RunningProxy, RunError> {
         metrics,
         tasks,
     })
+}
+
+/// `/readyz`: ready while an SVID is held and still valid (an expired one cannot be used for
+/// mTLS, e.g. while the agent is unreachable for longer than the SVID's lifetime).
+pub fn readiness(store: &SvidStore, now: SystemTime) -> Result<(), String> {
+    match store.svid() {
+        None => Err("no X.509-SVID from the Workload API yet".to_owned()),
+        Some(svid) if svid.not_after() <= now => Err(format!(
+            "the X.509-SVID {} expired at {}",
+            svid.spiffe_id(),
+            humantime::format_rfc3339_seconds(svid.not_after())
+        )),
+        Some(_) => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lanyard_svid::test_support::TestCa;
+    use std::time::Duration;
+
+    #[test]
+    fn ready_only_with_an_unexpired_svid() {
+        let ca = TestCa::new("example.org");
+        let store = SvidStore::new(BundleSet::new());
+        let now = SystemTime::now();
+        assert!(
+            readiness(&store, now)
+                .unwrap_err()
+                .contains("no X.509-SVID")
+        );
+        let svid = ca.svid("spiffe://example.org/web");
+        let not_after = svid.not_after();
+        store.update_svid(svid).unwrap();
+        readiness(&store, now).unwrap();
+        let later = not_after + Duration::from_secs(1);
+        let err = readiness(&store, later).unwrap_err();
+        assert!(err.contains("expired"), "{err}");
+    }
 }
