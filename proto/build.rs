@@ -5,6 +5,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let files = [
         "proto/workload.proto",
         "proto/lanyard/identity/v1/identity.proto",
+        "proto/lanyard/discovery/v1/discovery.proto",
     ];
     for file in files {
         println!("cargo:rerun-if-changed={file}");

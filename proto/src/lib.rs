@@ -3,6 +3,8 @@
 //! - [`workload`]: the SPIFFE Workload API (`/SpiffeWorkloadAPI/*`), unchanged from the
 //!   SPIFFE standards, served by lanyard-agent on its Unix socket.
 //! - [`identity::v1`]: `lanyard.identity.v1`, what lanyard-agent asks of lanyard-server.
+//! - [`discovery::v1`]: `lanyard.discovery.v1`, which destinations are meshed and as which
+//!   IDs (agent socket service `Discovery`, server feed `DiscoveryFeed`).
 //! - [`convert`]: wire messages to and from `lanyard-svid` domain types.
 
 pub mod convert;
@@ -16,6 +18,13 @@ pub mod workload {
 pub mod identity {
     pub mod v1 {
         tonic::include_proto!("lanyard.identity.v1");
+    }
+}
+
+/// Lanyard discovery: the agent's `Discovery` socket service and the server's `DiscoveryFeed`.
+pub mod discovery {
+    pub mod v1 {
+        tonic::include_proto!("lanyard.discovery.v1");
     }
 }
 
