@@ -147,8 +147,8 @@ async fn other_first_flights() {
         .await
         .unwrap();
     assert_eq!(sniffed.kind, FirstFlight::OtherTls);
-    // Decided at the ALPN extension: what was read is kept, the rest is still unread.
+    // Decided at the ALPN extension (rustls orders extensions at random, so it may be last):
+    // what was read is kept, the rest is still unread.
     assert!(h2_hello.starts_with(&sniffed.bytes));
     assert_eq!(sniffed.bytes.len(), stream.pos);
-    assert!(sniffed.bytes.len() < h2_hello.len());
 }
