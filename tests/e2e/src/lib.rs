@@ -9,7 +9,12 @@
 //! - [`process`]: a child process with its stdout lines collected and its process group killed
 //!   on drop.
 //! - [`stack`]: a server and an agent on loopback, as the local stack runs them.
+//! - [`client`]: the agent's `api` CLI run as this user, another user or from a cgroup, and
+//!   an HTTP GET for metrics.
+//! - [`cgroup`]: pod-shaped cgroups (as the kubelet makes them), removed on drop.
 
+pub mod cgroup;
+pub mod client;
 pub mod process;
 pub mod stack;
 

@@ -18,26 +18,54 @@ pub struct Server {
 }
 
 impl Server {
-    /// Starts a server whose `--config` holds `config` (TOML: entries, TTLs) in `dir`.
+    /// Starts a server whose `--config` holds `config` (TOML: entries, TTLs) in `dir`, on a
+    /// port of the kernel's choosing.
     pub fn start(dir: &Path, config: &str) -> Self {
-        let data_dir = dir.join("server");
+        Self::start_on(dir, config, "127.0.0.1:0")
+    }
+
+    /// As [`Server::start`], listening on `listen` (e.g. the address of a server that was
+    /// killed, so agents pointed at it find the new one: the listener sets `SO_REUSEADDR`).
+    pub fn start_on(dir: &Path, config: &str, listen: &str) -> Self {
         let config_path = dir.join("server.toml");
         std::fs::write(&config_path, config).expect("write server config");
-        let process = Process::start(
-            &binary("lanyard-server"),
+        let config_arg = config_path.to_str().expect("utf-8 path").to_owned();
+        Self::launch(dir, listen, &["--config", &config_arg], &[])
+    }
+
+    /// A server in cluster mode (`--kube`), its kube client from the kubeconfig at
+    /// `kubeconfig`, reading its CA from `lanyard/lanyard-ca` and its bundle from
+    /// `lanyard/lanyard-bundle`, accepting agents of the `lanyard:lanyard-agent` account.
+    pub fn start_cluster(dir: &Path, kubeconfig: &Path) -> Self {
+        Self::launch(
+            dir,
+            "127.0.0.1:0",
             &[
-                "run",
-                "--trust-domain",
-                TRUST_DOMAIN,
-                "--listen",
-                "127.0.0.1:0",
-                "--data-dir",
-                data_dir.to_str().expect("utf-8 path"),
-                "--config",
-                config_path.to_str().expect("utf-8 path"),
+                "--kube",
+                "--ca-secret",
+                "lanyard/lanyard-ca",
+                "--bundle-configmap",
+                "lanyard/lanyard-bundle",
+                "--agent-sa",
+                "lanyard:lanyard-agent",
             ],
-            &[],
-        );
+            &[("KUBECONFIG", kubeconfig.to_str().expect("utf-8 path"))],
+        )
+    }
+
+    fn launch(dir: &Path, listen: &str, extra: &[&str], envs: &[(&str, &str)]) -> Self {
+        let data_dir = dir.join("server");
+        let mut args = vec![
+            "run",
+            "--trust-domain",
+            TRUST_DOMAIN,
+            "--listen",
+            listen,
+            "--data-dir",
+            data_dir.to_str().expect("utf-8 path"),
+        ];
+        args.extend_from_slice(extra);
+        let process = Process::start(&binary("lanyard-server"), &args, envs);
         let addr = process.listener("grpc");
         Self {
             process,
@@ -77,41 +105,79 @@ impl Server {
     }
 }
 
-/// A running `lanyard-agent`, attested by join token.
+/// How an agent attests to the server.
+#[derive(Debug, Clone, Copy)]
+pub enum Attestation<'a> {
+    /// `--join-token`.
+    JoinToken(&'a str),
+    /// `--k8s-token-path`: a projected ServiceAccount token file.
+    K8sTokenFile(&'a Path),
+    /// Neither: only the node SVID an earlier run saved in the data dir can do.
+    Saved,
+}
+
+/// A running `lanyard-agent`.
 pub struct Agent {
     pub process: Process,
     pub socket: PathBuf,
+    /// Its `/healthz`, `/readyz` and `/metrics` listener.
+    pub health: SocketAddr,
+    pub data_dir: PathBuf,
 }
 
 impl Agent {
-    /// Starts an agent for `node` against `server`, its files under `dir`.
+    /// Starts an agent for `node` against `server`, attested by a fresh join token, its files
+    /// under `dir`.
     pub fn start(dir: &Path, server: &Server, node: &str) -> Self {
         let bundle = dir.join("bundle.pem");
         server.write_bundle(&bundle);
         let token = server.join_token(node);
+        Self::launch(dir, server.addr, &bundle, Attestation::JoinToken(&token))
+    }
+
+    /// Starts an agent against the server at `server`, trusting the roots in `bundle`, its
+    /// socket and data dir under `dir` (the same paths each time, so a restart finds its
+    /// saved node SVID). Returns once the Workload API socket accepts.
+    pub fn launch(dir: &Path, server: SocketAddr, bundle: &Path, how: Attestation<'_>) -> Self {
         let socket = dir.join("sockets").join("agent.sock");
         let data_dir = dir.join("agent");
-        let process = Process::start(
-            &binary("lanyard-agent"),
-            &[
-                "run",
-                "--server",
-                &server.addr.to_string(),
-                "--trust-bundle",
-                bundle.to_str().expect("utf-8 path"),
-                "--join-token",
-                &token,
-                "--socket",
-                socket.to_str().expect("utf-8 path"),
-                "--data-dir",
-                data_dir.to_str().expect("utf-8 path"),
-            ],
-            &[],
-        );
+        let server = server.to_string();
+        let mut args = vec![
+            "run",
+            "--server",
+            &server,
+            "--trust-bundle",
+            bundle.to_str().expect("utf-8 path"),
+            "--socket",
+            socket.to_str().expect("utf-8 path"),
+            "--data-dir",
+            data_dir.to_str().expect("utf-8 path"),
+            "--health",
+            "127.0.0.1:0",
+        ];
+        match how {
+            Attestation::JoinToken(token) => args.extend(["--join-token", token]),
+            Attestation::K8sTokenFile(path) => {
+                args.extend(["--k8s-token-path", path.to_str().expect("utf-8 path")])
+            }
+            Attestation::Saved => {}
+        }
+        let process = Process::start(&binary("lanyard-agent"), &args, &[]);
+        let health = process.listener("health");
         process.wait_for_line("its Workload API socket", |line| {
             (line.starts_with("listening on unix:") && line.ends_with("(workload-api)"))
                 .then_some(())
         });
-        Self { process, socket }
+        Self {
+            process,
+            socket,
+            health,
+            data_dir,
+        }
+    }
+
+    /// The agent's Prometheus metrics text.
+    pub fn metrics(&self) -> String {
+        crate::client::http_get(self.health, "/metrics")
     }
 }
