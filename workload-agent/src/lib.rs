@@ -11,6 +11,8 @@
 //! - [`manager`]: the certificate manager: resolves callers to identities from the node view,
 //!   mints and renews their X.509-SVIDs, implements [`identities::WorkloadIdentities`].
 //! - [`metrics`]: the agent's Prometheus metrics (server-facing half).
+//! - [`h2_authority`]: a frame layer on the Unix socket that rewrites the `:authority` h2 would
+//!   refuse from grpc-core clients (py-spiffe), keeping HPACK tables in step.
 //! - [`node_svid`]: node attestation (join token, k8s_psat), the node SVID saved in the data
 //!   dir, and its renewal.
 //! - [`config`]: `lanyard-agent run` flags, `LANYARD_*` env and `--config` TOML.
@@ -19,6 +21,7 @@
 pub mod api_cli;
 pub mod attest;
 pub mod config;
+pub mod h2_authority;
 pub mod identities;
 pub mod manager;
 pub mod metrics;

@@ -32,6 +32,7 @@ use tonic::transport::server::Connected;
 
 use super::limits::Limits;
 use crate::attest::{AttestError, PeerCred, WorkloadAttestor};
+use crate::h2_authority::AuthorityNormalizer;
 
 /// The first bytes of every HTTP/2 connection (RFC 9113 section 3.4).
 const HTTP2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -142,9 +143,10 @@ pub struct CallerInfo {
 }
 
 /// An admitted connection: the stream, the preface bytes to replay, its caller, and its slot
-/// in the connection budget (freed when the HTTP/2 server drops the connection).
+/// in the connection budget (freed when the HTTP/2 server drops the connection). Reads go
+/// through [`AuthorityNormalizer`], so grpc-core clients' `:authority` reaches h2 valid.
 pub struct CallerConnection {
-    stream: UnixStream,
+    stream: AuthorityNormalizer<UnixStream>,
     replay: &'static [u8],
     info: CallerInfo,
     _permit: OwnedSemaphorePermit,
@@ -259,7 +261,7 @@ async fn accept_loop(
             match read_preface(stream, preface_timeout).await {
                 Ok(stream) => {
                     let connection = CallerConnection {
-                        stream,
+                        stream: AuthorityNormalizer::new(stream),
                         replay: HTTP2_PREFACE,
                         info,
                         _permit: permit,
@@ -338,7 +340,9 @@ mod tests {
         ));
         let mut client = UnixStream::connect(&path).await.unwrap();
         client.write_all(HTTP2_PREFACE).await.unwrap();
-        client.write_all(b"rest").await.unwrap();
+        // An empty SETTINGS frame: what follows the preface passes the frame layer whole.
+        let settings = [0u8, 0, 0, 4, 0, 0, 0, 0, 0];
+        client.write_all(&settings).await.unwrap();
 
         let next = tokio::time::timeout(
             Duration::from_secs(10),
@@ -350,10 +354,10 @@ mod tests {
         assert!(cred.start_time.is_some(), "the caller is pinned at accept");
         assert!(conn.info.pin_error.is_none());
 
-        let mut got = vec![0u8; HTTP2_PREFACE.len() + 4];
+        let mut got = vec![0u8; HTTP2_PREFACE.len() + settings.len()];
         conn.read_exact(&mut got).await.unwrap();
         assert_eq!(&got[..24], HTTP2_PREFACE);
-        assert_eq!(&got[24..], b"rest");
+        assert_eq!(&got[24..], settings);
     }
 
     #[tokio::test(start_paused = true)]
