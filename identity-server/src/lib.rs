@@ -12,6 +12,7 @@
 //! - [`evictions`]: the persisted list of evicted join-token nodes.
 //! - [`node_attest`]: deciding that a caller is the agent of a node (join token, k8s_psat).
 //! - [`mint_policy`]: which SPIFFE ID, if any, an agent may obtain for a workload.
+//! - [`discovery`]: which destinations are meshed and as which IDs; `DiscoveryFeed`.
 //! - [`node_feed`]: `WatchNode`, each node's entries and pods.
 //! - [`rate_limit`]: per-caller token buckets.
 //! - [`service`]: the `lanyard.identity.v1.NodeIdentity` gRPC service.
@@ -25,6 +26,7 @@ pub mod admin;
 pub mod authority;
 pub mod ca_store;
 pub mod config;
+pub mod discovery;
 pub mod entries;
 pub mod evictions;
 pub mod fsutil;

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use lanyard_proto::convert::unix_seconds;
+use lanyard_proto::discovery::v1::discovery_feed_server::DiscoveryFeedServer;
 use lanyard_proto::identity::v1::node_identity_server::NodeIdentityServer;
 use lanyard_svid::BundleSet;
 use lanyard_svid::bundle::certificates_to_pem;
@@ -17,6 +18,7 @@ use crate::admin::{self, AdminHandler, AdminRequest, AdminResponse};
 use crate::authority::{Authority, SigningMaterial};
 use crate::ca_store::DataDirCa;
 use crate::config::{Mode, ServerConfig};
+use crate::discovery::{DiscoveryFeedService, DiscoverySources, FeedLimits};
 use crate::evictions::Evictions;
 use crate::fsutil::ensure_dir;
 use crate::join_token::JoinTokens;
@@ -85,7 +87,8 @@ pub async fn run(
     let authority = Arc::new(Authority::new(config.trust_domain.clone()));
 
     let mut tasks = Vec::new();
-    let (attestor, pods, join_tokens, evictions) = match &config.mode {
+    let pod_id_template: Arc<str> = config.pod_id_template.as_str().into();
+    let (attestor, pods, join_tokens, evictions, discovery) = match &config.mode {
         Mode::DataDir => {
             let now = SystemTime::now();
             let ca = DataDirCa::load_or_create(&config.data_dir, &config.trust_domain, now)?;
@@ -108,6 +111,7 @@ pub async fn run(
                 None,
                 Some(tokens),
                 Some(evictions),
+                DiscoverySources::empty(config.trust_domain.clone(), pod_id_template.clone()),
             )
         }
         Mode::Cluster(cluster) => {
@@ -117,6 +121,23 @@ pub async fn run(
             };
             let pods = PodIndex::new();
             tasks.push(pods.spawn_watcher(client.clone()));
+            let discovery = DiscoverySources {
+                trust_domain: config.trust_domain.clone(),
+                pod_id_template: pod_id_template.clone(),
+                pods: pods.clone(),
+                services: Default::default(),
+                slices: Default::default(),
+            };
+            tasks.push(discovery.services.spawn_watcher(
+                client.clone(),
+                "services",
+                crate::k8s::services::ServiceInfo::from_service,
+            ));
+            tasks.push(discovery.slices.spawn_watcher(
+                client.clone(),
+                "endpointslices",
+                crate::k8s::endpoint_slices::SliceInfo::from_slice,
+            ));
             let source = KubeCaSource {
                 client: client.clone(),
                 trust_domain: config.trust_domain.clone(),
@@ -135,6 +156,7 @@ pub async fn run(
                 Some(pods),
                 None,
                 None,
+                discovery,
             )
         }
     };
@@ -185,7 +207,7 @@ pub async fn run(
         )));
     }
 
-    let service = IdentityService::new(
+    let service = Arc::new(IdentityService::new(
         ServiceSettings {
             trust_domain: config.trust_domain.clone(),
             x509_ttl: config.x509_ttl,
@@ -198,6 +220,12 @@ pub async fn run(
         authority.clone(),
         Arc::new(attestor),
         pods,
+        metrics.clone(),
+    ));
+    let discovery = DiscoveryFeedService::new(
+        service.clone(),
+        discovery,
+        FeedLimits::default(),
         metrics.clone(),
     );
     let listener = TcpListener::bind(config.listen)
@@ -216,7 +244,12 @@ pub async fn run(
         .http2_max_header_list_size(MAX_HEADER_LIST_BYTES)
         .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
         .add_service(
-            NodeIdentityServer::new(service)
+            NodeIdentityServer::from_arc(service)
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+        )
+        .add_service(
+            DiscoveryFeedServer::new(discovery)
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
         )

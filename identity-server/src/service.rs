@@ -101,8 +101,9 @@ impl IdentityService {
         }
     }
 
-    /// The calling agent, from its verified client certificate, re-checked now.
-    fn caller_agent<T>(
+    /// The calling agent, from its verified client certificate, re-checked now (also used by
+    /// the discovery feed).
+    pub(crate) fn caller_agent<T>(
         &self,
         rpc: &'static str,
         request: &Request<T>,

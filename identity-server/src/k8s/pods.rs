@@ -1,7 +1,8 @@
 //! An in-memory index of the cluster's pods, fed by a `kube` watcher, so that every attestation
 //! and mint is checked against current pod state without a round trip to the API server.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::IpAddr;
 use std::sync::{Arc, RwLock};
 
 use futures::TryStreamExt;
@@ -27,6 +28,26 @@ pub struct PodInfo {
     pub pod_ips: Vec<String>,
     /// False once the pod has finished (Succeeded/Failed) or is being deleted.
     pub active: bool,
+    /// The pod shares its node's network namespace: its IPs are the node's, not its own.
+    pub host_network: bool,
+    /// The `lanyard-proxy` container ([`crate::discovery::PROXY_CONTAINER`]) is running and
+    /// ready (see [`proxy_ready`]).
+    pub proxy_ready: bool,
+}
+
+/// Whether the pod's `lanyard-proxy` container is running and ready, from the pod status:
+/// a status of that name (a native sidecar reports under `initContainerStatuses`, a plain
+/// container under `containerStatuses`) with `state.running` set and `ready: true`.
+/// `started` alone is not enough: the proxy turns ready only once it holds its SVID, and
+/// until then it could not terminate mTLS.
+pub fn proxy_ready(status: &k8s_openapi::api::core::v1::PodStatus) -> bool {
+    status
+        .init_container_statuses
+        .iter()
+        .flatten()
+        .chain(status.container_statuses.iter().flatten())
+        .filter(|c| c.name == crate::discovery::PROXY_CONTAINER)
+        .any(|c| c.ready && c.state.as_ref().is_some_and(|s| s.running.is_some()))
 }
 
 impl PodInfo {
@@ -65,6 +86,8 @@ impl PodInfo {
                 .map(|ips| ips.iter().map(|ip| ip.ip.clone()).collect())
                 .unwrap_or_default(),
             active: meta.deletion_timestamp.is_none() && !matches!(phase, "Succeeded" | "Failed"),
+            host_network: spec.host_network.unwrap_or(false),
+            proxy_ready: status.is_some_and(proxy_ready),
         })
     }
 }
@@ -85,7 +108,17 @@ struct Index {
     by_node: HashMap<String, BTreeMap<String, ()>>,
     /// (namespace, name) -> uid
     by_name: HashMap<(String, String), String>,
+    /// pod IP -> uids (host-network pods excluded: their IPs are their node's)
+    by_ip: HashMap<IpAddr, BTreeSet<String>>,
     synced: bool,
+}
+
+/// The IPs a pod owns (none for a host-network pod).
+fn own_ips(pod: &PodInfo) -> impl Iterator<Item = IpAddr> + '_ {
+    pod.pod_ips
+        .iter()
+        .filter(|_| !pod.host_network)
+        .filter_map(|ip| ip.parse().ok())
 }
 
 impl Index {
@@ -97,6 +130,9 @@ impl Index {
             .insert(pod.uid.clone(), ());
         self.by_name
             .insert((pod.namespace.clone(), pod.name.clone()), pod.uid.clone());
+        for ip in own_ips(&pod) {
+            self.by_ip.entry(ip).or_default().insert(pod.uid.clone());
+        }
         self.by_uid.insert(pod.uid.clone(), pod);
     }
 
@@ -106,6 +142,14 @@ impl Index {
                 uids.remove(uid);
                 if uids.is_empty() {
                     self.by_node.remove(&old.node_name);
+                }
+            }
+            for ip in own_ips(&old) {
+                if let Some(uids) = self.by_ip.get_mut(&ip) {
+                    uids.remove(uid);
+                    if uids.is_empty() {
+                        self.by_ip.remove(&ip);
+                    }
                 }
             }
             let key = (old.namespace, old.name);
@@ -202,6 +246,29 @@ impl PodIndex {
     }
 }
 
+impl PodIndex {
+    /// The pods that have `ip` as one of their own pod IPs (several while an IP is reused).
+    pub fn by_ip(&self, ip: &IpAddr) -> Vec<PodInfo> {
+        let index = self.index.read().expect("pod index");
+        index
+            .by_ip
+            .get(ip)
+            .into_iter()
+            .flatten()
+            .filter_map(|uid| index.by_uid.get(uid).cloned())
+            .collect()
+    }
+
+    /// Pods in the index.
+    pub fn len(&self) -> usize {
+        self.index.read().expect("pod index").by_uid.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 impl PodLookup for PodIndex {
     fn by_uid(&self, uid: &str) -> Option<PodInfo> {
         self.index
@@ -249,6 +316,8 @@ pub(crate) fn test_pod(ns: &str, name: &str, uid: &str, sa: &str, node: &str) ->
         container_ids: vec![],
         pod_ips: vec![],
         active: true,
+        host_network: false,
+        proxy_ready: false,
     }
 }
 
@@ -283,6 +352,59 @@ mod tests {
         assert!(index.is_synced());
         assert!(index.by_uid("u0").is_none());
         assert_eq!(index.on_node("n1").len(), 1);
+    }
+
+    #[test]
+    fn proxy_ready_needs_the_proxy_running_and_ready() {
+        let status = |name: &str, ready: bool, running: bool, init: bool| -> PodInfo {
+            let state = if running {
+                serde_json::json!({"running": {}})
+            } else {
+                serde_json::json!({"waiting": {"reason": "ContainerCreating"}})
+            };
+            let c = serde_json::json!([{
+                "name": name, "image": "i", "imageID": "", "ready": ready,
+                "restartCount": 0, "state": state, "started": running
+            }]);
+            let key = if init {
+                "initContainerStatuses"
+            } else {
+                "containerStatuses"
+            };
+            let pod: Pod = serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "p", "namespace": "default", "uid": "u"},
+                "spec": {"containers": [], "hostNetwork": !init},
+                "status": {"phase": "Running", "podIPs": [{"ip": "10.0.0.1"}], key: c}
+            }))
+            .unwrap();
+            PodInfo::from_pod(&pod).unwrap()
+        };
+        assert!(status("lanyard-proxy", true, true, true).proxy_ready);
+        assert!(status("lanyard-proxy", true, true, false).proxy_ready);
+        assert!(!status("lanyard-proxy", false, true, true).proxy_ready);
+        assert!(!status("lanyard-proxy", true, false, true).proxy_ready);
+        assert!(!status("other", true, true, true).proxy_ready);
+        assert!(status("x", true, true, false).host_network);
+    }
+
+    #[test]
+    fn by_ip_follows_changes_and_skips_host_network() {
+        let index = PodIndex::new();
+        let ip: IpAddr = "10.0.0.1".parse().unwrap();
+        let mut a = test_pod("ns", "a", "u1", "sa", "n1");
+        a.pod_ips = vec!["10.0.0.1".into()];
+        index.apply(a.clone());
+        assert_eq!(index.by_ip(&ip).len(), 1);
+        a.pod_ips = vec!["10.0.0.2".into()];
+        index.apply(a.clone());
+        assert!(index.by_ip(&ip).is_empty());
+        let mut h = test_pod("ns", "h", "u2", "sa", "n1");
+        h.pod_ips = vec!["10.0.0.1".into()];
+        h.host_network = true;
+        index.apply(h);
+        assert!(index.by_ip(&ip).is_empty());
+        index.delete("u1");
+        assert!(index.by_ip(&"10.0.0.2".parse().unwrap()).is_empty());
     }
 
     #[test]
