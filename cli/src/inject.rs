@@ -1,0 +1,471 @@
+//! `lanyard inject`: meshes every workload in a multi-document YAML stream.
+//!
+//! For each Pod, Deployment, StatefulSet, DaemonSet, ReplicaSet, Job and CronJob (and each
+//! item of a `List`), the pod template gets:
+//! - the `lanyard-init` init container, first: runs [`crate::redirect::REDIRECT_SCRIPT`]
+//!   (NET_ADMIN, NET_RAW) so the pod's TCP traffic goes through the proxy;
+//! - the `lanyard-proxy` native sidecar right after it (an init container with
+//!   `restartPolicy: Always`, Kubernetes 1.29+): it starts before the app and the app's own
+//!   init containers, stops after them, and does not keep a Job from completing. Its
+//!   startup probe is `/readyz`, so the app starts once the proxy holds its SVID;
+//! - the `lanyard-sockets` hostPath volume (the agent's socket directory), mounted read-only
+//!   into the proxy and every app container, with `SPIFFE_ENDPOINT_SOCKET` set for any
+//!   SPIFFE client in the app (unless the container sets it already);
+//! - the annotation [`ANNOTATION_INJECT`]` = enabled` and the label [`LABEL_MESHED`]` = "true"`,
+//!   by which the server's discovery tells meshed pods (and their addresses) from others.
+//!
+//! Injecting is idempotent: Lanyard's containers, volumes and mounts are matched by name and
+//! replaced in place, so injecting an injected stream changes nothing (and re-injecting with
+//! other options updates it). Documents that are not workloads are printed as given, byte for
+//! byte (comments included); injected documents are re-emitted from their data, so their
+//! comments, anchors and quoting styles are lost. Skipped: templates annotated
+//! `lanyard.dev/inject: disabled` and `hostNetwork` pods (the redirect rules would apply to
+//! the node's own network). Empty documents are dropped. Any error (a document that does not
+//! parse, or a workload whose pod template is malformed) names the document and nothing is
+//! printed.
+
+use std::fmt;
+
+use serde_json::json;
+
+use crate::images::Images;
+use crate::install::SOCKET_DIR;
+use crate::redirect::{
+    ENV_PROXY_INBOUND_PORT, ENV_PROXY_OUTBOUND_PORT, ENV_PROXY_UID, ENV_SKIP_INBOUND_PORTS,
+    ENV_SKIP_OUTBOUND_PORTS, PROXY_ADMIN_PORT, PROXY_INBOUND_PORT, PROXY_METRICS_PORT,
+    PROXY_OUTBOUND_PORT, PROXY_UID, REDIRECT_SCRIPT,
+};
+use crate::yaml::{Document, ReadError, Yaml, read_stream};
+
+/// On a pod template: `enabled` once injected; `disabled` (set by the user) opts out.
+pub const ANNOTATION_INJECT: &str = "lanyard.dev/inject";
+/// On a pod template: `"true"` once injected. A label, so the server can select meshed pods.
+pub const LABEL_MESHED: &str = "lanyard.dev/meshed";
+pub const INIT_CONTAINER: &str = "lanyard-init";
+pub const PROXY_CONTAINER: &str = "lanyard-proxy";
+pub const SOCKET_VOLUME: &str = "lanyard-sockets";
+/// iptables-legacy's lock file lives in /run; the init container's root is read-only.
+pub const XTABLES_VOLUME: &str = "lanyard-xtables";
+pub const SPIFFE_ENDPOINT_SOCKET: &str = "SPIFFE_ENDPOINT_SOCKET";
+pub const SPIFFE_ENDPOINT_VALUE: &str = "unix:///run/lanyard/sockets/agent.sock";
+/// Ports per skip list: enough for any pod, small enough to bound the rules.
+pub const MAX_SKIP_PORTS: usize = 64;
+
+/// What injection adds beyond the fixed layout.
+#[derive(Clone, Debug, Default)]
+pub struct InjectOptions {
+    pub images: Images,
+    /// Inbound destination ports left alone (besides the proxy's own).
+    pub skip_inbound_ports: Vec<u16>,
+    /// Outbound destination ports left alone.
+    pub skip_outbound_ports: Vec<u16>,
+}
+
+/// What happened to one document.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// The pod template(s) now carry the proxy.
+    Injected,
+    /// Not a kind that has a pod template: printed as given.
+    NotAWorkload,
+    /// Annotated `lanyard.dev/inject: disabled`: printed as given.
+    OptedOut,
+    /// A `hostNetwork` pod: printed as given.
+    HostNetwork,
+}
+
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Outcome::Injected => "injected",
+            Outcome::NotAWorkload => "not_a_workload",
+            Outcome::OptedOut => "opted_out",
+            Outcome::HostNetwork => "host_network",
+        })
+    }
+}
+
+impl Outcome {
+    /// A sentence for people.
+    pub fn message(&self) -> &'static str {
+        match self {
+            Outcome::Injected => "injected",
+            Outcome::NotAWorkload => "no pod template; passed through",
+            Outcome::OptedOut => "annotated lanyard.dev/inject: disabled; passed through",
+            Outcome::HostNetwork => {
+                "uses hostNetwork; not injected (the redirect rules would change the node's network)"
+            }
+        }
+    }
+}
+
+/// Why a stream could not be injected.
+#[derive(Debug, thiserror::Error)]
+pub enum InjectError {
+    #[error("{0}")]
+    Read(#[from] ReadError),
+    #[error("document {number} ({what}): {message}")]
+    Malformed {
+        number: usize,
+        /// `Kind namespace/name`.
+        what: String,
+        message: String,
+    },
+    #[error("--{flag}: at most {MAX_SKIP_PORTS} ports")]
+    TooManyPorts { flag: &'static str },
+    #[error("--skip-inbound-ports: port 0 is not a port")]
+    PortZero,
+}
+
+/// The result of injecting a stream: the text to print and each document's outcome.
+#[derive(Debug)]
+pub struct Injected {
+    pub output: String,
+    /// `(document number, Kind namespace/name, outcome)` of every non-empty document.
+    pub outcomes: Vec<(usize, String, Outcome)>,
+}
+
+/// Injects every workload of `text`. Nothing is returned unless every document succeeded.
+pub fn inject_stream(text: &str, options: &InjectOptions) -> Result<Injected, InjectError> {
+    for (flag, ports) in [
+        ("skip-inbound-ports", &options.skip_inbound_ports),
+        ("skip-outbound-ports", &options.skip_outbound_ports),
+    ] {
+        if ports.len() > MAX_SKIP_PORTS {
+            return Err(InjectError::TooManyPorts { flag });
+        }
+        if ports.contains(&0) {
+            return Err(InjectError::PortZero);
+        }
+    }
+    let documents = read_stream(text)?;
+    let mut pieces = Vec::new();
+    let mut outcomes = Vec::new();
+    for Document {
+        number,
+        text,
+        value,
+        ..
+    } in documents
+    {
+        let Some(mut value) = value else { continue };
+        let what = describe(&value);
+        let outcome =
+            inject_document(&mut value, options).map_err(|message| InjectError::Malformed {
+                number,
+                what: what.clone(),
+                message,
+            })?;
+        pieces.push(match outcome {
+            Outcome::Injected => crate::yaml::write_stream([&value]),
+            _ => with_newline(text),
+        });
+        outcomes.push((number, what, outcome));
+    }
+    Ok(Injected {
+        output: pieces.join("---\n"),
+        outcomes,
+    })
+}
+
+fn with_newline(mut text: String) -> String {
+    let trimmed = text.trim_end_matches('\n').len();
+    text.truncate(trimmed);
+    text.push('\n');
+    text
+}
+
+/// `Kind namespace/name`, for messages.
+fn describe(doc: &Yaml) -> String {
+    let kind = doc
+        .get("kind")
+        .and_then(Yaml::as_str)
+        .unwrap_or("(no kind)");
+    let name = doc
+        .at(&["metadata", "name"])
+        .and_then(Yaml::as_str)
+        .unwrap_or("(no name)");
+    match doc.at(&["metadata", "namespace"]).and_then(Yaml::as_str) {
+        Some(ns) => format!("{kind} {ns}/{name}"),
+        None => format!("{kind} {name}"),
+    }
+}
+
+/// Where a kind keeps its pod template, relative to the document.
+fn template_path(api_version: &str, kind: &str) -> Option<&'static [&'static str]> {
+    match (api_version, kind) {
+        ("v1", "Pod") => Some(&[]),
+        ("apps/v1", "Deployment" | "StatefulSet" | "DaemonSet" | "ReplicaSet")
+        | ("batch/v1", "Job") => Some(&["spec", "template"]),
+        ("batch/v1", "CronJob") => Some(&["spec", "jobTemplate", "spec", "template"]),
+        _ => None,
+    }
+}
+
+/// Injects one document in place. `Err` is the reason it is malformed.
+pub fn inject_document(doc: &mut Yaml, options: &InjectOptions) -> Result<Outcome, String> {
+    let api_version = doc
+        .get("apiVersion")
+        .and_then(Yaml::as_str)
+        .unwrap_or("")
+        .to_owned();
+    let kind = doc
+        .get("kind")
+        .and_then(Yaml::as_str)
+        .unwrap_or("")
+        .to_owned();
+    if api_version == "v1" && kind == "List" {
+        return inject_list(doc, options);
+    }
+    let Some(path) = template_path(&api_version, &kind) else {
+        return Ok(Outcome::NotAWorkload);
+    };
+    let template = doc
+        .at_mut(path)
+        .filter(|t| matches!(t, Yaml::Map(_)))
+        .ok_or_else(|| format!("{} is missing or not a map", dotted(path, "")))?;
+    inject_template(template, options).map_err(|e| format!("{}{e}", dotted(path, ".")))
+}
+
+fn dotted(path: &[&str], suffix: &str) -> String {
+    if path.is_empty() {
+        "the document".to_owned()
+    } else {
+        format!("{}{suffix}", path.join("."))
+    }
+}
+
+fn inject_list(doc: &mut Yaml, options: &InjectOptions) -> Result<Outcome, String> {
+    let Some(items) = doc.get_mut("items").and_then(Yaml::as_seq_mut) else {
+        return Ok(Outcome::NotAWorkload);
+    };
+    let mut any = false;
+    for (i, item) in items.iter_mut().enumerate() {
+        let outcome = inject_document(item, options).map_err(|e| format!("items[{i}]: {e}"))?;
+        any |= outcome == Outcome::Injected;
+    }
+    Ok(if any {
+        Outcome::Injected
+    } else {
+        Outcome::NotAWorkload
+    })
+}
+
+/// Injects a pod template (or a Pod): a map with `metadata` and `spec`.
+fn inject_template(template: &mut Yaml, options: &InjectOptions) -> Result<Outcome, String> {
+    let opted_out = template
+        .at(&["metadata", "annotations", ANNOTATION_INJECT])
+        .and_then(Yaml::as_str)
+        == Some("disabled");
+    if opted_out {
+        return Ok(Outcome::OptedOut);
+    }
+    let spec = template
+        .get_mut("spec")
+        .filter(|s| matches!(s, Yaml::Map(_)))
+        .ok_or("spec is missing or not a map")?;
+    if spec.get("hostNetwork") == Some(&Yaml::Bool(true)) {
+        return Ok(Outcome::HostNetwork);
+    }
+    check_containers(spec, "containers", true)?;
+    check_containers(spec, "initContainers", false)?;
+    check_named_list(spec, "volumes")?;
+
+    // App containers: the socket and the standard variable for SPIFFE clients.
+    for container in spec
+        .get_mut("containers")
+        .and_then(Yaml::as_seq_mut)
+        .into_iter()
+        .flatten()
+    {
+        let mounts = list(container, "volumeMounts")?;
+        upsert_named(mounts, socket_mount(), None);
+        let env = list(container, "env")?;
+        let has_endpoint = env
+            .iter()
+            .any(|e| name_of(e) == Some(SPIFFE_ENDPOINT_SOCKET));
+        if !has_endpoint {
+            env.push(Yaml::from_json(
+                &json!({"name": SPIFFE_ENDPOINT_SOCKET, "value": SPIFFE_ENDPOINT_VALUE}),
+            ));
+        }
+    }
+    // Init containers: the redirect first, then the proxy.
+    let init = list(spec, "initContainers")?;
+    let at = upsert_named(init, init_container(options), Some(0));
+    upsert_named(init, proxy_container(options), Some(at + 1));
+    let volumes = list(spec, "volumes")?;
+    upsert_named(volumes, socket_volume(), None);
+    upsert_named(volumes, xtables_volume(), None);
+
+    let metadata = template
+        .entry("metadata", Yaml::map)
+        .filter(|m| matches!(m, Yaml::Map(_)))
+        .ok_or("metadata is not a map")?;
+    metadata
+        .entry("annotations", Yaml::map)
+        .ok_or("metadata is not a map")?
+        .set(ANNOTATION_INJECT, "enabled".into());
+    metadata
+        .entry("labels", Yaml::map)
+        .ok_or("metadata is not a map")?
+        .set(LABEL_MESHED, "true".into());
+    Ok(Outcome::Injected)
+}
+
+fn check_containers(spec: &Yaml, field: &str, required: bool) -> Result<(), String> {
+    match spec.get(field) {
+        None | Some(Yaml::Null) if !required => Ok(()),
+        Some(Yaml::Seq(items)) if !(required && items.is_empty()) => items
+            .iter()
+            .enumerate()
+            .try_for_each(|(i, c)| match (c, name_of(c)) {
+                (Yaml::Map(_), Some(_)) => Ok(()),
+                _ => Err(format!("spec.{field}[{i}] is not a container with a name")),
+            }),
+        _ => Err(format!("spec.{field} is missing, empty or not a list")),
+    }
+}
+
+fn check_named_list(spec: &Yaml, field: &str) -> Result<(), String> {
+    match spec.get(field) {
+        None | Some(Yaml::Null) => Ok(()),
+        Some(Yaml::Seq(items)) if items.iter().all(|v| name_of(v).is_some()) => Ok(()),
+        _ => Err(format!("spec.{field} is not a list of named items")),
+    }
+}
+
+/// The list under `key` (created when missing or null).
+fn list<'a>(map: &'a mut Yaml, key: &str) -> Result<&'a mut Vec<Yaml>, String> {
+    map.entry(key, || Yaml::Seq(Vec::new()))
+        .and_then(Yaml::as_seq_mut)
+        .ok_or_else(|| format!("{key} is not a list"))
+}
+
+fn name_of(item: &Yaml) -> Option<&str> {
+    item.get("name").and_then(Yaml::as_str)
+}
+
+/// Replaces the item with `item`'s name in place, or inserts it at `at` (else at the end);
+/// returns its index.
+fn upsert_named(items: &mut Vec<Yaml>, item: Yaml, at: Option<usize>) -> usize {
+    let name = name_of(&item).map(str::to_owned);
+    if let Some(i) = items.iter().position(|x| name_of(x) == name.as_deref()) {
+        items[i] = item;
+        return i;
+    }
+    let i = at.unwrap_or(items.len()).min(items.len());
+    items.insert(i, item);
+    i
+}
+
+fn socket_mount() -> Yaml {
+    Yaml::from_json(&json!({"name": SOCKET_VOLUME, "mountPath": SOCKET_DIR, "readOnly": true}))
+}
+
+fn socket_volume() -> Yaml {
+    Yaml::from_json(
+        &json!({"name": SOCKET_VOLUME, "hostPath": {"path": SOCKET_DIR, "type": "DirectoryOrCreate"}}),
+    )
+}
+
+fn xtables_volume() -> Yaml {
+    Yaml::from_json(&json!({"name": XTABLES_VOLUME, "emptyDir": {"sizeLimit": "1Mi"}}))
+}
+
+fn ports_text(ports: impl IntoIterator<Item = u16>) -> String {
+    let mut ports: Vec<u16> = ports.into_iter().collect();
+    ports.sort_unstable();
+    ports.dedup();
+    ports
+        .iter()
+        .map(u16::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// The init container that installs the redirect rules, running the script verbatim.
+pub fn init_container(options: &InjectOptions) -> Yaml {
+    // The proxy's own listeners are never redirected inbound.
+    let skip_in = ports_text(
+        [PROXY_INBOUND_PORT, PROXY_METRICS_PORT]
+            .into_iter()
+            .chain(options.skip_inbound_ports.iter().copied()),
+    );
+    let skip_out = ports_text(options.skip_outbound_ports.iter().copied());
+    Yaml::from_json(&json!({
+        "name": INIT_CONTAINER,
+        "image": options.images.proxy_init(),
+        "command": ["/bin/sh", "-c", REDIRECT_SCRIPT, "lanyard-redirect"],
+        "env": [
+            {"name": ENV_PROXY_UID, "value": PROXY_UID.to_string()},
+            {"name": ENV_PROXY_INBOUND_PORT, "value": PROXY_INBOUND_PORT.to_string()},
+            {"name": ENV_PROXY_OUTBOUND_PORT, "value": PROXY_OUTBOUND_PORT.to_string()},
+            {"name": ENV_SKIP_INBOUND_PORTS, "value": skip_in},
+            {"name": ENV_SKIP_OUTBOUND_PORTS, "value": skip_out},
+        ],
+        "resources": {
+            "requests": {"cpu": "10m", "memory": "16Mi"},
+            "limits": {"cpu": "100m", "memory": "64Mi"},
+        },
+        "securityContext": {
+            "runAsUser": 0,
+            "runAsNonRoot": false,
+            "readOnlyRootFilesystem": true,
+            "allowPrivilegeEscalation": false,
+            "capabilities": {"drop": ["ALL"], "add": ["NET_ADMIN", "NET_RAW"]},
+        },
+        "volumeMounts": [{"name": XTABLES_VOLUME, "mountPath": "/run"}],
+    }))
+}
+
+/// `lanyard-proxy run` in transparent mode (the Workload API from `SPIFFE_ENDPOINT_SOCKET`).
+pub fn proxy_args() -> Vec<String> {
+    [
+        "run".to_owned(),
+        "--transparent-inbound".into(),
+        PROXY_INBOUND_PORT.to_string(),
+        "--transparent-outbound".into(),
+        PROXY_OUTBOUND_PORT.to_string(),
+        "--admin".into(),
+        format!("127.0.0.1:{PROXY_ADMIN_PORT}"),
+        "--metrics".into(),
+        format!("0.0.0.0:{PROXY_METRICS_PORT}"),
+    ]
+    .to_vec()
+}
+
+/// The proxy as a native sidecar.
+pub fn proxy_container(options: &InjectOptions) -> Yaml {
+    let probe = |path: &str, period: u32, failures: u32| json!({"httpGet": {"path": path, "port": PROXY_METRICS_PORT}, "periodSeconds": period, "failureThreshold": failures});
+    Yaml::from_json(&json!({
+        "name": PROXY_CONTAINER,
+        "image": options.images.proxy(),
+        "restartPolicy": "Always",
+        "args": proxy_args(),
+        "env": [{"name": SPIFFE_ENDPOINT_SOCKET, "value": SPIFFE_ENDPOINT_VALUE}],
+        "ports": [{"name": "lanyard-metrics", "containerPort": PROXY_METRICS_PORT, "protocol": "TCP"}],
+        // Up to two minutes for the first SVID before the app starts.
+        "startupProbe": probe("/readyz", 1, 120),
+        "readinessProbe": probe("/readyz", 5, 3),
+        "livenessProbe": probe("/healthz", 10, 6),
+        "resources": {
+            "requests": {"cpu": "10m", "memory": "32Mi"},
+            "limits": {"cpu": "1", "memory": "128Mi"},
+        },
+        "securityContext": {
+            "runAsUser": PROXY_UID,
+            "runAsGroup": PROXY_UID,
+            "runAsNonRoot": true,
+            "readOnlyRootFilesystem": true,
+            "allowPrivilegeEscalation": false,
+            "capabilities": {"drop": ["ALL"]},
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "volumeMounts": [socket_mount_json()],
+    }))
+}
+
+fn socket_mount_json() -> serde_json::Value {
+    json!({"name": SOCKET_VOLUME, "mountPath": SOCKET_DIR, "readOnly": true})
+}

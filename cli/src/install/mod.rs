@@ -1,0 +1,147 @@
+//! `lanyard install`: the cluster manifests for a Lanyard control plane.
+//!
+//! The rendering has two parts. [`render::base_manifests`] is deterministic (namespace,
+//! ServiceAccounts, RBAC, Service, server Deployment, PodDisruptionBudget, agent DaemonSet):
+//! `deploy/kubernetes/lanyard.yaml` is exactly that part with the defaults (`lanyard install
+//! --without-ca`), and a test keeps the two identical. The CA ([`ca`]) is generated fresh on
+//! every run, so it is never in the repository: `lanyard install` adds its Secret and bundle
+//! ConfigMap, `--ca-only` prints just those (for `kubectl apply -f deploy/kubernetes/`
+//! users), and `--without-ca` leaves them out (for users whose own PKI writes the Secret).
+
+pub mod ca;
+pub mod rbac;
+pub mod render;
+
+use lanyard_svid::TrustDomain;
+
+use crate::images::Images;
+use crate::yaml::Yaml;
+
+/// Object names shared by the manifests, the server's flags and the tests.
+pub const DEFAULT_NAMESPACE: &str = "lanyard";
+pub const DEFAULT_TRUST_DOMAIN: &str = "cluster.local";
+pub const DEFAULT_REPLICAS: u16 = 2;
+pub const MAX_REPLICAS: u16 = 100;
+pub const SERVER_NAME: &str = "lanyard-server";
+pub const AGENT_NAME: &str = "lanyard-agent";
+pub const CA_SECRET_NAME: &str = "lanyard-ca";
+pub const BUNDLE_CONFIGMAP_NAME: &str = "lanyard-bundle";
+/// The audience of the agents' projected tokens (the server's `--k8s-audience`).
+pub const AGENT_TOKEN_AUDIENCE: &str = "lanyard-server";
+/// The server's gRPC port (agents connect to the Service on it).
+pub const SERVER_GRPC_PORT: u16 = 8081;
+/// `/healthz`, `/readyz`, `/metrics` of the server and of the agent.
+pub const HEALTH_PORT: u16 = 9090;
+/// Where the agent serves the Workload API, on the node (a hostPath shared with pods).
+pub const SOCKET_DIR: &str = "/run/lanyard/sockets";
+pub const SOCKET_PATH: &str = "/run/lanyard/sockets/agent.sock";
+
+/// Why the options are refused.
+#[derive(Debug, thiserror::Error)]
+pub enum InstallError {
+    #[error("--trust-domain {0:?}: {1}")]
+    TrustDomain(String, String),
+    #[error(
+        "--namespace {0:?}: not a Kubernetes namespace name (lowercase letters, digits, '-', at most 63)"
+    )]
+    Namespace(String),
+    #[error("--replicas {0}: give 1 to {MAX_REPLICAS}")]
+    Replicas(u16),
+    #[error("{0}")]
+    Images(#[from] crate::images::ImageError),
+    #[error("{0}")]
+    Ca(#[from] ca::CaError),
+}
+
+/// What the rendering depends on, validated.
+#[derive(Clone, Debug)]
+pub struct InstallOptions {
+    pub trust_domain: TrustDomain,
+    pub namespace: String,
+    pub replicas: u16,
+    pub images: Images,
+}
+
+impl InstallOptions {
+    pub fn new(
+        trust_domain: &str,
+        namespace: &str,
+        replicas: u16,
+        images: Images,
+    ) -> Result<Self, InstallError> {
+        let trust_domain = TrustDomain::new(trust_domain)
+            .map_err(|e| InstallError::TrustDomain(trust_domain.to_owned(), e.to_string()))?;
+        if !is_dns_label(namespace) {
+            return Err(InstallError::Namespace(namespace.to_owned()));
+        }
+        if !(1..=MAX_REPLICAS).contains(&replicas) {
+            return Err(InstallError::Replicas(replicas));
+        }
+        Ok(Self {
+            trust_domain,
+            namespace: namespace.to_owned(),
+            replicas,
+            images,
+        })
+    }
+
+    /// The defaults: what `deploy/kubernetes/` holds.
+    pub fn defaults() -> Self {
+        Self::new(
+            DEFAULT_TRUST_DOMAIN,
+            DEFAULT_NAMESPACE,
+            DEFAULT_REPLICAS,
+            Images::default(),
+        )
+        .expect("the defaults are valid")
+    }
+
+    /// `HOST:PORT` agents dial: the server Service's cluster DNS name.
+    pub fn server_address(&self) -> String {
+        format!("{SERVER_NAME}.{}.svc:{SERVER_GRPC_PORT}", self.namespace)
+    }
+}
+
+/// Which parts `lanyard install` prints.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Parts {
+    /// Everything: the base manifests with the generated CA objects.
+    All,
+    /// The deterministic manifests only (`deploy/kubernetes/`).
+    WithoutCa,
+    /// The generated CA Secret and bundle ConfigMap only.
+    CaOnly,
+}
+
+/// The documents to print, in apply order: the CA objects come before the workloads that
+/// need them.
+pub fn render(options: &InstallOptions, parts: Parts, ca: Option<&ca::GeneratedCa>) -> Vec<Yaml> {
+    let ca_docs: Vec<Yaml> = ca
+        .map(|ca| vec![ca.secret(options), ca.configmap(options)])
+        .unwrap_or_default();
+    match parts {
+        Parts::CaOnly => ca_docs,
+        Parts::WithoutCa => render::base_manifests(options),
+        Parts::All => {
+            let base = render::base_manifests(options);
+            let split = base
+                .iter()
+                .position(|d| d.get("kind").and_then(Yaml::as_str) == Some("Service"))
+                .unwrap_or(base.len());
+            let mut out = base[..split].to_vec();
+            out.extend(ca_docs);
+            out.extend_from_slice(&base[split..]);
+            out
+        }
+    }
+}
+
+/// RFC 1123 label: what Kubernetes allows for namespace names.
+pub fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}

@@ -1,0 +1,81 @@
+//! The server's RBAC, and nothing for the agent: only the server talks to the Kubernetes API
+//! (DESIGN §1). Cluster-wide it may create TokenReviews (node attestation) and read Pods,
+//! Services and EndpointSlices (pod identities, node feeds, discovery); in its own namespace
+//! it may read exactly its CA Secret and bundle ConfigMap, by name. `list`/`watch` on a named
+//! object work because the server watches it with a `metadata.name` field selector.
+
+use serde_json::json;
+
+use super::{AGENT_NAME, BUNDLE_CONFIGMAP_NAME, CA_SECRET_NAME, InstallOptions, SERVER_NAME};
+use crate::install::render::labels;
+use crate::yaml::Yaml;
+
+const READ: [&str; 3] = ["get", "list", "watch"];
+
+/// ClusterRole, ClusterRoleBinding, Role, RoleBinding for the server's ServiceAccount.
+pub fn server_rbac(options: &InstallOptions) -> Vec<Yaml> {
+    let ns = &options.namespace;
+    // Cluster-scoped names carry the namespace so two installs do not collide.
+    let cluster_name = format!("{SERVER_NAME}-{ns}");
+    let subject = json!([{"kind": "ServiceAccount", "name": SERVER_NAME, "namespace": ns}]);
+    [
+        json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRole",
+            "metadata": {"name": cluster_name, "labels": labels(SERVER_NAME)},
+            "rules": [
+                {"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"], "verbs": ["create"]},
+                {"apiGroups": [""], "resources": ["pods", "services"], "verbs": READ},
+                {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": READ},
+            ],
+        }),
+        json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRoleBinding",
+            "metadata": {"name": cluster_name, "labels": labels(SERVER_NAME)},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": cluster_name},
+            "subjects": subject,
+        }),
+        json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "Role",
+            "metadata": {"name": SERVER_NAME, "namespace": ns, "labels": labels(SERVER_NAME)},
+            "rules": [
+                {"apiGroups": [""], "resources": ["secrets"], "resourceNames": [CA_SECRET_NAME], "verbs": READ},
+                {"apiGroups": [""], "resources": ["configmaps"], "resourceNames": [BUNDLE_CONFIGMAP_NAME], "verbs": READ},
+            ],
+        }),
+        json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "RoleBinding",
+            "metadata": {"name": SERVER_NAME, "namespace": ns, "labels": labels(SERVER_NAME)},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": SERVER_NAME},
+            "subjects": subject,
+        }),
+    ]
+    .iter()
+    .map(Yaml::from_json)
+    .collect()
+}
+
+/// The two ServiceAccounts. The agent's gets no API token mounted and no binding: its
+/// projected token (audience [`super::AGENT_TOKEN_AUDIENCE`]) is only for the server.
+pub fn service_accounts(options: &InstallOptions) -> Vec<Yaml> {
+    let ns = &options.namespace;
+    [
+        json!({
+            "apiVersion": "v1",
+            "kind": "ServiceAccount",
+            "metadata": {"name": SERVER_NAME, "namespace": ns, "labels": labels(SERVER_NAME)},
+        }),
+        json!({
+            "apiVersion": "v1",
+            "kind": "ServiceAccount",
+            "metadata": {"name": AGENT_NAME, "namespace": ns, "labels": labels(AGENT_NAME)},
+            "automountServiceAccountToken": false,
+        }),
+    ]
+    .iter()
+    .map(Yaml::from_json)
+    .collect()
+}

@@ -1,0 +1,9 @@
+//! The `lanyard` command-line tool: `lanyard install` prints the cluster manifests,
+//! `lanyard inject` meshes workloads in a YAML stream. The binary (`src/main.rs`) is a thin
+//! clap layer over these modules, so tests drive the same code.
+
+pub mod images;
+pub mod inject;
+pub mod install;
+pub mod redirect;
+pub mod yaml;

@@ -1,0 +1,207 @@
+//! `lanyard`: install Lanyard into a cluster and mesh workloads.
+
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, SystemTime};
+
+use clap::{Args, Parser, Subcommand};
+use lanyard_cli::images::{DEFAULT_REGISTRY, Images};
+use lanyard_cli::inject::{InjectOptions, Outcome, inject_stream};
+use lanyard_cli::install::ca::GeneratedCa;
+use lanyard_cli::install::{
+    DEFAULT_NAMESPACE, DEFAULT_REPLICAS, DEFAULT_TRUST_DOMAIN, InstallOptions, Parts, render,
+};
+use lanyard_cli::yaml::{MAX_STREAM_BYTES, write_stream};
+
+/// Lanyard: SPIFFE identities and mTLS for every workload.
+#[derive(Parser)]
+#[command(name = "lanyard", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print the cluster manifests (`lanyard install | kubectl apply -f -`).
+    Install(InstallArgs),
+    /// Add the Lanyard proxy to every workload in a YAML stream
+    /// (`lanyard inject app.yml | kubectl apply -f -`).
+    Inject(InjectArgs),
+}
+
+#[derive(Args)]
+struct ImageArgs {
+    /// Registry prefix of the images (`REGISTRY/lanyard-server:TAG`, ...).
+    #[arg(long, env = "LANYARD_IMAGE_REGISTRY", default_value = DEFAULT_REGISTRY)]
+    image_registry: String,
+    /// Tag of the images.
+    #[arg(long, env = "LANYARD_IMAGE_TAG", default_value = env!("CARGO_PKG_VERSION"))]
+    image_tag: String,
+}
+
+#[derive(Args)]
+struct InstallArgs {
+    /// Trust domain of the SPIFFE IDs.
+    #[arg(long, env = "LANYARD_TRUST_DOMAIN", default_value = DEFAULT_TRUST_DOMAIN)]
+    trust_domain: String,
+    /// Namespace of the server and agents.
+    #[arg(long, env = "LANYARD_NAMESPACE", default_value = DEFAULT_NAMESPACE)]
+    namespace: String,
+    /// Server replicas.
+    #[arg(long, env = "LANYARD_REPLICAS", default_value_t = DEFAULT_REPLICAS)]
+    replicas: u16,
+    #[command(flatten)]
+    images: ImageArgs,
+    /// Leave out the CA Secret and bundle ConfigMap (your PKI provides them); this is what
+    /// deploy/kubernetes/ holds.
+    #[arg(long, env = "LANYARD_WITHOUT_CA", conflicts_with_all = ["ca_only", "write_root_key"])]
+    without_ca: bool,
+    /// Print only a newly generated CA Secret and bundle ConfigMap.
+    #[arg(long, env = "LANYARD_CA_ONLY")]
+    ca_only: bool,
+    /// Also write the generated root's private key to FILE (created 0600; must not exist).
+    /// Without it the root key is discarded.
+    #[arg(long, env = "LANYARD_WRITE_ROOT_KEY", value_name = "FILE")]
+    write_root_key: Option<PathBuf>,
+    /// Lifetime of the generated root (e.g. `3650d`).
+    #[arg(long, env = "LANYARD_ROOT_TTL", value_parser = parse_ttl, default_value = "3650d")]
+    root_ttl: Duration,
+    /// Lifetime of the generated issuing intermediate (e.g. `365d`).
+    #[arg(long, env = "LANYARD_INTERMEDIATE_TTL", value_parser = parse_ttl, default_value = "365d")]
+    intermediate_ttl: Duration,
+}
+
+#[derive(Args)]
+struct InjectArgs {
+    /// The YAML stream: a file, or `-` for standard input.
+    #[arg(value_name = "FILE|-")]
+    input: String,
+    #[command(flatten)]
+    images: ImageArgs,
+    /// Inbound destination ports the proxy leaves alone; repeatable or comma separated.
+    #[arg(long, env = "LANYARD_SKIP_INBOUND_PORTS", value_delimiter = ',')]
+    skip_inbound_ports: Vec<u16>,
+    /// Outbound destination ports the proxy leaves alone; repeatable or comma separated.
+    #[arg(long, env = "LANYARD_SKIP_OUTBOUND_PORTS", value_delimiter = ',')]
+    skip_outbound_ports: Vec<u16>,
+}
+
+fn parse_ttl(text: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(text).map_err(|e| format!("{text:?}: {e}"))?;
+    if d < Duration::from_secs(3600) || d > Duration::from_secs(100 * 366 * 24 * 3600) {
+        return Err(format!("{text:?}: give between 1h and 100 years"));
+    }
+    Ok(d)
+}
+
+fn main() -> ExitCode {
+    let result = match Cli::parse().command {
+        Command::Install(args) => install(args),
+        Command::Inject(args) => inject(args),
+    };
+    match result {
+        Ok(text) => {
+            // Printed only once everything succeeded: never a half-done stream.
+            let mut stdout = std::io::stdout().lock();
+            match stdout
+                .write_all(text.as_bytes())
+                .and_then(|()| stdout.flush())
+            {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("lanyard: writing the output: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Err(message) => {
+            eprintln!("lanyard: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn images(args: &ImageArgs) -> Result<Images, String> {
+    Images::new(&args.image_registry, &args.image_tag).map_err(|e| e.to_string())
+}
+
+fn install(args: InstallArgs) -> Result<String, String> {
+    let options = InstallOptions::new(
+        &args.trust_domain,
+        &args.namespace,
+        args.replicas,
+        images(&args.images)?,
+    )
+    .map_err(|e| e.to_string())?;
+    let parts = if args.without_ca {
+        Parts::WithoutCa
+    } else if args.ca_only {
+        Parts::CaOnly
+    } else {
+        Parts::All
+    };
+    let ca = match parts {
+        Parts::WithoutCa => None,
+        _ => {
+            let ca = GeneratedCa::generate(
+                &options,
+                args.root_ttl,
+                args.intermediate_ttl,
+                SystemTime::now(),
+            )
+            .map_err(|e| e.to_string())?;
+            if let Some(path) = &args.write_root_key {
+                ca.write_root_key(path).map_err(|e| e.to_string())?;
+                eprintln!("lanyard: wrote the root key to {}", path.display());
+            }
+            Some(ca)
+        }
+    };
+    let docs = render(&options, parts, ca.as_ref());
+    Ok(write_stream(&docs))
+}
+
+fn inject(args: InjectArgs) -> Result<String, String> {
+    let options = InjectOptions {
+        images: images(&args.images)?,
+        skip_inbound_ports: args.skip_inbound_ports,
+        skip_outbound_ports: args.skip_outbound_ports,
+    };
+    let (name, text) = read_input(&args.input)?;
+    let injected = inject_stream(&text, &options).map_err(|e| format!("{name}: {e}"))?;
+    for (number, what, outcome) in &injected.outcomes {
+        if matches!(outcome, Outcome::HostNetwork | Outcome::OptedOut) {
+            eprintln!(
+                "lanyard: {name}: document {number} ({what}): {}",
+                outcome.message()
+            );
+        }
+    }
+    Ok(injected.output)
+}
+
+/// Reads `-` (standard input) or a file, at most [`MAX_STREAM_BYTES`].
+fn read_input(input: &str) -> Result<(String, String), String> {
+    let limit = MAX_STREAM_BYTES as u64 + 1;
+    let mut bytes = Vec::new();
+    let name = if input == "-" {
+        std::io::stdin()
+            .lock()
+            .take(limit)
+            .read_to_end(&mut bytes)
+            .map_err(|e| format!("reading standard input: {e}"))?;
+        "<stdin>".to_owned()
+    } else {
+        std::fs::File::open(input)
+            .and_then(|f| f.take(limit).read_to_end(&mut bytes))
+            .map_err(|e| format!("reading {input}: {e}"))?;
+        input.to_owned()
+    };
+    if bytes.len() > MAX_STREAM_BYTES {
+        return Err(format!("{name}: larger than {MAX_STREAM_BYTES} bytes"));
+    }
+    let text = String::from_utf8(bytes).map_err(|_| format!("{name}: not UTF-8 text"))?;
+    Ok((name, text))
+}

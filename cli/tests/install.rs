@@ -1,0 +1,351 @@
+//! `lanyard install`: deploy/kubernetes/ is the deterministic rendering, the generated CA is
+//! what the server accepts, the root key is written only when asked (0600, never over a
+//! file), options are validated, and every flag in the manifests is a real flag of the
+//! binary it is given to (parsed and validated by that binary's own clap definitions, the
+//! ones its `--help` is generated from).
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::SystemTime;
+
+use base64::Engine;
+use clap::{Args, FromArgMatches};
+use lanyard_cli::images::Images;
+use lanyard_cli::inject::{InjectOptions, proxy_args, proxy_container};
+use lanyard_cli::install::ca::GeneratedCa;
+use lanyard_cli::install::render::{agent_args, server_args};
+use lanyard_cli::install::{InstallError, InstallOptions, Parts, render};
+use lanyard_cli::yaml::{Yaml, read_stream, write_stream};
+use lanyard_svid::TrustDomain;
+use lanyard_svid::ca::{Issuer, RootCa};
+
+const DEPLOY_FILE: &str = "deploy/kubernetes/lanyard.yaml";
+
+fn repo_path(relative: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").join(relative)
+}
+
+fn kinds(docs: &[Yaml]) -> Vec<String> {
+    docs.iter()
+        .map(|d| d.get("kind").and_then(Yaml::as_str).unwrap().to_owned())
+        .collect()
+}
+
+/// The committed file is exactly `lanyard install --without-ca`. To refresh it after a
+/// deliberate change: `LANYARD_UPDATE_MANIFESTS=1 cargo test -p lanyard-cli --test install`.
+#[test]
+fn deploy_kubernetes_is_the_rendering() {
+    let rendered = write_stream(&render(
+        &InstallOptions::defaults(),
+        Parts::WithoutCa,
+        None,
+    ));
+    let path = repo_path(DEPLOY_FILE);
+    if std::env::var_os("LANYARD_UPDATE_MANIFESTS").is_some() {
+        std::fs::write(&path, &rendered).unwrap();
+    }
+    let committed = std::fs::read_to_string(&path).unwrap();
+    assert!(
+        committed == rendered,
+        "{DEPLOY_FILE} differs from `lanyard install --without-ca`; refresh it with \
+         LANYARD_UPDATE_MANIFESTS=1 cargo test -p lanyard-cli --test install"
+    );
+    // And the binary prints the same.
+    let out = Command::new(env!("CARGO_BIN_EXE_lanyard"))
+        .args(["install", "--without-ca"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8(out.stdout).unwrap(), committed);
+}
+
+#[test]
+fn full_install_is_the_base_plus_the_ca() {
+    let options = InstallOptions::defaults();
+    let ca = GeneratedCa::generate(
+        &options,
+        std::time::Duration::from_secs(30 * 86400),
+        std::time::Duration::from_secs(86400),
+        SystemTime::now(),
+    )
+    .unwrap();
+    let base = render(&options, Parts::WithoutCa, None);
+    let all = render(&options, Parts::All, Some(&ca));
+    let ca_docs = render(&options, Parts::CaOnly, Some(&ca));
+    assert_eq!(kinds(&ca_docs), ["Secret", "ConfigMap"]);
+    let mut without: Vec<Yaml> = all.clone();
+    without.retain(|d| !ca_docs.contains(d));
+    assert_eq!(without, base);
+    assert_eq!(
+        kinds(&all),
+        [
+            "Namespace",
+            "ServiceAccount",
+            "ServiceAccount",
+            "ClusterRole",
+            "ClusterRoleBinding",
+            "Role",
+            "RoleBinding",
+            "Secret",
+            "ConfigMap",
+            "Service",
+            "Deployment",
+            "PodDisruptionBudget",
+            "DaemonSet",
+        ]
+    );
+    // Two runs generate two different CAs.
+    let out = |args: &[&str]| {
+        let o = Command::new(env!("CARGO_BIN_EXE_lanyard"))
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8(o.stdout).unwrap()
+    };
+    let (a, b) = (out(&["install", "--ca-only"]), out(&["install", "--ca-only"]));
+    assert_ne!(a, b);
+    assert_eq!(read_stream(&a).unwrap().len(), 2);
+}
+
+fn secret_field(secret: &Yaml, key: &str) -> String {
+    let b64 = secret.at(&["data", key]).and_then(Yaml::as_str).unwrap();
+    String::from_utf8(
+        base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .unwrap(),
+    )
+    .unwrap()
+}
+
+#[test]
+fn the_generated_ca_is_what_the_server_reads() {
+    let options = InstallOptions::new("example.org", "mesh", 1, Images::default()).unwrap();
+    let ca = GeneratedCa::generate(
+        &options,
+        std::time::Duration::from_secs(30 * 86400),
+        std::time::Duration::from_secs(86400),
+        SystemTime::now(),
+    )
+    .unwrap();
+    let secret = ca.secret(&options);
+    assert_eq!(
+        secret.get("type").and_then(Yaml::as_str),
+        Some("kubernetes.io/tls")
+    );
+    assert_eq!(
+        secret.at(&["metadata", "namespace"]).and_then(Yaml::as_str),
+        Some("mesh")
+    );
+    let td = TrustDomain::new("example.org").unwrap();
+    let issuer = Issuer::from_pem(
+        &td,
+        &secret_field(&secret, "tls.crt"),
+        &secret_field(&secret, "tls.key"),
+    )
+    .unwrap();
+    // Another trust domain's server refuses it.
+    assert!(
+        Issuer::from_pem(
+            &TrustDomain::new("other.org").unwrap(),
+            &secret_field(&secret, "tls.crt"),
+            &secret_field(&secret, "tls.key"),
+        )
+        .is_err()
+    );
+    let jwt = secret_field(&secret, "jwt.key");
+    assert!(jwt.starts_with("-----BEGIN PRIVATE KEY-----\n"));
+    // The ConfigMap's root is the intermediate's issuer.
+    let configmap = ca.configmap(&options);
+    let bundle = configmap
+        .at(&["data", "bundle.pem"])
+        .and_then(Yaml::as_str)
+        .unwrap();
+    assert_eq!(bundle, ca.root_cert_pem());
+    let roots = lanyard_svid::bundle::certificates_from_pem(bundle.as_bytes()).unwrap();
+    assert_eq!(roots.len(), 1);
+    assert_ne!(roots[0], *issuer.cert_der());
+    // The root key is nowhere in the cluster objects.
+    let dir = tempfile::tempdir().unwrap();
+    let key_path = dir.path().join("root.key");
+    ca.write_root_key(&key_path).unwrap();
+    let root_key = std::fs::read_to_string(&key_path).unwrap();
+    RootCa::from_pem(&td, bundle, &root_key).expect("the written key is the root's");
+    let all = write_stream(&[secret.clone(), configmap.clone()]);
+    let key_body: String = root_key.lines().filter(|l| !l.starts_with("-----")).collect();
+    assert!(!all.contains(&key_body));
+    for field in ["tls.crt", "tls.key", "jwt.key"] {
+        assert!(!secret_field(&secret, field).contains(&key_body));
+    }
+}
+
+#[test]
+fn the_root_key_is_written_only_when_asked_0600_and_never_over_a_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("root.key");
+    let run = |extra: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_lanyard"))
+            .arg("install")
+            .args(extra)
+            .current_dir(dir.path())
+            .output()
+            .unwrap()
+    };
+    let plain = run(&[]);
+    assert!(plain.status.success());
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    assert!(!String::from_utf8_lossy(&plain.stdout).contains("PRIVATE KEY-----\n"));
+
+    let written = run(&["--write-root-key", key.to_str().unwrap()]);
+    assert!(written.status.success());
+    let mode = std::fs::metadata(&key).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let first = std::fs::read_to_string(&key).unwrap();
+    assert!(first.starts_with("-----BEGIN PRIVATE KEY-----"));
+
+    let again = run(&["--write-root-key", key.to_str().unwrap()]);
+    assert!(!again.status.success());
+    assert!(again.stdout.is_empty(), "nothing printed when the key cannot be written");
+    assert!(String::from_utf8_lossy(&again.stderr).contains("must not exist"));
+    assert_eq!(std::fs::read_to_string(&key).unwrap(), first);
+
+    let conflict = run(&["--without-ca", "--write-root-key", "x.key"]);
+    assert!(!conflict.status.success());
+}
+
+#[test]
+fn options_are_validated() {
+    let bad = [
+        InstallOptions::new("Example.org", "lanyard", 2, Images::default()).unwrap_err(),
+        InstallOptions::new("example.org", "Lanyard", 2, Images::default()).unwrap_err(),
+        InstallOptions::new("example.org", "lanyard", 0, Images::default()).unwrap_err(),
+    ];
+    assert!(matches!(bad[0], InstallError::TrustDomain(..)));
+    assert!(matches!(bad[1], InstallError::Namespace(..)));
+    assert!(matches!(bad[2], InstallError::Replicas(0)));
+    assert!(Images::new("ghcr.io/acme", "v1.2").is_ok());
+    assert!(Images::new("ghcr.io/acme", "-x").is_err());
+    assert!(Images::new("Bad Registry", "v1").is_err());
+    let out = Command::new(env!("CARGO_BIN_EXE_lanyard"))
+        .args(["install", "--replicas", "0"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(out.stdout.is_empty());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--replicas 0"));
+}
+
+#[test]
+fn options_reach_the_manifests() {
+    let options = InstallOptions::new(
+        "prod.example",
+        "ident",
+        3,
+        Images::new("registry.local/x", "v9").unwrap(),
+    )
+    .unwrap();
+    let docs = render(&options, Parts::WithoutCa, None);
+    let text = write_stream(&docs);
+    let deployment = docs
+        .iter()
+        .find(|d| d.get("kind").and_then(Yaml::as_str) == Some("Deployment"))
+        .unwrap();
+    assert_eq!(deployment.at(&["spec", "replicas"]), Some(&Yaml::Int(3)));
+    assert!(text.contains("image: registry.local/x/lanyard-server:v9"));
+    assert!(text.contains("image: registry.local/x/lanyard-agent:v9"));
+    assert!(text.contains("lanyard-server.ident.svc:8081"));
+    assert!(text.contains("ident/lanyard-ca"));
+    assert!(!text.contains("namespace: lanyard\n"));
+}
+
+/// Parses `args` (after the `run` subcommand) with `A`'s clap definition, as the binary does.
+fn parse_run<A: Args + FromArgMatches>(binary: &'static str, args: &[String]) -> A {
+    assert_eq!(args[0], "run");
+    let mut command = A::augment_args(clap::Command::new(binary));
+    let help = command.render_long_help().to_string();
+    for flag in args.iter().filter(|a| a.starts_with("--")) {
+        assert!(
+            help.contains(&format!("{flag} ")) || help.contains(&format!("{flag}\n")),
+            "{binary} run --help has no {flag}"
+        );
+    }
+    let matches = command
+        .try_get_matches_from(std::iter::once(binary.to_owned()).chain(args[1..].iter().cloned()))
+        .unwrap_or_else(|e| panic!("{binary} refuses the manifest's arguments: {e}"));
+    A::from_arg_matches(&matches).unwrap()
+}
+
+#[test]
+fn manifest_flags_are_the_binaries_real_flags() {
+    let options = InstallOptions::defaults();
+    // The server, in cluster mode with the rendered object names.
+    let server: lanyard_server::config::RunArgs =
+        parse_run("lanyard-server", &server_args(&options));
+    let config = server.resolve().expect("the server accepts its flags");
+    let lanyard_server::config::Mode::Cluster(cluster) = config.mode else {
+        panic!("not cluster mode")
+    };
+    assert_eq!(cluster.ca_secret.to_string(), "lanyard/lanyard-ca");
+    assert_eq!(cluster.bundle_configmap.to_string(), "lanyard/lanyard-bundle");
+    assert_eq!(
+        cluster.agent_service_accounts,
+        [("lanyard".to_owned(), "lanyard-agent".to_owned())]
+    );
+    assert_eq!(cluster.audience, "lanyard-server");
+    assert!(config.health.is_some());
+
+    let agent: lanyard_agent::config::RunArgs = parse_run("lanyard-agent", &agent_args(&options));
+    let agent = agent.resolve().expect("the agent accepts its flags");
+    assert_eq!(agent.server, "lanyard-server.lanyard.svc:8081");
+    assert_eq!(
+        agent.socket,
+        PathBuf::from(lanyard_agent::config::DEFAULT_SOCKET)
+    );
+    assert!(agent.health.is_some());
+
+    // The injected proxy: its flags and its SPIFFE_ENDPOINT_SOCKET.
+    let container = proxy_container(&InjectOptions::default());
+    let args: Vec<String> = match container.get("args") {
+        Some(Yaml::Seq(items)) => items
+            .iter()
+            .map(|a| a.as_str().unwrap().to_owned())
+            .collect(),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(args, proxy_args());
+    let endpoint = container
+        .get("env")
+        .and_then(|e| match e {
+            Yaml::Seq(items) => items.iter().find(|i| {
+                i.get("name").and_then(Yaml::as_str) == Some("SPIFFE_ENDPOINT_SOCKET")
+            }),
+            _ => None,
+        })
+        .and_then(|e| e.get("value"))
+        .and_then(Yaml::as_str)
+        .unwrap()
+        .to_owned();
+    let proxy: lanyard_proxy::config::RunArgs = parse_run("lanyard-proxy", &args);
+    let proxy = proxy
+        .resolve(Some(endpoint))
+        .expect("the proxy accepts its flags");
+    assert_eq!(
+        proxy.workload_socket,
+        PathBuf::from(lanyard_agent::config::DEFAULT_SOCKET)
+    );
+    assert_eq!(
+        proxy.transparent_inbound.unwrap().port(),
+        lanyard_cli::redirect::PROXY_INBOUND_PORT
+    );
+    assert_eq!(
+        proxy.transparent_outbound.unwrap().port(),
+        lanyard_cli::redirect::PROXY_OUTBOUND_PORT
+    );
+    assert!(proxy.admin.ip().is_loopback());
+
+    // The check can fail: an unknown flag is refused.
+    let bad = lanyard_server::config::RunArgs::augment_args(clap::Command::new("s"))
+        .try_get_matches_from(["s", "--no-such-flag", "x"]);
+    assert!(bad.is_err());
+}
