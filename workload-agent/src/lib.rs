@@ -5,6 +5,8 @@
 //!   (`unix:*`, pod UID and container ID from its cgroup).
 //! - [`identities`]: the seam between the Workload API and the certificate manager.
 //! - [`workload_api`]: the SPIFFE Workload API served on the agent's Unix socket.
+//! - [`discovery`]: `lanyard.discovery.v1` on the same socket: which destinations are meshed,
+//!   answered from a cache that follows the server's `DiscoveryFeed`.
 //! - [`api_cli`]: `lanyard-agent api ...`, a Workload API client for humans and scripts.
 //! - [`server_client`]: the mTLS gRPC connection to lanyard-server (server ID pinned) and its
 //!   `WatchBundle` / `WatchNode` feeds.
@@ -21,6 +23,7 @@
 pub mod api_cli;
 pub mod attest;
 pub mod config;
+pub mod discovery;
 pub mod h2_authority;
 pub mod identities;
 pub mod manager;

@@ -2,7 +2,8 @@
 //! certificate manager, the health listener and the Workload API together.
 //!
 //! [`Agent::start`] is everything but the listeners (tests drive it directly); [`run`] adds
-//! the health listener and the Workload API socket and runs until shutdown.
+//! the health listener and the Workload API socket (with `lanyard.discovery.v1` on it, fed by
+//! the server's `DiscoveryFeed`) and runs until shutdown.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -20,6 +21,7 @@ use tokio::task::JoinHandle;
 
 use crate::attest::WorkloadAttestor;
 use crate::config::AgentConfig;
+use crate::discovery::{self, CacheSettings, DiscoveryCache};
 use crate::identities::WorkloadIdentities;
 use crate::manager::resolve::NodeView;
 use crate::manager::{CertificateManager, ManagerSettings};
@@ -203,15 +205,27 @@ pub async fn run(
 
     let result = async {
         let agent = Agent::start(&config, metrics, readiness).await?;
-        workload_api::serve(
+        let cache = Arc::new(DiscoveryCache::new(CacheSettings::default()));
+        let discovery_feed = discovery::feed::spawn(
+            cache.clone(),
+            discovery::feed::FeedTarget {
+                address: agent.client.address().to_owned(),
+                store: agent.store.clone(),
+                trust_domain: agent.trust_domain.clone(),
+            },
+        );
+        let served = discovery::serve(
             &config.socket,
             agent.identities(),
             Arc::new(WorkloadAttestor::default()),
             Limits::default(),
             api_metrics,
+            cache,
             shutdown,
         )
-        .await?;
+        .await;
+        discovery_feed.abort();
+        served?;
         drop(agent);
         Ok(())
     }

@@ -14,14 +14,14 @@
 pub mod feed;
 pub mod resolver;
 
-/// The annotation `lanyard inject` puts on a pod template. The `lanyard inject` command is
-/// not in the repository yet; this is the one place the name is written, to be aligned with
-/// the CLI when it lands.
+/// The annotation `lanyard inject` puts on a pod template (the CLI's `ANNOTATION_INJECT` in
+/// `cli/src/inject.rs`; the server does not depend on the CLI crate, so the name is repeated
+/// here, once).
 pub const INJECT_ANNOTATION: &str = "lanyard.dev/inject";
 /// The annotation's value that means "the proxy is injected".
 pub const INJECT_ENABLED: &str = "enabled";
 /// The name of the injected proxy container (a native sidecar: an init container with
-/// `restartPolicy: Always`).
+/// `restartPolicy: Always`); the CLI's `PROXY_CONTAINER`.
 pub const PROXY_CONTAINER: &str = "lanyard-proxy";
 
 pub use feed::{DiscoveryFeedService, FeedLimits};

@@ -1,0 +1,343 @@
+//! The `lanyard.discovery.v1.Discovery` service on the agent's Unix socket.
+//!
+//! Who may call. Any local caller that holds at least one identity (the same rule as the
+//! Workload API's bundle streams): discovery reveals which addresses are meshed and as which
+//! IDs, i.e. cluster topology, so it is shown only to meshed workloads, never to any process
+//! on the node. The caller is attested on every call from the connection's pinned peer
+//! credentials. The `workload.spiffe.io` header is not required: this is not the Workload API.
+//!
+//! `Resolve` answers from the cache; a destination not yet cached is followed on the server
+//! and the call waits (bounded) for its first answer. `Watch` sends the current answer, then
+//! every change, and ends with `Unavailable` when the answer expires (the server unreachable
+//! for longer than the TTL) or the agent stops. Open watches are bounded per caller.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures::Stream;
+use lanyard_proto::discovery::v1 as wire;
+use lanyard_proto::discovery::v1::discovery_server::{Discovery, DiscoveryServer};
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Code, Request, Response, Status};
+
+use super::Destination;
+use super::cache::{Cached, DiscoveryCache};
+use crate::attest::{AttestError, PeerCred, WorkloadAttestor};
+use crate::identities::WorkloadIdentities;
+use crate::workload_api::limits::{CallerKey, StreamLimiter, StreamSlot};
+use crate::workload_api::socket::CallerInfo;
+
+/// Largest request accepted (a destination is a few dozen bytes).
+const MAX_REQUEST_BYTES: usize = 1024;
+/// Largest answer sent (a Service with 2000 endpoints is about 200 KiB).
+const MAX_RESPONSE_BYTES: usize = 4 * 1024 * 1024;
+
+/// Why a call was refused. `Display` is a snake_case metric label.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum DiscoveryRefusal {
+    #[error("no_peer_credentials")]
+    NoPeerCredentials,
+    #[error("attestation_{label}")]
+    Attestation {
+        label: &'static str,
+        message: String,
+    },
+    #[error("no_identity")]
+    NoIdentity,
+    #[error("bad_destination")]
+    BadDestination(&'static str),
+    #[error("too_many_watches")]
+    TooManyWatches { limit: usize },
+    #[error("too_many_destinations")]
+    TooManyDestinations { limit: usize },
+    /// No answer from the server within the first-answer timeout.
+    #[error("not_ready")]
+    NotReady,
+    /// The answer outlived its TTL while the server was unreachable.
+    #[error("expired")]
+    Expired,
+    #[error("shutting_down")]
+    ShuttingDown,
+}
+
+impl DiscoveryRefusal {
+    pub fn code(&self) -> Code {
+        match self {
+            Self::NoIdentity => Code::PermissionDenied,
+            Self::Attestation { .. } | Self::NoPeerCredentials => Code::Unavailable,
+            Self::BadDestination(_) => Code::InvalidArgument,
+            Self::TooManyWatches { .. } | Self::TooManyDestinations { .. } => {
+                Code::ResourceExhausted
+            }
+            Self::NotReady | Self::Expired | Self::ShuttingDown => Code::Unavailable,
+        }
+    }
+
+    pub fn message(&self) -> String {
+        match self {
+            Self::NoPeerCredentials => "the kernel gave no peer credentials".into(),
+            Self::Attestation { label, message } => {
+                format!("workload attestation failed ({label}): {message}")
+            }
+            Self::NoIdentity => {
+                "no identity issued: discovery answers only callers that hold an identity".into()
+            }
+            Self::BadDestination(why) => (*why).into(),
+            Self::TooManyWatches { limit } => {
+                format!("this caller already has {limit} open discovery watches")
+            }
+            Self::TooManyDestinations { limit } => {
+                format!("the agent follows {limit} destinations already; retry later")
+            }
+            Self::NotReady => "no answer from the server yet; retry".into(),
+            Self::Expired => {
+                "the cached answer expired while the server is unreachable; retry".into()
+            }
+            Self::ShuttingDown => "the agent is shutting down; reconnect".into(),
+        }
+    }
+
+    /// `label: message`, the form the server's refusals take too.
+    pub fn to_status(&self) -> Status {
+        Status::new(self.code(), format!("{self}: {}", self.message()))
+    }
+}
+
+/// The service. Serve it with [`DiscoveryService::into_server`].
+#[derive(Clone)]
+pub struct DiscoveryService {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    cache: Arc<DiscoveryCache>,
+    attestor: Arc<WorkloadAttestor>,
+    identities: Arc<dyn WorkloadIdentities>,
+    watches: StreamLimiter,
+    stopping: watch::Receiver<bool>,
+}
+
+impl DiscoveryService {
+    /// `watches_per_caller` bounds open `Watch` streams per caller (uid, pod); `stopping`
+    /// turns `true` when the agent shuts down.
+    pub fn new(
+        cache: Arc<DiscoveryCache>,
+        attestor: Arc<WorkloadAttestor>,
+        identities: Arc<dyn WorkloadIdentities>,
+        watches_per_caller: usize,
+        stopping: watch::Receiver<bool>,
+    ) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                cache,
+                attestor,
+                identities,
+                watches: StreamLimiter::new(watches_per_caller),
+                stopping,
+            }),
+        }
+    }
+
+    pub fn into_server(self) -> DiscoveryServer<Self> {
+        DiscoveryServer::new(self)
+            .max_decoding_message_size(MAX_REQUEST_BYTES)
+            .max_encoding_message_size(MAX_RESPONSE_BYTES)
+    }
+}
+
+impl Shared {
+    /// Attests the caller and checks it holds an identity; its stream-budget key.
+    async fn admit<T>(&self, request: &Request<T>) -> Result<CallerKey, DiscoveryRefusal> {
+        let (cred, pin_error) = credentials(request);
+        if let Some(e) = pin_error {
+            return Err(attestation_refusal(&e));
+        }
+        let cred = cred.ok_or(DiscoveryRefusal::NoPeerCredentials)?;
+        let attested = self
+            .attestor
+            .attest(cred)
+            .await
+            .map_err(|e| attestation_refusal(&e))?;
+        if self.identities.resolve(&attested).is_empty() {
+            return Err(DiscoveryRefusal::NoIdentity);
+        }
+        Ok(CallerKey {
+            uid: cred.uid,
+            pod_uid: attested.pod.as_ref().map(|p| p.pod_uid().to_owned()),
+        })
+    }
+
+    fn subscribe(
+        &self,
+        request: &wire::ResolveRequest,
+    ) -> Result<(Destination, watch::Receiver<Option<Cached>>), DiscoveryRefusal> {
+        let destination = Destination::from_wire(request.destination.as_ref())
+            .map_err(DiscoveryRefusal::BadDestination)?;
+        let rx = self
+            .cache
+            .subscribe(destination)
+            .map_err(|e| DiscoveryRefusal::TooManyDestinations { limit: e.limit })?;
+        Ok((destination, rx))
+    }
+
+    /// Waits (bounded) for the first answer; a valid answer or why there is none.
+    async fn first_answer(
+        &self,
+        rx: &mut watch::Receiver<Option<Cached>>,
+    ) -> Result<Cached, DiscoveryRefusal> {
+        let timeout = self.cache.settings().first_answer_timeout;
+        let cached = match tokio::time::timeout(timeout, rx.wait_for(Option::is_some)).await {
+            Ok(Ok(answer)) => answer.clone().expect("waited for Some"),
+            Ok(Err(_)) => return Err(DiscoveryRefusal::ShuttingDown),
+            Err(_) => return Err(DiscoveryRefusal::NotReady),
+        };
+        if cached.is_valid(Instant::now()) {
+            Ok(cached)
+        } else {
+            Err(DiscoveryRefusal::Expired)
+        }
+    }
+}
+
+fn attestation_refusal(e: &AttestError) -> DiscoveryRefusal {
+    DiscoveryRefusal::Attestation {
+        label: e.label(),
+        message: e.message(),
+    }
+}
+
+fn credentials<T>(request: &Request<T>) -> (Option<PeerCred>, Option<Arc<AttestError>>) {
+    if let Some(info) = request.extensions().get::<CallerInfo>() {
+        return (info.cred, info.pin_error.clone());
+    }
+    if let Some(info) = request
+        .extensions()
+        .get::<tonic::transport::server::UdsConnectInfo>()
+    {
+        return (info.peer_cred.map(PeerCred::from), None);
+    }
+    (None, None)
+}
+
+fn response(destination: Destination, cached: &Cached) -> wire::ResolveResponse {
+    wire::ResolveResponse {
+        destination: Some(destination.to_wire()),
+        resolution: Some(cached.resolution.clone()),
+    }
+}
+
+type WatchStream = Pin<Box<dyn Stream<Item = Result<wire::ResolveResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Discovery for DiscoveryService {
+    async fn resolve(
+        &self,
+        request: Request<wire::ResolveRequest>,
+    ) -> Result<Response<wire::ResolveResponse>, Status> {
+        let shared = &self.shared;
+        let result = async {
+            shared.admit(&request).await?;
+            let (destination, mut rx) = shared.subscribe(request.get_ref())?;
+            let cached = shared.first_answer(&mut rx).await?;
+            Ok(response(destination, &cached))
+        }
+        .await;
+        result.map(Response::new).map_err(|r: DiscoveryRefusal| {
+            tracing::debug!(reason = %r, "discovery resolve refused");
+            r.to_status()
+        })
+    }
+
+    type WatchStream = WatchStream;
+
+    async fn watch(
+        &self,
+        request: Request<wire::ResolveRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let shared = self.shared.clone();
+        let setup = async {
+            let caller = shared.admit(&request).await?;
+            let slot = shared
+                .watches
+                .acquire(caller)
+                .map_err(|e| DiscoveryRefusal::TooManyWatches { limit: e.limit })?;
+            let (destination, mut rx) = shared.subscribe(request.get_ref())?;
+            let first = shared.first_answer(&mut rx).await?;
+            Ok::<_, DiscoveryRefusal>((slot, destination, rx, first))
+        };
+        let (slot, destination, rx, first) = setup.await.map_err(|r| {
+            tracing::debug!(reason = %r, "discovery watch refused");
+            r.to_status()
+        })?;
+        let (tx, out) = mpsc::channel(4);
+        tokio::spawn(follow_answer(
+            shared.stopping.clone(),
+            slot,
+            destination,
+            rx,
+            first,
+            tx,
+        ));
+        Ok(Response::new(Box::pin(ReceiverStream::new(out))))
+    }
+}
+
+/// Resolves when `stopping` turns `true`; never, if its sender is gone without saying so.
+async fn stopped(stopping: &mut watch::Receiver<bool>) {
+    if stopping.wait_for(|stop| *stop).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// Sends `first`, then every changed answer, until the client leaves, the answer expires,
+/// or the agent stops. Holds the caller's watch slot while it runs.
+async fn follow_answer(
+    mut stopping: watch::Receiver<bool>,
+    _slot: StreamSlot,
+    destination: Destination,
+    mut rx: watch::Receiver<Option<Cached>>,
+    first: Cached,
+    tx: mpsc::Sender<Result<wire::ResolveResponse, Status>>,
+) {
+    if tx.send(Ok(response(destination, &first))).await.is_err() {
+        return;
+    }
+    rx.mark_unchanged();
+    let mut sent = first.resolution;
+    let mut valid_until = first.valid_until;
+    loop {
+        let expiry = async {
+            match valid_until {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            changed = rx.changed() => {
+                if changed.is_err() {
+                    let _ = tx.send(Err(DiscoveryRefusal::ShuttingDown.to_status())).await;
+                    return;
+                }
+                let Some(cached) = rx.borrow_and_update().clone() else { continue };
+                valid_until = cached.valid_until;
+                if cached.resolution != sent {
+                    if tx.send(Ok(response(destination, &cached))).await.is_err() {
+                        return;
+                    }
+                    sent = cached.resolution;
+                }
+            }
+            () = expiry => {
+                let _ = tx.send(Err(DiscoveryRefusal::Expired.to_status())).await;
+                return;
+            }
+            () = stopped(&mut stopping) => {
+                let _ = tx.send(Err(DiscoveryRefusal::ShuttingDown.to_status())).await;
+                return;
+            }
+            () = tx.closed() => return,
+        }
+    }
+}
