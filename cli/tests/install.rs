@@ -23,7 +23,9 @@ use lanyard_svid::ca::{Issuer, RootCa};
 const DEPLOY_FILE: &str = "deploy/kubernetes/lanyard.yaml";
 
 fn repo_path(relative: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").join(relative)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join(relative)
 }
 
 fn kinds(docs: &[Yaml]) -> Vec<String> {
@@ -36,11 +38,7 @@ fn kinds(docs: &[Yaml]) -> Vec<String> {
 /// deliberate change: `LANYARD_UPDATE_MANIFESTS=1 cargo test -p lanyard-cli --test install`.
 #[test]
 fn deploy_kubernetes_is_the_rendering() {
-    let rendered = write_stream(&render(
-        &InstallOptions::defaults(),
-        Parts::WithoutCa,
-        None,
-    ));
+    let rendered = write_stream(&render(&InstallOptions::defaults(), Parts::WithoutCa, None));
     let path = repo_path(DEPLOY_FILE);
     if std::env::var_os("LANYARD_UPDATE_MANIFESTS").is_some() {
         std::fs::write(&path, &rendered).unwrap();
@@ -104,7 +102,10 @@ fn full_install_is_the_base_plus_the_ca() {
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         String::from_utf8(o.stdout).unwrap()
     };
-    let (a, b) = (out(&["install", "--ca-only"]), out(&["install", "--ca-only"]));
+    let (a, b) = (
+        out(&["install", "--ca-only"]),
+        out(&["install", "--ca-only"]),
+    );
     assert_ne!(a, b);
     assert_eq!(read_stream(&a).unwrap().len(), 2);
 }
@@ -173,7 +174,10 @@ fn the_generated_ca_is_what_the_server_reads() {
     let root_key = std::fs::read_to_string(&key_path).unwrap();
     RootCa::from_pem(&td, bundle, &root_key).expect("the written key is the root's");
     let all = write_stream(&[secret.clone(), configmap.clone()]);
-    let key_body: String = root_key.lines().filter(|l| !l.starts_with("-----")).collect();
+    let key_body: String = root_key
+        .lines()
+        .filter(|l| !l.starts_with("-----"))
+        .collect();
     assert!(!all.contains(&key_body));
     for field in ["tls.crt", "tls.key", "jwt.key"] {
         assert!(!secret_field(&secret, field).contains(&key_body));
@@ -206,7 +210,10 @@ fn the_root_key_is_written_only_when_asked_0600_and_never_over_a_file() {
 
     let again = run(&["--write-root-key", key.to_str().unwrap()]);
     assert!(!again.status.success());
-    assert!(again.stdout.is_empty(), "nothing printed when the key cannot be written");
+    assert!(
+        again.stdout.is_empty(),
+        "nothing printed when the key cannot be written"
+    );
     assert!(String::from_utf8_lossy(&again.stderr).contains("must not exist"));
     assert_eq!(std::fs::read_to_string(&key).unwrap(), first);
 
@@ -287,7 +294,10 @@ fn manifest_flags_are_the_binaries_real_flags() {
         panic!("not cluster mode")
     };
     assert_eq!(cluster.ca_secret.to_string(), "lanyard/lanyard-ca");
-    assert_eq!(cluster.bundle_configmap.to_string(), "lanyard/lanyard-bundle");
+    assert_eq!(
+        cluster.bundle_configmap.to_string(),
+        "lanyard/lanyard-bundle"
+    );
     assert_eq!(
         cluster.agent_service_accounts,
         [("lanyard".to_owned(), "lanyard-agent".to_owned())]
@@ -317,9 +327,9 @@ fn manifest_flags_are_the_binaries_real_flags() {
     let endpoint = container
         .get("env")
         .and_then(|e| match e {
-            Yaml::Seq(items) => items.iter().find(|i| {
-                i.get("name").and_then(Yaml::as_str) == Some("SPIFFE_ENDPOINT_SOCKET")
-            }),
+            Yaml::Seq(items) => items
+                .iter()
+                .find(|i| i.get("name").and_then(Yaml::as_str) == Some("SPIFFE_ENDPOINT_SOCKET")),
             _ => None,
         })
         .and_then(|e| e.get("value"))

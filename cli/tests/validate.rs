@@ -1,0 +1,209 @@
+//! Kubernetes schema validation of what `lanyard install` and `lanyard inject` print, with
+//! PyPI `kubernetes-validate` (it ships the API schemas: no cluster, no kubectl, no network),
+//! in strict mode (unknown fields are errors), against the oldest Kubernetes Lanyard supports
+//! and the API version the project's own Kubernetes types use.
+//!
+//! The Python environment comes from `./scripts/test` (a venv built from
+//! tests/python-requirements.txt, exported as `LANYARD_TEST_PYTHON`).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Native sidecars (init containers with `restartPolicy: Always`) are on by default from
+/// 1.29; the TokenReview node-name extra the server prefers comes with 1.30.
+const KUBERNETES_VERSIONS: [&str; 2] = ["1.30.0", "1.33.0"];
+
+fn python() -> PathBuf {
+    match std::env::var_os("LANYARD_TEST_PYTHON") {
+        Some(p) => PathBuf::from(p),
+        None => panic!(
+            "LANYARD_TEST_PYTHON is not set: run the tests with ./scripts/test, which builds the \
+             Python venv (tests/python-requirements.txt, including kubernetes-validate) and \
+             exports it"
+        ),
+    }
+}
+
+fn lanyard(args: &[&str], stdin_file: Option<&Path>) -> String {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_lanyard"));
+    command.args(args);
+    if let Some(file) = stdin_file {
+        command.stdin(std::fs::File::open(file).unwrap());
+    }
+    let out = command.output().unwrap();
+    assert!(
+        out.status.success(),
+        "lanyard {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Runs kubernetes-validate on `files`; returns (success, output).
+fn validate(files: &[PathBuf], version: &str) -> (bool, String) {
+    let out = Command::new(python())
+        .args(["-m", "kubernetes_validate", "--strict", "-k", version])
+        .args(files)
+        .output()
+        .expect("running kubernetes-validate");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+const APP: &str = "apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web, namespace: shop}
+spec:
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      containers:
+      - name: web
+        image: nginx:1
+        ports: [{containerPort: 8080}]
+---
+apiVersion: apps/v1
+kind: StatefulSet
+metadata: {name: db}
+spec:
+  serviceName: db
+  selector: {matchLabels: {app: db}}
+  template:
+    metadata: {labels: {app: db}}
+    spec:
+      containers: [{name: db, image: postgres:16}]
+---
+apiVersion: apps/v1
+kind: DaemonSet
+metadata: {name: logs}
+spec:
+  selector: {matchLabels: {app: logs}}
+  template:
+    metadata: {labels: {app: logs}}
+    spec:
+      containers: [{name: logs, image: fluent:1}]
+---
+apiVersion: batch/v1
+kind: Job
+metadata: {name: once}
+spec:
+  template:
+    spec:
+      restartPolicy: Never
+      containers: [{name: once, image: busybox:1, command: [\"true\"]}]
+---
+apiVersion: batch/v1
+kind: CronJob
+metadata: {name: nightly}
+spec:
+  schedule: \"0 3 * * *\"
+  jobTemplate:
+    spec:
+      template:
+        spec:
+          restartPolicy: OnFailure
+          containers: [{name: nightly, image: busybox:1}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: debug}
+spec:
+  containers: [{name: d, image: busybox:1}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: shop}
+spec:
+  selector: {app: web}
+  ports: [{port: 80, targetPort: 8080}]
+";
+
+#[test]
+fn install_and_inject_output_pass_schema_validation() {
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let app = write("app.yaml", APP);
+    let files = vec![
+        write("install.yaml", &lanyard(&["install"], None)),
+        write(
+            "install-custom.yaml",
+            &lanyard(
+                &[
+                    "install",
+                    "--without-ca",
+                    "--trust-domain",
+                    "prod.example.com",
+                    "--namespace",
+                    "identity",
+                    "--replicas",
+                    "3",
+                ],
+                None,
+            ),
+        ),
+        write(
+            "injected.yaml",
+            &lanyard(
+                &[
+                    "inject",
+                    app.to_str().unwrap(),
+                    "--skip-outbound-ports",
+                    "5432",
+                ],
+                None,
+            ),
+        ),
+        write(
+            "injected-stdin.yaml",
+            &lanyard(&["inject", "-"], Some(&app)),
+        ),
+    ];
+    for version in KUBERNETES_VERSIONS {
+        let (ok, output) = validate(&files, version);
+        assert!(ok, "kubernetes-validate {version} failed:\n{output}");
+        // Every object was checked (13 from install, 11 without the CA, 7 + 7 injected).
+        let passed = output.matches(" passed for resource ").count();
+        assert_eq!(passed, 13 + 11 + 7 + 7, "{output}");
+    }
+}
+
+/// The check can fail: a field Kubernetes does not have, and a wrong type, are reported.
+#[test]
+fn the_validator_refuses_invalid_manifests() {
+    let dir = tempfile::tempdir().unwrap();
+    let injected = lanyard(
+        &["inject", "-"],
+        Some(&{
+            let p = dir.path().join("pod.yaml");
+            std::fs::write(
+                &p,
+                "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec:\n  containers: [{name: a, image: a}]\n",
+            )
+            .unwrap();
+            p
+        }),
+    );
+    let unknown_field = injected.replace(
+        "readOnlyRootFilesystem: true",
+        "readOnlyRootFilesystemm: true",
+    );
+    assert_ne!(unknown_field, injected);
+    let wrong_type =
+        lanyard(&["install", "--without-ca"], None).replace("replicas: 2", "replicas: two");
+    for (name, text) in [("unknown.yaml", unknown_field), ("type.yaml", wrong_type)] {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        let (ok, output) = validate(&[path], KUBERNETES_VERSIONS[0]);
+        assert!(!ok, "{name} passed:\n{output}");
+        assert!(output.contains("did not validate"), "{output}");
+    }
+}
