@@ -52,6 +52,8 @@ fn deploy_kubernetes_is_the_rendering() {
     // And the binary prints the same.
     let out = Command::new(env!("CARGO_BIN_EXE_lanyard"))
         .args(["install", "--without-ca"])
+        // No LANYARD_* settings from the environment: the defaults.
+        .env_clear()
         .output()
         .unwrap();
     assert!(out.status.success());
