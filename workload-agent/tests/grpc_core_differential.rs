@@ -17,6 +17,8 @@ use lanyard_agent::h2_authority::{FrameRewriter, RewriterLimits, huffman};
 
 const PREFACE_LEN: usize = 24;
 type HeaderList = Vec<(Vec<u8>, Vec<u8>)>;
+/// A header block being reassembled: stream, END_STREAM, priority fields, fragments so far.
+type OpenBlock = (u32, bool, Option<Vec<u8>>, Vec<u8>);
 
 /// A small deterministic generator (xorshift64*), so failures reproduce.
 struct Rng(u64);
@@ -54,7 +56,7 @@ enum Seen {
 fn server_view(mut bytes: &[u8], max_frame: usize) -> Vec<Seen> {
     let mut decoder = fluke_hpack::Decoder::new();
     let mut seen = Vec::new();
-    let mut open: Option<(u32, bool, Option<Vec<u8>>, Vec<u8>)> = None;
+    let mut open: Option<OpenBlock> = None;
     while !bytes.is_empty() {
         let h = FrameHeader::parse(bytes[..HEADER_LEN].try_into().unwrap());
         assert!(h.len <= max_frame, "a {}-octet frame", h.len);
