@@ -222,11 +222,18 @@ pub async fn run(
         pods,
         metrics.clone(),
     ));
+    // Feeds never end on their own: tell them at shutdown, so the graceful drain finishes.
+    let (stop_feeds, feeds_stopping) = tokio::sync::watch::channel(false);
+    let shutdown = async move {
+        shutdown.await;
+        let _ = stop_feeds.send(true);
+    };
     let discovery = DiscoveryFeedService::new(
         service.clone(),
         discovery,
         FeedLimits::default(),
         metrics.clone(),
+        feeds_stopping,
     );
     let listener = TcpListener::bind(config.listen)
         .await

@@ -11,6 +11,9 @@
 //! `ResourceExhausted`), destinations per request, answers per update message; the request
 //! size is bounded by the gRPC decoding limit. Each change costs one lookup per followed
 //! destination per stream; changes arriving while a stream is busy coalesce.
+//!
+//! When the server shuts down, every stream ends with `Unavailable` (`shutting_down`), so the
+//! graceful drain finishes and agents reopen their stream on another replica.
 
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -19,7 +22,7 @@ use std::sync::Arc;
 use futures::Stream;
 use lanyard_proto::discovery::v1 as wire;
 use lanyard_proto::discovery::v1::discovery_feed_server::DiscoveryFeed;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -59,6 +62,8 @@ pub enum FeedRefusal {
     RequestTooLarge { limit: usize },
     #[error("bad_destination")]
     BadDestination(super::resolver::DestinationError),
+    #[error("shutting_down")]
+    ShuttingDown,
 }
 
 impl FeedRefusal {
@@ -71,6 +76,9 @@ impl FeedRefusal {
                 "{self}: at most {limit} destinations per request"
             )),
             Self::BadDestination(e) => Status::invalid_argument(format!("{self}: {}", e.message())),
+            Self::ShuttingDown => {
+                Status::unavailable(format!("{self}: this server is stopping; reconnect"))
+            }
         }
     }
 }
@@ -81,20 +89,24 @@ pub struct DiscoveryFeedService {
     sources: DiscoverySources,
     limits: FeedLimits,
     metrics: Arc<ServerMetrics>,
+    stopping: watch::Receiver<bool>,
 }
 
 impl DiscoveryFeedService {
+    /// `stopping` turns `true` when the server shuts down: every stream then ends.
     pub fn new(
         identity: Arc<IdentityService>,
         sources: DiscoverySources,
         limits: FeedLimits,
         metrics: Arc<ServerMetrics>,
+        stopping: watch::Receiver<bool>,
     ) -> Self {
         Self {
             identity,
             sources,
             limits,
             metrics,
+            stopping,
         }
     }
 }
@@ -116,6 +128,7 @@ impl DiscoveryFeed for DiscoveryFeedService {
             limits: self.limits,
             followed: HashMap::new(),
             tx,
+            stopping: self.stopping.clone(),
         };
         let metrics = self.metrics.clone();
         let inbound = request.into_inner();
@@ -129,6 +142,12 @@ impl DiscoveryFeed for DiscoveryFeedService {
     }
 }
 
+/// Resolves when `stopping` turns `true`, or its sender is gone (the server's run future was
+/// dropped without a graceful shutdown: its connections may outlive it, its feeds must not).
+async fn stopped(stopping: &mut watch::Receiver<bool>) {
+    let _ = stopping.wait_for(|stop| *stop).await;
+}
+
 /// One agent's stream: what it follows, and what was last sent for each.
 struct FollowStream {
     sources: DiscoverySources,
@@ -136,6 +155,7 @@ struct FollowStream {
     /// `None`: followed, nothing sent yet.
     followed: HashMap<Destination, Option<wire::Resolution>>,
     tx: mpsc::Sender<Result<wire::FollowUpdate, Status>>,
+    stopping: watch::Receiver<bool>,
 }
 
 impl FollowStream {
@@ -156,6 +176,10 @@ impl FollowStream {
                 },
                 () = changes.changed() => {}
                 () = self.tx.closed() => return Ok(()),
+                () = stopped(&mut self.stopping) => {
+                    let _ = self.tx.send(Err(FeedRefusal::ShuttingDown.to_status())).await;
+                    return Err(FeedRefusal::ShuttingDown);
+                }
             }
             if !self.send_changed().await {
                 return Ok(());

@@ -85,6 +85,8 @@ struct Inner {
     to_unfollow: HashSet<Destination>,
     /// The current feed stream (0: none open).
     stream: u64,
+    /// The server accepted the current stream.
+    live: bool,
     streams_opened: u64,
 }
 
@@ -194,12 +196,26 @@ impl DiscoveryCache {
         inner.stream
     }
 
+    /// The server accepted stream `stream`.
+    pub(super) fn stream_accepted(&self, stream: u64) {
+        let mut inner = self.lock();
+        if inner.stream == stream {
+            inner.live = true;
+        }
+    }
+
+    /// Whether a feed stream is open and accepted by the server (answers are then current).
+    pub fn is_live(&self) -> bool {
+        self.lock().live
+    }
+
     /// Stream `stream` is gone: its answers now count down their TTL.
     pub(super) fn stream_lost(&self, stream: u64) {
         let until = Instant::now() + self.settings.ttl;
         let mut inner = self.lock();
         if inner.stream == stream {
             inner.stream = 0;
+            inner.live = false;
         }
         for entry in inner.entries.values_mut() {
             if entry.answered_by == stream {

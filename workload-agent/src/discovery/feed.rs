@@ -86,6 +86,7 @@ async fn run_stream(
         .await
         .map_err(|s| ServerError::from_status(&s))?
         .into_inner();
+    cache.stream_accepted(stream);
     let sweep_every = (cache.settings().idle / 4).max(Duration::from_secs(1));
     let mut sweep = tokio::time::interval(sweep_every);
     loop {
