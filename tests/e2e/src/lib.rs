@@ -12,10 +12,18 @@
 //! - [`client`]: the agent's `api` CLI run as this user, another user or from a cgroup, and
 //!   an HTTP GET for metrics.
 //! - [`cgroup`]: pod-shaped cgroups (as the kubelet makes them), removed on drop.
+//! - [`proxy`]: `lanyard-proxy` processes as other uids, in namespaces or cgroups; their tap.
+//! - [`echo`]: an echo application (optionally server-speaks-first) served by test threads.
+//! - [`probe`]: an mTLS client with an SVID from a real agent, seeing what proxies present.
+//! - [`netns`]: network namespaces joined by veth, with the init container's redirect rules.
 
 pub mod cgroup;
 pub mod client;
+pub mod echo;
+pub mod netns;
+pub mod probe;
 pub mod process;
+pub mod proxy;
 pub mod stack;
 
 use std::path::PathBuf;
