@@ -65,7 +65,7 @@ fn open_connections_survive_rotation_and_new_ones_see_the_new_certificate() {
     };
 
     let app = EchoApp::start(None);
-    let mut b = Proxy::start(
+    let b = Proxy::start(
         &agent.socket,
         as_uid(SERVER_UID),
         &["--inbound", &format!("127.0.0.1:0={}", app.addr)],
