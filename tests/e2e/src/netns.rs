@@ -48,9 +48,12 @@ fn missing_prerequisite() -> Option<String> {
     if unsafe { libc::geteuid() } != 0 {
         return Some("not running as root".into());
     }
-    for (tool, package) in [("ip", "iproute2"), ("iptables", "iptables")] {
+    for (tool, flag, package) in [
+        ("ip", "-V", "iproute2"),
+        ("iptables", "--version", "iptables"),
+    ] {
         let found = Command::new(tool)
-            .arg("--version")
+            .arg(flag)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status()
