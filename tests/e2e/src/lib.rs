@@ -12,6 +12,7 @@
 //! - [`client`]: the agent's `api` CLI run as this user, another user or from a cgroup, and
 //!   an HTTP GET for metrics.
 //! - [`cgroup`]: pod-shaped cgroups (as the kubelet makes them), removed on drop.
+//! - [`cluster`]: the server's RBAC, CA Secret, bundle ConfigMap and pods for the kube fixture.
 //! - [`proxy`]: `lanyard-proxy` processes as other uids, in namespaces or cgroups; their tap.
 //! - [`echo`]: an echo application (optionally server-speaks-first) served by test threads.
 //! - [`probe`]: an mTLS client with an SVID from a real agent, seeing what proxies present.
@@ -19,6 +20,7 @@
 
 pub mod cgroup;
 pub mod client;
+pub mod cluster;
 pub mod echo;
 pub mod netns;
 pub mod probe;

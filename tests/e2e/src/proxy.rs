@@ -282,6 +282,15 @@ pub fn read_to_end_or_error<S: Read>(stream: &mut S) -> (Vec<u8>, bool) {
     }
 }
 
+/// Sends `msg` on a connection the other side is expected to refuse, and checks that
+/// nothing comes back before it closes. The send itself may fail (the refusal can close the
+/// connection first): what matters is that no byte is answered.
+pub fn assert_refused<S: Read + Write>(stream: &mut S, msg: &[u8]) {
+    let _ = stream.write_all(msg).and_then(|()| stream.flush());
+    let (got, _) = read_to_end_or_error(stream);
+    assert!(got.is_empty(), "a refused connection answered {got:?}");
+}
+
 /// Closes our sending side and waits for the peer to finish, so the proxy's tap line for
 /// this connection is (about to be) written.
 pub fn finish(stream: &mut TcpStream) {

@@ -24,7 +24,7 @@ use lanyard_e2e::client::RunAs;
 use lanyard_e2e::echo::EchoApp;
 use lanyard_e2e::probe::{Identity, bundle_from_pem_file};
 use lanyard_e2e::process::Process;
-use lanyard_e2e::proxy::{Launch, Proxy, field, finish, read_to_end_or_error, round_trip};
+use lanyard_e2e::proxy::{Launch, Proxy, assert_refused, field, finish, round_trip};
 use lanyard_e2e::stack::{Agent, Server, TRUST_DOMAIN};
 
 const CLIENT_UID: u32 = 2101;
@@ -180,8 +180,7 @@ fn two_proxies_through_a_real_agent() {
 
     // Plaintext to the strict S is refused before the app.
     let mut conn = s.connect(s_in);
-    std::io::Write::write_all(&mut conn, b"GET / HTTP/1.1\r\n\r\n").unwrap();
-    assert!(read_to_end_or_error(&mut conn).0.is_empty());
+    assert_refused(&mut conn, b"GET / HTTP/1.1\r\n\r\n");
     assert_eq!(field(&s.tap.next_line(), "reason"), "plaintext_refused");
     // An ID outside S's --allow: the probe's real SVID verifies, and is not allowed.
     let probe = Identity::fetch(socket, RunAs::Me);
@@ -189,8 +188,7 @@ fn two_proxies_through_a_real_agent() {
     let mut tls = probe
         .dial(s.connect(s_in), &id("/strict"))
         .expect("the handshake completes before S judges the probe (TLS 1.3)");
-    std::io::Write::write_all(&mut tls, b"let me in").unwrap();
-    assert!(read_to_end_or_error(&mut tls).0.is_empty());
+    assert_refused(&mut tls, b"let me in");
     let line = s.tap.next_line();
     assert_eq!(field(&line, "tls"), "false", "{line}");
     assert_eq!(field(&line, "reason"), "id_not_allowed", "{line}");
@@ -206,8 +204,7 @@ fn two_proxies_through_a_real_agent() {
     // A expects another ID than B's: refused by A, nothing in plaintext, nothing at the app.
     let before = app.accepted();
     let mut conn = a.connect(out[3]);
-    std::io::Write::write_all(&mut conn, b"secret").unwrap();
-    assert!(read_to_end_or_error(&mut conn).0.is_empty());
+    assert_refused(&mut conn, b"secret");
     let line = a.tap.next_line();
     assert_eq!(field(&line, "tls"), "false", "{line}");
     assert_eq!(field(&line, "reason"), "unexpected_id", "{line}");
@@ -282,8 +279,7 @@ fn a_client_svid_from_another_trust_domain_is_refused() {
     let mut tls = probe
         .dial(b.connect(b_in), &id("/server"))
         .expect("the probe accepts B's example.org SVID");
-    std::io::Write::write_all(&mut tls, b"hello").unwrap();
-    assert!(read_to_end_or_error(&mut tls).0.is_empty());
+    assert_refused(&mut tls, b"hello");
     let line = b.tap.next_line();
     assert_eq!(field(&line, "tls"), "false", "{line}");
     assert_eq!(field(&line, "reason"), "unknown_trust_domain", "{line}");
@@ -300,8 +296,7 @@ fn a_client_svid_from_another_trust_domain_is_refused() {
     );
     other.wait_ready();
     let mut conn = other.connect(other.addr("outbound"));
-    std::io::Write::write_all(&mut conn, b"hello").unwrap();
-    assert!(read_to_end_or_error(&mut conn).0.is_empty());
+    assert_refused(&mut conn, b"hello");
     let line = other.tap.next_line();
     assert_eq!(field(&line, "tls"), "false", "{line}");
     assert_eq!(field(&line, "reason"), "unknown_trust_domain", "{line}");
