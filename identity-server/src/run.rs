@@ -35,6 +35,8 @@ const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
 /// Bounds on what one HTTP/2 connection may ask of us.
 const MAX_HEADER_LIST_BYTES: u32 = 16 * 1024;
 const MAX_CONCURRENT_STREAMS: u32 = 256;
+/// How long shutdown waits for open calls before closing them.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// Longest join-token lifetime an operator may ask for.
 const MAX_JOIN_TOKEN_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 
@@ -247,7 +249,14 @@ pub async fn run(
         store,
         vec![b"h2".to_vec()],
     ));
-    let result = tonic::transport::Server::builder()
+    // Graceful shutdown waits for open calls, but agents hold their watch streams open forever:
+    // after the grace period the server stops regardless.
+    let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
+    let shutdown = async move {
+        shutdown.await;
+        let _ = stopping_tx.send(());
+    };
+    let serve = tonic::transport::Server::builder()
         .http2_max_header_list_size(MAX_HEADER_LIST_BYTES)
         .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
         .add_service(
@@ -260,8 +269,15 @@ pub async fn run(
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
         )
-        .serve_with_incoming_shutdown(tls_listener::incoming(listener, tls), shutdown)
-        .await;
+        .serve_with_incoming_shutdown(tls_listener::incoming(listener, tls), shutdown);
+    let result = tokio::select! {
+        result = serve => result,
+        Ok(()) = stopping_rx => {
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+            tracing::info!("grace period over; closing the remaining streams");
+            Ok(())
+        }
+    };
     for task in tasks {
         task.abort();
     }
