@@ -70,7 +70,7 @@ start() {
 announced() {
     local file=$WORK/$1.out role=$2 i addr
     for ((i = 0; i < DEADLINE * 10; i++)); do
-        addr=$(sed -n "s/^listening on \(.*\) ($role)\$/\1/p" "$file" | head -1)
+        addr=$(sed -n "s/^listening on \(.*\) ($role)\$/\1/p" "$file" 2>/dev/null | head -1)
         if [[ -n $addr ]]; then
             echo "$addr"
             return
@@ -320,18 +320,25 @@ for ((r = 1; r <= ROUNDS; r++)); do
 done
 
 # ---------------------------------------------------------------- memory per idle connection
-declare -A PER_CONN
+# Three cycles of open 1,000 / measure / close: the first gives the per-connection figure, the
+# later ones whether the memory of closed connections is reused (growth stops) or lost.
+declare -A PER_CONN REUSE
 idle() { # NAME PORT CLIENT_PID SERVER_PID
-    local out
-    out=$(taskset -c 0 "$BENCH" idle --connect "127.0.0.1:$2" --count "$IDLE_CONNS" --pids "$3,$4")
-    PER_CONN[$1/client]=$(echo "$out" | sed -n "s/^pid=$3 .*per_conn_bytes=//p")
-    PER_CONN[$1/server]=$(echo "$out" | sed -n "s/^pid=$4 .*per_conn_bytes=//p")
-    log "idle $1: $(echo "$out" | xargs)"
+    local out side pid
+    out=$(taskset -c 0 "$BENCH" idle --connect "127.0.0.1:$2" --count "$IDLE_CONNS" --cycles 3 --pids "$3,$4")
+    for side in client:$3 server:$4; do
+        pid=${side#*:}
+        PER_CONN[$1/${side%%:*}]=$(echo "$out" | sed -n "s/^cycle=1 pid=$pid .*per_conn_bytes=//p")
+        REUSE[$1/${side%%:*}]=$(echo "$out" | awk -v pid="pid=$pid" '$2 == pid {
+            for (i = 3; i <= NF; i++) { split($i, kv, "="); v[kv[1]] = kv[2] }
+            printf "%s%s/%s/%s", sep, v["rss_before_kib"], v["rss_open_kib"], v["rss_closed_kib"]; sep = " -> " }')
+    done
+    log "idle $1:"
+    echo "$out" | sed 's/^/#   /' >&2
 }
 idle lanyard "${L_OUT[2]}" "$LANYARD_CLIENT" "$LANYARD_WEB"
 idle stunnel "${S_OUT[2]}" "$STUNNEL_CLIENT" "$STUNNEL_SERVER"
 idle haproxy "${H_OUT[2]}" "$HAPROXY_CLIENT" "$HAPROXY_SERVER"
-sleep 1 # the idle connections are closed; let the proxies finish them
 AFTER_RSS_WEB=$(rss "$LANYARD_WEB")
 AFTER_RSS_CLIENT=$(rss "$LANYARD_CLIENT")
 
@@ -411,10 +418,10 @@ for server in rustls rustls+spiffe lanyard; do
     echo "| $server | $(med "${HS_RATE[$server]}") | $pc | $(ratio "$pc" "$hs_base") |"
 done
 echo
-echo "| proxy process | idle RSS KiB (ready, before traffic) | RSS growth per idle connection, bytes |"
-echo "|---|---|---|"
+echo "| proxy process | idle RSS KiB (ready, before traffic) | RSS growth per idle connection, bytes | RSS KiB before / $IDLE_CONNS open / closed, cycles 1 -> 2 -> 3 |"
+echo "|---|---|---|---|"
 for key in lanyard/client lanyard/server stunnel/client stunnel/server haproxy/client haproxy/server; do
-    echo "| $key | ${IDLE_RSS[$key]} | ${PER_CONN[$key]} |"
+    echo "| $key | ${IDLE_RSS[$key]} | ${PER_CONN[$key]} | ${REUSE[$key]} |"
 done
 echo
 echo "lanyard RSS KiB after the whole run, idle again: client $AFTER_RSS_CLIENT, server $AFTER_RSS_WEB"

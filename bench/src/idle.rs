@@ -2,7 +2,8 @@
 //! server, push one byte through each and back (so both proxies have finished the handshake
 //! and set up the pipe), then read the proxies' VmRSS. The figure is the RSS growth over the
 //! `--count` measured connections divided by their number, after `--warmup` connections that
-//! absorb one-time growth (thread stacks, allocator arenas).
+//! absorb one-time growth (thread stacks, allocator arenas). Later cycles show whether the
+//! memory of closed connections is reused.
 
 use std::time::Duration;
 
@@ -37,23 +38,41 @@ async fn open_many(addr: &str, n: usize, held: &mut Vec<TcpStream>) -> anyhow::R
     Ok(())
 }
 
-pub async fn run(connect: &str, warmup: usize, count: usize, pids: &[u32]) -> anyhow::Result<()> {
-    let mut held = Vec::with_capacity(warmup + count);
-    open_many(connect, warmup, &mut held).await?;
+/// RSS of every pid, in KiB.
+fn rss_all(pids: &[u32]) -> anyhow::Result<Vec<u64>> {
+    pids.iter().map(|&p| rss_kib(p)).collect()
+}
+
+/// Runs `cycles` rounds of: open `count` connections, read RSS, close them, read RSS again.
+/// The first round's growth is the per-connection figure; the later rounds tell memory that
+/// is reused after a close (no further growth) from memory that is lost (growth every round).
+pub async fn run(
+    connect: &str,
+    warmup: usize,
+    count: usize,
+    cycles: usize,
+    pids: &[u32],
+) -> anyhow::Result<()> {
+    let mut warm = Vec::with_capacity(warmup);
+    open_many(connect, warmup, &mut warm).await?;
     tokio::time::sleep(SETTLE).await;
-    let before = pids
-        .iter()
-        .map(|&p| rss_kib(p))
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    open_many(connect, count, &mut held).await?;
-    tokio::time::sleep(SETTLE).await;
-    for (pid, before) in pids.iter().zip(before) {
-        let after = rss_kib(*pid)?;
-        let per_conn = (after.saturating_sub(before) as f64) * 1024.0 / count as f64;
-        println!(
-            "pid={pid} rss_before_kib={before} rss_after_kib={after} per_conn_bytes={per_conn:.0}"
-        );
+    let before = rss_all(pids)?;
+    for cycle in 1..=cycles {
+        let mut held = Vec::with_capacity(count);
+        open_many(connect, count, &mut held).await?;
+        tokio::time::sleep(SETTLE).await;
+        let open = rss_all(pids)?;
+        drop(held);
+        tokio::time::sleep(SETTLE).await;
+        let closed = rss_all(pids)?;
+        for (i, pid) in pids.iter().enumerate() {
+            let per_conn = (open[i].saturating_sub(before[i]) as f64) * 1024.0 / count as f64;
+            println!(
+                "cycle={cycle} pid={pid} rss_before_kib={} rss_open_kib={} rss_closed_kib={} per_conn_bytes={per_conn:.0}",
+                before[i], open[i], closed[i]
+            );
+        }
     }
-    drop(held);
+    drop(warm);
     Ok(())
 }

@@ -75,6 +75,9 @@ enum Command {
         warmup: usize,
         #[arg(long, default_value_t = 1000)]
         count: usize,
+        /// Rounds of open, measure, close.
+        #[arg(long, default_value_t = 2)]
+        cycles: usize,
         /// Processes whose RSS is read (comma separated).
         #[arg(long, value_delimiter = ',')]
         pids: Vec<u32>,
@@ -156,13 +159,15 @@ fn main() -> anyhow::Result<()> {
                 connect,
                 warmup,
                 count,
+                cycles,
                 pids,
             } => {
                 anyhow::ensure!(
                     count >= 1 && warmup + count <= MAX_CONNECTIONS,
                     "1 to {MAX_CONNECTIONS} connections"
                 );
-                idle::run(&connect, warmup, count, &pids).await
+                anyhow::ensure!((1..=10).contains(&cycles), "--cycles 1 to 10");
+                idle::run(&connect, warmup, count, cycles, &pids).await
             }
             Command::Rss { pid } => {
                 println!("{}", procfs::rss_kib(pid)?);
