@@ -1,7 +1,9 @@
 //! The `lanyard` command-line tool: `lanyard install` prints the cluster manifests,
-//! `lanyard inject` meshes workloads in a YAML stream. The binary (`src/main.rs`) is a thin
+//! `lanyard inject` meshes workloads in a YAML stream, `lanyard check` checks a node's
+//! Lanyard, `lanyard tap` follows a proxy's connections. The binary (`src/main.rs`) is a thin
 //! clap layer over these modules, so tests drive the same code.
 
+pub mod check;
 pub mod images;
 pub mod inject;
 pub mod install;

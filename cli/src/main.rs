@@ -29,6 +29,33 @@ enum Command {
     /// Add the Lanyard proxy to every workload in a YAML stream
     /// (`lanyard inject app.yml | kubectl apply -f -`).
     Inject(InjectArgs),
+    /// Check this node: server reachable, agent socket serving, local SVID valid.
+    Check(CheckArgs),
+    /// Print a proxy's connections as they finish, one line each.
+    Tap(TapArgs),
+}
+
+#[derive(Args)]
+struct CheckArgs {
+    /// The agent's Workload API socket (a path or `unix:///path`; else `SPIFFE_ENDPOINT_SOCKET`).
+    #[arg(long, env = "LANYARD_SOCKET")]
+    socket: Option<String>,
+    /// The server to check (`HOST:PORT`); needs `--trust-bundle`.
+    #[arg(long, env = "LANYARD_SERVER")]
+    server: Option<std::net::SocketAddr>,
+    /// The roots (PEM) the server's certificate must chain to.
+    #[arg(long, env = "LANYARD_TRUST_BUNDLE")]
+    trust_bundle: Option<PathBuf>,
+    /// Fail when the local SVID expires sooner than this.
+    #[arg(long, env = "LANYARD_MIN_VALIDITY", value_parser = humantime::parse_duration, default_value = "1m")]
+    min_validity: Duration,
+}
+
+#[derive(Args)]
+struct TapArgs {
+    /// The proxy's admin address (its `--admin`).
+    #[arg(long, env = "LANYARD_ADMIN")]
+    admin: std::net::SocketAddr,
 }
 
 #[derive(Args)]
@@ -100,6 +127,8 @@ fn main() -> ExitCode {
     let result = match Cli::parse().command {
         Command::Install(args) => install(args),
         Command::Inject(args) => inject(args),
+        Command::Check(args) => return check(args),
+        Command::Tap(args) => return tap(args),
     };
     match result {
         Ok(text) => {
@@ -204,4 +233,50 @@ fn read_input(input: &str) -> Result<(String, String), String> {
     }
     let text = String::from_utf8(bytes).map_err(|_| format!("{name}: not UTF-8 text"))?;
     Ok((name, text))
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime")
+}
+
+fn check(args: CheckArgs) -> ExitCode {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let socket = match lanyard_agent::api_cli::socket_path(args.socket.as_deref()) {
+        Ok(socket) => socket,
+        Err(e) => {
+            eprintln!("lanyard check: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let options = lanyard_cli::check::CheckOptions {
+        server: args.server,
+        trust_bundle: args.trust_bundle,
+        socket,
+        min_validity: args.min_validity,
+    };
+    let results = runtime().block_on(lanyard_cli::check::run_checks(&options));
+    for result in &results {
+        println!("{result}");
+    }
+    if results.iter().all(|r| r.outcome.is_ok()) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+fn tap(args: TapArgs) -> ExitCode {
+    match runtime().block_on(lanyard_proxy::tap::follow(
+        args.admin,
+        &mut tokio::io::stdout(),
+    )) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("lanyard tap: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }

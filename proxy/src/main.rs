@@ -4,7 +4,6 @@ use std::net::SocketAddr;
 
 use clap::{Parser, Subcommand};
 use lanyard_proxy::config::{DEFAULT_ADMIN, RunArgs, SPIFFE_ENDPOINT_SOCKET};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 /// The Lanyard sidecar proxy: per-connection mTLS or plaintext.
 #[derive(Parser)]
@@ -59,15 +58,6 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
 }
 
 async fn tap(admin: SocketAddr) -> anyhow::Result<()> {
-    let stream = tokio::net::TcpStream::connect(admin)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot connect to the proxy's admin address {admin}: {e}"))?;
-    let mut lines = BufReader::new(stream).lines();
-    let mut out = tokio::io::stdout();
-    while let Some(line) = lines.next_line().await? {
-        out.write_all(line.as_bytes()).await?;
-        out.write_all(b"\n").await?;
-        out.flush().await?;
-    }
+    lanyard_proxy::tap::follow(admin, &mut tokio::io::stdout()).await?;
     Ok(())
 }
