@@ -1,4 +1,4 @@
-//! Files holding secrets: written atomically with mode 0600, in directories only we can enter.
+//! Files holding secrets (CA keys, node SVID keys, eviction lists): written atomically with mode 0600, in directories only we can enter.
 
 use std::fs::{self, OpenOptions};
 use std::io::Write;

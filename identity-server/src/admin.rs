@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
-use crate::fsutil::ensure_dir;
+use lanyard_daemon::private_file::ensure_dir;
 
 /// Longest request or response line.
 const MAX_LINE: usize = 64 * 1024;
@@ -185,7 +185,7 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(response, AdminResponse::Evicted { node: "n1".into() });
-        let mode = crate::fsutil::mode_of(&dir.path().join("admin")).unwrap();
+        let mode = lanyard_daemon::private_file::mode_of(&dir.path().join("admin")).unwrap();
         assert_eq!(mode, 0o700);
     }
 

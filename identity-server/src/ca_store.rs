@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use x509_parser::prelude::{FromDer, X509Certificate};
 use zeroize::Zeroizing;
 
-use crate::fsutil::{ensure_dir, mode_of, write_private_atomic};
+use lanyard_daemon::private_file::{ensure_dir, mode_of, write_private_atomic};
 
 /// Root lifetime in data-dir mode.
 pub const ROOT_TTL: Duration = Duration::from_secs(10 * 365 * 24 * 3600);

@@ -3,7 +3,7 @@
 //! [`ServerConfig`] whose fields can no longer be wrong.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
@@ -20,24 +20,12 @@ pub const DEFAULT_K8S_AUDIENCE: &str = "lanyard-server";
 /// SVIDs per second per node: far above what renewals need, low enough to stop a runaway loop.
 pub const DEFAULT_MINT_RATE_LIMIT: f64 = 500.0;
 pub const DEFAULT_POD_ID_TEMPLATE: &str = "/ns/{namespace}/sa/{service_account}";
-/// The config file is small; refuse anything that is clearly not one.
-const MAX_CONFIG_FILE_BYTES: u64 = 1 << 20;
 
 /// Why a configuration is refused.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("reading config file {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("config file {0} is larger than 1 MiB")]
-    TooLarge(PathBuf),
-    #[error("parsing config file {path}: {source}")]
-    Parse {
-        path: PathBuf,
-        source: toml::de::Error,
-    },
+    #[error(transparent)]
+    File(#[from] lanyard_daemon::config_file::ConfigFileError),
     #[error("--{0} is required (flag, LANYARD_{env} or `{key}` in --config)", env = .0.to_uppercase().replace('-', "_"), key = .0.replace('-', "_"))]
     Missing(&'static str),
     #[error("--{flag}: {message}")]
@@ -178,7 +166,7 @@ impl RunArgs {
     /// Merges the `--config` file under the flags and environment, then validates.
     pub fn resolve(mut self) -> Result<ServerConfig, ConfigError> {
         if let Some(path) = self.config.clone() {
-            let file = read_config_file(&path)?;
+            let file: RunArgs = lanyard_daemon::config_file::read(&path)?;
             self.fill_from(file);
         }
         self.validate()
@@ -296,22 +284,6 @@ impl RunArgs {
             entries,
         })
     }
-}
-
-fn read_config_file(path: &Path) -> Result<RunArgs, ConfigError> {
-    let read_err = |source| ConfigError::Read {
-        path: path.to_owned(),
-        source,
-    };
-    let len = std::fs::metadata(path).map_err(read_err)?.len();
-    if len > MAX_CONFIG_FILE_BYTES {
-        return Err(ConfigError::TooLarge(path.to_owned()));
-    }
-    let text = std::fs::read_to_string(path).map_err(read_err)?;
-    toml::from_str(&text).map_err(|source| ConfigError::Parse {
-        path: path.to_owned(),
-        source,
-    })
 }
 
 /// Parses a duration such as `1h`, `10m`, `90s`; shortest 1 s, longest 1 year.

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::sync::RwLock;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::fsutil::write_private_atomic;
+use lanyard_daemon::private_file::write_private_atomic;
 
 const FILE_NAME: &str = "evictions.json";
 
@@ -106,7 +106,7 @@ mod tests {
         assert!(reloaded.is_evicted("n1", now));
         assert!(!reloaded.is_evicted("n1", now + Duration::from_secs(5)));
         assert_eq!(
-            crate::fsutil::mode_of(&dir.path().join(FILE_NAME)).unwrap(),
+            lanyard_daemon::private_file::mode_of(&dir.path().join(FILE_NAME)).unwrap(),
             0o600
         );
     }

@@ -20,7 +20,6 @@
 //! - [`admin`]: the admin Unix socket behind `token generate`, `agent evict`, `bundle show`.
 //! - [`metrics`]: Prometheus metrics.
 //! - [`run`]: wiring it all together for `lanyard-server run`.
-//! - [`fsutil`]: 0600 atomic writes and private directories.
 
 pub mod admin;
 pub mod authority;
@@ -29,7 +28,6 @@ pub mod config;
 pub mod discovery;
 pub mod entries;
 pub mod evictions;
-pub mod fsutil;
 pub mod join_token;
 pub mod k8s;
 pub mod metrics;

@@ -20,7 +20,6 @@ use crate::ca_store::DataDirCa;
 use crate::config::{Mode, ServerConfig};
 use crate::discovery::{DiscoveryFeedService, DiscoverySources, FeedLimits};
 use crate::evictions::Evictions;
-use crate::fsutil::ensure_dir;
 use crate::join_token::JoinTokens;
 use crate::k8s::ca_source::KubeCaSource;
 use crate::k8s::pods::{PodIndex, PodLookup};
@@ -29,6 +28,7 @@ use crate::metrics::ServerMetrics;
 use crate::node_attest::{K8sPsat, Method, NodeAttestor};
 use crate::service::{IdentityService, ServiceSettings};
 use crate::{server_svid, tls_listener};
+use lanyard_daemon::private_file::ensure_dir;
 
 /// Largest gRPC message accepted (a batch of 500 CSRs is well under this).
 const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;

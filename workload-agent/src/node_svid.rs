@@ -14,9 +14,8 @@
 //!   expired the agent attests from scratch, which a spent join token cannot do: that is
 //!   logged as needing a new token.
 
-use std::fs::{self, OpenOptions};
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -446,14 +445,10 @@ pub fn save(dir: &Path, svid: &X509Svid) -> std::io::Result<()> {
     let key = svid
         .private_key_pkcs8()
         .ok_or_else(|| std::io::Error::other("the node SVID has no private key"))?;
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)?;
-    fs::set_permissions(dir, fs::Permissions::from_mode(0o700))?;
+    lanyard_daemon::private_file::ensure_dir(dir, 0o700)?;
     let mut pem = Zeroizing::new(lanyard_svid::bundle::certificates_to_pem(svid.chain()));
     pem.push_str(&private_key_pem(key));
-    write_private_atomic(&dir.join(NODE_SVID_FILE), pem.as_bytes())
+    lanyard_daemon::private_file::write_private_atomic(&dir.join(NODE_SVID_FILE), pem.as_bytes())
 }
 
 /// Reads `<dir>/node-svid.pem` back; `Ok(None)` when there is none.
@@ -503,26 +498,6 @@ fn private_key_pem(der: &[u8]) -> Zeroizing<String> {
     }
     out.push_str("-----END PRIVATE KEY-----\n");
     out
-}
-
-/// A 0600 temporary file in the same directory, synced, renamed over `path`.
-fn write_private_atomic(path: &Path, contents: &[u8]) -> std::io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .ok_or_else(|| std::io::Error::other("path has no file name"))?;
-    let tmp = dir.join(format!(".{}.tmp", name.to_string_lossy()));
-    let _ = fs::remove_file(&tmp);
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    file.write_all(contents)?;
-    file.sync_all()?;
-    drop(file);
-    fs::rename(&tmp, path)?;
-    fs::File::open(dir)?.sync_all()
 }
 
 #[cfg(test)]
@@ -587,9 +562,9 @@ mod tests {
         let mut pem = lanyard_svid::bundle::certificates_to_pem(svid.chain());
         pem.push_str(&private_key_pem(other.private_key_pkcs8().unwrap()));
         fs::remove_file(&file).unwrap();
-        write_private_atomic(&file, pem.as_bytes()).unwrap();
+        lanyard_daemon::private_file::write_private_atomic(&file, pem.as_bytes()).unwrap();
         assert!(load(dir.path()).is_err());
-        write_private_atomic(&file, b"garbage").unwrap();
+        lanyard_daemon::private_file::write_private_atomic(&file, b"garbage").unwrap();
         assert!(load(dir.path()).is_err());
     }
 

@@ -1,0 +1,11 @@
+//! What the Lanyard daemons share for their local files, so the rules for them live in one
+//! place.
+//!
+//! Module map:
+//! - [`config_file`]: reading the `--config` TOML file (bounded, unknown keys refused by the
+//!   caller's serde type), the bottom layer under flags and `LANYARD_*` variables.
+//! - [`private_file`]: files holding secrets, written atomically with mode 0600, in
+//!   directories only we can enter.
+
+pub mod config_file;
+pub mod private_file;
