@@ -104,6 +104,12 @@ pub struct RunArgs {
     #[arg(long, env = "LANYARD_TRANSPARENT_OUTBOUND")]
     pub transparent_outbound: Option<u16>,
 
+    /// Do not ask the agent's Discovery service about transparent outbound destinations
+    /// (they all go plaintext `no_discovery`).
+    #[arg(long, env = "LANYARD_NO_DISCOVERY")]
+    #[serde(default)]
+    pub no_discovery: bool,
+
     /// Address of the tap listener (keep it on loopback).
     #[arg(long, env = "LANYARD_ADMIN")]
     pub admin: Option<SocketAddr>,
@@ -155,6 +161,8 @@ pub struct ProxyConfig {
     pub opaque_ports: Vec<u16>,
     pub transparent_inbound: Option<SocketAddr>,
     pub transparent_outbound: Option<SocketAddr>,
+    /// Look transparent outbound destinations up in the agent's Discovery service.
+    pub discovery: bool,
     pub admin: SocketAddr,
     pub metrics: Option<SocketAddr>,
     pub detect_timeout: Duration,
@@ -199,6 +207,7 @@ impl RunArgs {
         }
         fill_list!(inbound, outbound, opaque_port);
         self.strict |= file.strict;
+        self.no_discovery |= file.no_discovery;
     }
 
     fn validate(self) -> Result<ProxyConfig, ConfigError> {
@@ -284,6 +293,7 @@ impl RunArgs {
             transparent_outbound: self
                 .transparent_outbound
                 .map(|p| SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), p)),
+            discovery: !self.no_discovery,
             admin: self.admin.unwrap_or(DEFAULT_ADMIN),
             metrics: self.metrics,
             detect_timeout,

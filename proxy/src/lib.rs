@@ -3,6 +3,7 @@
 //! Module map:
 //! - [`config`]: `run` options from flags, `LANYARD_*` env and `--config` TOML, validated.
 //! - [`workload_client`]: the Workload API client keeping the SVID store current.
+//! - [`discovery`]: the agent Discovery client: what is behind a transparent destination.
 //! - [`detect`]: the bounded, allocation-free ClientHello/ALPN parser (fuzzed).
 //! - [`first_flight`]: reading a client's first bytes for detection under a deadline.
 //! - [`rewind`]: a stream replaying the bytes detection consumed.
@@ -19,6 +20,7 @@
 pub mod config;
 pub mod context;
 pub mod detect;
+pub mod discovery;
 pub mod first_flight;
 pub mod forward;
 pub mod inbound;

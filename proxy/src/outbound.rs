@@ -1,20 +1,31 @@
 //! Outbound: connections from the workload to the network.
 //!
 //! mTLS with ALPN `lanyard/1` is used exactly when the destination's SPIFFE ID is known
-//! (`--outbound L=D,id=ID`; discovery will add more). The server's SVID must verify and be
-//! that ID, and a failed handshake closes the connection: a known-meshed destination never
-//! gets plaintext. Destinations without a known ID are forwarded as plaintext with a reason.
+//! (`--outbound L=D,id=ID`, or discovery for transparent destinations). The server's SVID
+//! must verify and be that ID, and a failed handshake closes the connection: a known-meshed
+//! destination never gets plaintext. Destinations without a known ID are forwarded as
+//! plaintext with a reason.
+//!
+//! Transparent destinations are looked up in [`DiscoveryClient`]: a meshed pod gets mTLS
+//! expecting its ID; a Service address gets one of its ready endpoints, chosen round-robin
+//! (endpoints that failed to connect recently are skipped), dialled directly with mTLS
+//! expecting that endpoint's ID, or plaintext `not_meshed` for an unmeshed endpoint; an
+//! unmeshed pod is plaintext `not_meshed`; an unknown address, or no answer at all, is
+//! plaintext `no_discovery`. Discovery's refusals (a meshed destination downgraded or gone)
+//! close the connection.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use lanyard_svid::SpiffeId;
-use lanyard_svid::tls::{LANYARD_ALPN, peer_spiffe_id, unused_server_name};
+use lanyard_svid::tls::{ExactId, LANYARD_ALPN, client_config, peer_spiffe_id, unused_server_name};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
 use tokio_rustls::TlsConnector;
 
 use crate::context::{ConnContext, peer_text};
+use crate::discovery::{Answer, DiscoveryClient, DiscoveryError};
 use crate::forward::pipe;
 use crate::inbound::Done;
 use crate::original_dst::original_dst;
@@ -30,9 +41,19 @@ pub enum OutboundDestination {
         /// The expected ID and a connector built for it (`client_config` with `ExactId`).
         mtls: Option<(SpiffeId, TlsConnector)>,
     },
-    /// `--transparent-outbound`: the original destination, whose ID is not known yet.
-    OriginalDst,
+    /// `--transparent-outbound`: the original destination, looked up in discovery when
+    /// there is a client (else plaintext `no_discovery`).
+    OriginalDst { discovery: Option<DiscoveryClient> },
+    /// A fixed destination looked up in discovery like a transparent one (tests use it in
+    /// place of `SO_ORIGINAL_DST`).
+    Discovered {
+        destination: SocketAddr,
+        discovery: DiscoveryClient,
+    },
 }
+
+/// Endpoints of one Service tried for one connection before giving up.
+const MAX_ENDPOINT_ATTEMPTS: usize = 3;
 
 /// Accepts on `listener` until the task is dropped.
 pub async fn serve_outbound(
@@ -76,7 +97,8 @@ pub async fn serve_outbound(
 fn destination_text(destination: &OutboundDestination) -> String {
     match destination {
         OutboundDestination::Fixed { destination, .. } => destination.clone(),
-        OutboundDestination::OriginalDst => "unknown".into(),
+        OutboundDestination::OriginalDst { .. } => "unknown".into(),
+        OutboundDestination::Discovered { destination, .. } => destination.to_string(),
     }
 }
 
@@ -91,13 +113,97 @@ async fn handle(app: TcpStream, destination: &OutboundDestination, ctx: &ConnCon
             destination,
             mtls: None,
         } => forward_plain(app, destination, NoTlsReason::NotMeshed, ctx).await,
-        OutboundDestination::OriginalDst => match original_dst(&app) {
-            Ok(addr) => forward_plain(app, &addr.to_string(), NoTlsReason::NoDiscovery, ctx).await,
+        OutboundDestination::OriginalDst { discovery } => match original_dst(&app) {
+            Ok(addr) => match discovery {
+                Some(discovery) => discovered(app, addr, discovery, ctx).await,
+                None => forward_plain(app, &addr.to_string(), NoTlsReason::NoDiscovery, ctx).await,
+            },
             Err(e) => {
                 tracing::debug!(error = %e, "no original destination");
                 Done::refused("unknown".into(), NoTlsReason::NoOriginalDst)
             }
         },
+        OutboundDestination::Discovered {
+            destination,
+            discovery,
+        } => discovered(app, *destination, discovery, ctx).await,
+    }
+}
+
+/// A connector that accepts exactly `expected`.
+fn exact_connector(ctx: &ConnContext, expected: &SpiffeId) -> TlsConnector {
+    let config = client_config(
+        ctx.store.clone(),
+        Arc::new(ExactId(expected.clone())),
+        vec![LANYARD_ALPN.to_vec()],
+    );
+    TlsConnector::from(Arc::new(config))
+}
+
+/// Routes a connection to `addr` by what discovery knows of it.
+async fn discovered(
+    app: TcpStream,
+    addr: SocketAddr,
+    discovery: &DiscoveryClient,
+    ctx: &ConnContext,
+) -> Done {
+    let text = addr.to_string();
+    let lookup = match discovery.lookup(addr).await {
+        Ok(lookup) => lookup,
+        Err(DiscoveryError::Unavailable(why)) => {
+            tracing::debug!(dst = %addr, %why, "no discovery answer; plaintext");
+            return forward_plain(app, &text, NoTlsReason::NoDiscovery, ctx).await;
+        }
+        Err(DiscoveryError::DowngradeRefused) => {
+            return Done::refused(text, NoTlsReason::MeshedDowngradeRefused);
+        }
+        Err(DiscoveryError::MeshedGone) => {
+            return Done::refused(text, NoTlsReason::MeshedDestinationGone);
+        }
+        Err(e @ DiscoveryError::BadAnswer(_)) => {
+            tracing::warn!(dst = %addr, reason = %e, detail = %e.message(), "unusable discovery answer");
+            return Done::refused(text, NoTlsReason::BadDiscoveryAnswer);
+        }
+    };
+    match &lookup.answer {
+        Answer::MeshedPod(id) => {
+            let connector = exact_connector(ctx, id);
+            originate_mtls(app, &text, id, &connector, ctx).await
+        }
+        Answer::UnmeshedPod => forward_plain(app, &text, NoTlsReason::NotMeshed, ctx).await,
+        Answer::Unknown => forward_plain(app, &text, NoTlsReason::NoDiscovery, ctx).await,
+        Answer::Service(_) => {
+            let mut tried = Vec::new();
+            while tried.len() < MAX_ENDPOINT_ATTEMPTS {
+                let Some(endpoint) = discovery.pick(&lookup, &tried) else {
+                    break;
+                };
+                let endpoint_text = endpoint.addr.to_string();
+                if endpoint.id.is_some() && !ctx.store.has_svid() {
+                    return Done::refused(endpoint_text, NoTlsReason::NoSvid);
+                }
+                let upstream = match ctx.connect(&endpoint_text).await {
+                    Ok(upstream) => upstream,
+                    Err(_) => {
+                        discovery.connect_failed(endpoint.addr);
+                        tried.push(endpoint.addr);
+                        continue;
+                    }
+                };
+                discovery.connect_succeeded(endpoint.addr);
+                return match &endpoint.id {
+                    Some(id) => {
+                        let connector = exact_connector(ctx, id);
+                        mtls_over(app, upstream, &endpoint_text, id, &connector, ctx).await
+                    }
+                    None => plain_over(app, upstream, &endpoint_text, NoTlsReason::NotMeshed).await,
+                };
+            }
+            match tried.last() {
+                Some(last) => Done::refused(last.to_string(), NoTlsReason::TargetUnreachable),
+                None => Done::refused(text, NoTlsReason::NoReadyEndpoint),
+            }
+        }
     }
 }
 
@@ -111,6 +217,15 @@ async fn forward_plain(
         Ok(upstream) => upstream,
         Err(refusal) => return Done::refused(destination.to_owned(), refusal),
     };
+    plain_over(app, upstream, destination, reason).await
+}
+
+async fn plain_over(
+    app: TcpStream,
+    upstream: TcpStream,
+    destination: &str,
+    reason: NoTlsReason,
+) -> Done {
     let dst = peer_text(&upstream, destination);
     let (transfer, _result) = pipe(app, upstream).await;
     Done {
@@ -134,6 +249,17 @@ async fn originate_mtls(
         Ok(upstream) => upstream,
         Err(refusal) => return Done::refused(destination.to_owned(), refusal),
     };
+    mtls_over(app, upstream, destination, expected, connector, ctx).await
+}
+
+async fn mtls_over(
+    app: TcpStream,
+    upstream: TcpStream,
+    destination: &str,
+    expected: &SpiffeId,
+    connector: &TlsConnector,
+    ctx: &ConnContext,
+) -> Done {
     let dst = peer_text(&upstream, destination);
     let handshake = connector.connect(unused_server_name(), upstream);
     let tls = match tokio::time::timeout(ctx.handshake_timeout, handshake).await {

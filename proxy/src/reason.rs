@@ -11,6 +11,10 @@
 //! | `opaque_port` | in | forwarded: `--opaque-port`, no detection |
 //! | `not_meshed` | out | forwarded: the destination is configured without `id=` |
 //! | `no_discovery` | out | forwarded: transparent destination whose identity is unknown |
+//! | `meshed_downgrade_refused` | out | closed: discovery now answers unmeshed for a destination it answered meshed |
+//! | `meshed_destination_gone` | out | closed: a destination discovery answered meshed is gone (pod deleted) or its answer expired |
+//! | `no_ready_endpoint` | out | closed: a Service with no ready endpoint (or none reachable) |
+//! | `bad_discovery_answer` | out | closed: discovery's answer could not be used |
 //! | `plaintext_refused` | in | closed: non-mTLS bytes on a strict listener |
 //! | `no_svid` | both | closed: meshed traffic before the first SVID |
 //! | TLS refusal labels (`id_not_allowed`, `unexpected_id`, `unknown_trust_domain`, `untrusted_chain`, `expired`, ...) | both | closed: the peer's SVID was refused (from `lanyard_svid::tls::TlsRefusal`) |
@@ -42,6 +46,10 @@ pub enum NoTlsReason {
     OpaquePort,
     NotMeshed,
     NoDiscovery,
+    MeshedDowngradeRefused,
+    MeshedDestinationGone,
+    NoReadyEndpoint,
+    BadDiscoveryAnswer,
     PlaintextRefused,
     NoSvid,
     /// Our TLS verifier refused the peer's SVID.
@@ -65,6 +73,10 @@ impl NoTlsReason {
             Self::OpaquePort => "opaque_port",
             Self::NotMeshed => "not_meshed",
             Self::NoDiscovery => "no_discovery",
+            Self::MeshedDowngradeRefused => "meshed_downgrade_refused",
+            Self::MeshedDestinationGone => "meshed_destination_gone",
+            Self::NoReadyEndpoint => "no_ready_endpoint",
+            Self::BadDiscoveryAnswer => "bad_discovery_answer",
             Self::PlaintextRefused => "plaintext_refused",
             Self::NoSvid => "no_svid",
             Self::PeerRefused(refusal) => refusal.label(),
@@ -93,6 +105,15 @@ impl NoTlsReason {
             Self::OpaquePort => "opaque port: forwarded without detection".into(),
             Self::NotMeshed => "the destination has no expected identity (no id=)".into(),
             Self::NoDiscovery => "the destination's identity is unknown".into(),
+            Self::MeshedDowngradeRefused => {
+                "discovery answered a once-meshed destination unmeshed; not downgrading to plaintext"
+                    .into()
+            }
+            Self::MeshedDestinationGone => {
+                "the meshed destination is gone or its discovery answer expired".into()
+            }
+            Self::NoReadyEndpoint => "the Service has no ready, reachable endpoint".into(),
+            Self::BadDiscoveryAnswer => "the discovery answer could not be used".into(),
             Self::PlaintextRefused => {
                 "the listener is strict and the client did not start mTLS".into()
             }
@@ -165,6 +186,10 @@ mod tests {
             NoTlsReason::OpaquePort,
             NoTlsReason::NotMeshed,
             NoTlsReason::NoDiscovery,
+            NoTlsReason::MeshedDowngradeRefused,
+            NoTlsReason::MeshedDestinationGone,
+            NoTlsReason::NoReadyEndpoint,
+            NoTlsReason::BadDiscoveryAnswer,
             NoTlsReason::PlaintextRefused,
             NoTlsReason::NoSvid,
             NoTlsReason::HandshakeFailed,
@@ -189,6 +214,8 @@ mod tests {
         assert!(!seen.contains(MTLS_LABEL));
         assert!(!NoTlsReason::DetectTimeout.is_refusal());
         assert!(NoTlsReason::PlaintextRefused.is_refusal());
+        assert!(NoTlsReason::MeshedDowngradeRefused.is_refusal());
+        assert!(NoTlsReason::MeshedDestinationGone.is_refusal());
     }
 
     #[test]

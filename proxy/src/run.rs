@@ -18,6 +18,7 @@ use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 use crate::config::ProxyConfig;
 use crate::context::ConnContext;
+use crate::discovery::{DiscoveryClient, DiscoverySettings};
 use crate::inbound::{InboundPolicy, InboundTarget, serve_inbound};
 use crate::metrics::ProxyMetrics;
 use crate::outbound::{OutboundDestination, serve_outbound};
@@ -150,7 +151,14 @@ pub async fn start(config: &ProxyConfig) -> Result<RunningProxy, RunError> {
         listeners.push(("transparent-outbound", addr));
         tasks.spawn(serve_outbound(
             listener,
-            OutboundDestination::OriginalDst,
+            OutboundDestination::OriginalDst {
+                discovery: config.discovery.then(|| {
+                    DiscoveryClient::new(
+                        config.workload_socket.clone(),
+                        DiscoverySettings::default(),
+                    )
+                }),
+            },
             ctx.clone(),
         ));
     }

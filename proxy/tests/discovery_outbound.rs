@@ -1,0 +1,637 @@
+//! The discovery client against a fake agent `Discovery` service on a Unix socket, and the
+//! discovered outbound path (meshed pod, Service endpoints, unmeshed, unknown, refusals) in
+//! front of real in-process inbound proxies and echo apps.
+
+mod common;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use common::*;
+use lanyard_proto::discovery::v1 as wire;
+use lanyard_proto::discovery::v1::discovery_server::{Discovery, DiscoveryServer};
+use lanyard_proxy::context::ConnContext;
+use lanyard_proxy::discovery::{
+    Answer, DiscoveryClient, DiscoveryError, DiscoverySettings, ServiceEndpoint,
+};
+use lanyard_proxy::metrics::ProxyMetrics;
+use lanyard_proxy::outbound::{OutboundDestination, serve_outbound};
+use lanyard_proxy::tap::{TAP_QUEUE_LINES, Tap};
+use lanyard_svid::SpiffeId;
+use prometheus_client::registry::Registry;
+use tokio::net::{TcpListener, TcpStream, UnixListener};
+use tokio::sync::{broadcast, mpsc, watch};
+use tokio_stream::Stream;
+use tokio_stream::wrappers::{ReceiverStream, UnixListenerStream};
+use tonic::{Request, Response, Status};
+use wire::resolution::Kind;
+
+const CLIENT: &str = "spiffe://example.org/client";
+const SERVER: &str = "spiffe://example.org/server";
+const OTHER: &str = "spiffe://example.org/other";
+
+// ---------------------------------------------------------------------------------------
+// A fake agent Discovery service
+
+type Answers = HashMap<SocketAddr, Kind>;
+
+struct FakeDiscovery {
+    socket: PathBuf,
+    answers: watch::Sender<Answers>,
+    resolves: Arc<AtomicUsize>,
+    watches: Arc<AtomicUsize>,
+    /// While set, every call is answered `Unavailable` (the agent unreachable).
+    down: Arc<AtomicBool>,
+    kill: broadcast::Sender<Status>,
+    _dir: tempfile::TempDir,
+}
+
+#[derive(Clone)]
+struct Fake {
+    answers: watch::Sender<Answers>,
+    resolves: Arc<AtomicUsize>,
+    watches: Arc<AtomicUsize>,
+    down: Arc<AtomicBool>,
+    kill: broadcast::Sender<Status>,
+}
+
+fn key(request: &wire::ResolveRequest) -> SocketAddr {
+    let d = request.destination.as_ref().unwrap();
+    SocketAddr::new(d.address.parse().unwrap(), d.port as u16)
+}
+
+fn response(dst: SocketAddr, kind: Kind) -> wire::ResolveResponse {
+    wire::ResolveResponse {
+        destination: Some(wire::Destination {
+            address: dst.ip().to_string(),
+            port: u32::from(dst.port()),
+        }),
+        resolution: Some(wire::Resolution { kind: Some(kind) }),
+    }
+}
+
+impl Fake {
+    fn current(&self, dst: SocketAddr) -> Result<Kind, Status> {
+        if self.down.load(Ordering::SeqCst) {
+            return Err(Status::unavailable("shutting_down: down"));
+        }
+        self.answers
+            .borrow()
+            .get(&dst)
+            .cloned()
+            .ok_or_else(|| Status::unavailable("not_ready: no answer"))
+    }
+}
+
+type WatchStream = Pin<Box<dyn Stream<Item = Result<wire::ResolveResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Discovery for Fake {
+    async fn resolve(
+        &self,
+        request: Request<wire::ResolveRequest>,
+    ) -> Result<Response<wire::ResolveResponse>, Status> {
+        self.resolves.fetch_add(1, Ordering::SeqCst);
+        let dst = key(request.get_ref());
+        Ok(Response::new(response(dst, self.current(dst)?)))
+    }
+
+    type WatchStream = WatchStream;
+
+    async fn watch(
+        &self,
+        request: Request<wire::ResolveRequest>,
+    ) -> Result<Response<WatchStream>, Status> {
+        let dst = key(request.get_ref());
+        let first = self.current(dst)?;
+        self.watches.fetch_add(1, Ordering::SeqCst);
+        let mut rx = self.answers.subscribe();
+        let mut kill = self.kill.subscribe();
+        let (tx, out) = mpsc::channel(4);
+        tokio::spawn(async move {
+            let mut sent = first.clone();
+            if tx.send(Ok(response(dst, first))).await.is_err() {
+                return;
+            }
+            loop {
+                tokio::select! {
+                    changed = rx.changed() => {
+                        if changed.is_err() { return }
+                        let now = rx.borrow_and_update().get(&dst).cloned();
+                        if let Some(now) = now && now != sent {
+                            sent = now.clone();
+                            if tx.send(Ok(response(dst, now))).await.is_err() { return }
+                        }
+                    }
+                    status = kill.recv() => {
+                        if let Ok(status) = status { let _ = tx.send(Err(status)).await; }
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(out))))
+    }
+}
+
+impl FakeDiscovery {
+    async fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("agent.sock");
+        let listener = UnixListener::bind(&socket).unwrap();
+        let fake = Fake {
+            answers: watch::Sender::new(HashMap::new()),
+            resolves: Arc::default(),
+            watches: Arc::default(),
+            down: Arc::default(),
+            kill: broadcast::channel(4).0,
+        };
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(DiscoveryServer::new(fake.clone()))
+                .serve_with_incoming(UnixListenerStream::new(listener)),
+        );
+        Self {
+            socket,
+            answers: fake.answers,
+            resolves: fake.resolves,
+            watches: fake.watches,
+            down: fake.down,
+            kill: fake.kill,
+            _dir: dir,
+        }
+    }
+
+    fn set(&self, dst: SocketAddr, kind: Kind) {
+        self.answers.send_modify(|a| {
+            a.insert(dst, kind);
+        });
+    }
+
+    fn client(&self, settings: DiscoverySettings) -> DiscoveryClient {
+        DiscoveryClient::new(self.socket.clone(), settings)
+    }
+
+    /// Waits until `n` watches were opened in all.
+    async fn wait_watches(&self, n: usize) {
+        let watches = self.watches.clone();
+        wait_until("discovery watches", || watches.load(Ordering::SeqCst) >= n).await
+    }
+}
+
+fn meshed(id: &str) -> Kind {
+    Kind::MeshedPod(wire::MeshedPod {
+        spiffe_id: id.into(),
+        namespace: "ns".into(),
+        name: "pod".into(),
+    })
+}
+
+fn unmeshed() -> Kind {
+    Kind::UnmeshedPod(wire::UnmeshedPod {
+        namespace: "ns".into(),
+        name: "pod".into(),
+    })
+}
+
+fn unknown() -> Kind {
+    Kind::Unknown(wire::Unknown {})
+}
+
+fn service(endpoints: &[(SocketAddr, Option<&str>)]) -> Kind {
+    Kind::Service(wire::Service {
+        namespace: "ns".into(),
+        name: "svc".into(),
+        endpoints: endpoints
+            .iter()
+            .map(|(addr, id)| wire::Endpoint {
+                address: addr.ip().to_string(),
+                port: u32::from(addr.port()),
+                meshed: id.is_some(),
+                spiffe_id: id.unwrap_or_default().into(),
+            })
+            .collect(),
+        truncated: false,
+    })
+}
+
+fn id(text: &str) -> SpiffeId {
+    SpiffeId::parse(text).unwrap()
+}
+
+fn settings() -> DiscoverySettings {
+    DiscoverySettings {
+        resolve_timeout: Duration::from_secs(5),
+        rewatch_delay: Duration::from_millis(20),
+        ..DiscoverySettings::default()
+    }
+}
+
+/// Looks `dst` up until `check` accepts the result (a watch update to arrive).
+async fn lookup_until(
+    client: &DiscoveryClient,
+    dst: SocketAddr,
+    what: &str,
+    check: impl Fn(&Result<Answer, DiscoveryError>) -> bool,
+) {
+    within(what, async {
+        loop {
+            let got = client.lookup(dst).await.map(|l| l.answer);
+            if check(&got) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+}
+
+fn addr(text: &str) -> SocketAddr {
+    text.parse().unwrap()
+}
+
+// ---------------------------------------------------------------------------------------
+// The client
+
+#[tokio::test]
+async fn a_meshed_answer_is_resolved_once_then_kept_current_by_a_watch() {
+    let fake = FakeDiscovery::start().await;
+    let dst = addr("10.0.0.5:8080");
+    fake.set(dst, meshed(SERVER));
+    let client = fake.client(settings());
+    let first = client.lookup(dst).await.unwrap();
+    assert_eq!(first.answer, Answer::MeshedPod(id(SERVER)));
+    fake.wait_watches(1).await;
+    client.lookup(dst).await.unwrap();
+    assert_eq!(
+        fake.resolves.load(Ordering::SeqCst),
+        1,
+        "second lookup cached"
+    );
+    assert_eq!(client.cached(), 1);
+    // A new ID (a new pod on the same IP) is followed.
+    fake.set(dst, meshed(OTHER));
+    lookup_until(&client, dst, "the new ID", |a| {
+        *a == Ok(Answer::MeshedPod(id(OTHER)))
+    })
+    .await;
+    assert_eq!(fake.resolves.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn a_meshed_destination_is_never_downgraded() {
+    let fake = FakeDiscovery::start().await;
+    let dst = addr("10.0.0.5:8080");
+    fake.set(dst, meshed(SERVER));
+    let client = fake.client(settings());
+    client.lookup(dst).await.unwrap();
+    fake.wait_watches(1).await;
+    fake.set(dst, unmeshed());
+    lookup_until(&client, dst, "the downgrade refused", |a| {
+        *a == Err(DiscoveryError::DowngradeRefused)
+    })
+    .await;
+    // The pod deleted: connections refused, not plaintext.
+    fake.set(dst, unknown());
+    lookup_until(&client, dst, "the gone pod refused", |a| {
+        *a == Err(DiscoveryError::MeshedGone)
+    })
+    .await;
+    // Meshed again (a new pod): used again.
+    fake.set(dst, meshed(OTHER));
+    lookup_until(&client, dst, "meshed again", |a| {
+        *a == Ok(Answer::MeshedPod(id(OTHER)))
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn unknown_destinations_may_become_meshed_and_no_answer_is_unavailable() {
+    let fake = FakeDiscovery::start().await;
+    let dst = addr("10.0.0.6:80");
+    let client = fake.client(settings());
+    let err = client.lookup(dst).await.unwrap_err();
+    assert!(matches!(err, DiscoveryError::Unavailable(_)), "{err:?}");
+    assert_eq!(client.cached(), 0, "a failed lookup is not cached");
+    fake.set(dst, unknown());
+    assert_eq!(client.lookup(dst).await.unwrap().answer, Answer::Unknown);
+    fake.wait_watches(1).await;
+    fake.set(dst, meshed(SERVER));
+    lookup_until(&client, dst, "the upgrade", |a| {
+        *a == Ok(Answer::MeshedPod(id(SERVER)))
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn cached_answers_outlive_an_unreachable_agent_until_they_expire() {
+    let fake = FakeDiscovery::start().await;
+    let (meshed_dst, plain_dst) = (addr("10.0.0.5:80"), addr("10.0.0.7:80"));
+    fake.set(meshed_dst, meshed(SERVER));
+    fake.set(plain_dst, unmeshed());
+    let client = fake.client(settings());
+    client.lookup(meshed_dst).await.unwrap();
+    client.lookup(plain_dst).await.unwrap();
+    fake.wait_watches(2).await;
+    // The agent goes away: streams lost, new calls refused. Answers are still used.
+    fake.down.store(true, Ordering::SeqCst);
+    let _ = fake.kill.send(Status::unavailable("shutting_down: bye"));
+    let resolves = fake.resolves.load(Ordering::SeqCst);
+    for _ in 0..3 {
+        assert_eq!(
+            client.lookup(meshed_dst).await.unwrap().answer,
+            Answer::MeshedPod(id(SERVER))
+        );
+        assert_eq!(
+            client.lookup(plain_dst).await.unwrap().answer,
+            Answer::UnmeshedPod
+        );
+    }
+    assert_eq!(fake.resolves.load(Ordering::SeqCst), resolves);
+    // The agent says the answers expired: the meshed one refuses, the other is forgotten.
+    fake.down.store(false, Ordering::SeqCst);
+    let watches = fake.watches.load(Ordering::SeqCst);
+    fake.wait_watches(watches + 2).await;
+    fake.down.store(true, Ordering::SeqCst);
+    let _ = fake.kill.send(Status::unavailable("expired: gone stale"));
+    lookup_until(&client, meshed_dst, "the meshed answer expired", |a| {
+        *a == Err(DiscoveryError::MeshedGone)
+    })
+    .await;
+    lookup_until(&client, plain_dst, "the plain answer forgotten", |a| {
+        matches!(a, Err(DiscoveryError::Unavailable(_)))
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_meshed_service_endpoint_listed_unmeshed_is_left_out() {
+    let fake = FakeDiscovery::start().await;
+    let svc = addr("10.96.0.1:80");
+    let (e1, e2) = (addr("10.0.0.1:8080"), addr("10.0.0.2:8080"));
+    fake.set(svc, service(&[(e1, Some(SERVER)), (e2, None)]));
+    let client = fake.client(settings());
+    client.lookup(svc).await.unwrap();
+    fake.wait_watches(1).await;
+    fake.set(svc, service(&[(e1, None), (e2, None)]));
+    lookup_until(&client, svc, "e1 left out", |a| {
+        *a == Ok(Answer::Service(vec![ServiceEndpoint {
+            addr: e2,
+            id: None,
+        }]))
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn endpoints_are_picked_round_robin_skipping_recent_failures() {
+    let fake = FakeDiscovery::start().await;
+    let svc = addr("10.96.0.1:80");
+    let (e1, e2, e3) = (
+        addr("10.0.0.1:80"),
+        addr("10.0.0.2:80"),
+        addr("10.0.0.3:80"),
+    );
+    fake.set(svc, service(&[(e1, Some(SERVER)), (e2, None), (e3, None)]));
+    let client = fake.client(settings());
+    let lookup = client.lookup(svc).await.unwrap();
+    let picks: Vec<_> = (0..6)
+        .map(|_| client.pick(&lookup, &[]).unwrap().addr)
+        .collect();
+    assert_eq!(picks, [e1, e2, e3, e1, e2, e3]);
+    client.connect_failed(e2);
+    let picks: Vec<_> = (0..4)
+        .map(|_| client.pick(&lookup, &[]).unwrap().addr)
+        .collect();
+    assert!(!picks.contains(&e2), "{picks:?}");
+    assert!(picks.contains(&e1) && picks.contains(&e3), "{picks:?}");
+    assert!(client.pick(&lookup, &[e1, e2, e3]).is_none());
+    client.connect_succeeded(e2);
+    let picks: Vec<_> = (0..3)
+        .map(|_| client.pick(&lookup, &[]).unwrap().addr)
+        .collect();
+    assert!(picks.contains(&e2), "{picks:?}");
+}
+
+// ---------------------------------------------------------------------------------------
+// The discovered outbound path
+
+/// An outbound listener (holding CLIENT's SVID) whose connections go to `dst` as discovery
+/// says; its tap.
+async fn outbound(ca: &Ca, dst: SocketAddr, discovery: DiscoveryClient) -> (SocketAddr, Tap) {
+    let mut registry = Registry::default();
+    let metrics: Arc<ProxyMetrics> = ProxyMetrics::register(&mut registry);
+    let tap = Tap::new(TAP_QUEUE_LINES, metrics.tap_dropped.clone());
+    let td = lanyard_svid::TrustDomain::parse("example.org").unwrap();
+    let ctx = Arc::new(ConnContext {
+        store: client_store(&ca.issue(CLIENT), &[(&td, ca.root_der())]),
+        tap: tap.clone(),
+        metrics,
+        limit: Arc::new(tokio::sync::Semaphore::new(64)),
+        handshake_timeout: Duration::from_secs(5),
+    });
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let listen = listener.local_addr().unwrap();
+    tokio::spawn(serve_outbound(
+        listener,
+        OutboundDestination::Discovered {
+            destination: dst,
+            discovery,
+        },
+        ctx,
+    ));
+    (listen, tap)
+}
+
+/// An inbound proxy as `SERVER` in front of an echo app; its inbound address.
+async fn meshed_server(ca: &Ca) -> (FakeWorkloadApi, lanyard_proxy::RunningProxy) {
+    let app = echo_app(None).await;
+    let api = FakeWorkloadApi::start().await;
+    let issued = ca.issue(SERVER);
+    api.push(svid_message(SERVER, &issued, &[ca.root_der()], &[]));
+    let mut args = proxy_args(&api.socket);
+    args.inbound = vec![format!("127.0.0.1:0={}", app.addr)];
+    let proxy = start_proxy(args).await;
+    wait_for_svid(&proxy, issued.leaf()).await;
+    (api, proxy)
+}
+
+struct TapLines(lanyard_proxy::tap::TapReader);
+
+impl TapLines {
+    async fn next(&mut self) -> String {
+        within("a tap line", async {
+            match self.0.next().await {
+                Some(lanyard_proxy::TapEvent::Line(line)) => line.to_string(),
+                other => panic!("unexpected tap event {other:?}"),
+            }
+        })
+        .await
+    }
+}
+
+/// One connection through `listen`: whether the echo came back.
+async fn echo_through(listen: SocketAddr) -> bool {
+    let mut s = TcpStream::connect(listen).await.unwrap();
+    use tokio::io::AsyncWriteExt;
+    if s.write_all(b"hello").await.is_err() {
+        return false;
+    }
+    let (got, _) = read_until(&mut s, 5).await;
+    got == b"hello"
+}
+
+async fn read_until(s: &mut TcpStream, n: usize) -> (Vec<u8>, bool) {
+    use tokio::io::AsyncReadExt;
+    within("an answer or a close", async {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 64];
+        while got.len() < n {
+            match s.read(&mut buf).await {
+                Ok(0) => return (got, false),
+                Ok(k) => got.extend_from_slice(&buf[..k]),
+                Err(_) => return (got, true),
+            }
+        }
+        (got, false)
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_meshed_pod_gets_mtls_expecting_its_id_and_a_downgrade_is_refused() {
+    let ca = Ca::new("example.org");
+    let (_api, server) = meshed_server(&ca).await;
+    let dst = server.addr("inbound");
+    let fake = FakeDiscovery::start().await;
+    fake.set(dst, meshed(SERVER));
+    let client = fake.client(settings());
+    let (listen, tap) = outbound(&ca, dst, client.clone()).await;
+    let mut lines = TapLines(tap.subscribe());
+
+    assert!(echo_through(listen).await);
+    let line = lines.next().await;
+    assert_eq!(field(&line, "tls"), "true", "{line}");
+    assert_eq!(field(&line, "peer"), SERVER, "{line}");
+    assert_eq!(field(&line, "dst"), dst.to_string(), "{line}");
+
+    // Discovery now expects another ID: the handshake refuses the server.
+    fake.wait_watches(1).await;
+    fake.set(dst, meshed(OTHER));
+    lookup_until(&client, dst, "the new ID", |a| {
+        *a == Ok(Answer::MeshedPod(id(OTHER)))
+    })
+    .await;
+    assert!(!echo_through(listen).await);
+    let line = lines.next().await;
+    assert_eq!(field(&line, "reason"), "unexpected_id", "{line}");
+
+    fake.set(dst, unmeshed());
+    lookup_until(&client, dst, "the downgrade", |a| a.is_err()).await;
+    assert!(!echo_through(listen).await);
+    let line = lines.next().await;
+    assert_eq!(field(&line, "reason"), "meshed_downgrade_refused", "{line}");
+}
+
+#[tokio::test]
+async fn a_service_spreads_over_ready_endpoints_with_each_ones_identity() {
+    let ca = Ca::new("example.org");
+    let (_api, server) = meshed_server(&ca).await;
+    let meshed_ep = server.addr("inbound");
+    let plain_ep = echo_app(None).await.addr;
+    // A closed port: its connect fails and it is skipped.
+    let dead = TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let svc = addr("127.0.0.1:9");
+    let fake = FakeDiscovery::start().await;
+    fake.set(
+        svc,
+        service(&[
+            (meshed_ep, Some(SERVER)),
+            (dead, Some(OTHER)),
+            (plain_ep, None),
+        ]),
+    );
+    let client = fake.client(settings());
+    let (listen, tap) = outbound(&ca, svc, client.clone()).await;
+    let mut lines = TapLines(tap.subscribe());
+
+    let mut seen = HashMap::new();
+    for _ in 0..6 {
+        assert!(echo_through(listen).await);
+        let line = lines.next().await;
+        let dst = field(&line, "dst").to_owned();
+        assert_ne!(dst, dead.to_string(), "{line}");
+        if dst == meshed_ep.to_string() {
+            assert_eq!(field(&line, "tls"), "true", "{line}");
+            assert_eq!(field(&line, "peer"), SERVER, "{line}");
+        } else {
+            assert_eq!(dst, plain_ep.to_string(), "{line}");
+            assert_eq!(field(&line, "tls"), "false", "{line}");
+            assert_eq!(field(&line, "reason"), "not_meshed", "{line}");
+        }
+        *seen.entry(dst).or_insert(0) += 1;
+    }
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert!(seen.values().all(|n| *n >= 2), "balanced: {seen:?}");
+
+    // Scaled down to the plain endpoint only: followed.
+    fake.wait_watches(1).await;
+    fake.set(svc, service(&[(plain_ep, None)]));
+    lookup_until(
+        &client,
+        svc,
+        "the scale-down",
+        |a| matches!(a, Ok(Answer::Service(e)) if e.len() == 1),
+    )
+    .await;
+    for _ in 0..2 {
+        assert!(echo_through(listen).await);
+        let line = lines.next().await;
+        assert_eq!(field(&line, "dst"), plain_ep.to_string(), "{line}");
+    }
+    // No ready endpoint: refused.
+    fake.set(svc, service(&[]));
+    lookup_until(
+        &client,
+        svc,
+        "no endpoints",
+        |a| matches!(a, Ok(Answer::Service(e)) if e.is_empty()),
+    )
+    .await;
+    assert!(!echo_through(listen).await);
+    let line = lines.next().await;
+    assert_eq!(field(&line, "reason"), "no_ready_endpoint", "{line}");
+}
+
+#[tokio::test]
+async fn unmeshed_unknown_and_undiscoverable_destinations_go_plaintext_with_their_reason() {
+    let ca = Ca::new("example.org");
+    let fake = FakeDiscovery::start().await;
+    let client = fake.client(settings());
+    for (kind, reason) in [
+        (Some(unmeshed()), "not_meshed"),
+        (Some(unknown()), "no_discovery"),
+        (None, "no_discovery"),
+    ] {
+        let app = echo_app(None).await;
+        if let Some(kind) = kind {
+            fake.set(app.addr, kind);
+        }
+        let (listen, tap) = outbound(&ca, app.addr, client.clone()).await;
+        let mut lines = TapLines(tap.subscribe());
+        assert!(echo_through(listen).await);
+        let line = lines.next().await;
+        assert_eq!(field(&line, "tls"), "false", "{line}");
+        assert_eq!(field(&line, "reason"), reason, "{line}");
+        assert_eq!(field(&line, "dst"), app.addr.to_string(), "{line}");
+    }
+}
