@@ -86,8 +86,13 @@ pub struct Cluster {
 }
 
 pub async fn cluster() -> Cluster {
+    cluster_with(FixtureOptions::default()).await
+}
+
+/// [`cluster`] with fixture options (e.g. a larger object limit for benchmarks).
+pub async fn cluster_with(options: FixtureOptions) -> Cluster {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let fixture = KubeFixture::start(FixtureOptions::default()).await.unwrap();
+    let fixture = KubeFixture::start(options).await.unwrap();
     fixture.apply_yaml(SERVER_RBAC).unwrap();
     let root = RootCa::generate(&td(), DAY * 30, SystemTime::now()).unwrap();
     let (_, jwt_pkcs8) = JwtSigner::generate().unwrap();
