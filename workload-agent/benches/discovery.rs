@@ -31,12 +31,11 @@ use std::time::{Duration, Instant};
 use discovery_support::*;
 use hyper_util::rt::TokioIo;
 use lanyard_agent::attest::{Attested, WorkloadAttestor};
-use lanyard_agent::config::AgentConfig;
+use lanyard_agent::config::RunArgs;
 use lanyard_agent::discovery::feed::{self, FeedTarget};
 use lanyard_agent::discovery::{CacheSettings, Destination, DiscoveryCache, DiscoveryService};
 use lanyard_agent::identities::{Entitlement, IdentityError, WorkloadIdentities};
 use lanyard_agent::metrics::AgentMetrics;
-use lanyard_agent::node_svid::AttestMethod;
 use lanyard_agent::run::{Agent, Readiness};
 use lanyard_agent::workload_api::{Limits, server_builder, socket};
 use lanyard_proto::discovery::v1 as wire;
@@ -364,17 +363,15 @@ async fn latencies(pods: usize) -> ((Duration, Duration), (Duration, Duration)) 
     let dir = c.dir.path();
     std::fs::write(dir.join("token"), c.agent_token()).unwrap();
     std::fs::write(dir.join("bundle.pem"), c.root_pem()).unwrap();
-    let config = AgentConfig {
-        server: server.addr.to_string(),
-        trust_bundle: dir.join("bundle.pem"),
-        trust_domain: None,
-        method: Some(AttestMethod::K8sPsat {
-            token_path: dir.join("token"),
-        }),
-        socket: dir.join("unused.sock"),
-        data_dir: None,
-        health: None,
-    };
+    let config = RunArgs {
+        server: Some(server.addr.to_string()),
+        trust_bundle: Some(dir.join("bundle.pem")),
+        k8s_token_path: Some(dir.join("token")),
+        socket: Some(dir.join("unused.sock")),
+        ..Default::default()
+    }
+    .resolve()
+    .unwrap();
     let agent = Agent::start(
         &config,
         AgentMetrics::unregistered(),

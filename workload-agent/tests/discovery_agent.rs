@@ -18,12 +18,11 @@ use hyper_util::rt::TokioIo;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use lanyard_agent::attest::{Attested, WorkloadAttestor};
-use lanyard_agent::config::AgentConfig;
+use lanyard_agent::config::RunArgs;
 use lanyard_agent::discovery::feed::{self, FeedTarget};
 use lanyard_agent::discovery::{self, CacheSettings, DiscoveryCache, DiscoveryService};
 use lanyard_agent::identities::{Entitlement, IdentityError, WorkloadIdentities};
 use lanyard_agent::metrics::AgentMetrics;
-use lanyard_agent::node_svid::AttestMethod;
 use lanyard_agent::run::{Agent, Readiness};
 use lanyard_agent::workload_api::{Limits, WorkloadApiMetrics, server_builder, socket};
 use lanyard_proto::discovery::v1 as wire;
@@ -121,15 +120,16 @@ async fn start_agent(c: &Cluster, server: &Server) -> Agent {
     std::fs::write(&token, c.agent_token()).unwrap();
     let bundle = dir.join("bundle.pem");
     std::fs::write(&bundle, c.root_pem()).unwrap();
-    let config = AgentConfig {
-        server: server.addr.to_string(),
-        trust_bundle: bundle,
-        trust_domain: None,
-        method: Some(AttestMethod::K8sPsat { token_path: token }),
-        socket: dir.join("unused.sock"),
-        data_dir: None,
-        health: None,
-    };
+    // Built from the flags' struct, so options added later keep their defaults here.
+    let config = RunArgs {
+        server: Some(server.addr.to_string()),
+        trust_bundle: Some(bundle),
+        k8s_token_path: Some(token),
+        socket: Some(dir.join("unused.sock")),
+        ..Default::default()
+    }
+    .resolve()
+    .unwrap();
     tokio::time::timeout(
         DEADLINE,
         Agent::start(
