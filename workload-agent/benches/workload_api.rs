@@ -266,6 +266,7 @@ fn agent_config(
         socket: dir.join(socket),
         data_dir: Some(dir.join("agent")),
         health: None,
+        node_name: None,
     }
 }
 

@@ -76,6 +76,11 @@ pub struct RunArgs {
     /// Address of the HTTP listener for /healthz, /readyz and /metrics.
     #[arg(long, env = "LANYARD_HEALTH")]
     pub health: Option<SocketAddr>,
+
+    /// The node this agent runs on (on Kubernetes, from the downward API's `spec.nodeName`).
+    /// When given, the agent refuses to serve if its node SVID names another node.
+    #[arg(long, env = "LANYARD_NODE_NAME")]
+    pub node_name: Option<String>,
 }
 
 impl std::fmt::Debug for RunArgs {
@@ -109,6 +114,8 @@ pub struct AgentConfig {
     pub socket: PathBuf,
     pub data_dir: Option<PathBuf>,
     pub health: Option<SocketAddr>,
+    /// The node the node SVID must name, if known.
+    pub node_name: Option<String>,
 }
 
 impl RunArgs {
@@ -134,7 +141,8 @@ impl RunArgs {
             k8s_token_path,
             socket,
             data_dir,
-            health
+            health,
+            node_name
         );
     }
 
@@ -179,6 +187,7 @@ impl RunArgs {
             socket: self.socket.unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET)),
             data_dir: self.data_dir,
             health: self.health,
+            node_name: self.node_name,
         })
     }
 }

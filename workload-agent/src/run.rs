@@ -47,6 +47,10 @@ pub enum RunError {
     },
     #[error("{0}")]
     WorkloadApi(#[from] workload_api::WorkloadApiError),
+    #[error(
+        "the server attested this agent as node {attested:?}, but --node-name says {expected:?}: the token or join token belongs to another node"
+    )]
+    WrongNode { expected: String, attested: String },
 }
 
 /// What `/readyz` checks: attested, and a bundle from the server is in.
@@ -128,6 +132,19 @@ impl Agent {
         ));
         tracing::info!(server = %client.address(), trust_domain = %trust_domain, "attesting to the server");
         node.start().await.map_err(RunError::Attest)?;
+        if let Some(expected) = &config.node_name {
+            let attested = node
+                .current()
+                .and_then(|svid| lanyard_svid::reserved::parse_agent_id(svid.spiffe_id()))
+                .map(|agent| agent.node)
+                .unwrap_or_default();
+            if &attested != expected {
+                return Err(RunError::WrongNode {
+                    expected: expected.clone(),
+                    attested,
+                });
+            }
+        }
         readiness.attested.store(true, Ordering::Relaxed);
         manager.set_attested(true);
         tasks.push(tokio::spawn(node.clone().run_renewals()));

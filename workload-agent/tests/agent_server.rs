@@ -120,6 +120,7 @@ fn agent_config(
         socket: data_dir.join("unused.sock"),
         data_dir: Some(data_dir.to_owned()),
         health: None,
+        node_name: None,
     }
 }
 

@@ -209,6 +209,8 @@ fn agent_daemonset(options: &InstallOptions) -> Value {
             "name": AGENT_NAME,
             "image": options.images.agent(),
             "args": agent_args(options),
+            // The agent checks that the server attested it as this very node.
+            "env": [{"name": "LANYARD_NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}}],
             "ports": [{"name": "health", "containerPort": HEALTH_PORT, "protocol": "TCP"}],
             "resources": {
                 "requests": {"cpu": "50m", "memory": "64Mi"},

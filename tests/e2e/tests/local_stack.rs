@@ -122,3 +122,39 @@ fn lanyard_check_passes_on_a_working_node_and_names_failures() {
     ]);
     assert!(!ok && out.contains("FAIL  socket"), "{out}");
 }
+
+#[test]
+fn an_agent_attested_as_another_node_refuses_to_serve() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), "");
+    let bundle = dir.path().join("bundle.pem");
+    server.write_bundle(&bundle);
+    let token = server.join_token("node-1");
+    let addr = server.addr.to_string();
+    let socket = dir.path().join("agent.sock");
+    let mut agent = Process::start(
+        &binary("lanyard-agent"),
+        &[
+            "run",
+            "--server",
+            &addr,
+            "--trust-bundle",
+            bundle.to_str().unwrap(),
+            "--join-token",
+            &token,
+            "--socket",
+            socket.to_str().unwrap(),
+            "--node-name",
+            "node-2",
+        ],
+        &[],
+    );
+    let status = agent.wait();
+    assert!(!status.success());
+    let stderr = agent.stderr_text();
+    assert!(
+        stderr.contains("attested this agent as node \"node-1\", but --node-name says \"node-2\""),
+        "{stderr}"
+    );
+    assert!(!socket.exists(), "nothing was served");
+}
