@@ -14,141 +14,14 @@
 use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, SystemTime};
 
-use base64::Engine;
-use k8s_openapi::ByteString;
-use k8s_openapi::api::core::v1::{ConfigMap, ContainerStatus, Pod, PodSpec, PodStatus, Secret};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::api::core::v1::Pod;
 use kube_fixture::{FixtureOptions, KubeFixture, TokenBinding};
 use lanyard_e2e::cgroup::{CgroupDirs, fresh_container_id, pids_root_or_skip};
 use lanyard_e2e::client::{RunAs, api, api_until};
+use lanyard_e2e::cluster::{SERVER_RBAC, bundle_configmap, ca_secret, pod};
 use lanyard_e2e::stack::{Agent, Attestation, Server, TRUST_DOMAIN};
 use lanyard_svid::TrustDomain;
 use lanyard_svid::ca::RootCa;
-use lanyard_svid::jwt::JwtSigner;
-
-/// The server's permissions: exactly what DESIGN §1 says it needs (as the server's own
-/// cluster-mode tests grant them).
-const SERVER_RBAC: &str = r#"
-apiVersion: rbac.authorization.k8s.io/v1
-kind: ClusterRole
-metadata: {name: lanyard-server}
-rules:
-- apiGroups: ["authentication.k8s.io"]
-  resources: ["tokenreviews"]
-  verbs: ["create"]
-- apiGroups: [""]
-  resources: ["pods"]
-  verbs: ["get", "list", "watch"]
----
-apiVersion: rbac.authorization.k8s.io/v1
-kind: ClusterRoleBinding
-metadata: {name: lanyard-server}
-roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: lanyard-server}
-subjects:
-- {kind: ServiceAccount, name: lanyard-server, namespace: lanyard}
----
-apiVersion: rbac.authorization.k8s.io/v1
-kind: Role
-metadata: {name: lanyard-server, namespace: lanyard}
-rules:
-- apiGroups: [""]
-  resources: ["secrets"]
-  resourceNames: ["lanyard-ca"]
-  verbs: ["get", "list", "watch"]
-- apiGroups: [""]
-  resources: ["configmaps"]
-  resourceNames: ["lanyard-bundle"]
-  verbs: ["get", "list", "watch"]
----
-apiVersion: rbac.authorization.k8s.io/v1
-kind: RoleBinding
-metadata: {name: lanyard-server, namespace: lanyard}
-roleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: lanyard-server}
-subjects:
-- {kind: ServiceAccount, name: lanyard-server, namespace: lanyard}
-"#;
-
-const DAY: Duration = Duration::from_secs(86_400);
-
-/// A running pod on `node`, its one container's ID as the kubelet reports it.
-fn pod(ns: &str, name: &str, sa: &str, node: &str, container_id: Option<&str>) -> Pod {
-    Pod {
-        metadata: ObjectMeta {
-            name: Some(name.into()),
-            namespace: Some(ns.into()),
-            labels: Some([("app".to_string(), name.to_string())].into()),
-            ..Default::default()
-        },
-        spec: Some(PodSpec {
-            node_name: Some(node.into()),
-            service_account_name: Some(sa.into()),
-            containers: vec![],
-            ..Default::default()
-        }),
-        status: Some(PodStatus {
-            phase: Some("Running".into()),
-            container_statuses: container_id.map(|id| {
-                vec![ContainerStatus {
-                    name: "app".into(),
-                    container_id: Some(format!("containerd://{id}")),
-                    ready: true,
-                    ..Default::default()
-                }]
-            }),
-            ..Default::default()
-        }),
-    }
-}
-
-fn pem(label: &str, der: &[u8]) -> String {
-    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
-    let lines: Vec<&str> = b64
-        .as_bytes()
-        .chunks(64)
-        .map(|c| std::str::from_utf8(c).unwrap())
-        .collect();
-    format!(
-        "-----BEGIN {label}-----\n{}\n-----END {label}-----\n",
-        lines.join("\n")
-    )
-}
-
-/// The issuing intermediate (and JWT key) in the `kubernetes.io/tls` Secret the server reads.
-fn ca_secret(root: &RootCa) -> Secret {
-    let issuer = root.issue_intermediate(DAY, SystemTime::now()).unwrap();
-    let (_, jwt_pkcs8) = JwtSigner::generate().unwrap();
-    let data = [
-        ("tls.crt", issuer.cert_chain_pem().into_bytes()),
-        ("tls.key", issuer.key_pem().as_bytes().to_vec()),
-        ("jwt.key", pem("PRIVATE KEY", &jwt_pkcs8).into_bytes()),
-    ];
-    Secret {
-        metadata: ObjectMeta {
-            name: Some("lanyard-ca".into()),
-            namespace: Some("lanyard".into()),
-            ..Default::default()
-        },
-        type_: Some("kubernetes.io/tls".into()),
-        data: Some(
-            data.into_iter()
-                .map(|(k, v)| (k.to_string(), ByteString(v)))
-                .collect(),
-        ),
-        ..Default::default()
-    }
-}
-
-fn bundle_configmap(root: &RootCa) -> ConfigMap {
-    ConfigMap {
-        metadata: ObjectMeta {
-            name: Some("lanyard-bundle".into()),
-            namespace: Some("lanyard".into()),
-            ..Default::default()
-        },
-        data: Some([("bundle.pem".to_string(), root.cert_pem())].into()),
-        ..Default::default()
-    }
-}
 
 fn blocking<T>(f: impl FnOnce() -> T) -> T {
     tokio::task::block_in_place(f)
@@ -171,13 +44,13 @@ async fn a_process_in_a_pod_cgroup_gets_its_pods_identity() {
     fixture.apply_yaml(SERVER_RBAC).unwrap();
     let root = RootCa::generate(
         &TrustDomain::new(TRUST_DOMAIN).unwrap(),
-        DAY * 30,
+        Duration::from_secs(30 * 86_400),
         SystemTime::now(),
     )
     .unwrap();
     let store = fixture.store();
     store.create(&ca_secret(&root)).unwrap();
-    store.create(&bundle_configmap(&root)).unwrap();
+    store.create(&bundle_configmap(&root.cert_pem())).unwrap();
     let agent_pod = store
         .create(&pod(
             "lanyard",
