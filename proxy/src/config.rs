@@ -7,7 +7,7 @@
 //! `id=` belong to the item before them.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
@@ -21,25 +21,14 @@ pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 /// The standard variable SPIFFE clients read the Workload API address from.
 pub const SPIFFE_ENDPOINT_SOCKET: &str = "SPIFFE_ENDPOINT_SOCKET";
-const MAX_CONFIG_FILE_BYTES: u64 = 1 << 20;
 /// Listeners per kind: far above any sidecar's needs.
 const MAX_LISTENERS: usize = 256;
 
 /// Why a configuration is refused.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("reading config file {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("config file {0} is larger than 1 MiB")]
-    TooLarge(PathBuf),
-    #[error("parsing config file {path}: {source}")]
-    Parse {
-        path: PathBuf,
-        source: toml::de::Error,
-    },
+    #[error(transparent)]
+    File(#[from] lanyard_daemon::config_file::ConfigFileError),
     #[error("--{0} is required (flag, LANYARD_{env} or `{key}` in --config)", env = .0.to_uppercase().replace('-', "_"), key = .0.replace('-', "_"))]
     Missing(&'static str),
     #[error("--{flag}: {message}")]
@@ -178,7 +167,7 @@ impl RunArgs {
         spiffe_endpoint_socket: Option<String>,
     ) -> Result<ProxyConfig, ConfigError> {
         if let Some(path) = self.config.clone() {
-            let file = read_config_file(&path)?;
+            let file: RunArgs = lanyard_daemon::config_file::read(&path)?;
             self.fill_from(file);
         }
         if self.workload_socket.is_none() {
@@ -301,22 +290,6 @@ impl RunArgs {
             max_connections,
         })
     }
-}
-
-fn read_config_file(path: &Path) -> Result<RunArgs, ConfigError> {
-    let read_err = |source| ConfigError::Read {
-        path: path.to_owned(),
-        source,
-    };
-    let len = std::fs::metadata(path).map_err(read_err)?.len();
-    if len > MAX_CONFIG_FILE_BYTES {
-        return Err(ConfigError::TooLarge(path.to_owned()));
-    }
-    let text = std::fs::read_to_string(path).map_err(read_err)?;
-    toml::from_str(&text).map_err(|source| ConfigError::Parse {
-        path: path.to_owned(),
-        source,
-    })
 }
 
 /// Splits comma-separated list items; with `join_id`, an `id=` item joins the one before.
