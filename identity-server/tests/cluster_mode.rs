@@ -1,65 +1,22 @@
 //! lanyard-server in cluster mode against the wire-compatible Kubernetes API fixture, through
 //! the real `kube` client and only the RBAC the server is granted: k8s_psat attestation and its
 //! refusals, pod minting, the pod feed, replicas sharing one Secret, live CA/bundle reloads, and
-//! a missing Secret.
+//! a missing Secret. The server runs with the RBAC `lanyard install` renders.
 
 mod common;
 
 use std::time::Duration;
 
 use common::*;
-use k8s_openapi::ByteString;
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, PodSpec, PodStatus, Secret};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
 use kube_fixture::{FixtureOptions, KubeFixture, TokenBinding};
+use lanyard_e2e::cluster::{self, ca_secret};
 use lanyard_proto::identity::v1 as wire;
 use lanyard_proto::identity::v1::attest_node_request::Method;
 use lanyard_server::config::RunArgs;
 use lanyard_svid::ca::RootCa;
-use lanyard_svid::jwt::JwtSigner;
 use lanyard_svid::{BundleSet, TrustBundle};
 use tonic::Code;
-
-/// The server's permissions: exactly what DESIGN §1 says it needs.
-const SERVER_RBAC: &str = r#"
-apiVersion: rbac.authorization.k8s.io/v1
-kind: ClusterRole
-metadata: {name: lanyard-server}
-rules:
-- apiGroups: ["authentication.k8s.io"]
-  resources: ["tokenreviews"]
-  verbs: ["create"]
-- apiGroups: [""]
-  resources: ["pods"]
-  verbs: ["get", "list", "watch"]
----
-apiVersion: rbac.authorization.k8s.io/v1
-kind: ClusterRoleBinding
-metadata: {name: lanyard-server}
-roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: lanyard-server}
-subjects:
-- {kind: ServiceAccount, name: lanyard-server, namespace: lanyard}
----
-apiVersion: rbac.authorization.k8s.io/v1
-kind: Role
-metadata: {name: lanyard-server, namespace: lanyard}
-rules:
-- apiGroups: [""]
-  resources: ["secrets"]
-  resourceNames: ["lanyard-ca"]
-  verbs: ["get", "list", "watch"]
-- apiGroups: [""]
-  resources: ["configmaps"]
-  resourceNames: ["lanyard-bundle"]
-  verbs: ["get", "list", "watch"]
----
-apiVersion: rbac.authorization.k8s.io/v1
-kind: RoleBinding
-metadata: {name: lanyard-server, namespace: lanyard}
-roleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: lanyard-server}
-subjects:
-- {kind: ServiceAccount, name: lanyard-server, namespace: lanyard}
-"#;
 
 const DAY: Duration = Duration::from_secs(86_400);
 
@@ -71,91 +28,20 @@ struct Cluster {
 }
 
 fn pod(ns: &str, name: &str, sa: &str, node: &str) -> Pod {
-    Pod {
-        metadata: ObjectMeta {
-            name: Some(name.into()),
-            namespace: Some(ns.into()),
-            labels: Some([("app".to_string(), name.to_string())].into()),
-            ..Default::default()
-        },
-        spec: Some(PodSpec {
-            node_name: Some(node.into()),
-            service_account_name: Some(sa.into()),
-            containers: vec![],
-            ..Default::default()
-        }),
-        status: Some(PodStatus {
-            phase: Some("Running".into()),
-            ..Default::default()
-        }),
-    }
-}
-
-fn ca_secret(root: &RootCa, jwt_pkcs8: &[u8]) -> Secret {
-    let issuer = root
-        .issue_intermediate(DAY, std::time::SystemTime::now())
-        .unwrap();
-    let jwt_pem = pem_private_key(jwt_pkcs8);
-    Secret {
-        metadata: ObjectMeta {
-            name: Some("lanyard-ca".into()),
-            namespace: Some("lanyard".into()),
-            ..Default::default()
-        },
-        type_: Some("kubernetes.io/tls".into()),
-        data: Some(
-            [
-                (
-                    "tls.crt".to_string(),
-                    ByteString(issuer.cert_chain_pem().into_bytes()),
-                ),
-                (
-                    "tls.key".to_string(),
-                    ByteString(issuer.key_pem().as_bytes().to_vec()),
-                ),
-                ("jwt.key".to_string(), ByteString(jwt_pem.into_bytes())),
-            ]
-            .into(),
-        ),
-        ..Default::default()
-    }
-}
-
-fn pem_private_key(pkcs8: &[u8]) -> String {
-    use base64::Engine;
-    let b64 = base64::engine::general_purpose::STANDARD.encode(pkcs8);
-    let lines: Vec<&str> = b64
-        .as_bytes()
-        .chunks(64)
-        .map(|c| std::str::from_utf8(c).unwrap())
-        .collect();
-    format!(
-        "-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----\n",
-        lines.join("\n")
-    )
+    cluster::pod(ns, name, sa, node, None)
 }
 
 fn bundle_configmap(roots: &[&RootCa]) -> ConfigMap {
-    let pem: String = roots.iter().map(|r| r.cert_pem()).collect();
-    ConfigMap {
-        metadata: ObjectMeta {
-            name: Some("lanyard-bundle".into()),
-            namespace: Some("lanyard".into()),
-            ..Default::default()
-        },
-        data: Some([("bundle.pem".to_string(), pem)].into()),
-        ..Default::default()
-    }
+    cluster::bundle_configmap(&roots.iter().map(|r| r.cert_pem()).collect::<String>())
 }
 
 async fn cluster(options: FixtureOptions) -> Cluster {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let fixture = KubeFixture::start(options).await.unwrap();
-    fixture.apply_yaml(SERVER_RBAC).unwrap();
+    fixture.apply_yaml(&cluster::server_rbac()).unwrap();
     let root = RootCa::generate(&td(), DAY * 30, std::time::SystemTime::now()).unwrap();
-    let (_, jwt_pkcs8) = JwtSigner::generate().unwrap();
     let store = fixture.store();
-    store.create(&ca_secret(&root, &jwt_pkcs8)).unwrap();
+    store.create(&ca_secret(&root)).unwrap();
     store.create(&bundle_configmap(&[&root])).unwrap();
     let agent = store
         .create(&pod(
@@ -583,8 +469,7 @@ async fn replicas_share_the_intermediate_and_reload_live() {
     assert!(second.sequence > first.sequence);
 
     // Then a new intermediate under the new root: new SVIDs are signed by it.
-    let (_, jwt) = JwtSigner::generate().unwrap();
-    let mut secret = ca_secret(&new_root, &jwt);
+    let mut secret = ca_secret(&new_root);
     secret.metadata.resource_version = None;
     c.fixture.store().replace(&secret).unwrap();
     let new_intermediate = secret.data.unwrap()["tls.crt"].0.clone();

@@ -11,46 +11,13 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use lanyard_svid::ca::RootCa;
 use lanyard_svid::jwt::JwtSigner;
 
-/// The server's permissions: exactly what DESIGN §1 says it needs.
-pub const SERVER_RBAC: &str = r#"
-apiVersion: rbac.authorization.k8s.io/v1
-kind: ClusterRole
-metadata: {name: lanyard-server}
-rules:
-- apiGroups: ["authentication.k8s.io"]
-  resources: ["tokenreviews"]
-  verbs: ["create"]
-- apiGroups: [""]
-  resources: ["pods"]
-  verbs: ["get", "list", "watch"]
----
-apiVersion: rbac.authorization.k8s.io/v1
-kind: ClusterRoleBinding
-metadata: {name: lanyard-server}
-roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: lanyard-server}
-subjects:
-- {kind: ServiceAccount, name: lanyard-server, namespace: lanyard}
----
-apiVersion: rbac.authorization.k8s.io/v1
-kind: Role
-metadata: {name: lanyard-server, namespace: lanyard}
-rules:
-- apiGroups: [""]
-  resources: ["secrets"]
-  resourceNames: ["lanyard-ca"]
-  verbs: ["get", "list", "watch"]
-- apiGroups: [""]
-  resources: ["configmaps"]
-  resourceNames: ["lanyard-bundle"]
-  verbs: ["get", "list", "watch"]
----
-apiVersion: rbac.authorization.k8s.io/v1
-kind: RoleBinding
-metadata: {name: lanyard-server, namespace: lanyard}
-roleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: lanyard-server}
-subjects:
-- {kind: ServiceAccount, name: lanyard-server, namespace: lanyard}
-"#;
+/// The server's permissions, exactly as `lanyard install` renders them (ClusterRole for
+/// TokenReviews, pods, Services and EndpointSlices; a Role for its own Secret and ConfigMap by
+/// name), so every cluster-mode test runs the server with the RBAC users deploy.
+pub fn server_rbac() -> String {
+    let options = lanyard_cli::install::InstallOptions::defaults();
+    lanyard_cli::yaml::write_stream(&lanyard_cli::install::rbac::server_rbac(&options))
+}
 
 const DAY: Duration = Duration::from_secs(86_400);
 

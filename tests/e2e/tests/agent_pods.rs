@@ -18,7 +18,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube_fixture::{FixtureOptions, KubeFixture, TokenBinding};
 use lanyard_e2e::cgroup::{CgroupDirs, fresh_container_id, pids_root_or_skip};
 use lanyard_e2e::client::{RunAs, api, api_until};
-use lanyard_e2e::cluster::{SERVER_RBAC, bundle_configmap, ca_secret, pod};
+use lanyard_e2e::cluster::{bundle_configmap, ca_secret, pod, server_rbac};
 use lanyard_e2e::stack::{Agent, Attestation, Server, TRUST_DOMAIN};
 use lanyard_svid::TrustDomain;
 use lanyard_svid::ca::RootCa;
@@ -41,7 +41,7 @@ async fn a_process_in_a_pod_cgroup_gets_its_pods_identity() {
 
     // The cluster: RBAC, CA material, the agent's pod and two workload pods.
     let fixture = KubeFixture::start(FixtureOptions::default()).await.unwrap();
-    fixture.apply_yaml(SERVER_RBAC).unwrap();
+    fixture.apply_yaml(&server_rbac()).unwrap();
     let root = RootCa::generate(
         &TrustDomain::new(TRUST_DOMAIN).unwrap(),
         Duration::from_secs(30 * 86_400),

@@ -22,7 +22,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube_fixture::{FixtureOptions, KubeFixture, TokenBinding};
 use lanyard_e2e::DEADLINE;
 use lanyard_e2e::cgroup::{CgroupDirs, fresh_container_id, pids_root_or_skip};
-use lanyard_e2e::cluster::{SERVER_RBAC, bundle_configmap, ca_secret, pod};
+use lanyard_e2e::cluster::{bundle_configmap, ca_secret, pod, server_rbac};
 use lanyard_e2e::echo::EchoApp;
 use lanyard_e2e::probe::{Identity, server_leaf};
 use lanyard_e2e::proxy::{Launch, Proxy, assert_refused, field, read_to_end_or_error};
@@ -61,7 +61,7 @@ async fn a_root_added_to_the_bundle_is_trusted_without_restart() {
 
     let fixture = KubeFixture::start(FixtureOptions::default()).await.unwrap();
     tokio::task::block_in_place(|| {
-        fixture.apply_yaml(SERVER_RBAC).unwrap();
+        fixture.apply_yaml(&server_rbac()).unwrap();
         let td = TrustDomain::new(TRUST_DOMAIN).unwrap();
         let root = RootCa::generate(&td, DAY * 30, SystemTime::now()).unwrap();
         let store = fixture.store();
