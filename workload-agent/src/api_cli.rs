@@ -6,12 +6,18 @@
 //! - `api fetch jwt --audience A [--spiffe-id ID]`: prints the default (or chosen) JWT-SVID.
 //! - `api fetch bundles [--pem]`: each trust domain with its X.509 and JWT authority counts.
 //! - `api validate jwt --audience A TOKEN`: prints the subject and the claims (JSON).
+//! - `api resolve IP:PORT`: what discovery (`lanyard.discovery.v1.Discovery/Resolve`, on the
+//!   same socket) says is behind a destination, as the caller's proxy would see it: one line
+//!   starting `meshed_pod`, `unmeshed_pod`, `unknown` or `service`, then for a Service one
+//!   `endpoint IP:PORT meshed ID` or `endpoint IP:PORT not_meshed` line per ready endpoint.
 //!
 //! The socket: `--socket`, else `LANYARD_SOCKET`, else `SPIFFE_ENDPOINT_SOCKET`, else
 //! [`DEFAULT_SOCKET`]; a plain path or a `unix:` URI (`unix:///abs/path`, `unix:/abs/path`).
 //! It speaks gRPC over the Unix socket exactly as any SPIFFE client does, header included.
+//! Discovery, like the proxy, answers only callers that hold an identity.
 
 use std::io::Write as _;
+use std::net::SocketAddr;
 use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
@@ -20,6 +26,7 @@ use anyhow::{Context as _, bail};
 use base64::Engine as _;
 use hyper_util::rt::TokioIo;
 use lanyard_proto::WORKLOAD_API_HEADER;
+use lanyard_proto::discovery::v1 as discovery;
 use lanyard_proto::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient;
 use lanyard_proto::workload::{
     JwtBundlesRequest, JwtsvidRequest, ValidateJwtsvidRequest, X509BundlesRequest, X509svidRequest,
@@ -58,6 +65,13 @@ pub enum ApiCommand {
     Validate {
         #[command(subcommand)]
         what: ValidateCommand,
+        #[command(flatten)]
+        connection: Connection,
+    },
+    /// Ask discovery what is behind a destination (a pod IP or a Service's ClusterIP).
+    Resolve {
+        /// The destination as a connection sees it, e.g. 10.96.0.10:80.
+        destination: SocketAddr,
         #[command(flatten)]
         connection: Connection,
     },
@@ -135,6 +149,10 @@ pub async fn run_to(cmd: ApiCommand, out: &mut (impl std::io::Write + Send)) -> 
             let (mut client, timeout) = client(&connection).await?;
             validate_jwt(&mut client, timeout, audience, token, out).await
         }
+        ApiCommand::Resolve {
+            destination,
+            connection,
+        } => resolve(&connection, destination, out).await,
     }
 }
 
@@ -197,12 +215,16 @@ pub fn request<T>(message: T, timeout: Duration) -> tonic::Request<T> {
 async fn client(
     connection: &Connection,
 ) -> anyhow::Result<(SpiffeWorkloadApiClient<Channel>, Duration)> {
+    let channel = channel(connection).await?;
+    Ok((SpiffeWorkloadApiClient::new(channel), connection.timeout))
+}
+
+async fn channel(connection: &Connection) -> anyhow::Result<Channel> {
     let path = socket_path(connection.socket.as_deref())?;
-    let channel = tokio::time::timeout(connection.timeout, connect(&path))
+    tokio::time::timeout(connection.timeout, connect(&path))
         .await
         .map_err(|_| anyhow::anyhow!("connecting to {}: timed out", path.display()))?
-        .with_context(|| format!("connecting to {}", path.display()))?;
-    Ok((SpiffeWorkloadApiClient::new(channel), connection.timeout))
+        .with_context(|| format!("connecting to {}", path.display()))
 }
 
 /// Turns a gRPC error into a readable one.
@@ -412,6 +434,72 @@ async fn validate_jwt(
     Ok(())
 }
 
+async fn resolve(
+    connection: &Connection,
+    destination: SocketAddr,
+    out: &mut (impl std::io::Write + Send),
+) -> anyhow::Result<()> {
+    let mut client = discovery::discovery_client::DiscoveryClient::new(channel(connection).await?);
+    let mut request = tonic::Request::new(discovery::ResolveRequest {
+        destination: Some(discovery::Destination {
+            address: destination.ip().to_string(),
+            port: u32::from(destination.port()),
+        }),
+    });
+    request.set_timeout(connection.timeout);
+    let response = client
+        .resolve(request)
+        .await
+        .map_err(|e| status("Resolve", e))?
+        .into_inner();
+    let resolution = response
+        .resolution
+        .context("Resolve: the answer holds no resolution")?;
+    write_resolution(&resolution, out)
+}
+
+/// One line per fact, each starting with a keyword a script can match on.
+fn write_resolution(
+    resolution: &discovery::Resolution,
+    out: &mut impl std::io::Write,
+) -> anyhow::Result<()> {
+    use discovery::resolution::Kind;
+    match &resolution.kind {
+        None => bail!("Resolve: the answer says nothing about the destination"),
+        Some(Kind::MeshedPod(pod)) => writeln!(
+            out,
+            "meshed_pod {}/{} {}",
+            pod.namespace, pod.name, pod.spiffe_id
+        )?,
+        Some(Kind::UnmeshedPod(pod)) => {
+            writeln!(out, "unmeshed_pod {}/{}", pod.namespace, pod.name)?
+        }
+        Some(Kind::Unknown(_)) => writeln!(out, "unknown")?,
+        Some(Kind::Service(service)) => {
+            let truncated = if service.truncated { " truncated" } else { "" };
+            writeln!(
+                out,
+                "service {}/{} ready_endpoints={}{truncated}",
+                service.namespace,
+                service.name,
+                service.endpoints.len()
+            )?;
+            for e in &service.endpoints {
+                let addr = match e.address.parse::<std::net::IpAddr>() {
+                    Ok(ip) => SocketAddr::new(ip, u16::try_from(e.port).unwrap_or(0)).to_string(),
+                    Err(_) => format!("{}:{}", e.address, e.port),
+                };
+                if e.meshed {
+                    writeln!(out, "endpoint {addr} meshed {}", e.spiffe_id)?;
+                } else {
+                    writeln!(out, "endpoint {addr} not_meshed")?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 /// A protobuf `Struct` back to JSON, for printing.
 pub fn struct_to_json(s: &prost_types::Struct) -> serde_json::Value {
     serde_json::Value::Object(
@@ -457,6 +545,55 @@ mod tests {
         assert!(parse_socket("unix://host/a").is_err());
         assert!(parse_socket("tcp://127.0.0.1:1").is_err());
         assert!(parse_socket("unix:").is_err());
+    }
+
+    #[test]
+    fn resolutions_print_one_keyword_line_per_fact() {
+        use discovery::resolution::Kind;
+        let print = |kind: Option<Kind>| {
+            let mut out = Vec::new();
+            write_resolution(&discovery::Resolution { kind }, &mut out)
+                .map(|()| String::from_utf8(out).unwrap())
+        };
+        let meshed = Kind::MeshedPod(discovery::MeshedPod {
+            spiffe_id: "spiffe://td/ns/default/sa/web".into(),
+            namespace: "default".into(),
+            name: "web-1".into(),
+        });
+        assert_eq!(
+            print(Some(meshed)).unwrap(),
+            "meshed_pod default/web-1 spiffe://td/ns/default/sa/web\n"
+        );
+        let service = Kind::Service(discovery::Service {
+            namespace: "default".into(),
+            name: "web".into(),
+            endpoints: vec![
+                discovery::Endpoint {
+                    address: "10.0.0.1".into(),
+                    port: 8080,
+                    meshed: true,
+                    spiffe_id: "spiffe://td/web".into(),
+                },
+                discovery::Endpoint {
+                    address: "fd00::2".into(),
+                    port: 8080,
+                    meshed: false,
+                    spiffe_id: String::new(),
+                },
+            ],
+            truncated: true,
+        });
+        assert_eq!(
+            print(Some(service)).unwrap(),
+            "service default/web ready_endpoints=2 truncated\n\
+             endpoint 10.0.0.1:8080 meshed spiffe://td/web\n\
+             endpoint [fd00::2]:8080 not_meshed\n"
+        );
+        assert_eq!(
+            print(Some(Kind::Unknown(discovery::Unknown {}))).unwrap(),
+            "unknown\n"
+        );
+        assert!(print(None).is_err());
     }
 
     #[test]
