@@ -4,8 +4,11 @@
 //! Module map:
 //! - [`config_file`]: reading the `--config` TOML file (bounded, unknown keys refused by the
 //!   caller's serde type), the bottom layer under flags and `LANYARD_*` variables.
+//! - [`config_merge`]: filling options from that file under flags and variables, and the
+//!   refusals every daemon shares (a missing option, a bad value named with its source).
 //! - [`private_file`]: files holding secrets, written atomically with mode 0600, in
 //!   directories only we can enter.
 
 pub mod config_file;
+pub mod config_merge;
 pub mod private_file;

@@ -6,6 +6,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::Args;
+use lanyard_daemon::config_file;
+use lanyard_daemon::config_merge::{OptionError, Origin, Provenance, invalid};
 use lanyard_svid::TrustDomain;
 use serde::Deserialize;
 use zeroize::Zeroizing;
@@ -15,23 +17,8 @@ use crate::node_svid::AttestMethod;
 /// Where the Workload API socket goes unless told otherwise.
 pub const DEFAULT_SOCKET: &str = "/run/lanyard/sockets/agent.sock";
 
-/// Why a configuration is refused.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error(transparent)]
-    File(#[from] lanyard_daemon::config_file::ConfigFileError),
-    #[error("--{0} is required (flag, LANYARD_{env} or `{key}` in --config)", env = .0.to_uppercase().replace('-', "_"), key = .0.replace('-', "_"))]
-    Missing(&'static str),
-    #[error("--{flag}: {message}")]
-    Invalid { flag: &'static str, message: String },
-}
-
-fn invalid(flag: &'static str, message: impl ToString) -> ConfigError {
-    ConfigError::Invalid {
-        flag,
-        message: message.to_string(),
-    }
-}
+/// Why a configuration is refused: the agent has no reasons beyond those all daemons share.
+pub type ConfigError = OptionError;
 
 /// The raw `run` options, all optional so the three sources can be merged; see
 /// [`RunArgs::resolve`]. `Debug` never shows the join token.
@@ -98,6 +85,7 @@ impl std::fmt::Debug for RunArgs {
             .field("socket", &self.socket)
             .field("data_dir", &self.data_dir)
             .field("health", &self.health)
+            .field("node_name", &self.node_name)
             .finish()
     }
 }
@@ -121,29 +109,14 @@ pub struct AgentConfig {
 impl RunArgs {
     /// Merges the `--config` file under the flags and environment, then validates.
     pub fn resolve(mut self) -> Result<AgentConfig, ConfigError> {
+        let mut provenance = Provenance::default();
         if let Some(path) = self.config.clone() {
-            let file: RunArgs = lanyard_daemon::config_file::read(&path)?;
-            self.fill_from(file);
+            let file: RunArgs = config_file::read(&path)?;
+            lanyard_daemon::fill_unset!(provenance, Origin::File(path), self, file;
+                server, trust_bundle, trust_domain, join_token, k8s_token_path, socket, data_dir,
+                health, node_name);
         }
-        self.validate()
-    }
-
-    /// Fills every option not given by flag or environment from the file.
-    fn fill_from(&mut self, file: RunArgs) {
-        macro_rules! fill {
-            ($($field:ident),*) => { $( if self.$field.is_none() { self.$field = file.$field; } )* };
-        }
-        fill!(
-            server,
-            trust_bundle,
-            trust_domain,
-            join_token,
-            k8s_token_path,
-            socket,
-            data_dir,
-            health,
-            node_name
-        );
+        self.validate().map_err(|e| provenance.name_origin(e))
     }
 
     fn validate(self) -> Result<AgentConfig, ConfigError> {
@@ -264,12 +237,12 @@ mod tests {
             ..args()
         };
         assert!(both.resolve().unwrap_err().to_string().contains("not both"));
-        let bad_td = RunArgs {
+        let bad_td = || RunArgs {
             trust_domain: Some("Not A Domain".into()),
             ..args()
         };
         assert!(
-            bad_td
+            bad_td()
                 .resolve()
                 .unwrap_err()
                 .to_string()
@@ -279,10 +252,27 @@ mod tests {
         let path = dir.path().join("agent.toml");
         std::fs::write(&path, "sever = \"x\"\n").unwrap();
         let typo = RunArgs {
-            config: Some(path),
+            config: Some(path.clone()),
             ..args()
         };
         assert!(typo.resolve().unwrap_err().to_string().contains("sever"));
+        // A bad value from the file names the file, one from a flag or variable says so.
+        std::fs::write(&path, "trust_domain = \"Not A Domain\"\n").unwrap();
+        let from_file = RunArgs {
+            config: Some(path.clone()),
+            ..args()
+        };
+        let err = from_file.resolve().unwrap_err().to_string();
+        assert!(
+            err.starts_with("--trust-domain: ")
+                && err.ends_with(&format!("(from `trust_domain` in {})", path.display())),
+            "{err}"
+        );
+        let err = bad_td().resolve().unwrap_err().to_string();
+        assert!(
+            err.ends_with("(from the flag or LANYARD_TRUST_DOMAIN)"),
+            "{err}"
+        );
     }
 
     #[test]
