@@ -7,6 +7,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
+use lanyard_daemon::config_file;
+use lanyard_daemon::config_merge::{OptionError, Origin, Provenance, invalid};
 use lanyard_svid::TrustDomain;
 use serde::Deserialize;
 
@@ -25,20 +27,9 @@ pub const DEFAULT_POD_ID_TEMPLATE: &str = "/ns/{namespace}/sa/{service_account}"
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error(transparent)]
-    File(#[from] lanyard_daemon::config_file::ConfigFileError),
-    #[error("--{0} is required (flag, LANYARD_{env} or `{key}` in --config)", env = .0.to_uppercase().replace('-', "_"), key = .0.replace('-', "_"))]
-    Missing(&'static str),
-    #[error("--{flag}: {message}")]
-    Invalid { flag: &'static str, message: String },
+    Option(#[from] OptionError),
     #[error("static entry {index}: {message}")]
     Entry { index: usize, message: String },
-}
-
-fn invalid(flag: &'static str, message: impl ToString) -> ConfigError {
-    ConfigError::Invalid {
-        flag,
-        message: message.to_string(),
-    }
 }
 
 /// The raw `run` options. Every field is optional here so the three sources can be merged;
@@ -165,48 +156,31 @@ pub struct ServerConfig {
 impl RunArgs {
     /// Merges the `--config` file under the flags and environment, then validates.
     pub fn resolve(mut self) -> Result<ServerConfig, ConfigError> {
+        let mut provenance = Provenance::default();
         if let Some(path) = self.config.clone() {
-            let file: RunArgs = lanyard_daemon::config_file::read(&path)?;
-            self.fill_from(file);
+            let file: RunArgs = config_file::read(&path).map_err(OptionError::from)?;
+            lanyard_daemon::fill_unset!(provenance, Origin::File(path), self, file;
+                trust_domain, listen, data_dir, kube, ca_secret, bundle_configmap, agent_sa,
+                k8s_audience, x509_ttl, jwt_ttl, node_ttl, pod_id_template, health,
+                mint_rate_limit);
+            // Entries exist only in the file.
+            self.entries = file.entries;
         }
-        self.validate()
-    }
-
-    /// Fills every option not given by flag or environment from the file.
-    fn fill_from(&mut self, file: RunArgs) {
-        macro_rules! fill {
-            ($($field:ident),*) => { $( if self.$field.is_none() { self.$field = file.$field; } )* };
-        }
-        fill!(
-            trust_domain,
-            listen,
-            data_dir,
-            ca_secret,
-            bundle_configmap,
-            k8s_audience,
-            x509_ttl,
-            jwt_ttl,
-            node_ttl,
-            pod_id_template,
-            health,
-            mint_rate_limit
-        );
-        self.kube |= file.kube;
-        if self.agent_sa.is_empty() {
-            self.agent_sa = file.agent_sa;
-        }
-        self.entries = file.entries;
+        self.validate().map_err(|e| match e {
+            ConfigError::Option(e) => provenance.name_origin(e).into(),
+            other => other,
+        })
     }
 
     fn validate(self) -> Result<ServerConfig, ConfigError> {
         let trust_domain = TrustDomain::new(
             self.trust_domain
                 .as_deref()
-                .ok_or(ConfigError::Missing("trust-domain"))?,
+                .ok_or(OptionError::Missing("trust-domain"))?,
         )
         .map_err(|e| invalid("trust-domain", e))?;
-        let listen = self.listen.ok_or(ConfigError::Missing("listen"))?;
-        let data_dir = self.data_dir.ok_or(ConfigError::Missing("data-dir"))?;
+        let listen = self.listen.ok_or(OptionError::Missing("listen"))?;
+        let data_dir = self.data_dir.ok_or(OptionError::Missing("data-dir"))?;
 
         let mode = if self.kube {
             let agent_service_accounts = self
@@ -215,19 +189,19 @@ impl RunArgs {
                 .map(|s| parse_namespaced(s, ':', "agent-sa"))
                 .collect::<Result<Vec<_>, _>>()?;
             if agent_service_accounts.is_empty() {
-                return Err(ConfigError::Missing("agent-sa"));
+                return Err(OptionError::Missing("agent-sa").into());
             }
             Mode::Cluster(ClusterConfig {
                 ca_secret: parse_object_ref(
                     self.ca_secret
                         .as_deref()
-                        .ok_or(ConfigError::Missing("ca-secret"))?,
+                        .ok_or(OptionError::Missing("ca-secret"))?,
                     "ca-secret",
                 )?,
                 bundle_configmap: parse_object_ref(
                     self.bundle_configmap
                         .as_deref()
-                        .ok_or(ConfigError::Missing("bundle-configmap"))?,
+                        .ok_or(OptionError::Missing("bundle-configmap"))?,
                     "bundle-configmap",
                 )?,
                 agent_service_accounts,
@@ -242,7 +216,7 @@ impl RunArgs {
                 ("agent-sa", !self.agent_sa.is_empty()),
             ] {
                 if given {
-                    return Err(invalid(flag, "only meaningful with --kube"));
+                    return Err(invalid(flag, "only meaningful with --kube").into());
                 }
             }
             Mode::DataDir
@@ -279,7 +253,7 @@ impl RunArgs {
             mint_rate_limit: match self.mint_rate_limit {
                 None => DEFAULT_MINT_RATE_LIMIT,
                 Some(r) if r.is_finite() && r >= 1.0 => r,
-                Some(_) => return Err(invalid("mint-rate-limit", "must be at least 1")),
+                Some(_) => return Err(invalid("mint-rate-limit", "must be at least 1").into()),
             },
             entries,
         })
@@ -301,7 +275,7 @@ fn parse_ttl(
     default: Duration,
 ) -> Result<Duration, ConfigError> {
     text.map_or(Ok(default), |t| {
-        parse_duration(t).map_err(|e| invalid(flag, e))
+        parse_duration(t).map_err(|e| invalid(flag, e).into())
     })
 }
 
@@ -319,10 +293,7 @@ fn parse_namespaced(
         Some((ns, name)) if is_dns_label(ns) && is_dns_subdomain(name) => {
             Ok((ns.to_owned(), name.to_owned()))
         }
-        _ => Err(invalid(
-            flag,
-            format!("{text:?} is not NAMESPACE{separator}NAME"),
-        )),
+        _ => Err(invalid(flag, format!("{text:?} is not NAMESPACE{separator}NAME")).into()),
     }
 }
 
@@ -414,7 +385,10 @@ mod tests {
         }
         .resolve()
         .unwrap_err();
-        assert!(matches!(err, ConfigError::Missing("agent-sa")), "{err}");
+        assert!(
+            matches!(err, ConfigError::Option(OptionError::Missing("agent-sa"))),
+            "{err}"
+        );
         let c = RunArgs {
             kube: true,
             agent_sa: vec!["lanyard:lanyard-agent".into()],
@@ -470,5 +444,37 @@ mod tests {
             ..args()
         };
         assert!(stray.resolve().unwrap_err().to_string().contains("--kube"));
+    }
+
+    #[test]
+    fn a_bad_value_names_where_it_came_from() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "x509_ttl = \"0s\"\n").unwrap();
+        let err = RunArgs {
+            config: Some(path.clone()),
+            ..args()
+        }
+        .resolve()
+        .unwrap_err()
+        .to_string();
+        let from_file = format!("(from `x509_ttl` in {})", path.display());
+        assert!(
+            err.starts_with("--x509-ttl: ") && err.ends_with(&from_file),
+            "{err}"
+        );
+        // The same value given by flag (or LANYARD_X509_TTL) beats the file and is named so.
+        let err = RunArgs {
+            config: Some(path),
+            x509_ttl: Some("0s".into()),
+            ..args()
+        }
+        .resolve()
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.ends_with("(from the flag or LANYARD_X509_TTL)"),
+            "{err}"
+        );
     }
 }
