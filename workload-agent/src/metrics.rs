@@ -24,6 +24,41 @@ pub struct AgentMetrics {
     pub node_svids: Counter,
     /// Unix seconds at which the node SVID in use expires.
     pub node_svid_expiry: Gauge,
+    /// `lanyard.discovery.v1.Discovery` on the socket.
+    pub discovery: DiscoveryMetrics,
+}
+
+/// The discovery cache's metrics. Cloning shares them (prometheus-client metrics are handles),
+/// so the cache and the registry see the same values.
+#[derive(Clone, Default)]
+pub struct DiscoveryMetrics {
+    /// `Resolve` calls and `Watch` opens that reached the cache, by `result`
+    /// ([`crate::discovery::service::ResolveResult`]).
+    pub resolves: Family<Labels, Counter>,
+    /// Destinations held in the cache.
+    pub cached: Gauge,
+}
+
+impl DiscoveryMetrics {
+    pub fn resolved(&self, result: impl ToString) {
+        self.resolves
+            .get_or_create(&vec![("result", result.to_string())])
+            .inc();
+    }
+
+    /// Registers under `registry`'s prefix (`lanyard_agent_discovery_*` in [`AgentMetrics`]).
+    fn register(&self, sub: &mut Registry) {
+        sub.register(
+            "discovery_resolves",
+            "Discovery Resolve calls and Watch opens, by result",
+            self.resolves.clone(),
+        );
+        sub.register(
+            "discovery_cached_destinations",
+            "Destinations held in the discovery cache",
+            self.cached.clone(),
+        );
+    }
 }
 
 impl AgentMetrics {
@@ -57,6 +92,7 @@ impl AgentMetrics {
             "When the node SVID in use expires",
             m.node_svid_expiry.clone(),
         );
+        m.discovery.register(sub);
         m
     }
 
@@ -75,5 +111,29 @@ impl AgentMetrics {
         self.attestation_failures
             .get_or_create(&vec![("reason", reason.to_string())])
             .inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn discovery_metrics_are_exported_with_their_labels() {
+        let mut registry = Registry::default();
+        let metrics = AgentMetrics::register(&mut registry);
+        metrics.discovery.resolved("cache_hit");
+        metrics.discovery.resolved("cache_hit");
+        metrics.discovery.resolved("expired");
+        metrics.discovery.cached.set(7);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        for line in [
+            "lanyard_agent_discovery_resolves_total{result=\"cache_hit\"} 2",
+            "lanyard_agent_discovery_resolves_total{result=\"expired\"} 1",
+            "lanyard_agent_discovery_cached_destinations 7",
+        ] {
+            assert!(text.contains(line), "{line} missing from:\n{text}");
+        }
     }
 }

@@ -221,8 +221,12 @@ pub async fn run(
     }
 
     let result = async {
+        let discovery_metrics = metrics.discovery.clone();
         let agent = Agent::start(&config, metrics, readiness).await?;
-        let cache = Arc::new(DiscoveryCache::new(CacheSettings::default()));
+        let cache = Arc::new(DiscoveryCache::with_metrics(
+            CacheSettings::default(),
+            discovery_metrics,
+        ));
         let discovery_feed = discovery::feed::spawn(
             cache.clone(),
             discovery::feed::FeedTarget {

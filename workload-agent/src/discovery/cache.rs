@@ -22,6 +22,7 @@ use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
 use super::Destination;
+use crate::metrics::DiscoveryMetrics;
 
 /// Tunables of the cache. [`CacheSettings::default`] suits a node agent.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -93,15 +94,23 @@ struct Inner {
 /// The cache. Shared (`Arc`) by the socket service and the feed task.
 pub struct DiscoveryCache {
     settings: CacheSettings,
+    metrics: DiscoveryMetrics,
     inner: Mutex<Inner>,
     /// Wakes the feed task when there is something to follow or unfollow.
     pub(super) pending: Notify,
 }
 
 impl DiscoveryCache {
+    /// A cache whose metrics are registered nowhere (tests, tools).
     pub fn new(settings: CacheSettings) -> Self {
+        Self::with_metrics(settings, DiscoveryMetrics::default())
+    }
+
+    /// A cache counting in `metrics` (the agent's registered [`DiscoveryMetrics`]).
+    pub fn with_metrics(settings: CacheSettings, metrics: DiscoveryMetrics) -> Self {
         Self {
             settings,
+            metrics,
             inner: Mutex::default(),
             pending: Notify::new(),
         }
@@ -109,6 +118,11 @@ impl DiscoveryCache {
 
     pub fn settings(&self) -> &CacheSettings {
         &self.settings
+    }
+
+    /// The metrics the cache and the `Discovery` service count in.
+    pub fn metrics(&self) -> &DiscoveryMetrics {
+        &self.metrics
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -145,6 +159,7 @@ impl DiscoveryCache {
         );
         inner.to_unfollow.remove(&destination);
         inner.to_follow.insert(destination);
+        self.metrics.cached.set(inner.entries.len() as i64);
         drop(inner);
         self.pending.notify_one();
         Ok(rx)
@@ -183,6 +198,7 @@ impl DiscoveryCache {
                 inner.to_unfollow.insert(*d);
             }
         }
+        self.metrics.cached.set(inner.entries.len() as i64);
         gone.len()
     }
 
@@ -372,9 +388,15 @@ mod tests {
         );
         let _ = cache.take_pending(stream, 100);
         tokio::time::advance(Duration::from_secs(301)).await;
+        assert_eq!(cache.metrics().cached.get(), 2);
         // d(2) is idle and unwatched; d(1) is still watched.
         assert_eq!(cache.sweep(), 1);
         assert_eq!(cache.len(), 1);
+        assert_eq!(
+            cache.metrics().cached.get(),
+            1,
+            "the gauge follows evictions"
+        );
         let request = cache.take_pending(stream, 100).unwrap();
         assert_eq!(request.unfollow, [d(2).to_wire()]);
         assert!(cache.subscribe(d(3)).is_ok());

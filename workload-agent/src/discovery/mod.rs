@@ -25,7 +25,7 @@ use lanyard_proto::discovery::v1 as wire;
 use tokio::sync::watch;
 
 pub use cache::{CacheSettings, DiscoveryCache};
-pub use service::{DiscoveryRefusal, DiscoveryService};
+pub use service::{DiscoveryRefusal, DiscoveryService, REFUSAL_TRAILER, ResolveResult};
 
 use crate::attest::WorkloadAttestor;
 use crate::identities::WorkloadIdentities;

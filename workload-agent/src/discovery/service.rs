@@ -10,6 +10,11 @@
 //! and the call waits (bounded) for its first answer. `Watch` sends the current answer, then
 //! every change, and ends with `Unavailable` when the answer expires (the server unreachable
 //! for longer than the TTL) or the agent stops. Open watches are bounded per caller.
+//!
+//! Every refusal, at the start of a call or ending a `Watch`, carries the response metadata
+//! (trailer) [`REFUSAL_TRAILER`] whose value is the refusal's label ([`DiscoveryRefusal`]'s
+//! `Display`, e.g. `expired`), as documented on `Discovery` in `discovery.proto`. Callers
+//! decide on it, never on the status message, which is for people.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -20,6 +25,7 @@ use lanyard_proto::discovery::v1::discovery_server::{Discovery, DiscoveryServer}
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
+use tonic::metadata::{MetadataMap, MetadataValue};
 use tonic::{Code, Request, Response, Status};
 
 use super::Destination;
@@ -28,6 +34,10 @@ use crate::attest::{AttestError, PeerCred, WorkloadAttestor};
 use crate::identities::WorkloadIdentities;
 use crate::workload_api::limits::{CallerKey, StreamLimiter, StreamSlot};
 use crate::workload_api::socket::CallerInfo;
+
+/// The response metadata key (a trailer, or a header of a trailers-only response) naming why
+/// a call was refused or a `Watch` ended: a [`DiscoveryRefusal`] label.
+pub const REFUSAL_TRAILER: &str = "lanyard-discovery-refusal";
 
 /// Largest request accepted (a destination is a few dozen bytes).
 const MAX_REQUEST_BYTES: usize = 1024;
@@ -99,10 +109,34 @@ impl DiscoveryRefusal {
         }
     }
 
-    /// `label: message`, the form the server's refusals take too.
+    /// `label: message`, the form the server's refusals take too, with the label again in
+    /// the [`REFUSAL_TRAILER`] metadata for programs.
     pub fn to_status(&self) -> Status {
-        Status::new(self.code(), format!("{self}: {}", self.message()))
+        let mut metadata = MetadataMap::new();
+        // Labels are snake_case ASCII, always a valid metadata value.
+        if let Ok(label) = MetadataValue::try_from(self.to_string()) {
+            metadata.insert(REFUSAL_TRAILER, label);
+        }
+        Status::with_metadata(self.code(), format!("{self}: {}", self.message()), metadata)
     }
+}
+
+/// How a `Resolve` call or a `Watch` open was answered from the cache. `Display` is a metric
+/// label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ResolveResult {
+    /// A valid answer was already cached.
+    #[error("cache_hit")]
+    CacheHit,
+    /// The call waited for the server's first answer, and got it.
+    #[error("resolved")]
+    Resolved,
+    /// No answer within the first-answer timeout (or the agent stopping meanwhile).
+    #[error("unavailable")]
+    Unavailable,
+    /// The cached answer outlived its TTL while the server is unreachable.
+    #[error("expired")]
+    Expired,
 }
 
 /// The service. Serve it with [`DiscoveryService::into_server`].
@@ -182,22 +216,45 @@ impl Shared {
         Ok((destination, rx))
     }
 
-    /// Waits (bounded) for the first answer; a valid answer or why there is none.
+    /// Waits (bounded) for the first answer; a valid answer or why there is none. Counted
+    /// in the cache's metrics by [`ResolveResult`].
     async fn first_answer(
         &self,
         rx: &mut watch::Receiver<Option<Cached>>,
     ) -> Result<Cached, DiscoveryRefusal> {
         let timeout = self.cache.settings().first_answer_timeout;
-        let cached = match tokio::time::timeout(timeout, rx.wait_for(Option::is_some)).await {
-            Ok(Ok(answer)) => answer.clone().expect("waited for Some"),
-            Ok(Err(_)) => return Err(DiscoveryRefusal::ShuttingDown),
-            Err(_) => return Err(DiscoveryRefusal::NotReady),
-        };
-        if cached.is_valid(Instant::now()) {
-            Ok(cached)
-        } else {
-            Err(DiscoveryRefusal::Expired)
-        }
+        let (answer, result) = first_answer(rx, timeout).await;
+        self.cache.metrics().resolved(result);
+        answer
+    }
+}
+
+/// The first answer from `rx` (waiting at most `timeout` for the server's), and how it came.
+async fn first_answer(
+    rx: &mut watch::Receiver<Option<Cached>>,
+    timeout: std::time::Duration,
+) -> (Result<Cached, DiscoveryRefusal>, ResolveResult) {
+    let held = rx.borrow().clone();
+    let (cached, result) = match held {
+        Some(cached) => (cached, ResolveResult::CacheHit),
+        None => match tokio::time::timeout(timeout, rx.wait_for(Option::is_some)).await {
+            Ok(Ok(answer)) => (
+                answer.clone().expect("waited for Some"),
+                ResolveResult::Resolved,
+            ),
+            Ok(Err(_)) => {
+                return (
+                    Err(DiscoveryRefusal::ShuttingDown),
+                    ResolveResult::Unavailable,
+                );
+            }
+            Err(_) => return (Err(DiscoveryRefusal::NotReady), ResolveResult::Unavailable),
+        },
+    };
+    if cached.is_valid(Instant::now()) {
+        (Ok(cached), result)
+    } else {
+        (Err(DiscoveryRefusal::Expired), ResolveResult::Expired)
     }
 }
 
@@ -339,5 +396,167 @@ async fn follow_answer(
             }
             () = tx.closed() => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use wire::resolution::Kind;
+
+    fn answer(valid_until: Option<Instant>) -> Cached {
+        Cached {
+            resolution: wire::Resolution {
+                kind: Some(Kind::Unknown(wire::Unknown {})),
+            },
+            valid_until,
+        }
+    }
+
+    fn trailer(status: &Status) -> Option<&str> {
+        status
+            .metadata()
+            .get(REFUSAL_TRAILER)
+            .and_then(|v| v.to_str().ok())
+    }
+
+    #[test]
+    fn refusals_carry_their_label_in_the_trailer() {
+        let expired = DiscoveryRefusal::Expired.to_status();
+        assert_eq!(
+            REFUSAL_TRAILER, "lanyard-discovery-refusal",
+            "the documented key"
+        );
+        assert_eq!(expired.code(), Code::Unavailable);
+        assert_eq!(trailer(&expired), Some("expired"));
+        for (refusal, label) in [
+            (DiscoveryRefusal::NotReady, "not_ready"),
+            (DiscoveryRefusal::ShuttingDown, "shutting_down"),
+            (DiscoveryRefusal::NoIdentity, "no_identity"),
+        ] {
+            assert_eq!(trailer(&refusal.to_status()), Some(label));
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_watch_whose_answer_expires_ends_with_the_expired_trailer() {
+        let (stop_tx, stopping) = watch::channel(false);
+        let slot = StreamLimiter::new(1)
+            .acquire(CallerKey {
+                uid: 1,
+                pod_uid: None,
+            })
+            .unwrap();
+        let destination = Destination {
+            address: "10.0.0.1".parse().unwrap(),
+            port: 80,
+        };
+        let until = Instant::now() + Duration::from_secs(60);
+        let (answers, rx) = watch::channel(Some(answer(Some(until))));
+        let (tx, mut out) = mpsc::channel(4);
+        let task = tokio::spawn(follow_answer(
+            stopping,
+            slot,
+            destination,
+            rx,
+            answer(Some(until)),
+            tx,
+        ));
+        assert!(
+            out.recv().await.unwrap().is_ok(),
+            "the current answer first"
+        );
+        let status = out.recv().await.unwrap().unwrap_err();
+        assert_eq!(Instant::now(), until, "ended at the expiry, not before");
+        assert_eq!(status.code(), Code::Unavailable);
+        assert_eq!(trailer(&status), Some("expired"));
+        task.await.unwrap();
+        drop((answers, stop_tx));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_watch_ended_by_the_agent_stopping_is_not_expired() {
+        let (stop_tx, stopping) = watch::channel(false);
+        let slot = StreamLimiter::new(1)
+            .acquire(CallerKey {
+                uid: 1,
+                pod_uid: None,
+            })
+            .unwrap();
+        let destination = Destination {
+            address: "10.0.0.1".parse().unwrap(),
+            port: 80,
+        };
+        let (_answers, rx) = watch::channel(Some(answer(None)));
+        let (tx, mut out) = mpsc::channel(4);
+        tokio::spawn(follow_answer(
+            stopping,
+            slot,
+            destination,
+            rx,
+            answer(None),
+            tx,
+        ));
+        assert!(out.recv().await.unwrap().is_ok());
+        stop_tx.send(true).unwrap();
+        let status = out.recv().await.unwrap().unwrap_err();
+        assert_eq!(trailer(&status), Some("shutting_down"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn first_answers_are_told_apart() {
+        let timeout = Duration::from_secs(3);
+        let now = Instant::now();
+
+        let (_tx, mut rx) = watch::channel(Some(answer(None)));
+        let (got, result) = first_answer(&mut rx, timeout).await;
+        assert!(got.is_ok());
+        assert_eq!(result, ResolveResult::CacheHit);
+
+        let (_tx, mut rx) = watch::channel(Some(answer(Some(now))));
+        let (got, result) = first_answer(&mut rx, timeout).await;
+        assert!(matches!(got, Err(DiscoveryRefusal::Expired)));
+        assert_eq!(result, ResolveResult::Expired);
+
+        let (tx, mut rx) = watch::channel(None);
+        let answered = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            tx.send(Some(answer(None))).unwrap();
+            tx
+        });
+        let (got, result) = first_answer(&mut rx, timeout).await;
+        assert!(got.is_ok());
+        assert_eq!(result, ResolveResult::Resolved);
+        drop(answered.await.unwrap());
+
+        let (_tx, mut rx) = watch::channel(None::<Cached>);
+        let (got, result) = first_answer(&mut rx, timeout).await;
+        assert!(matches!(got, Err(DiscoveryRefusal::NotReady)));
+        assert_eq!(result, ResolveResult::Unavailable);
+        assert_eq!(Instant::now(), now + Duration::from_secs(1) + timeout);
+    }
+
+    #[test]
+    fn resolve_results_count_under_their_labels() {
+        let cache = DiscoveryCache::new(Default::default());
+        for result in [
+            ResolveResult::CacheHit,
+            ResolveResult::CacheHit,
+            ResolveResult::Expired,
+        ] {
+            cache.metrics().resolved(result);
+        }
+        let count = |label: &str| {
+            cache
+                .metrics()
+                .resolves
+                .get_or_create(&vec![("result", label.to_owned())])
+                .get()
+        };
+        assert_eq!(count("cache_hit"), 2);
+        assert_eq!(count("expired"), 1);
+        assert_eq!(count("resolved"), 0);
     }
 }
