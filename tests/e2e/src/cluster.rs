@@ -1,12 +1,17 @@
 //! Kubernetes objects for cluster-mode end-to-end tests against the API fixture: the
 //! server's least-privilege RBAC, the CA Secret (issuing intermediate and JWT key, the
-//! `kubernetes.io/tls` layout), the bundle ConfigMap, and running pods with a container ID.
+//! `kubernetes.io/tls` layout), the bundle ConfigMap, running pods with a container ID (and,
+//! for discovery, their IP and an injected proxy), Services and EndpointSlices.
 
 use std::time::{Duration, SystemTime};
 
 use base64::Engine;
 use k8s_openapi::ByteString;
-use k8s_openapi::api::core::v1::{ConfigMap, ContainerStatus, Pod, PodSpec, PodStatus, Secret};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, ContainerState, ContainerStateRunning, ContainerStatus, Pod, PodIP, PodSpec,
+    PodStatus, Secret, Service, ServicePort, ServiceSpec,
+};
+use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use lanyard_svid::ca::RootCa;
 use lanyard_svid::jwt::JwtSigner;
@@ -48,6 +53,112 @@ pub fn pod(ns: &str, name: &str, sa: &str, node: &str, container_id: Option<&str
             }),
             ..Default::default()
         }),
+    }
+}
+
+/// `pod` with `ip` as its pod IP (`status.podIP` and `status.podIPs`), as the kubelet reports
+/// it once the pod's sandbox is up.
+pub fn with_ip(mut pod: Pod, ip: &str) -> Pod {
+    let status = pod.status.get_or_insert_with(Default::default);
+    status.pod_ip = Some(ip.into());
+    status.pod_ips = Some(vec![PodIP { ip: ip.into() }]);
+    pod
+}
+
+/// `pod` as `lanyard inject` leaves it once running: the injection annotation `lanyard inject`
+/// writes, and its proxy native sidecar (an init container status, under the name `lanyard
+/// inject` gives it) running and ready in container `proxy_container_id`.
+pub fn injected(mut pod: Pod, proxy_container_id: &str) -> Pod {
+    pod.metadata
+        .annotations
+        .get_or_insert_with(Default::default)
+        .insert(
+            lanyard_cli::inject::ANNOTATION_INJECT.into(),
+            "enabled".into(),
+        );
+    let status = pod.status.get_or_insert_with(Default::default);
+    status
+        .init_container_statuses
+        .get_or_insert_with(Vec::new)
+        .push(ContainerStatus {
+            name: lanyard_cli::inject::PROXY_CONTAINER.into(),
+            container_id: Some(format!("containerd://{proxy_container_id}")),
+            ready: true,
+            started: Some(true),
+            state: Some(ContainerState {
+                running: Some(ContainerStateRunning::default()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+    pod
+}
+
+/// A ClusterIP Service `ns/name` at `cluster_ip` with one TCP port `port` named `port_name`.
+pub fn service(ns: &str, name: &str, cluster_ip: &str, port: i32, port_name: &str) -> Service {
+    Service {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            namespace: Some(ns.into()),
+            ..Default::default()
+        },
+        spec: Some(ServiceSpec {
+            cluster_ip: Some(cluster_ip.into()),
+            cluster_ips: Some(vec![cluster_ip.into()]),
+            ports: Some(vec![ServicePort {
+                name: Some(port_name.into()),
+                port,
+                protocol: Some("TCP".into()),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+        status: None,
+    }
+}
+
+/// An IPv4 EndpointSlice `ns/name` of Service `service` (by the label the EndpointSlice
+/// controller sets), mapping its port `port_name` to `target_port`, with `endpoints` as
+/// `(ip, ready)`.
+pub fn endpoint_slice(
+    ns: &str,
+    name: &str,
+    service: &str,
+    port_name: &str,
+    target_port: i32,
+    endpoints: &[(&str, bool)],
+) -> EndpointSlice {
+    EndpointSlice {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            namespace: Some(ns.into()),
+            labels: Some(
+                [(
+                    "kubernetes.io/service-name".to_string(),
+                    service.to_string(),
+                )]
+                .into(),
+            ),
+            ..Default::default()
+        },
+        address_type: "IPv4".into(),
+        ports: Some(vec![EndpointPort {
+            name: Some(port_name.into()),
+            port: Some(target_port),
+            protocol: Some("TCP".into()),
+            ..Default::default()
+        }]),
+        endpoints: endpoints
+            .iter()
+            .map(|(ip, ready)| Endpoint {
+                addresses: vec![(*ip).into()],
+                conditions: Some(EndpointConditions {
+                    ready: Some(*ready),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+            .collect(),
     }
 }
 

@@ -1,5 +1,6 @@
 //! Network namespaces for the transparent-proxy tests: a namespace per "pod", two of them
-//! joined by a veth pair, the pod's redirect rules installed by running the very script the
+//! joined by a veth pair, or any number plugged into a "node" namespace's bridge; the pod's
+//! redirect rules installed by running the very script the
 //! injected init container runs (`deploy/iptables/redirect.sh`), and sockets of this test
 //! process opened inside a namespace (`setns` on a short-lived thread, so no other thread of
 //! the test changes namespace).
@@ -14,6 +15,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use crate::DEADLINE;
 
@@ -68,6 +70,8 @@ fn missing_prerequisite() -> Option<String> {
 /// A named network namespace (`ip netns add`), deleted on drop.
 pub struct Netns {
     name: String,
+    /// Host-side veth interfaces made so far by [`Netns::plug`] (their names are numbered).
+    plugged: AtomicU32,
 }
 
 impl Netns {
@@ -79,7 +83,10 @@ impl Netns {
             .stderr(Stdio::null())
             .status();
         ip(&["netns", "add", name]);
-        let ns = Self { name: name.into() };
+        let ns = Self {
+            name: name.into(),
+            plugged: AtomicU32::new(0),
+        };
         ip(&["-n", name, "link", "set", "lo", "up"]);
         ns
     }
@@ -99,6 +106,32 @@ impl Netns {
             ip(&["-n", &ns.name, "addr", "add", cidr, "dev", "eth0"]);
             ip(&["-n", &ns.name, "link", "set", "eth0", "up"]);
         }
+    }
+
+    /// Makes this namespace a node's pod network: a bridge `br0`, up, holding `cidr` (the
+    /// node's own address on it, e.g. `10.251.8.254/24`). Pods join with [`Netns::plug`].
+    pub fn bridge(&self, cidr: &str) {
+        ip(&["-n", &self.name, "link", "add", "br0", "type", "bridge"]);
+        ip(&["-n", &self.name, "addr", "add", cidr, "dev", "br0"]);
+        ip(&["-n", &self.name, "link", "set", "br0", "up"]);
+    }
+
+    /// Plugs `pod` into this namespace's bridge (see [`Netns::bridge`]) with a veth pair:
+    /// `eth0` in `pod`, addressed `pod_cidr`, and a default route through it, so an address no
+    /// interface holds (a Service's ClusterIP) is routable and meets the pod's redirect rules,
+    /// as it would under kube-proxy.
+    pub fn plug(&self, pod: &Netns, pod_cidr: &str) {
+        let n = self.plugged.fetch_add(1, Ordering::Relaxed);
+        let host_side = format!("veth{n}");
+        ip(&[
+            "-n", &pod.name, "link", "add", "eth0", "type", "veth", "peer", "name", &host_side,
+            "netns", &self.name,
+        ]);
+        ip(&["-n", &self.name, "link", "set", &host_side, "master", "br0"]);
+        ip(&["-n", &self.name, "link", "set", &host_side, "up"]);
+        ip(&["-n", &pod.name, "addr", "add", pod_cidr, "dev", "eth0"]);
+        ip(&["-n", &pod.name, "link", "set", "eth0", "up"]);
+        ip(&["-n", &pod.name, "route", "add", "default", "dev", "eth0"]);
     }
 
     /// Runs the init container's redirect script in this namespace with `env` (e.g.

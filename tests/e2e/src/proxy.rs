@@ -43,9 +43,6 @@ impl<'a> Proxy<'a> {
     pub fn start(socket: &Path, how: Launch<'a>, args: &[&str]) -> Self {
         let proxy = binary("lanyard-proxy");
         let mut argv: Vec<String> = Vec::new();
-        if let Some(ns) = how.netns {
-            argv.extend(ns.exec_prefix());
-        }
         if let Some(dir) = how.cgroup {
             // `$$` is the shell's PID, which `exec` hands on: the proxy starts in the cgroup.
             argv.extend([
@@ -55,6 +52,11 @@ impl<'a> Proxy<'a> {
                 "sh".into(),
                 dir.to_str().expect("utf-8 path").into(),
             ]);
+        }
+        // After the cgroup move: `ip netns exec` mounts the namespace's own /sys, where the
+        // cgroup hierarchy is not to be found. The cgroup is inherited across its exec.
+        if let Some(ns) = how.netns {
+            argv.extend(ns.exec_prefix());
         }
         if let Some(uid) = how.uid {
             argv.extend([

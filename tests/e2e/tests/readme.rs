@@ -25,6 +25,7 @@ const HELPS: &[(&str, &[&[&str]])] = &[
             &["api", "fetch", "jwt"],
             &["api", "fetch", "bundles"],
             &["api", "validate", "jwt"],
+            &["api", "resolve"],
         ],
     ),
     ("lanyard-proxy", &[&["run"], &["tap"]]),
