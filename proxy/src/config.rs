@@ -11,6 +11,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
+use lanyard_daemon::config_file;
+use lanyard_daemon::config_merge::{OptionError, Origin, Provenance, invalid};
 use lanyard_svid::SpiffeId;
 use lanyard_svid::tls::AllowPolicy;
 use serde::Deserialize;
@@ -28,22 +30,11 @@ const MAX_LISTENERS: usize = 256;
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error(transparent)]
-    File(#[from] lanyard_daemon::config_file::ConfigFileError),
-    #[error("--{0} is required (flag, LANYARD_{env} or `{key}` in --config)", env = .0.to_uppercase().replace('-', "_"), key = .0.replace('-', "_"))]
-    Missing(&'static str),
-    #[error("--{flag}: {message}")]
-    Invalid { flag: &'static str, message: String },
+    Option(#[from] OptionError),
     #[error(
         "nothing to proxy: give at least one of --inbound, --outbound, --transparent-inbound, --transparent-outbound"
     )]
     NoListeners,
-}
-
-fn invalid(flag: &'static str, message: impl ToString) -> ConfigError {
-    ConfigError::Invalid {
-        flag,
-        message: message.to_string(),
-    }
 }
 
 /// The raw `run` options; every field optional so the three sources can be merged.
@@ -166,44 +157,29 @@ impl RunArgs {
         mut self,
         spiffe_endpoint_socket: Option<String>,
     ) -> Result<ProxyConfig, ConfigError> {
+        let mut provenance = Provenance::default();
         if let Some(path) = self.config.clone() {
-            let file: RunArgs = lanyard_daemon::config_file::read(&path)?;
-            self.fill_from(file);
+            let file: RunArgs = config_file::read(&path).map_err(OptionError::from)?;
+            lanyard_daemon::fill_unset!(provenance, Origin::File(path), self, file;
+                workload_socket, inbound, outbound, allow, strict, opaque_port,
+                transparent_inbound, transparent_outbound, no_discovery, admin, metrics,
+                detect_timeout, handshake_timeout, max_connections);
         }
-        if self.workload_socket.is_none() {
-            self.workload_socket = spiffe_endpoint_socket;
-        }
-        self.validate()
-    }
-
-    fn fill_from(&mut self, file: RunArgs) {
-        macro_rules! fill {
-            ($($field:ident),*) => { $( if self.$field.is_none() { self.$field = file.$field; } )* };
-        }
-        fill!(
-            workload_socket,
-            allow,
-            transparent_inbound,
-            transparent_outbound,
-            admin,
-            metrics,
-            detect_timeout,
-            handshake_timeout,
-            max_connections
-        );
-        macro_rules! fill_list {
-            ($($field:ident),*) => { $( if self.$field.is_empty() { self.$field = file.$field; } )* };
-        }
-        fill_list!(inbound, outbound, opaque_port);
-        self.strict |= file.strict;
-        self.no_discovery |= file.no_discovery;
+        // The variable all SPIFFE clients read comes below our own sources.
+        let spiffe = Origin::Env(SPIFFE_ENDPOINT_SOCKET);
+        let socket = &mut self.workload_socket;
+        provenance.fill(&spiffe, "workload_socket", socket, spiffe_endpoint_socket);
+        self.validate().map_err(|e| match e {
+            ConfigError::Option(e) => provenance.name_origin(e).into(),
+            other => other,
+        })
     }
 
     fn validate(self) -> Result<ProxyConfig, ConfigError> {
         let workload_socket = parse_socket(
             self.workload_socket
                 .as_deref()
-                .ok_or(ConfigError::Missing("workload-socket"))?,
+                .ok_or(OptionError::Missing("workload-socket"))?,
         )
         .map_err(|e| invalid("workload-socket", e))?;
 
@@ -219,7 +195,8 @@ impl RunArgs {
             return Err(invalid(
                 "inbound",
                 format!("at most {MAX_LISTENERS} listeners of each kind"),
-            ));
+            )
+            .into());
         }
         if inbound.is_empty()
             && outbound.is_empty()
@@ -244,10 +221,11 @@ impl RunArgs {
                 "opaque-port",
                 "opaque ports are forwarded as plaintext without detection, which a strict \
                  listener (--strict or a restrictive --allow) must refuse",
-            ));
+            )
+            .into());
         }
         if self.opaque_port.contains(&0) {
-            return Err(invalid("opaque-port", "port 0 is not a port"));
+            return Err(invalid("opaque-port", "port 0 is not a port").into());
         }
 
         let detect_timeout = parse_timeout(
@@ -265,7 +243,7 @@ impl RunArgs {
         let max_connections = match self.max_connections {
             None => DEFAULT_MAX_CONNECTIONS,
             Some(n) if (1..=1_000_000).contains(&n) => n,
-            Some(_) => return Err(invalid("max-connections", "must be 1 to 1000000")),
+            Some(_) => return Err(invalid("max-connections", "must be 1 to 1000000").into()),
         };
 
         Ok(ProxyConfig {
@@ -408,7 +386,8 @@ fn parse_timeout(
                 humantime::format_duration(*range.start()),
                 humantime::format_duration(*range.end())
             ),
-        ));
+        )
+        .into());
     }
     Ok(d)
 }
@@ -537,6 +516,43 @@ metrics = "127.0.0.1:0"
         assert_eq!(c.opaque_ports, [25, 3306]);
         assert_eq!(c.detect_timeout, Duration::from_millis(250));
         assert!(c.metrics.is_some());
+    }
+
+    #[test]
+    fn a_bad_value_names_where_it_came_from() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("proxy.toml");
+        std::fs::write(&path, "inbound = [\"127.0.0.1:1\"]\n").unwrap();
+        let from_file = |inbound: Vec<String>| {
+            RunArgs {
+                config: Some(path.clone()),
+                inbound,
+                ..args()
+            }
+            .resolve(None)
+            .unwrap_err()
+            .to_string()
+        };
+        let err = from_file(vec![]);
+        let in_file = format!("(from `inbound` in {})", path.display());
+        assert!(
+            err.starts_with("--inbound: ") && err.ends_with(&in_file),
+            "{err}"
+        );
+        let err = from_file(vec!["127.0.0.1:2".into()]);
+        assert!(err.ends_with("(from the flag or LANYARD_INBOUND)"), "{err}");
+        let err = RunArgs {
+            workload_socket: None,
+            ..args()
+        }
+        .resolve(Some("relative.sock".into()))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.starts_with("--workload-socket: ")
+                && err.ends_with("(from SPIFFE_ENDPOINT_SOCKET)"),
+            "{err}"
+        );
     }
 
     #[test]
