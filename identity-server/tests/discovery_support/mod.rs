@@ -1,77 +1,26 @@
 //! A Kubernetes API fixture seeded for discovery, and a real lanyard-server in cluster mode on
 //! it. Shared by the server's discovery tests, the agent's discovery tests and the discovery
 //! benchmark (included by path from lanyard-agent, so it uses only lanyard-server's public
-//! API, kube-fixture and k8s-openapi).
+//! API, kube-fixture, k8s-openapi and lanyard-e2e). The objects themselves (RBAC as `lanyard
+//! install` renders it, CA Secret, bundle ConfigMap, pods, Services, EndpointSlices) are the
+//! end-to-end tests' own, from `lanyard_e2e::cluster`.
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
 use std::time::{Duration, SystemTime};
 
-use k8s_openapi::ByteString;
-use k8s_openapi::api::core::v1::{
-    ConfigMap, ContainerState, ContainerStateRunning, ContainerStatus, Pod, PodIP, PodSpec,
-    PodStatus, Secret, Service, ServicePort, ServiceSpec,
-};
-use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube_fixture::{FixtureOptions, KubeFixture, TokenBinding};
+use lanyard_e2e::cluster;
 use lanyard_server::config::RunArgs;
 use lanyard_svid::ca::RootCa;
-use lanyard_svid::jwt::JwtSigner;
 use lanyard_svid::{BundleSet, TrustBundle, TrustDomain};
 use tokio::sync::oneshot;
 
 pub const TD: &str = "example.org";
 pub const DEADLINE: Duration = Duration::from_secs(20);
 const DAY: Duration = Duration::from_secs(86_400);
-
-/// The server's permissions with discovery: the base set plus list/watch on Services and
-/// EndpointSlices (and nothing else).
-pub const SERVER_RBAC: &str = r#"
-apiVersion: rbac.authorization.k8s.io/v1
-kind: ClusterRole
-metadata: {name: lanyard-server}
-rules:
-- apiGroups: ["authentication.k8s.io"]
-  resources: ["tokenreviews"]
-  verbs: ["create"]
-- apiGroups: [""]
-  resources: ["pods"]
-  verbs: ["get", "list", "watch"]
-- apiGroups: [""]
-  resources: ["services"]
-  verbs: ["list", "watch"]
-- apiGroups: ["discovery.k8s.io"]
-  resources: ["endpointslices"]
-  verbs: ["list", "watch"]
----
-apiVersion: rbac.authorization.k8s.io/v1
-kind: ClusterRoleBinding
-metadata: {name: lanyard-server}
-roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: lanyard-server}
-subjects:
-- {kind: ServiceAccount, name: lanyard-server, namespace: lanyard}
----
-apiVersion: rbac.authorization.k8s.io/v1
-kind: Role
-metadata: {name: lanyard-server, namespace: lanyard}
-rules:
-- apiGroups: [""]
-  resources: ["secrets"]
-  resourceNames: ["lanyard-ca"]
-  verbs: ["get", "list", "watch"]
-- apiGroups: [""]
-  resources: ["configmaps"]
-  resourceNames: ["lanyard-bundle"]
-  verbs: ["get", "list", "watch"]
----
-apiVersion: rbac.authorization.k8s.io/v1
-kind: RoleBinding
-metadata: {name: lanyard-server, namespace: lanyard}
-roleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: lanyard-server}
-subjects:
-- {kind: ServiceAccount, name: lanyard-server, namespace: lanyard}
-"#;
 
 pub fn td() -> TrustDomain {
     TrustDomain::new(TD).unwrap()
@@ -93,12 +42,13 @@ pub async fn cluster() -> Cluster {
 pub async fn cluster_with(options: FixtureOptions) -> Cluster {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let fixture = KubeFixture::start(options).await.unwrap();
-    fixture.apply_yaml(SERVER_RBAC).unwrap();
+    fixture.apply_yaml(&cluster::server_rbac()).unwrap();
     let root = RootCa::generate(&td(), DAY * 30, SystemTime::now()).unwrap();
-    let (_, jwt_pkcs8) = JwtSigner::generate().unwrap();
     let store = fixture.store();
-    store.create(&ca_secret(&root, &jwt_pkcs8)).unwrap();
-    store.create(&bundle_configmap(&root)).unwrap();
+    store.create(&cluster::ca_secret(&root)).unwrap();
+    store
+        .create(&cluster::bundle_configmap(&root.cert_pem()))
+        .unwrap();
     let agent = store
         .create(&pod(PodSpecArgs {
             ns: "lanyard",
@@ -224,70 +174,22 @@ pub struct PodSpecArgs<'a> {
     pub meshed: bool,
 }
 
+/// A running pod on node-1 as [`PodSpecArgs`] describes it.
 pub fn pod(a: PodSpecArgs<'_>) -> Pod {
-    let annotations = a.meshed.then(|| {
-        [(
-            lanyard_server::discovery::INJECT_ANNOTATION.to_string(),
-            lanyard_server::discovery::INJECT_ENABLED.to_string(),
-        )]
-        .into()
-    });
-    let proxy = a.meshed.then(|| {
-        vec![ContainerStatus {
-            name: lanyard_server::discovery::PROXY_CONTAINER.into(),
-            ready: true,
-            started: Some(true),
-            state: Some(ContainerState {
-                running: Some(ContainerStateRunning::default()),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }]
-    });
-    Pod {
-        metadata: ObjectMeta {
-            name: Some(a.name.into()),
-            namespace: Some(a.ns.into()),
-            annotations,
-            ..Default::default()
-        },
-        spec: Some(PodSpec {
-            node_name: Some("node-1".into()),
-            service_account_name: Some(a.sa.into()),
-            containers: vec![],
-            ..Default::default()
-        }),
-        status: Some(PodStatus {
-            phase: Some("Running".into()),
-            pod_ip: a.ip.map(Into::into),
-            pod_ips: a.ip.map(|ip| vec![PodIP { ip: ip.into() }]),
-            init_container_statuses: proxy,
-            ..Default::default()
-        }),
+    let mut pod = cluster::pod(a.ns, a.name, a.sa, "node-1", None);
+    if let Some(ip) = a.ip {
+        pod = cluster::with_ip(pod, ip);
     }
+    if a.meshed {
+        // The proxy's container ID only matters to workload attestation, not to discovery.
+        pod = cluster::injected(pod, &"0".repeat(64));
+    }
+    pod
 }
 
 /// A ClusterIP Service with one TCP port named `port_name`.
 pub fn service(ns: &str, name: &str, cluster_ip: &str, port: i32, port_name: &str) -> Service {
-    Service {
-        metadata: ObjectMeta {
-            name: Some(name.into()),
-            namespace: Some(ns.into()),
-            ..Default::default()
-        },
-        spec: Some(ServiceSpec {
-            cluster_ip: Some(cluster_ip.into()),
-            cluster_ips: Some(vec![cluster_ip.into()]),
-            ports: Some(vec![ServicePort {
-                name: Some(port_name.into()),
-                port,
-                protocol: Some("TCP".into()),
-                ..Default::default()
-            }]),
-            ..Default::default()
-        }),
-        status: None,
-    }
+    cluster::service(ns, name, cluster_ip, port, port_name)
 }
 
 /// An EndpointSlice of `service` whose port `port_name` is `target_port`, with endpoints
@@ -300,94 +202,7 @@ pub fn slice(
     target_port: i32,
     endpoints: &[(&str, bool)],
 ) -> EndpointSlice {
-    EndpointSlice {
-        metadata: ObjectMeta {
-            name: Some(name.into()),
-            namespace: Some(ns.into()),
-            labels: Some(
-                [(
-                    "kubernetes.io/service-name".to_string(),
-                    service.to_string(),
-                )]
-                .into(),
-            ),
-            ..Default::default()
-        },
-        address_type: "IPv4".into(),
-        ports: Some(vec![EndpointPort {
-            name: Some(port_name.into()),
-            port: Some(target_port),
-            protocol: Some("TCP".into()),
-            ..Default::default()
-        }]),
-        endpoints: endpoints
-            .iter()
-            .map(|(ip, ready)| Endpoint {
-                addresses: vec![(*ip).into()],
-                conditions: Some(EndpointConditions {
-                    ready: Some(*ready),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            })
-            .collect(),
-    }
-}
-
-fn ca_secret(root: &RootCa, jwt_pkcs8: &[u8]) -> Secret {
-    let issuer = root.issue_intermediate(DAY, SystemTime::now()).unwrap();
-    Secret {
-        metadata: ObjectMeta {
-            name: Some("lanyard-ca".into()),
-            namespace: Some("lanyard".into()),
-            ..Default::default()
-        },
-        type_: Some("kubernetes.io/tls".into()),
-        data: Some(
-            [
-                (
-                    "tls.crt".to_string(),
-                    ByteString(issuer.cert_chain_pem().into_bytes()),
-                ),
-                (
-                    "tls.key".to_string(),
-                    ByteString(issuer.key_pem().as_bytes().to_vec()),
-                ),
-                (
-                    "jwt.key".to_string(),
-                    ByteString(pem_private_key(jwt_pkcs8).into_bytes()),
-                ),
-            ]
-            .into(),
-        ),
-        ..Default::default()
-    }
-}
-
-fn pem_private_key(pkcs8: &[u8]) -> String {
-    use base64::Engine;
-    let b64 = base64::engine::general_purpose::STANDARD.encode(pkcs8);
-    let lines: Vec<&str> = b64
-        .as_bytes()
-        .chunks(64)
-        .map(|c| std::str::from_utf8(c).unwrap())
-        .collect();
-    format!(
-        "-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----\n",
-        lines.join("\n")
-    )
-}
-
-fn bundle_configmap(root: &RootCa) -> ConfigMap {
-    ConfigMap {
-        metadata: ObjectMeta {
-            name: Some("lanyard-bundle".into()),
-            namespace: Some("lanyard".into()),
-            ..Default::default()
-        },
-        data: Some([("bundle.pem".to_string(), root.cert_pem())].into()),
-        ..Default::default()
-    }
+    cluster::endpoint_slice(ns, name, service, port_name, target_port, endpoints)
 }
 
 /// Polls `check` until it returns `Some` or [`DEADLINE`] passes (caches follow the API
