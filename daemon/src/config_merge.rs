@@ -62,30 +62,6 @@ fn from_suffix(flag: &str, origin: Option<&Origin>) -> String {
     }
 }
 
-/// An option field's "not given" state, which a lower source may fill: `None`, an empty list,
-/// or a switch left off (a switch can be turned on by any source, never off).
-pub trait Unset {
-    fn is_unset(&self) -> bool;
-}
-
-impl<T> Unset for Option<T> {
-    fn is_unset(&self) -> bool {
-        self.is_none()
-    }
-}
-
-impl<T> Unset for Vec<T> {
-    fn is_unset(&self) -> bool {
-        self.is_empty()
-    }
-}
-
-impl Unset for bool {
-    fn is_unset(&self) -> bool {
-        !*self
-    }
-}
-
 /// Which options a source below flags and `LANYARD_*` supplied; every other given value came
 /// from a flag or its variable.
 #[derive(Debug, Default)]
@@ -95,33 +71,33 @@ pub struct Provenance {
 }
 
 impl Provenance {
-    /// Sets `value` to `lower` if `value` is unset and `lower` is not, noting that option
-    /// `key` (the file key, `_` for `-`) came from `origin`. See [`fill_unset!`](crate::fill_unset).
-    pub fn fill<T: Unset>(&mut self, origin: &Origin, key: &'static str, value: &mut T, lower: T) {
-        if value.is_unset() && !lower.is_unset() {
+    /// Sets `value` to `lower` if `value` is unset and `lower` is not, noting that option `key`
+    /// (the file key) came from `origin`. Unset is the default: `None`, an empty list, or a
+    /// switch left off (so any source can turn a switch on, none can turn it off).
+    pub fn fill<T: Default + PartialEq>(
+        &mut self,
+        origin: &Origin,
+        key: &'static str,
+        value: &mut T,
+        lower: T,
+    ) {
+        if *value == T::default() && lower != T::default() {
             *value = lower;
             self.supplied.push((key, origin.clone()));
         }
     }
 
-    /// Where the value of `--flag` came from.
-    pub fn origin_of(&self, flag: &str) -> Origin {
-        let key = file_key(flag);
-        self.supplied
-            .iter()
-            .find(|(k, _)| *k == key)
-            .map_or(Origin::FlagOrEnv, |(_, origin)| origin.clone())
-    }
-
     /// Adds to an [`OptionError::Invalid`] where the refused value came from.
     pub fn name_origin(&self, err: OptionError) -> OptionError {
-        match err {
-            OptionError::Invalid { flag, message, .. } => OptionError::Invalid {
-                flag,
-                message,
-                origin: Some(self.origin_of(flag)),
-            },
-            other => other,
+        let OptionError::Invalid { flag, message, .. } = err else {
+            return err;
+        };
+        let supplied = self.supplied.iter().find(|(key, _)| *key == file_key(flag));
+        let origin = supplied.map_or(Origin::FlagOrEnv, |(_, origin)| origin.clone());
+        OptionError::Invalid {
+            flag,
+            message,
+            origin: Some(origin),
         }
     }
 }
@@ -167,15 +143,16 @@ mod tests {
         assert_eq!(given.name.as_deref(), Some("flag"));
         assert_eq!(given.peers, ["a"]);
         assert!(given.verbose);
-        assert_eq!(provenance.origin_of("name"), Origin::FlagOrEnv);
-        assert_eq!(provenance.origin_of("peers"), file());
+        let named = |flag| provenance.name_origin(invalid(flag, "bad")).to_string();
+        assert!(named("name").ends_with("(from the flag or LANYARD_NAME)"));
+        assert!(named("peers").ends_with("(from `peers` in /etc/lanyard/d.toml)"));
 
         // An unset lower value fills nothing and is not noted.
         let mut empty = Options::default();
         let mut provenance = Provenance::default();
         fill_unset!(provenance, file(), empty, Options::default(); name, peers, verbose);
         assert!(empty.name.is_none() && empty.peers.is_empty() && !empty.verbose);
-        assert_eq!(provenance.origin_of("verbose"), Origin::FlagOrEnv);
+        assert!(provenance.supplied.is_empty());
     }
 
     #[test]

@@ -273,13 +273,13 @@ fn parse_ttl(
     text: Option<&str>,
     flag: &'static str,
     default: Duration,
-) -> Result<Duration, ConfigError> {
+) -> Result<Duration, OptionError> {
     text.map_or(Ok(default), |t| {
-        parse_duration(t).map_err(|e| invalid(flag, e).into())
+        parse_duration(t).map_err(|e| invalid(flag, e))
     })
 }
 
-fn parse_object_ref(text: &str, flag: &'static str) -> Result<ObjectRef, ConfigError> {
+fn parse_object_ref(text: &str, flag: &'static str) -> Result<ObjectRef, OptionError> {
     let (namespace, name) = parse_namespaced(text, '/', flag)?;
     Ok(ObjectRef { namespace, name })
 }
@@ -288,12 +288,15 @@ fn parse_namespaced(
     text: &str,
     separator: char,
     flag: &'static str,
-) -> Result<(String, String), ConfigError> {
+) -> Result<(String, String), OptionError> {
     match text.split_once(separator) {
         Some((ns, name)) if is_dns_label(ns) && is_dns_subdomain(name) => {
             Ok((ns.to_owned(), name.to_owned()))
         }
-        _ => Err(invalid(flag, format!("{text:?} is not NAMESPACE{separator}NAME")).into()),
+        _ => Err(invalid(
+            flag,
+            format!("{text:?} is not NAMESPACE{separator}NAME"),
+        )),
     }
 }
 

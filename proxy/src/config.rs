@@ -373,7 +373,7 @@ fn parse_timeout(
     flag: &'static str,
     default: Duration,
     range: std::ops::RangeInclusive<Duration>,
-) -> Result<Duration, ConfigError> {
+) -> Result<Duration, OptionError> {
     let Some(text) = text else {
         return Ok(default);
     };
@@ -386,8 +386,7 @@ fn parse_timeout(
                 humantime::format_duration(*range.start()),
                 humantime::format_duration(*range.end())
             ),
-        )
-        .into());
+        ));
     }
     Ok(d)
 }
