@@ -9,6 +9,13 @@
 //!   intermediate not signed by the root, a key file readable by others: refuse.
 //!
 //! A refusal names the file and what to do; the server never silently makes a new root.
+//!
+//! The intermediate is replaced from the root at two thirds of its life
+//! ([`DataDirCa::rotate_if_due`], run by [`crate::ca_rotation`]). The new pair is first written
+//! as `intermediate.next.key` and `intermediate.next.crt`, then renamed over the old key, then
+//! over the old certificate; a start finding leftovers of a rotation cut short finishes or
+//! undoes it ([`recover_rotation`]), so every crash point leaves a matching pair. The root is
+//! never rotated automatically: a new root must reach every relying party first.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
@@ -34,6 +41,9 @@ const INTERMEDIATE_CRT: &str = "intermediate.crt";
 const INTERMEDIATE_KEY: &str = "intermediate.key";
 const JWT_KEY: &str = "jwt.key";
 const MANIFEST: &str = "ca.json";
+/// A rotation's new pair, before it is renamed into place.
+const NEXT_INTERMEDIATE_CRT: &str = "intermediate.next.crt";
+const NEXT_INTERMEDIATE_KEY: &str = "intermediate.next.key";
 const ALL_FILES: [&str; 6] = [
     ROOT_CRT,
     ROOT_KEY,
@@ -89,6 +99,10 @@ impl DataDirCa {
         now: SystemTime,
     ) -> Result<Self, CaStoreError> {
         let dir = data_dir.join("ca");
+        recover_rotation(&dir).map_err(|source| CaStoreError::Io {
+            path: dir.clone(),
+            source,
+        })?;
         let present: Vec<&str> = ALL_FILES
             .iter()
             .copied()
@@ -101,6 +115,67 @@ impl DataDirCa {
             return Err(CaStoreError::HalfWritten { dir });
         }
         Self::load(&dir, trust_domain, now)
+    }
+
+    /// When the intermediate is replaced: after two thirds of its life, so the last third
+    /// (four months of a one-year intermediate) is margin for a server that was down.
+    pub fn rotation_due(&self) -> SystemTime {
+        let (from, to) = (self.issuer.not_before(), self.issuer.not_after());
+        from + to.duration_since(from).unwrap_or_default() * 2 / 3
+    }
+
+    /// Replaces the intermediate of `data_dir` with a new one from the root when `now` is past
+    /// [`DataDirCa::rotation_due`]; returns the CA as reloaded from disk if it did. The root and
+    /// JWT key stay: agents' bundles do not change.
+    pub fn rotate_if_due(
+        data_dir: &Path,
+        trust_domain: &TrustDomain,
+        now: SystemTime,
+    ) -> Result<Option<Self>, CaStoreError> {
+        let current = Self::load_or_create(data_dir, trust_domain, now)?;
+        if now < current.rotation_due() {
+            return Ok(None);
+        }
+        let dir = data_dir.join("ca");
+        let next = current
+            .root
+            .issue_intermediate(INTERMEDIATE_TTL, now)
+            .map_err(|e| CaStoreError::Invalid {
+                path: dir.join(ROOT_CRT),
+                message: format!("issuing a new intermediate: {}", e.message()),
+            })?;
+        let io = |path: PathBuf| move |source| CaStoreError::Io { path, source };
+        let (next_key, next_crt) = (
+            dir.join(NEXT_INTERMEDIATE_KEY),
+            dir.join(NEXT_INTERMEDIATE_CRT),
+        );
+        write_private_atomic(&next_key, next.key_pem().as_bytes()).map_err(io(next_key.clone()))?;
+        write_private_atomic(&next_crt, next.cert_chain_pem().as_bytes())
+            .map_err(io(next_crt.clone()))?;
+        // Key first: a crash after this rename is recognised by the certificate still waiting.
+        std::fs::rename(&next_key, dir.join(INTERMEDIATE_KEY)).map_err(io(next_key))?;
+        std::fs::rename(&next_crt, dir.join(INTERMEDIATE_CRT)).map_err(io(next_crt))?;
+        sync_dir(&dir).map_err(io(dir.clone()))?;
+        let rotated = Self::load(&dir, trust_domain, now)?;
+        tracing::info!(
+            serial = %rotated.issuer.serial_hex(),
+            previous_serial = %current.issuer.serial_hex(),
+            not_after = humantime::format_rfc3339_seconds(rotated.issuer.not_after()).to_string(),
+            "rotated the intermediate CA"
+        );
+        let root_left = current
+            .root
+            .not_after()
+            .duration_since(now)
+            .unwrap_or_default();
+        if root_left < INTERMEDIATE_TTL {
+            tracing::warn!(
+                root_not_after =
+                    humantime::format_rfc3339_seconds(current.root.not_after()).to_string(),
+                "the root CA expires within a year and limits every intermediate; plan a new root"
+            );
+        }
+        Ok(Some(rotated))
     }
 
     fn create(dir: &Path, td: &TrustDomain, now: SystemTime) -> Result<Self, CaStoreError> {
@@ -185,6 +260,39 @@ impl DataDirCa {
     }
 }
 
+/// Finishes or undoes a rotation that a crash cut short (see the module docs):
+/// - both `next` files present: the renames never started; the old pair is whole, drop them;
+/// - only the certificate: the key was renamed into place; rename the certificate too;
+/// - only the key: the certificate was never written; drop the key.
+fn recover_rotation(dir: &Path) -> std::io::Result<()> {
+    let (next_key, next_crt) = (
+        dir.join(NEXT_INTERMEDIATE_KEY),
+        dir.join(NEXT_INTERMEDIATE_CRT),
+    );
+    match (next_key.exists(), next_crt.exists()) {
+        (false, false) => return Ok(()),
+        (true, true) => {
+            std::fs::remove_file(&next_crt)?;
+            std::fs::remove_file(&next_key)?;
+            tracing::warn!(dir = %dir.display(), "an intermediate rotation was cut short before it took effect; keeping the current intermediate");
+        }
+        (false, true) => {
+            std::fs::rename(&next_crt, dir.join(INTERMEDIATE_CRT))?;
+            tracing::warn!(dir = %dir.display(), "finished an intermediate rotation that was cut short");
+        }
+        (true, false) => {
+            std::fs::remove_file(&next_key)?;
+            tracing::warn!(dir = %dir.display(), "an intermediate rotation was cut short before it took effect; keeping the current intermediate");
+        }
+    }
+    sync_dir(dir)
+}
+
+/// Makes renames in `dir` durable.
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
+}
+
 /// Checks that `cert` was signed by `issuer`'s key, so a data dir mixing two CAs is refused.
 fn check_signed_by(cert: &CertificateDer<'_>, issuer: &CertificateDer<'_>) -> Result<(), String> {
     let (_, cert) = X509Certificate::from_der(cert).map_err(|e| e.to_string())?;
@@ -239,6 +347,87 @@ mod tests {
         assert_eq!(first.root.cert_der(), second.root.cert_der());
         assert_eq!(first.issuer.cert_der(), second.issuer.cert_der());
         assert_eq!(first.jwt.key_id(), second.jwt.key_id());
+    }
+
+    const DAY: Duration = Duration::from_secs(86_400);
+
+    #[test]
+    fn the_intermediate_is_rotated_at_two_thirds_of_its_life() {
+        let dir = tempfile::tempdir().unwrap();
+        let start = SystemTime::now();
+        let first = DataDirCa::load_or_create(dir.path(), &td("example.org"), start).unwrap();
+        let due = first.rotation_due();
+        assert!(
+            due > start + 240 * DAY && due < start + 245 * DAY,
+            "{due:?}"
+        );
+
+        let before_due = due - DAY;
+        let kept = DataDirCa::rotate_if_due(dir.path(), &td("example.org"), before_due).unwrap();
+        assert!(kept.is_none());
+        let rotated = DataDirCa::rotate_if_due(dir.path(), &td("example.org"), due)
+            .unwrap()
+            .expect("rotated when due");
+        assert_ne!(rotated.issuer.cert_der(), first.issuer.cert_der());
+        assert_eq!(
+            rotated.root.cert_der(),
+            first.root.cert_der(),
+            "the root stays"
+        );
+        assert_eq!(
+            rotated.jwt.key_id(),
+            first.jwt.key_id(),
+            "the JWT key stays"
+        );
+        assert!(rotated.issuer.not_after() >= due + 364 * DAY);
+        check_signed_by(rotated.issuer.cert_der(), first.root.cert_der()).unwrap();
+        // A restart loads the new pair, with private modes, and nothing left over.
+        let reloaded = DataDirCa::load_or_create(dir.path(), &td("example.org"), due).unwrap();
+        assert_eq!(reloaded.issuer.cert_der(), rotated.issuer.cert_der());
+        let ca = dir.path().join("ca");
+        assert_eq!(mode_of(&ca.join(INTERMEDIATE_KEY)).unwrap(), 0o600);
+        assert!(!ca.join(NEXT_INTERMEDIATE_KEY).exists());
+        assert!(!ca.join(NEXT_INTERMEDIATE_CRT).exists());
+        // Not due again until two thirds of the new one's life.
+        assert!(
+            DataDirCa::rotate_if_due(dir.path(), &td("example.org"), due + DAY)
+                .unwrap()
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn a_rotation_cut_short_at_any_point_leaves_a_matching_pair() {
+        let now = SystemTime::now();
+        // (files of the new pair left, after how many of the two renames)
+        for crash_after in ["one next file", "both next files", "key renamed"] {
+            let dir = tempfile::tempdir().unwrap();
+            let old = DataDirCa::load_or_create(dir.path(), &td("example.org"), now).unwrap();
+            let new = old.root.issue_intermediate(INTERMEDIATE_TTL, now).unwrap();
+            let ca = dir.path().join("ca");
+            write_private_atomic(&ca.join(NEXT_INTERMEDIATE_KEY), new.key_pem().as_bytes())
+                .unwrap();
+            if crash_after != "one next file" {
+                write_private_atomic(
+                    &ca.join(NEXT_INTERMEDIATE_CRT),
+                    new.cert_chain_pem().as_bytes(),
+                )
+                .unwrap();
+            }
+            if crash_after == "key renamed" {
+                std::fs::rename(ca.join(NEXT_INTERMEDIATE_KEY), ca.join(INTERMEDIATE_KEY)).unwrap();
+            }
+            let loaded = DataDirCa::load_or_create(dir.path(), &td("example.org"), now)
+                .unwrap_or_else(|e| panic!("{crash_after}: {e}"));
+            let expected = if crash_after == "key renamed" {
+                new.cert_der()
+            } else {
+                old.issuer.cert_der()
+            };
+            assert_eq!(loaded.issuer.cert_der(), expected, "{crash_after}");
+            assert!(!ca.join(NEXT_INTERMEDIATE_KEY).exists(), "{crash_after}");
+            assert!(!ca.join(NEXT_INTERMEDIATE_CRT).exists(), "{crash_after}");
+        }
     }
 
     #[test]

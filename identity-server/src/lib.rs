@@ -5,6 +5,7 @@
 //! - [`entries`]: static workload entries (`[[entries]]`) and their validation.
 //! - [`pod_id`]: the SPIFFE ID template for Kubernetes pods.
 //! - [`ca_store`]: data-dir mode's CA: generated once, 0600 files, refused when half-written.
+//! - [`ca_rotation`]: data-dir mode: a new intermediate at two thirds of the old one's life.
 //! - [`k8s`]: cluster mode: the pod index, TokenReview, the CA Secret and bundle ConfigMap.
 //! - [`authority`]: the signing material in force and the bundle published with it.
 //! - [`server_svid`]: the server's own SVID (`/lanyard/server`), kept fresh.
@@ -23,6 +24,7 @@
 
 pub mod admin;
 pub mod authority;
+pub mod ca_rotation;
 pub mod ca_store;
 pub mod config;
 pub mod discovery;

@@ -102,6 +102,11 @@ pub async fn run(
                 },
                 now,
             )?;
+            tasks.push(crate::ca_rotation::spawn(
+                config.data_dir.clone(),
+                config.trust_domain.clone(),
+                authority.clone(),
+            ));
             let tokens = Arc::new(JoinTokens::new());
             let evictions = Arc::new(Evictions::load(&config.data_dir)?);
             let method = Method::JoinToken {

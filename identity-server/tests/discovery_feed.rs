@@ -1,7 +1,8 @@
 //! `DiscoveryFeed.Follow` against a real lanyard-server in cluster mode on the Kubernetes API
 //! fixture (real kube client, the server's RBAC with list/watch on Services and
 //! EndpointSlices): pod and Service answers, changes reaching an open stream without a new
-//! follow, deletion, unknown addresses, and the refusals.
+//! follow, deletion, unknown addresses, the refusals, and the cost of a new follow (lookups
+//! and answers for the new destination only, counted in the server's /metrics).
 
 mod common;
 mod discovery_support;
@@ -17,10 +18,12 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use lanyard_proto::discovery::v1 as wire;
 use lanyard_proto::discovery::v1::discovery_feed_client::DiscoveryFeedClient;
 use lanyard_proto::identity::v1::attest_node_request::Method;
+use lanyard_server::config::RunArgs;
 use lanyard_svid::reserved::server_id;
 use lanyard_svid::tls::{ExactId, client_config_optional_svid, unused_server_name};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Streaming};
@@ -59,6 +62,8 @@ struct Follow {
     tx: mpsc::Sender<wire::FollowRequest>,
     updates: Streaming<wire::FollowUpdate>,
     state: HashMap<(String, u32), Kind>,
+    /// Answers received in all.
+    received: usize,
 }
 
 impl Follow {
@@ -69,6 +74,7 @@ impl Follow {
             tx,
             updates,
             state: HashMap::new(),
+            received: 0,
         })
     }
 
@@ -92,6 +98,7 @@ impl Follow {
                 .expect("stream healthy")
                 .expect("stream open");
             for u in message.updates {
+                self.received += 1;
                 let d = u.destination.unwrap();
                 self.state
                     .insert((d.address, d.port), u.resolution.unwrap().kind.unwrap());
@@ -313,4 +320,197 @@ async fn refusals() {
         status.message().starts_with("too_many_follows"),
         "{status:?}"
     );
+}
+
+/// A server like [`Cluster::server`], with its health listener (for /metrics) on too.
+struct MeteredServer {
+    grpc: std::net::SocketAddr,
+    health: std::net::SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for MeteredServer {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        self.task.abort();
+    }
+}
+
+async fn metered_server(c: &Cluster) -> MeteredServer {
+    let client = c
+        .fixture
+        .client_for(&c.fixture.issue_api_token("lanyard", "lanyard-server"))
+        .unwrap();
+    let args = RunArgs {
+        trust_domain: Some(TD.into()),
+        listen: Some("127.0.0.1:0".parse().unwrap()),
+        health: Some("127.0.0.1:0".parse().unwrap()),
+        data_dir: Some(c.dir.path().join("metered")),
+        kube: true,
+        ca_secret: Some("lanyard/lanyard-ca".into()),
+        bundle_configmap: Some("lanyard/lanyard-bundle".into()),
+        agent_sa: vec!["lanyard:lanyard-agent".into()],
+        ..Default::default()
+    };
+    let config = args.resolve().unwrap();
+    let (addr_tx, mut addr_rx) = mpsc::unbounded_channel();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        let result = lanyard_server::run::run(
+            config,
+            Some(client),
+            move |role, addr| {
+                let _ = addr_tx.send((role, addr));
+            },
+            async move {
+                let _ = stopped.await;
+            },
+        )
+        .await;
+        if let Err(e) = result {
+            panic!("server failed: {e}");
+        }
+    });
+    let (mut grpc, mut health) = (None, None);
+    while grpc.is_none() || health.is_none() {
+        let (role, addr) = tokio::time::timeout(DEADLINE, addr_rx.recv())
+            .await
+            .expect("server listens before the deadline")
+            .expect("server started");
+        match role {
+            "grpc" => grpc = Some(addr),
+            "health" => health = Some(addr),
+            _ => {}
+        }
+    }
+    MeteredServer {
+        grpc: grpc.unwrap(),
+        health: health.unwrap(),
+        stop: Some(stop),
+        task,
+    }
+}
+
+/// The value of the sample `name` (labels included) on the server's /metrics; 0 when absent.
+async fn metric(health: std::net::SocketAddr, name: &str) -> u64 {
+    let mut stream = TcpStream::connect(health).await.unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: lanyard\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut body = String::new();
+    tokio::time::timeout(DEADLINE, stream.read_to_string(&mut body))
+        .await
+        .expect("metrics answered")
+        .unwrap();
+    let prefix = format!("{name} ");
+    body.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .map_or(0, |v| v.trim().parse().unwrap())
+}
+
+const RESOLVES: &str = "lanyard_server_discovery_resolves_total";
+const FOLLOWED: &str = "lanyard_server_discovery_followed_destinations";
+const SENT_MESHED: &str = "lanyard_server_discovery_answers_sent_total{kind=\"meshed_pod\"}";
+const SENT_SERVICE: &str = "lanyard_server_discovery_answers_sent_total{kind=\"service\"}";
+const SENT_UNKNOWN: &str = "lanyard_server_discovery_answers_sent_total{kind=\"unknown\"}";
+
+#[tokio::test]
+async fn a_new_follow_is_answered_alone_and_changes_still_arrive() {
+    let c = cluster().await;
+    seed(&c);
+    let server = metered_server(&c).await;
+    let agent = Caller::new(c.bundle());
+    agent
+        .attest(server.grpc, Method::K8sPsatToken(c.agent_token()))
+        .await
+        .unwrap();
+    let mut client = feed_client(&agent, server.grpc);
+    // A first stream answered means the indexes are listed: the stream measured below then
+    // starts with no listing still to come (which would make it look everything up again).
+    let mut probe = Follow::open(&mut client).await.unwrap();
+    probe.follow(vec![dest("10.1.0.9", 80)]).await;
+    probe.until("the indexes listed", |s| s.len() == 1).await;
+    drop(probe);
+    let base = metric(server.health, RESOLVES).await;
+    let mut follow = Follow::open(&mut client).await.unwrap();
+
+    // N = 20 destinations: the Service, two meshed pods, 17 unknown addresses.
+    let mut first = vec![
+        dest("10.96.0.10", 80),
+        dest("10.1.0.1", 443),
+        dest("10.1.0.2", 443),
+    ];
+    first.extend((0..17).map(|i| dest(&format!("192.0.2.{i}"), 80)));
+    let n = first.len() as u64;
+    follow.follow(first).await;
+    follow
+        .until("the first answers", |s| s.len() == n as usize)
+        .await;
+    let resolves = metric(server.health, RESOLVES).await;
+    assert_eq!(resolves - base, n, "one lookup per destination");
+    assert_eq!(follow.received, n as usize);
+    assert_eq!(metric(server.health, SENT_SERVICE).await, 1);
+    assert_eq!(metric(server.health, SENT_MESHED).await, 2);
+    assert_eq!(metric(server.health, SENT_UNKNOWN).await, 17);
+
+    // One more: exactly one lookup and one answer, not N + 1.
+    follow.follow(vec![dest("10.1.0.9", 80)]).await;
+    follow
+        .until("the new answer", |s| s.len() == n as usize + 1)
+        .await;
+    assert_eq!(follow.received, n as usize + 1, "one answer back");
+    assert_eq!(
+        metric(server.health, RESOLVES).await,
+        resolves + 1,
+        "one lookup, for the new destination only"
+    );
+
+    // An index change still reaches the stream: web-2 turns ready in the Service's slice.
+    c.fixture
+        .store()
+        .modify::<EndpointSlice>("default", "web-a", |s| {
+            for e in &mut s.endpoints {
+                e.conditions.as_mut().unwrap().ready = Some(true);
+            }
+        })
+        .unwrap();
+    follow
+        .until("web-2 among the endpoints", |s| {
+            endpoints(s.get(&("10.96.0.10".into(), 80))).is_some_and(|e| e.len() == 3)
+        })
+        .await;
+    assert_eq!(metric(server.health, SENT_SERVICE).await, 2);
+    // A pod change too: web-1 deleted, its address is unknown from then on.
+    c.fixture.store().delete::<Pod>("default", "web-1").unwrap();
+    follow
+        .until("the deleted pod to be unknown", |s| {
+            matches!(s.get(&("10.1.0.1".into(), 443)), Some(Kind::Unknown(_)))
+        })
+        .await;
+
+    // The probe's destination is no longer counted once its stream is gone; this one's are.
+    wait_for_metric(server.health, FOLLOWED, n + 1).await;
+    // The stream gone, its destinations are no longer counted.
+    drop(follow);
+    wait_for_metric(server.health, FOLLOWED, 0).await;
+}
+
+/// Waits (bounded) until the sample `name` reads `value`.
+async fn wait_for_metric(health: std::net::SocketAddr, name: &str, value: u64) {
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let now = metric(health, name).await;
+        if now == value {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{name} is {now}, not {value}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
 }

@@ -206,6 +206,10 @@ impl Authority {
         self.signer.key()
     }
 
+    fn not_before(&self) -> SystemTime {
+        profile::system_time(self.not_before)
+    }
+
     fn not_after(&self) -> SystemTime {
         profile::system_time(self.not_after)
     }
@@ -432,6 +436,10 @@ impl Issuer {
     /// The intermediate's key, PKCS#8 PEM, in a buffer wiped on drop. Write it 0600.
     pub fn key_pem(&self) -> Zeroizing<String> {
         self.authority.key().to_pem()
+    }
+
+    pub fn not_before(&self) -> SystemTime {
+        self.authority.not_before()
     }
 
     pub fn not_after(&self) -> SystemTime {

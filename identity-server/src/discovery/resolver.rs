@@ -101,17 +101,77 @@ pub struct Changes {
     slices: watch::Receiver<u64>,
 }
 
+/// Which index changed. Changes to several indexes are reported one at a time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IndexChange {
+    Pods,
+    Services,
+    EndpointSlices,
+}
+
+impl IndexChange {
+    /// Whether an answer of kind `kind` can differ after this change. EndpointSlices feed
+    /// only Service answers (rule 1); pods and Services can change any answer (a pod IP
+    /// appears, a ClusterIP is assigned, an endpoint's pod turns meshed).
+    pub fn can_change(self, kind: AnswerKind) -> bool {
+        match self {
+            Self::Pods | Self::Services => true,
+            Self::EndpointSlices => kind == AnswerKind::Service,
+        }
+    }
+}
+
 impl Changes {
-    /// Waits for the next change. Pending forever once the indexes are gone.
-    pub async fn changed(&mut self) {
-        let result = tokio::select! {
-            r = self.pods.changed() => r,
-            r = self.services.changed() => r,
-            r = self.slices.changed() => r,
+    /// Waits for the next change and says which index it was. Pending forever once the
+    /// indexes are gone.
+    pub async fn changed(&mut self) -> IndexChange {
+        let (result, change) = tokio::select! {
+            r = self.pods.changed() => (r, IndexChange::Pods),
+            r = self.services.changed() => (r, IndexChange::Services),
+            r = self.slices.changed() => (r, IndexChange::EndpointSlices),
         };
         if result.is_err() {
             std::future::pending::<()>().await;
         }
+        change
+    }
+}
+
+/// The kind of an answer. `Display` is a metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AnswerKind {
+    MeshedPod,
+    Service,
+    UnmeshedPod,
+    Unknown,
+}
+
+impl AnswerKind {
+    /// The kind of `resolution` (one without a kind, which [`DiscoverySources::resolve`] never
+    /// gives, counts as `Unknown`).
+    pub fn of(resolution: &wire::Resolution) -> Self {
+        use wire::resolution::Kind;
+        match resolution.kind {
+            Some(Kind::MeshedPod(_)) => Self::MeshedPod,
+            Some(Kind::Service(_)) => Self::Service,
+            Some(Kind::UnmeshedPod(_)) => Self::UnmeshedPod,
+            Some(Kind::Unknown(_)) | None => Self::Unknown,
+        }
+    }
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::MeshedPod => "meshed_pod",
+            Self::Service => "service",
+            Self::UnmeshedPod => "unmeshed_pod",
+            Self::Unknown => "unknown",
+        }
+    }
+}
+
+impl std::fmt::Display for AnswerKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.label())
     }
 }
 
@@ -424,6 +484,23 @@ mod tests {
             s.resolve(dest("10.96.0.1:443")).kind,
             Some(Kind::Unknown(_))
         ));
+    }
+
+    #[tokio::test]
+    async fn changes_say_which_index_changed() {
+        let s = sources();
+        let mut changes = s.subscribe();
+        s.slices.replace_all(vec![]);
+        assert_eq!(changes.changed().await, IndexChange::EndpointSlices);
+        s.pods.apply(pod("a", "10.0.0.1", true));
+        assert_eq!(changes.changed().await, IndexChange::Pods);
+        s.services.replace_all(vec![]);
+        assert_eq!(changes.changed().await, IndexChange::Services);
+        assert!(IndexChange::EndpointSlices.can_change(AnswerKind::Service));
+        assert!(!IndexChange::EndpointSlices.can_change(AnswerKind::MeshedPod));
+        assert!(!IndexChange::EndpointSlices.can_change(AnswerKind::Unknown));
+        assert!(IndexChange::Services.can_change(AnswerKind::Unknown));
+        assert!(IndexChange::Pods.can_change(AnswerKind::UnmeshedPod));
     }
 
     #[test]
