@@ -13,6 +13,13 @@
 //!   answer refuse connections rather than sending plaintext. A Service endpoint once listed
 //!   meshed and then listed unmeshed is left out of the Service's endpoints.
 //!
+//! - Why a watch ended is read from the agent's `lanyard-discovery-refusal` trailer (see
+//!   `Discovery` in `discovery.proto`) into a [`WatchEnd`]: `expired` means the agent's own
+//!   answer outlived its TTL, so the cached answer is dropped (refused if it was meshed); any
+//!   other end, including a bare `Unavailable`, is a lost stream: the answer stays usable for
+//!   the stale TTL while the watch is reopened. The status message is never parsed.
+//! - Lookups are counted by [`LookupOutcome`] in `lanyard_proxy_discovery_lookups_total`.
+//!
 //! The `workload.spiffe.io` header is not sent: the agent's Discovery service does not need it.
 
 use std::collections::{HashMap, HashSet};
@@ -29,6 +36,14 @@ use lanyard_svid::SpiffeId;
 use tokio::net::UnixStream;
 use tokio::time::Instant;
 use tonic::transport::{Channel, Endpoint, Uri};
+
+use crate::metrics::ProxyMetrics;
+
+/// The agent's response metadata naming why it refused a call or ended a `Watch` (its
+/// `DiscoveryRefusal` label); documented on `Discovery` in `discovery.proto`.
+pub const REFUSAL_TRAILER: &str = "lanyard-discovery-refusal";
+/// The [`REFUSAL_TRAILER`] value of an answer that expired at the agent.
+const EXPIRED_LABEL: &str = "expired";
 
 /// Largest answer accepted (the agent sends at most 4 MiB).
 const MAX_ANSWER_BYTES: usize = 4 * 1024 * 1024;
@@ -119,6 +134,57 @@ impl DiscoveryError {
     }
 }
 
+/// How a lookup was answered. `Display` is the metric label: `cached`, `resolved`, or the
+/// [`DiscoveryError`] label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LookupOutcome<'a> {
+    /// From the cache (kept current by a watch).
+    Cached,
+    /// By a `Resolve` call to the agent.
+    Resolved,
+    Failed(&'a DiscoveryError),
+}
+
+impl std::fmt::Display for LookupOutcome<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Cached => f.write_str("cached"),
+            Self::Resolved => f.write_str("resolved"),
+            Self::Failed(e) => e.fmt(f),
+        }
+    }
+}
+
+/// Why the agent ended a `Watch` or refused to open one, as the proxy acts on it. `Display`
+/// is a short label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum WatchEnd {
+    /// The agent's answer expired (its server unreachable past the agent's TTL): the cached
+    /// answer must not be used any longer.
+    #[error("expired")]
+    Expired,
+    /// The stream was lost or refused for any other reason (the agent restarting, the
+    /// socket gone, a refusal without the trailer): the cached answer stays usable for the
+    /// stale TTL while the watch is reopened.
+    #[error("lost")]
+    Lost,
+}
+
+impl WatchEnd {
+    /// Reads the agent's [`REFUSAL_TRAILER`]; never the status message.
+    pub fn from_status(status: &tonic::Status) -> Self {
+        let label = status
+            .metadata()
+            .get(REFUSAL_TRAILER)
+            .and_then(|v| v.to_str().ok());
+        if label == Some(EXPIRED_LABEL) {
+            Self::Expired
+        } else {
+            Self::Lost
+        }
+    }
+}
+
 /// A cached destination.
 struct Entry {
     /// The answer in force, or why none is usable.
@@ -204,6 +270,7 @@ pub struct Lookup {
 
 struct Shared {
     settings: DiscoverySettings,
+    metrics: Arc<ProxyMetrics>,
     channel: Channel,
     entries: Mutex<HashMap<SocketAddr, Entry>>,
     failed: Mutex<HashMap<SocketAddr, Instant>>,
@@ -216,8 +283,18 @@ pub struct DiscoveryClient {
 }
 
 impl DiscoveryClient {
-    /// A client of the agent at `socket` (connects lazily, reconnects as needed).
+    /// A client of the agent at `socket` (connects lazily, reconnects as needed), counting
+    /// in metrics registered nowhere.
     pub fn new(socket: PathBuf, settings: DiscoverySettings) -> Self {
+        Self::with_metrics(socket, settings, Arc::new(ProxyMetrics::default()))
+    }
+
+    /// [`Self::new`], counting lookups in `metrics`.
+    pub fn with_metrics(
+        socket: PathBuf,
+        settings: DiscoverySettings,
+        metrics: Arc<ProxyMetrics>,
+    ) -> Self {
         let connector = tower::service_fn(move |_: Uri| {
             let socket = socket.clone();
             async move { UnixStream::connect(socket).await.map(TokioIo::new) }
@@ -228,6 +305,7 @@ impl DiscoveryClient {
         Self {
             shared: Arc::new(Shared {
                 settings,
+                metrics,
                 channel,
                 entries: Mutex::new(HashMap::new()),
                 failed: Mutex::new(HashMap::new()),
@@ -245,8 +323,20 @@ impl DiscoveryClient {
     }
 
     /// What is behind `dst`: from the cache, else a bounded `Resolve` (cached and then
-    /// watched).
+    /// watched). Counted by [`LookupOutcome`].
     pub async fn lookup(&self, dst: SocketAddr) -> Result<Lookup, DiscoveryError> {
+        let (result, resolved) = self.lookup_uncounted(dst).await;
+        let outcome = match &result {
+            Err(e) => LookupOutcome::Failed(e),
+            Ok(_) if resolved => LookupOutcome::Resolved,
+            Ok(_) => LookupOutcome::Cached,
+        };
+        self.shared.metrics.discovery_lookup(outcome);
+        result
+    }
+
+    /// [`Self::lookup`], and whether a `Resolve` call was made.
+    async fn lookup_uncounted(&self, dst: SocketAddr) -> (Result<Lookup, DiscoveryError>, bool) {
         let now = Instant::now();
         {
             let mut entries = self.shared.entries.lock().expect("discovery cache");
@@ -255,7 +345,7 @@ impl DiscoveryClient {
                     Some(state) => {
                         entry.last_used = now;
                         let next = entry.next.clone();
-                        return state.map(|answer| Lookup { answer, next });
+                        return (state.map(|answer| Lookup { answer, next }), false);
                     }
                     // Expired and never meshed: forget it and ask again.
                     None => {
@@ -264,18 +354,24 @@ impl DiscoveryClient {
                 }
             }
         }
-        let answer = self.resolve(dst).await?;
+        let answer = match self.resolve(dst).await {
+            Ok(answer) => answer,
+            Err(e) => return (Err(e), true),
+        };
         let mut entries = self.shared.entries.lock().expect("discovery cache");
         if let Some(entry) = entries.get_mut(&dst) {
             // Another connection cached it meanwhile; its watch keeps it current.
             entry.last_used = now;
             let next = entry.next.clone();
-            return entry.state.clone().map(|answer| Lookup { answer, next });
+            return (
+                entry.state.clone().map(|answer| Lookup { answer, next }),
+                true,
+            );
         }
         let next = Arc::new(AtomicUsize::new(0));
         if entries.len() >= self.shared.settings.max_entries {
             tracing::debug!(%dst, "discovery cache full; using the answer uncached");
-            return Ok(Lookup { answer, next });
+            return (Ok(Lookup { answer, next }), true);
         }
         let mut entry = Entry::new(now);
         entry.apply(dst, answer);
@@ -284,7 +380,7 @@ impl DiscoveryClient {
         entries.insert(dst, entry);
         drop(entries);
         tokio::spawn(watch_entry(self.shared.clone(), self.wire(), dst));
-        state.map(|answer| Lookup { answer, next })
+        (state.map(|answer| Lookup { answer, next }), true)
     }
 
     async fn resolve(&self, dst: SocketAddr) -> Result<Answer, DiscoveryError> {
@@ -405,13 +501,11 @@ pub fn answer_from_wire(response: wire::ResolveResponse) -> Result<Answer, Disco
 }
 
 /// Why a watch session ended.
-enum WatchEnd {
+enum SessionEnd {
     /// The entry went idle or was removed: stop watching.
     Done,
-    /// The agent ended the stream because the answer expired.
-    Expired,
-    /// The stream could not be opened or was lost.
-    Lost,
+    /// The agent ended or refused the stream.
+    Ended(WatchEnd),
 }
 
 /// Keeps `dst`'s entry current until it goes idle.
@@ -425,11 +519,11 @@ async fn watch_entry(shared: Arc<Shared>, mut client: WireClient<Channel>, dst: 
                 return;
             };
             match end {
-                WatchEnd::Done => {
+                SessionEnd::Done => {
                     entries.remove(&dst);
                     return;
                 }
-                WatchEnd::Expired => {
+                SessionEnd::Ended(WatchEnd::Expired) => {
                     if entry.was_meshed {
                         entry.expire();
                     } else {
@@ -437,7 +531,7 @@ async fn watch_entry(shared: Arc<Shared>, mut client: WireClient<Channel>, dst: 
                         return;
                     }
                 }
-                WatchEnd::Lost => {
+                SessionEnd::Ended(WatchEnd::Lost) => {
                     entry
                         .stale_at
                         .get_or_insert(now + shared.settings.stale_ttl);
@@ -464,12 +558,13 @@ async fn watch_session(
     shared: &Shared,
     client: &mut WireClient<Channel>,
     dst: SocketAddr,
-) -> WatchEnd {
+) -> SessionEnd {
     let mut stream = match client.watch(request(dst)).await {
         Ok(response) => response.into_inner(),
         Err(status) => {
-            tracing::debug!(%dst, code = ?status.code(), message = status.message(), "discovery watch refused");
-            return WatchEnd::Lost;
+            let end = WatchEnd::from_status(&status);
+            tracing::debug!(%dst, %end, code = ?status.code(), message = status.message(), "discovery watch refused");
+            return SessionEnd::Ended(end);
         }
     };
     loop {
@@ -479,22 +574,21 @@ async fn watch_session(
                 Ok(Some(response)) => match answer_from_wire(response) {
                     Ok(answer) => {
                         let mut entries = shared.entries.lock().expect("discovery cache");
-                        let Some(entry) = entries.get_mut(&dst) else { return WatchEnd::Done };
+                        let Some(entry) = entries.get_mut(&dst) else { return SessionEnd::Done };
                         entry.apply(dst, answer);
                     }
                     Err(e) => tracing::warn!(%dst, reason = %e, detail = %e.message(), "ignoring a discovery update"),
                 },
-                Ok(None) => return WatchEnd::Lost,
-                Err(status) if status.code() == tonic::Code::Unavailable
-                    && status.message().starts_with("expired") => return WatchEnd::Expired,
+                Ok(None) => return SessionEnd::Ended(WatchEnd::Lost),
                 Err(status) => {
-                    tracing::debug!(%dst, code = ?status.code(), message = status.message(), "discovery watch ended");
-                    return WatchEnd::Lost;
+                    let end = WatchEnd::from_status(&status);
+                    tracing::debug!(%dst, %end, code = ?status.code(), message = status.message(), "discovery watch ended");
+                    return SessionEnd::Ended(end);
                 }
             },
             () = check => {
                 if idle(shared, dst) {
-                    return WatchEnd::Done;
+                    return SessionEnd::Done;
                 }
             }
         }
@@ -536,6 +630,46 @@ mod tests {
         assert_eq!(
             meshed.current(now),
             Some(Ok(Answer::MeshedPod(id("spiffe://td/b"))))
+        );
+    }
+
+    #[test]
+    fn only_the_expired_trailer_means_expired() {
+        let with_trailer = |code, message: &str, label: &str| {
+            let mut status = tonic::Status::new(code, message);
+            status
+                .metadata_mut()
+                .insert(REFUSAL_TRAILER, label.parse().unwrap());
+            status
+        };
+        assert_eq!(
+            REFUSAL_TRAILER, "lanyard-discovery-refusal",
+            "the documented key"
+        );
+        let expired = with_trailer(tonic::Code::Unavailable, "whatever", "expired");
+        assert_eq!(WatchEnd::from_status(&expired), WatchEnd::Expired);
+        // The message is for people: a bare Unavailable is a lost stream, whatever it says.
+        for status in [
+            tonic::Status::unavailable("expired: the cached answer expired"),
+            tonic::Status::unavailable("connection reset"),
+            with_trailer(tonic::Code::Unavailable, "expired", "shutting_down"),
+            with_trailer(tonic::Code::Unavailable, "", "expired_or_not"),
+        ] {
+            assert_eq!(WatchEnd::from_status(&status), WatchEnd::Lost, "{status:?}");
+        }
+    }
+
+    #[test]
+    fn lookup_outcomes_are_labelled() {
+        assert_eq!(LookupOutcome::Cached.to_string(), "cached");
+        assert_eq!(LookupOutcome::Resolved.to_string(), "resolved");
+        assert_eq!(
+            LookupOutcome::Failed(&DiscoveryError::MeshedGone).to_string(),
+            "meshed_destination_gone"
+        );
+        assert_eq!(
+            LookupOutcome::Failed(&DiscoveryError::Unavailable("x".into())).to_string(),
+            "discovery_unavailable"
         );
     }
 

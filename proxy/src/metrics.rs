@@ -8,6 +8,9 @@
 //! - `lanyard_proxy_svid_updates_total`: SVID messages applied from the Workload API.
 //! - `lanyard_proxy_workload_api_errors_total{reason}`: failed Workload API sessions and
 //!   refused messages.
+//! - `lanyard_proxy_discovery_lookups_total{outcome}`: discovery lookups of transparent
+//!   destinations; `outcome` is a [`crate::discovery::LookupOutcome`] label (`cached`,
+//!   `resolved`, or a [`crate::discovery::DiscoveryError`] label).
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -27,6 +30,7 @@ pub struct ProxyMetrics {
     pub tap_dropped: Counter,
     pub svid_updates: Counter,
     workload_api_errors: Family<Labels, Counter>,
+    discovery_lookups: Family<Labels, Counter>,
 }
 
 impl ProxyMetrics {
@@ -63,6 +67,11 @@ impl ProxyMetrics {
             "workload_api_errors",
             "Workload API session failures and refused messages, by reason",
             metrics.workload_api_errors.clone(),
+        );
+        sub.register(
+            "discovery_lookups",
+            "Discovery lookups of transparent destinations, by outcome",
+            metrics.discovery_lookups.clone(),
         );
         metrics
     }
@@ -104,6 +113,13 @@ impl ProxyMetrics {
             .get_or_create(&vec![("reason", reason.to_owned())])
             .inc();
     }
+
+    /// Counts a discovery lookup by its outcome label.
+    pub fn discovery_lookup(&self, outcome: impl std::fmt::Display) {
+        self.discovery_lookups
+            .get_or_create(&vec![("outcome", outcome.to_string())])
+            .inc();
+    }
 }
 
 /// Decrements the open-connections gauge on drop.
@@ -120,6 +136,26 @@ mod tests {
     use super::*;
     use crate::reason::NoTlsReason;
     use std::time::Duration;
+
+    #[test]
+    fn discovery_lookups_count_by_outcome() {
+        use crate::discovery::{DiscoveryError, LookupOutcome};
+        let mut registry = Registry::default();
+        let metrics = ProxyMetrics::register(&mut registry);
+        metrics.discovery_lookup(LookupOutcome::Resolved);
+        metrics.discovery_lookup(LookupOutcome::Cached);
+        metrics.discovery_lookup(LookupOutcome::Cached);
+        metrics.discovery_lookup(LookupOutcome::Failed(&DiscoveryError::DowngradeRefused));
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        for line in [
+            "lanyard_proxy_discovery_lookups_total{outcome=\"resolved\"} 1",
+            "lanyard_proxy_discovery_lookups_total{outcome=\"cached\"} 2",
+            "lanyard_proxy_discovery_lookups_total{outcome=\"meshed_downgrade_refused\"} 1",
+        ] {
+            assert!(text.contains(line), "{line} missing from:\n{text}");
+        }
+    }
 
     #[test]
     fn labels_follow_the_outcome() {

@@ -153,9 +153,10 @@ pub async fn start(config: &ProxyConfig) -> Result<RunningProxy, RunError> {
             listener,
             OutboundDestination::OriginalDst {
                 discovery: config.discovery.then(|| {
-                    DiscoveryClient::new(
+                    DiscoveryClient::with_metrics(
                         config.workload_socket.clone(),
                         DiscoverySettings::default(),
+                        metrics.clone(),
                     )
                 }),
             },
