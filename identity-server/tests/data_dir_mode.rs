@@ -554,3 +554,66 @@ async fn health_readiness_and_metrics() {
         assert!(metrics.contains(line), "missing {line} in\n{metrics}");
     }
 }
+
+#[tokio::test]
+async fn mints_beyond_a_nodes_rate_are_refused_and_other_nodes_are_not_affected() {
+    let dir = tempfile::tempdir().unwrap();
+    let config_path = dir.path().join("server.toml");
+    std::fs::write(&config_path, ENTRIES).unwrap();
+    // 1 SVID/s with a burst of 4: a second batch of 4 would need 4 s of refill.
+    let server = start(
+        lanyard_server::config::RunArgs {
+            config: Some(config_path),
+            trust_domain: Some(TD.into()),
+            listen: Some("127.0.0.1:0".parse().unwrap()),
+            data_dir: Some(dir.path().join("data")),
+            mint_rate_limit: Some(1.0),
+            health: Some("127.0.0.1:0".parse().unwrap()),
+            ..Default::default()
+        },
+        None,
+    )
+    .await;
+    let node_1 = agent(&server, "node-1").await;
+    let first = mint_batch(&node_1, server.addr, "spiffe://example.org/web", 4)
+        .await
+        .unwrap();
+    assert!(first.get_ref().results.iter().all(|r| outcome(r).is_ok()));
+    let err = mint_batch(&node_1, server.addr, "spiffe://example.org/web", 4)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted);
+    assert!(
+        err.message().starts_with("rate_limited"),
+        "{}",
+        err.message()
+    );
+    // Another node has its own budget.
+    let node_2 = agent(&server, "node-2").await;
+    let other = mint_batch(&node_2, server.addr, "spiffe://example.org/db", 4)
+        .await
+        .unwrap();
+    assert!(other.get_ref().results.iter().all(|r| outcome(r).is_ok()));
+    let metrics = http_get(server.health.expect("a health listener"), "/metrics").await;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.contains("rate_limited") && l.contains("mint_x509_svids")),
+        "{metrics}"
+    );
+}
+
+/// Mints `n` SVIDs of static entry `id` in one call.
+async fn mint_batch(
+    caller: &Caller,
+    addr: std::net::SocketAddr,
+    id: &str,
+    n: usize,
+) -> Result<tonic::Response<wire::MintX509SvidsResponse>, tonic::Status> {
+    let requests = (0..n).map(|_| entry_request(id, new_csr())).collect();
+    caller
+        .client(addr)
+        .await
+        .mint_x509svi_ds(wire::MintX509SvidsRequest { requests })
+        .await
+}
