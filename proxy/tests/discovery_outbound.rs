@@ -358,7 +358,13 @@ async fn cached_answers_outlive_an_unreachable_agent_until_they_expire() {
     let watches = fake.watches.load(Ordering::SeqCst);
     fake.wait_watches(watches + 2).await;
     fake.down.store(true, Ordering::SeqCst);
-    let _ = fake.kill.send(Status::unavailable("expired: gone stale"));
+    // As the agent ends a Watch whose answer expired: Unavailable with the refusal trailer.
+    let mut expired = Status::unavailable("the answer expired");
+    expired.metadata_mut().insert(
+        lanyard_proxy::discovery::REFUSAL_TRAILER,
+        "expired".parse().unwrap(),
+    );
+    let _ = fake.kill.send(expired);
     lookup_until(&client, meshed_dst, "the meshed answer expired", |a| {
         *a == Err(DiscoveryError::MeshedGone)
     })
