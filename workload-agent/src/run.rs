@@ -220,9 +220,18 @@ pub async fn run(
         )));
     }
 
+    // Shutdown also ends attestation: an agent that cannot reach its server must still stop
+    // when asked, not at the end of the kubelet's grace period.
+    let shutdown = futures::FutureExt::shared(Box::pin(shutdown));
     let result = async {
         let discovery_metrics = metrics.discovery.clone();
-        let agent = Agent::start(&config, metrics, readiness).await?;
+        let agent = tokio::select! {
+            started = Agent::start(&config, metrics, readiness) => started?,
+            () = shutdown.clone() => {
+                tracing::info!("shutting down before the node was attested");
+                return Ok(());
+            }
+        };
         let cache = Arc::new(DiscoveryCache::with_metrics(
             CacheSettings::default(),
             discovery_metrics,

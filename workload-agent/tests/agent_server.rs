@@ -2,7 +2,8 @@
 //! SVID saved 0600 and reused by a restarted agent without a token, resolution of this very
 //! process to its static entries, X.509-SVIDs chaining to the bundle, rotation of a short-lived
 //! SVID reaching `changes()`, a JWT-SVID, and a server outage: the cached SVID keeps being
-//! served, and renewals resume when a server on the same data dir comes back.
+//! served, and renewals resume when a server on the same data dir comes back. And an agent
+//! that cannot reach any server still stops when asked.
 //!
 //! The server runs on its own tokio runtime, so "killing" it (dropping that runtime) really
 //! closes its listener and every connection.
@@ -357,4 +358,34 @@ async fn agent_attests_mints_rotates_and_survives_a_server_outage() {
         PeerRole::Client,
     )
     .expect("renewed SVID chains to the same bundle");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_still_attesting_stops_when_asked() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let dir = tempfile::tempdir().unwrap();
+    // A port nothing listens on: every attempt is refused, a transient failure retried forever.
+    let nowhere = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let root = lanyard_svid::ca::RootCa::generate(
+        &lanyard_svid::TrustDomain::new("example.org").unwrap(),
+        Duration::from_secs(86_400),
+        SystemTime::now(),
+    )
+    .unwrap();
+    let bundle = dir.path().join("bundle.pem");
+    std::fs::write(&bundle, root.cert_pem()).unwrap();
+    let config = agent_config(nowhere, bundle, dir.path(), Some("a-token".into()));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let agent = tokio::spawn(lanyard_agent::run::run(config, |_, _| {}, async {
+        let _ = stopped.await;
+    }));
+    let _ = stop.send(());
+    let result = tokio::time::timeout(DEADLINE, agent)
+        .await
+        .expect("the agent kept attesting after shutdown")
+        .unwrap();
+    assert!(result.is_ok(), "{result:?}");
 }
