@@ -295,10 +295,11 @@ impl Followed {
 
     /// Notes an index change: the next pass looks up what it can have changed.
     fn index_changed(&mut self, change: IndexChange) {
-        let rescan = if change.can_change(AnswerKind::MeshedPod) {
-            Rescan::All
-        } else {
-            Rescan::Services
+        let rescan = match change {
+            // A pod IP appears or turns meshed, a ClusterIP is assigned: any answer.
+            IndexChange::Pods | IndexChange::Services => Rescan::All,
+            // Only Service answers read EndpointSlices (resolver rule 1).
+            IndexChange::EndpointSlices => Rescan::Services,
         };
         self.rescan = self.rescan.max(rescan);
     }

@@ -101,24 +101,13 @@ pub struct Changes {
     slices: watch::Receiver<u64>,
 }
 
-/// Which index changed. Changes to several indexes are reported one at a time.
+/// Which index changed. Changes to several indexes are reported one at a time. Only Service
+/// answers read EndpointSlices; pods and Services can change any answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IndexChange {
     Pods,
     Services,
     EndpointSlices,
-}
-
-impl IndexChange {
-    /// Whether an answer of kind `kind` can differ after this change. EndpointSlices feed
-    /// only Service answers (rule 1); pods and Services can change any answer (a pod IP
-    /// appears, a ClusterIP is assigned, an endpoint's pod turns meshed).
-    pub fn can_change(self, kind: AnswerKind) -> bool {
-        match self {
-            Self::Pods | Self::Services => true,
-            Self::EndpointSlices => kind == AnswerKind::Service,
-        }
-    }
 }
 
 impl Changes {
@@ -496,11 +485,6 @@ mod tests {
         assert_eq!(changes.changed().await, IndexChange::Pods);
         s.services.replace_all(vec![]);
         assert_eq!(changes.changed().await, IndexChange::Services);
-        assert!(IndexChange::EndpointSlices.can_change(AnswerKind::Service));
-        assert!(!IndexChange::EndpointSlices.can_change(AnswerKind::MeshedPod));
-        assert!(!IndexChange::EndpointSlices.can_change(AnswerKind::Unknown));
-        assert!(IndexChange::Services.can_change(AnswerKind::Unknown));
-        assert!(IndexChange::Pods.can_change(AnswerKind::UnmeshedPod));
     }
 
     #[test]
