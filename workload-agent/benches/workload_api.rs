@@ -456,16 +456,20 @@ async fn bench(dir: &Path, server: SocketAddr, nofile: u64) {
                 let set = next_bundles();
                 let t0 = mono_ns();
                 main.agent.manager.set_bundles(set);
+                let mut last = t0;
                 loop {
                     let line = next_line().await;
                     if let Some(t) = line.strip_prefix("recv ") {
                         let t: u64 = t.parse().unwrap();
+                        last = last.max(t);
                         latencies.push(t.saturating_sub(t0) as f64 / 1e6);
                         received += 1;
                     } else if line.starts_with("done") {
                         break;
                     }
                 }
+                // For profilers (`perf record -k CLOCK_MONOTONIC`): the round's time window.
+                eprintln!("fan-out window {n} {kind} {t0} {last}");
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
             drop(child.stdin.take());

@@ -86,4 +86,13 @@ pub trait WorkloadIdentities: Send + Sync + 'static {
 
     /// Changes every time anything above may answer differently.
     fn changes(&self) -> watch::Receiver<u64>;
+
+    /// A number that moves (before [`WorkloadIdentities::changes`] ticks) whenever
+    /// [`WorkloadIdentities::resolve`] may answer differently for the same caller, so an open
+    /// stream can keep its resolution across changes that leave the node view alone (a
+    /// rotation, a bundle change). `None` (the default): not tracked; resolve after every
+    /// change.
+    fn view_version(&self) -> Option<u64> {
+        None
+    }
 }

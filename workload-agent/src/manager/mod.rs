@@ -14,7 +14,9 @@
 //!   after every change, so they keep their identities alive without polling); otherwise it is
 //!   dropped. A slot without an SVID is dropped once nobody asked for it in `idle_timeout`.
 //! - [`CertificateManager::changes`] moves on every rotation, expiry, bundle change and node
-//!   view change, so every open stream re-reads at once.
+//!   view change, so every open stream re-reads at once (the Workload API reads each distinct
+//!   identity set once per change and shares the result); the view version moves just before
+//!   a view change, so streams re-resolve their caller only then.
 //!
 //! Timers use `tokio::time::Instant` (see [`renew`]), so tests run them on a paused clock.
 
@@ -23,6 +25,7 @@ pub mod renew;
 pub mod resolve;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 
@@ -96,6 +99,9 @@ struct Shared {
     state: Mutex<HashMap<SpiffeId, Slot>>,
     bundles: RwLock<Arc<BundleSet>>,
     view: RwLock<Arc<NodeView>>,
+    /// Moves at every node view change, before `changes` does (see
+    /// [`WorkloadIdentities::view_version`]).
+    view_version: AtomicU64,
     /// What the Workload API watches.
     changes: watch::Sender<u64>,
     /// Moves after every finished mint attempt (success or not), for waiting callers.
@@ -213,6 +219,7 @@ impl CertificateManager {
                 state: Mutex::new(HashMap::new()),
                 bundles: RwLock::new(Arc::new(BundleSet::new())),
                 view: RwLock::new(Arc::new(NodeView::default())),
+                view_version: AtomicU64::new(0),
                 changes: watch::channel(0).0,
                 outcomes: watch::channel(0).0,
                 wake: Notify::new(),
@@ -271,6 +278,8 @@ impl CertificateManager {
                 }
             }
             *current = Arc::new(view);
+            // Under the write lock: whoever reads the new version then reads this view.
+            self.shared.view_version.fetch_add(1, Ordering::AcqRel);
         }
         self.shared.bump_changes();
     }
@@ -696,5 +705,9 @@ impl WorkloadIdentities for CertificateManager {
 
     fn changes(&self) -> watch::Receiver<u64> {
         self.shared.changes.subscribe()
+    }
+
+    fn view_version(&self) -> Option<u64> {
+        Some(self.shared.view_version.load(Ordering::Acquire))
     }
 }

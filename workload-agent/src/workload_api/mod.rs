@@ -6,6 +6,8 @@
 //!   admitting connections (peer pinned at accept, HTTP/2 preface within a timeout,
 //!   connection budget).
 //! - [`service`]: the `SpiffeWorkloadAPI` RPCs over [`WorkloadIdentities`].
+//! - [`shared_responses`]: stream responses built once per change and shared by the streams
+//!   that send the same one.
 //! - [`convert`]: SVIDs, bundles and JWT claims to Workload API messages.
 //! - [`limits`]: every bound ([`Limits`]) and the per-caller stream count.
 //! - [`metrics`]: the Prometheus metrics, [`WorkloadApiMetrics`].
@@ -18,7 +20,10 @@ pub mod convert;
 pub mod limits;
 pub mod metrics;
 pub mod service;
+pub mod shared_responses;
 pub mod socket;
+#[cfg(test)]
+mod stream_sharing_tests;
 
 use std::future::Future;
 use std::path::{Path, PathBuf};

@@ -18,9 +18,16 @@
 //!
 //! Streams (FetchX509SVID and the bundle streams) send the full current state at once, then
 //! again after each [`WorkloadIdentities::changes`] tick whose state differs from what was
-//! last sent. They are counted per caller ([`StreamLimiter`]); the slot lives in the stream's
-//! task, which ends when the client goes away, so a disconnect frees it. When the agent shuts
-//! down, every stream ends with `Unavailable`, so clients reconnect to the next agent.
+//! last sent. The caller is attested once, when its stream opens; its entitlements are
+//! resolved again after a change (only after a node view change when the source tells
+//! [`WorkloadIdentities::view_version`]). The responses themselves are built once per change
+//! and shared by every stream that sends the same one ([`SharedResponses`]), so a change costs
+//! one build per distinct identity set, not one per stream. A stream is the response body
+//! itself (no task of its own): it computes its next message only when the HTTP/2 connection
+//! polls it, so a slow reader holds back nothing but itself, and it always gets the latest
+//! state. Streams are counted per caller ([`StreamLimiter`]); the slot lives in the stream,
+//! which the server drops when the client goes away, so a disconnect frees it. When the agent
+//! shuts down, every stream ends with `Unavailable`, so clients reconnect to the next agent.
 //!
 //! Every refusal is a [`Refusal`], whose `Display` is the metric label.
 
@@ -41,14 +48,14 @@ use lanyard_proto::workload::{
 };
 use lanyard_svid::SpiffeId;
 use lanyard_svid::jwt::{JwtError, MAX_AUDIENCES};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio_stream::Stream;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Request, Response, Status};
 
 use super::convert::{self, ConvertError};
 use super::limits::{CallerKey, Limits, StreamLimiter, StreamSlot, TooManyStreams};
 use super::metrics::{OpenStreamGauge, WorkloadApiMetrics};
+use super::shared_responses::{BuildCounts, Purpose, SharedResponse, SharedResponses, WipeSecrets};
 use super::socket::CallerInfo;
 use crate::attest::{AttestError, Attested, PeerCred, WorkloadAttestor};
 use crate::identities::{Entitlement, IdentityError, WorkloadIdentities};
@@ -228,6 +235,8 @@ struct Shared {
     metrics: WorkloadApiMetrics,
     /// Turns `true` when the agent shuts down: every stream then ends.
     stopping: watch::Receiver<bool>,
+    /// The stream responses of the current change, built once each.
+    responses: SharedResponses,
 }
 
 /// An attested caller.
@@ -261,8 +270,15 @@ impl WorkloadApiService {
                 streams: StreamLimiter::new(limits.streams_per_caller),
                 metrics,
                 stopping,
+                responses: SharedResponses::new(),
             }),
         }
+    }
+
+    /// How many stream responses were built so far (each shared by every stream that sent
+    /// it): for tests and diagnostics.
+    pub fn responses_built(&self) -> BuildCounts {
+        self.shared.responses.builds()
     }
 
     /// The tonic service, with the request and response size bounds of `limits`.
@@ -315,31 +331,67 @@ impl Shared {
         }
     }
 
-    async fn x509_state(&self, attested: &Attested) -> Result<X509svidResponse, Refusal> {
-        let entitlements = self.identities.resolve(attested);
-        if entitlements.is_empty() {
-            return Err(Refusal::NoIdentity);
+    /// The caller's entitlements, re-resolved only when the node view may have changed;
+    /// `NoIdentity` when there are none.
+    fn entitlements<'c>(&self, caller: &'c mut StreamCaller) -> Result<&'c [Entitlement], Refusal> {
+        let version = self.identities.view_version();
+        let current = matches!(
+            (&caller.resolved, version),
+            (Some((Some(at), _)), Some(now)) if *at == now
+        );
+        if !current {
+            caller.resolved = Some((version, self.identities.resolve(&caller.attested)));
         }
-        let svids = self.identities.x509_svids(&entitlements).await?;
-        if svids.is_empty() {
-            return Err(Refusal::NoIdentity);
+        match &caller.resolved {
+            Some((_, entitlements)) if !entitlements.is_empty() => Ok(entitlements),
+            _ => Err(Refusal::NoIdentity),
         }
-        let bundles = self.identities.bundles();
-        convert::x509_svid_response(&svids, &bundles).map_err(Refusal::Convert)
     }
 
-    fn x509_bundles_state(&self, attested: &Attested) -> Result<X509BundlesResponse, Refusal> {
-        if self.identities.resolve(attested).is_empty() {
-            return Err(Refusal::NoIdentity);
-        }
-        Ok(convert::x509_bundles_response(&self.identities.bundles()))
+    async fn x509_state(
+        &self,
+        caller: &mut StreamCaller,
+        generation: u64,
+        purpose: Purpose,
+    ) -> Result<SharedResponse<X509svidResponse>, Refusal> {
+        let entitlements = self.entitlements(caller)?;
+        let build = || async {
+            let svids = self.identities.x509_svids(entitlements).await?;
+            if svids.is_empty() {
+                return Err(Refusal::NoIdentity);
+            }
+            let bundles = self.identities.bundles();
+            convert::x509_svid_response(&svids, &bundles).map_err(Refusal::Convert)
+        };
+        self.responses
+            .x509_svid(generation, entitlements, purpose, build)
+            .await
     }
 
-    fn jwt_bundles_state(&self, attested: &Attested) -> Result<JwtBundlesResponse, Refusal> {
-        if self.identities.resolve(attested).is_empty() {
-            return Err(Refusal::NoIdentity);
-        }
-        convert::jwt_bundles_response(&self.identities.bundles()).map_err(Refusal::Convert)
+    async fn x509_bundles_state(
+        &self,
+        caller: &mut StreamCaller,
+        generation: u64,
+        purpose: Purpose,
+    ) -> Result<SharedResponse<X509BundlesResponse>, Refusal> {
+        self.entitlements(caller)?;
+        let build = || async { Ok(convert::x509_bundles_response(&self.identities.bundles())) };
+        self.responses
+            .x509_bundles(generation, purpose, build)
+            .await
+    }
+
+    async fn jwt_bundles_state(
+        &self,
+        caller: &mut StreamCaller,
+        generation: u64,
+        purpose: Purpose,
+    ) -> Result<SharedResponse<JwtBundlesResponse>, Refusal> {
+        self.entitlements(caller)?;
+        let build = || async {
+            convert::jwt_bundles_response(&self.identities.bundles()).map_err(Refusal::Convert)
+        };
+        self.responses.jwt_bundles(generation, purpose, build).await
     }
 }
 
@@ -404,72 +456,139 @@ struct StreamGuards {
     _gauge: OpenStreamGauge,
 }
 
-/// Serves `first` at once, then `next()` after every change that alters it, until the
-/// client leaves, the caller loses its identity, or the agent stops.
-fn watch_stream<M, F, Fut>(
+/// The caller of one watch stream (attested when the stream opened), and the entitlements
+/// it last resolved to, with the node view version they are valid for (`None`: unknown, so
+/// resolved again at every change).
+struct StreamCaller {
+    attested: Attested,
+    resolved: Option<(Option<u64>, Vec<Entitlement>)>,
+}
+
+/// A message a watch stream sends: how to get the caller's current one.
+trait Watched: WipeSecrets + PartialEq + Clone + Send + Sync + 'static {
+    fn current(
+        shared: &Shared,
+        caller: &mut StreamCaller,
+        generation: u64,
+        purpose: Purpose,
+    ) -> impl Future<Output = Result<SharedResponse<Self>, Refusal>> + Send;
+}
+
+impl Watched for X509svidResponse {
+    fn current(
+        shared: &Shared,
+        caller: &mut StreamCaller,
+        generation: u64,
+        purpose: Purpose,
+    ) -> impl Future<Output = Result<SharedResponse<Self>, Refusal>> + Send {
+        shared.x509_state(caller, generation, purpose)
+    }
+}
+
+impl Watched for X509BundlesResponse {
+    fn current(
+        shared: &Shared,
+        caller: &mut StreamCaller,
+        generation: u64,
+        purpose: Purpose,
+    ) -> impl Future<Output = Result<SharedResponse<Self>, Refusal>> + Send {
+        shared.x509_bundles_state(caller, generation, purpose)
+    }
+}
+
+impl Watched for JwtBundlesResponse {
+    fn current(
+        shared: &Shared,
+        caller: &mut StreamCaller,
+        generation: u64,
+        purpose: Purpose,
+    ) -> impl Future<Output = Result<SharedResponse<Self>, Refusal>> + Send {
+        shared.jwt_bundles_state(caller, generation, purpose)
+    }
+}
+
+/// One open watch stream: sends its first state, then its state after every change that
+/// alters it, until the client leaves (the server drops it), the caller loses its identity,
+/// or the agent stops.
+struct WatchStream<M: Watched> {
     shared: Arc<Shared>,
     method: &'static str,
-    guards: StreamGuards,
-    mut changes: watch::Receiver<u64>,
-    first: M,
-    mut next: F,
-) -> ResponseStream<M>
-where
-    M: PartialEq + Clone + Send + 'static,
-    F: FnMut() -> Fut + Send + 'static,
-    Fut: Future<Output = Result<M, Refusal>> + Send,
-{
-    // One message in flight: each carries the full state, so a slow reader loses nothing.
-    let (tx, rx) = mpsc::channel(1);
-    let mut stopping = shared.stopping.clone();
-    tokio::spawn(async move {
-        let _guards = guards;
-        if tx.send(Ok(first.clone())).await.is_err() {
-            return;
+    caller: StreamCaller,
+    changes: watch::Receiver<u64>,
+    stopping: watch::Receiver<bool>,
+    /// The first state, until it is sent.
+    unsent: Option<SharedResponse<M>>,
+    /// What the client has (or is about to have).
+    last: SharedResponse<M>,
+    ended: bool,
+    _guards: StreamGuards,
+}
+
+/// What woke an idle stream.
+enum Wake {
+    Changed,
+    SourceStopped,
+    Stopping,
+}
+
+impl<M: Watched> WatchStream<M> {
+    fn into_response_stream(self) -> ResponseStream<M> {
+        Box::pin(futures::stream::unfold(self, |mut stream| async move {
+            let item = stream.next_message().await?;
+            Some((item, stream))
+        }))
+    }
+
+    async fn next_message(&mut self) -> Option<Result<M, Status>> {
+        if self.ended {
+            return None;
         }
-        let mut last = first;
+        if let Some(first) = self.unsent.take() {
+            return Some(Ok(first.message().clone()));
+        }
         let end = loop {
-            tokio::select! {
-                _ = tx.closed() => break None,
-                _ = stopped(&mut stopping) => break Some(Refusal::ShuttingDown),
-                changed = changes.changed() => {
-                    if changed.is_err() {
-                        break Some(Refusal::SourceStopped);
-                    }
-                    match next().await {
-                        Ok(state) if state == last => {}
-                        Ok(state) => {
-                            if tx.send(Ok(state.clone())).await.is_err() {
-                                break None;
-                            }
-                            last = state;
-                        }
-                        Err(refusal) if refusal.ends_stream() => break Some(refusal),
-                        Err(refusal) => {
-                            // Keep serving the last state (still valid); the manager ticks
-                            // `changes` again when it has something new.
-                            tracing::warn!(method, reason = %refusal, detail = %refusal.message(), "workload API stream update skipped");
-                        }
-                    }
+            let wake = tokio::select! {
+                _ = stopped(&mut self.stopping) => Wake::Stopping,
+                changed = self.changes.changed() => match changed {
+                    Ok(()) => Wake::Changed,
+                    Err(_) => Wake::SourceStopped,
+                },
+            };
+            match wake {
+                Wake::Stopping => break Refusal::ShuttingDown,
+                Wake::SourceStopped => break Refusal::SourceStopped,
+                Wake::Changed => {}
+            }
+            let generation = *self.changes.borrow_and_update();
+            match M::current(&self.shared, &mut self.caller, generation, Purpose::Update).await {
+                Ok(state) if state.same_content(&self.last) => {}
+                Ok(state) => {
+                    let message = state.message().clone();
+                    self.last = state;
+                    return Some(Ok(message));
+                }
+                Err(refusal) if refusal.ends_stream() => break refusal,
+                Err(refusal) => {
+                    // Keep serving the last state (still valid); the manager ticks
+                    // `changes` again when it has something new.
+                    tracing::warn!(method = self.method, reason = %refusal, detail = %refusal.message(), "workload API stream update skipped");
                 }
             }
         };
-        if let Some(refusal) = end {
-            shared.metrics.refused(method, &refusal.to_string());
-            let _ = tx.send(Err(refusal.to_status())).await;
-        }
-    });
-    Box::pin(ReceiverStream::new(rx))
+        self.ended = true;
+        self.shared.metrics.refused(self.method, &end.to_string());
+        Some(Err(end.to_status()))
+    }
 }
 
 impl WorkloadApiService {
     /// Admission for a stream: attest, take a stream slot, subscribe to changes before the
-    /// first state is read (so no change between the two is missed).
-    async fn open_stream<T>(
+    /// first state is read (so no change between the two is missed), then that first state.
+    async fn open_stream<M: Watched, T>(
         &self,
         method: &'static str,
         request: &Request<T>,
-    ) -> Result<(Caller, StreamGuards, watch::Receiver<u64>), Refusal> {
+    ) -> Result<ResponseStream<M>, Refusal> {
         let caller = self.shared.admit(request).await?;
         let slot = self
             .shared
@@ -477,12 +596,28 @@ impl WorkloadApiService {
             .acquire(caller.key())
             .map_err(Refusal::TooManyStreams)?;
         let mut changes = self.shared.identities.changes();
-        changes.borrow_and_update();
-        let guards = StreamGuards {
-            _slot: slot,
-            _gauge: self.shared.metrics.stream_opened(method),
+        let generation = *changes.borrow_and_update();
+        let mut stream_caller = StreamCaller {
+            attested: caller.attested,
+            resolved: None,
         };
-        Ok((caller, guards, changes))
+        let first =
+            M::current(&self.shared, &mut stream_caller, generation, Purpose::First).await?;
+        let stream = WatchStream {
+            shared: self.shared.clone(),
+            method,
+            caller: stream_caller,
+            changes,
+            stopping: self.shared.stopping.clone(),
+            unsent: Some(first.clone()),
+            last: first,
+            ended: false,
+            _guards: StreamGuards {
+                _slot: slot,
+                _gauge: self.shared.metrics.stream_opened(method),
+            },
+        };
+        Ok(stream.into_response_stream())
     }
 }
 
@@ -499,26 +634,8 @@ impl SpiffeWorkloadApi for WorkloadApiService {
         request: Request<X509svidRequest>,
     ) -> Result<Response<Self::FetchX509SVIDStream>, Status> {
         const METHOD: &str = "FetchX509SVID";
-        self.observe(METHOD, async {
-            let (caller, guards, changes) = self.open_stream(METHOD, &request).await?;
-            let first = self.shared.x509_state(&caller.attested).await?;
-            let shared = self.shared.clone();
-            let attested = caller.attested;
-            let next = move || {
-                let shared = shared.clone();
-                let attested = attested.clone();
-                async move { shared.x509_state(&attested).await }
-            };
-            Ok(watch_stream(
-                self.shared.clone(),
-                METHOD,
-                guards,
-                changes,
-                first,
-                next,
-            ))
-        })
-        .await
+        self.observe(METHOD, self.open_stream(METHOD, &request))
+            .await
     }
 
     async fn fetch_x509_bundles(
@@ -526,22 +643,8 @@ impl SpiffeWorkloadApi for WorkloadApiService {
         request: Request<X509BundlesRequest>,
     ) -> Result<Response<Self::FetchX509BundlesStream>, Status> {
         const METHOD: &str = "FetchX509Bundles";
-        self.observe(METHOD, async {
-            let (caller, guards, changes) = self.open_stream(METHOD, &request).await?;
-            let first = self.shared.x509_bundles_state(&caller.attested)?;
-            let shared = self.shared.clone();
-            let attested = caller.attested;
-            let next = move || std::future::ready(shared.x509_bundles_state(&attested));
-            Ok(watch_stream(
-                self.shared.clone(),
-                METHOD,
-                guards,
-                changes,
-                first,
-                next,
-            ))
-        })
-        .await
+        self.observe(METHOD, self.open_stream(METHOD, &request))
+            .await
     }
 
     async fn fetch_jwt_bundles(
@@ -549,22 +652,8 @@ impl SpiffeWorkloadApi for WorkloadApiService {
         request: Request<JwtBundlesRequest>,
     ) -> Result<Response<Self::FetchJWTBundlesStream>, Status> {
         const METHOD: &str = "FetchJWTBundles";
-        self.observe(METHOD, async {
-            let (caller, guards, changes) = self.open_stream(METHOD, &request).await?;
-            let first = self.shared.jwt_bundles_state(&caller.attested)?;
-            let shared = self.shared.clone();
-            let attested = caller.attested;
-            let next = move || std::future::ready(shared.jwt_bundles_state(&attested));
-            Ok(watch_stream(
-                self.shared.clone(),
-                METHOD,
-                guards,
-                changes,
-                first,
-                next,
-            ))
-        })
-        .await
+        self.observe(METHOD, self.open_stream(METHOD, &request))
+            .await
     }
 
     async fn fetch_jwtsvid(
