@@ -69,6 +69,8 @@ pub trait WorkloadIdentities: Send + Sync + 'static {
     /// them, so a first call for a new identity costs one mint round trip. An identity the
     /// agent already holds returns at once. Subscribers keep the identities renewed for as long
     /// as they keep calling; the manager may drop identities nobody asked for in a while.
+    /// Once nothing is pending, the identities held are returned even if others were refused
+    /// or timed out (in order, so the default may be a later one); an error only when none is.
     async fn x509_svids(
         &self,
         entitlements: &[Entitlement],

@@ -121,6 +121,32 @@ async fn refusal_answers_the_waiting_caller_at_once() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn one_refused_identity_does_not_cost_the_caller_its_others() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let server = Arc::new(FakeServer::new(Duration::from_secs(3600)));
+    server.set_mode(Mode::RefuseId("/bad"));
+    let m = manager(server.clone(), ManagerSettings::default());
+    let start = tokio::time::Instant::now();
+    let held = m
+        .x509_svids(&[entry("/bad"), entry("/web"), entry("/db")])
+        .await
+        .unwrap();
+    let ids: Vec<&str> = held.iter().map(|s| s.spiffe_id().path()).collect();
+    assert_eq!(ids, ["/web", "/db"], "the others, in order");
+    assert!(
+        start.elapsed() < Duration::from_secs(1),
+        "waited for the full deadline"
+    );
+    // Alone, the refused identity is still an error naming the reason.
+    match m.x509_svids(&[entry("/bad")]).await {
+        Err(IdentityError::NotReady(why)) => {
+            assert!(why.starts_with("entry_not_assigned_to_node"), "{why}")
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_refused_pod_claim_falls_back_to_another_pod_of_the_identity() {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let server = Arc::new(FakeServer::new(Duration::from_secs(3600)));

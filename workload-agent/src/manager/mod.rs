@@ -616,10 +616,11 @@ impl WorkloadIdentities for CertificateManager {
                 let now = Instant::now();
                 let slots = shared.lock();
                 let mut out = Vec::with_capacity(entitlements.len());
-                let mut failed = None;
+                let mut failed: Vec<(&SpiffeId, String)> = Vec::new();
+                let mut pending = 0;
                 for (e, start) in entitlements.iter().zip(&started) {
                     let Some(slot) = slots.get(&e.spiffe_id) else {
-                        failed = Some("the identity was dropped".to_owned());
+                        failed.push((&e.spiffe_id, "the identity was dropped".to_owned()));
                         continue;
                     };
                     match slot.servable(now) {
@@ -628,16 +629,15 @@ impl WorkloadIdentities for CertificateManager {
                         None if slot.attempts > *start
                             || slot.retry_at.is_some_and(|r| r >= deadline) =>
                         {
-                            failed = slot.last_error.clone().or(Some("mint failed".into()));
+                            let why = slot.last_error.clone();
+                            failed
+                                .push((&e.spiffe_id, why.unwrap_or_else(|| "mint failed".into())));
                         }
-                        None => {}
+                        None => pending += 1,
                     }
                 }
-                if out.len() == entitlements.len() {
-                    return Ok(out);
-                }
-                if let Some(why) = failed {
-                    return Err(IdentityError::NotReady(why));
+                if pending == 0 {
+                    return partial_or_refused(out, &failed);
                 }
             }
             if !*shared.attested.borrow() {
@@ -646,10 +646,28 @@ impl WorkloadIdentities for CertificateManager {
             match tokio::time::timeout_at(deadline, outcomes.changed()).await {
                 Ok(Ok(())) => continue,
                 _ => {
-                    return Err(IdentityError::NotReady(format!(
+                    // Out of time: serve what is held; the stream gets the rest as it arrives.
+                    let now = Instant::now();
+                    let slots = shared.lock();
+                    let out: Vec<_> = entitlements
+                        .iter()
+                        .filter_map(|e| slots.get(&e.spiffe_id)?.servable(now))
+                        .collect();
+                    let waited = format!(
                         "no X.509-SVID from the server within {} s",
                         shared.settings.first_mint_wait.as_secs_f32()
-                    )));
+                    );
+                    let missing: Vec<(&SpiffeId, String)> = entitlements
+                        .iter()
+                        .filter(|e| {
+                            slots
+                                .get(&e.spiffe_id)
+                                .and_then(|s| s.servable(now))
+                                .is_none()
+                        })
+                        .map(|e| (&e.spiffe_id, waited.clone()))
+                        .collect();
+                    return partial_or_refused(out, &missing);
                 }
             }
         }
@@ -710,4 +728,23 @@ impl WorkloadIdentities for CertificateManager {
     fn view_version(&self) -> Option<u64> {
         Some(self.shared.view_version.load(Ordering::Acquire))
     }
+}
+
+/// A caller's SVIDs once nothing is pending: those it holds, even when some of its identities
+/// were refused (one bad entry must not cost a workload all its others), or the first refusal
+/// when it holds none. Each missing identity is logged.
+fn partial_or_refused(
+    held: Vec<Arc<X509Svid>>,
+    missing: &[(&SpiffeId, String)],
+) -> Result<Vec<Arc<X509Svid>>, IdentityError> {
+    if held.is_empty() {
+        let why = missing
+            .first()
+            .map_or_else(|| "mint failed".to_owned(), |(_, why)| why.clone());
+        return Err(IdentityError::NotReady(why));
+    }
+    for (id, why) in missing {
+        tracing::warn!(spiffe_id = %id, reason = %why, "serving the caller's other identities without this one");
+    }
+    Ok(held)
 }

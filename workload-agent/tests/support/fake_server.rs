@@ -23,6 +23,8 @@ pub enum Mode {
     Refuse(&'static str),
     /// Refuse items naming this pod, sign the rest.
     RefusePod(&'static str),
+    /// Refuse items for this SPIFFE ID path with `entry_not_assigned_to_node`, sign the rest.
+    RefuseId(&'static str),
 }
 
 /// One `MintX509SVIDs` call.
@@ -148,6 +150,9 @@ impl MintApi for FakeServer {
                     Mode::Refuse(reason) => return refuse(reason),
                     Mode::RefusePod(pod) if Self::pod_name(workload) == Some(pod) => {
                         return refuse("pod_not_found");
+                    }
+                    Mode::RefuseId(path) if Self::id_of(workload).path() == *path => {
+                        return refuse("entry_not_assigned_to_node");
                     }
                     _ => {}
                 }
