@@ -26,6 +26,16 @@ pub mod discovery {
     pub mod v1 {
         tonic::include_proto!("lanyard.discovery.v1");
     }
+
+    /// The response metadata key (a trailer, or a header of a trailers-only response) on every
+    /// refusal of the agent's `Discovery` service, naming why a call was refused or a `Watch`
+    /// ended; documented on `Discovery` in `discovery.proto`. Programs decide on it, never on
+    /// the status message.
+    pub const REFUSAL_TRAILER: &str = "lanyard-discovery-refusal";
+
+    /// The [`REFUSAL_TRAILER`] value of an answer that expired at the agent (the server was
+    /// unreachable for longer than the agent's TTL).
+    pub const REFUSAL_EXPIRED: &str = "expired";
 }
 
 /// The metadata key every Workload API call must carry with the value `true`.

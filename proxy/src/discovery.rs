@@ -39,11 +39,9 @@ use tonic::transport::{Channel, Endpoint, Uri};
 
 use crate::metrics::ProxyMetrics;
 
-/// The agent's response metadata naming why it refused a call or ended a `Watch` (its
-/// `DiscoveryRefusal` label); documented on `Discovery` in `discovery.proto`.
-pub const REFUSAL_TRAILER: &str = "lanyard-discovery-refusal";
-/// The [`REFUSAL_TRAILER`] value of an answer that expired at the agent.
-const EXPIRED_LABEL: &str = "expired";
+/// The agent's response metadata naming why it refused a call or ended a `Watch`, and its
+/// value for an expired answer (the wire crate's, shared with the agent).
+pub use lanyard_proto::discovery::{REFUSAL_EXPIRED, REFUSAL_TRAILER};
 
 /// Largest answer accepted (the agent sends at most 4 MiB).
 const MAX_ANSWER_BYTES: usize = 4 * 1024 * 1024;
@@ -177,7 +175,7 @@ impl WatchEnd {
             .metadata()
             .get(REFUSAL_TRAILER)
             .and_then(|v| v.to_str().ok());
-        if label == Some(EXPIRED_LABEL) {
+        if label == Some(REFUSAL_EXPIRED) {
             Self::Expired
         } else {
             Self::Lost

@@ -35,9 +35,9 @@ use crate::identities::WorkloadIdentities;
 use crate::workload_api::limits::{CallerKey, StreamLimiter, StreamSlot};
 use crate::workload_api::socket::CallerInfo;
 
-/// The response metadata key (a trailer, or a header of a trailers-only response) naming why
-/// a call was refused or a `Watch` ended: a [`DiscoveryRefusal`] label.
-pub const REFUSAL_TRAILER: &str = "lanyard-discovery-refusal";
+/// The response metadata key naming why a call was refused or a `Watch` ended: a
+/// [`DiscoveryRefusal`] label (shared with callers through the wire crate).
+pub use lanyard_proto::discovery::REFUSAL_TRAILER;
 
 /// Largest request accepted (a destination is a few dozen bytes).
 const MAX_REQUEST_BYTES: usize = 1024;
@@ -431,6 +431,11 @@ mod tests {
         );
         assert_eq!(expired.code(), Code::Unavailable);
         assert_eq!(trailer(&expired), Some("expired"));
+        assert_eq!(
+            DiscoveryRefusal::Expired.to_string(),
+            lanyard_proto::discovery::REFUSAL_EXPIRED,
+            "what the proxy reads as expiry"
+        );
         for (refusal, label) in [
             (DiscoveryRefusal::NotReady, "not_ready"),
             (DiscoveryRefusal::ShuttingDown, "shutting_down"),
