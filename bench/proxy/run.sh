@@ -9,6 +9,10 @@
 # Knobs (environment): ROUNDS (3) interleaved rounds per measurement, SECS (10) seconds per
 # iperf3/sockperf run, HS_SECS (10) seconds per handshake run, IDLE_CONNS (1000),
 # NO_BUILD=1 to use target/release as it is, KEEP=1 to keep the work directory,
+# PROXY_BIN=path to run another lanyard-proxy build (e.g. a saved baseline) as the Lanyard pair,
+# PHASES ("throughput latency memory handshakes") to run only some measurements,
+# PROFILE=DIR to also profile the Lanyard pair under one more iperf3 run (SECS long): perf
+# stat (syscalls, context switches, CPU time) and perf record -g of both proxies, reports in DIR,
 # PRIORITY=1 on a shared machine: everything runs at nice -10, and the latency phase's
 # processes (sockperf, both ends of every pair) under SCHED_FIFO 10, back to normal after it
 # (sockperf ping-pong and the proxies block between messages: nothing spins at that priority).
@@ -26,6 +30,9 @@ ROUNDS=${ROUNDS:-3}
 SECS=${SECS:-10}
 HS_SECS=${HS_SECS:-10}
 IDLE_CONNS=${IDLE_CONNS:-1000}
+PHASES=" ${PHASES:-throughput latency memory handshakes} "
+PROFILE=${PROFILE:-}
+phase() { [[ $PHASES == *" $1 "* ]]; }
 TD=example.org
 WEB_ID=spiffe://$TD/bench/web
 CLIENT_ID=spiffe://$TD/bench/client
@@ -117,7 +124,7 @@ median() { sort -g | awk '{v[NR] = $1} END {print (NR % 2) ? v[(NR + 1) / 2] : (
 # ---------------------------------------------------------------- identity: server + agent
 for side in web client; do
     mkdir -p "$WORK/$side"
-    cp "$BIN/lanyard-proxy" "$WORK/$side/lanyard-proxy"
+    cp "${PROXY_BIN:-$BIN/lanyard-proxy}" "$WORK/$side/lanyard-proxy"
     cp "$BIN/lanyard-agent" "$WORK/$side/lanyard-agent"
 done
 cat >"$WORK/server.toml" <<EOF
@@ -303,7 +310,8 @@ PAIRS=(direct lanyard stunnel haproxy)
 
 # ---------------------------------------------------------------- throughput
 declare -A GBPS
-for ((r = 1; r <= ROUNDS; r++)); do
+phase throughput || ROUNDS_T=0
+for ((r = 1; r <= ${ROUNDS_T:-$ROUNDS}; r++)); do
     for pair in "${PAIRS[@]}"; do
         out=$(iperf3 -c 127.0.0.1 -p "${ROUTE_IPERF[$pair]}" -P 1 -t "$SECS" -f m)
         mbps=$(echo "$out" | awk '/receiver/ {for (i = 1; i <= NF; i++) if ($i == "Mbits/sec") print $(i - 1)}')
@@ -313,8 +321,36 @@ for ((r = 1; r <= ROUNDS; r++)); do
     done
 done
 
+# ---------------------------------------------------------------- profile
+# The Lanyard pair under one more iperf3 run: syscalls, context switches and CPU of both
+# proxies (perf stat), and where their time goes (perf record -g, report by symbol).
+if [[ -n $PROFILE ]]; then
+    mkdir -p "$PROFILE"
+    perf stat -e raw_syscalls:sys_enter,context-switches,task-clock -p "$LANYARD_CLIENT,$LANYARD_WEB" \
+        -o "$PROFILE/stat.txt" -- sleep "$SECS" &
+    STAT_PID=$!
+    perf record -g -F 499 -p "$LANYARD_CLIENT,$LANYARD_WEB" -o "$PROFILE/perf.data" -- sleep "$SECS" \
+        >"$PROFILE/record.log" 2>&1 &
+    RECORD_PID=$!
+    out=$(iperf3 -c 127.0.0.1 -p "${ROUTE_IPERF[lanyard]}" -P 1 -t "$SECS" -f m)
+    wait "$STAT_PID" "$RECORD_PID"
+    mbps=$(echo "$out" | awk '/receiver/ {for (i = 1; i <= NF; i++) if ($i == "Mbits/sec") print $(i - 1)}')
+    syscalls=$(awk '/raw_syscalls:sys_enter/ {gsub(",", "", $1); print $1}' "$PROFILE/stat.txt")
+    perf report -i "$PROFILE/perf.data" --no-children --sort dso,sym --stdio -g none \
+        >"$PROFILE/report.txt" 2>/dev/null || true
+    perf report -i "$PROFILE/perf.data" --no-children --sort dso --stdio -g none 2>/dev/null |
+        grep -E '^ +[0-9]' >"$PROFILE/dso.txt" || true
+    perf trace -s -p "$LANYARD_CLIENT,$LANYARD_WEB" -o "$PROFILE/syscalls.txt" -- sleep 1 2>/dev/null || true
+    log "profile (lanyard pair, iperf3 $mbps Mbit/s): $syscalls syscalls in ${SECS}s over both proxies," \
+        "$(awk -v m="$mbps" -v n="$syscalls" -v s="$SECS" 'BEGIN {printf "%.0f bytes of stream per syscall", m * 1e6 / 8 * s / n}')"
+    log "  $(grep -E 'context-switches|task-clock' "$PROFILE/stat.txt" | xargs)"
+    log "  by DSO: $(xargs <"$PROFILE/dso.txt")"
+    log "  reports in $PROFILE (report.txt, dso.txt, stat.txt)"
+fi
+
 # ---------------------------------------------------------------- latency
 declare -A P50 P99
+phase latency || ROUNDS_L=0
 ON_PATH=("$SOCKPERF_SERVER" "$LANYARD_CLIENT" "$LANYARD_WEB" "$STUNNEL_CLIENT" "$STUNNEL_SERVER"
     "$HAPROXY_CLIENT" "$HAPROXY_SERVER")
 RT=()
@@ -322,7 +358,7 @@ if [[ ${PRIORITY:-} == 1 ]]; then
     for pid in "${ON_PATH[@]}"; do chrt -f -a -p 10 "$pid" >/dev/null; done
     RT=(chrt -f 10)
 fi
-for ((r = 1; r <= ROUNDS; r++)); do
+for ((r = 1; r <= ${ROUNDS_L:-$ROUNDS}; r++)); do
     for pair in "${PAIRS[@]}"; do
         out=$("${RT[@]}" sockperf pp --tcp -i 127.0.0.1 -p "${ROUTE_SOCKPERF[$pair]}" -t "$SECS" -m 64 --full-rtt 2>&1)
         p50=$(echo "$out" | awk '/percentile 50.000 =/ {print $NF}')
@@ -354,14 +390,18 @@ idle() { # NAME PORT CLIENT_PID SERVER_PID
     log "idle $1:"
     echo "$out" | sed 's/^/#   /' >&2
 }
-idle lanyard "${L_OUT[2]}" "$LANYARD_CLIENT" "$LANYARD_WEB"
-idle stunnel "${S_OUT[2]}" "$STUNNEL_CLIENT" "$STUNNEL_SERVER"
-idle haproxy "${H_OUT[2]}" "$HAPROXY_CLIENT" "$HAPROXY_SERVER"
+if phase memory; then
+    idle lanyard "${L_OUT[2]}" "$LANYARD_CLIENT" "$LANYARD_WEB"
+    idle stunnel "${S_OUT[2]}" "$STUNNEL_CLIENT" "$STUNNEL_SERVER"
+    idle haproxy "${H_OUT[2]}" "$HAPROXY_CLIENT" "$HAPROXY_SERVER"
+fi
 AFTER_RSS_WEB=$(rss "$LANYARD_WEB")
 AFTER_RSS_CLIENT=$(rss "$LANYARD_CLIENT")
 
 # ---------------------------------------------------------------- handshakes per core
 # Servers pinned to core 1, the load generator and the proxy's echo target to core 0.
+phase handshakes || ROUNDS_H=0
+if phase handshakes; then
 start hs-echo taskset -c 0 "$BENCH" echo --listen 127.0.0.1:0
 HS_ECHO=$(announced hs-echo echo)
 start hs-lanyard taskset -c 1 "$WORK/web/lanyard-proxy" run --workload-socket "$SOCKET" \
@@ -376,8 +416,9 @@ HS_VERIFIER=$LAST_PID
 HS_VERIFIER_ADDR=$(announced hs-verifier tls-echo)
 declare -A HS_ADDR=([rustls]=$HS_WEBPKI_ADDR [rustls+spiffe]=$HS_VERIFIER_ADDR [lanyard]=127.0.0.1:$HS_PORT)
 declare -A HS_PID=([rustls]=$HS_WEBPKI [rustls+spiffe]=$HS_VERIFIER [lanyard]=$HS_LANYARD)
+fi
 declare -A HS_RATE HS_PER_CORE
-for ((r = 1; r <= ROUNDS; r++)); do
+for ((r = 1; r <= ${ROUNDS_H:-$ROUNDS}; r++)); do
     for server in rustls rustls+spiffe lanyard; do
         out=$(taskset -c 0 "$BENCH" handshakes --connect "${HS_ADDR[$server]}" \
             --svid-dir "$WORK/certs/client" --seconds "$HS_SECS" --server-pid "${HS_PID[$server]}")
@@ -402,6 +443,7 @@ echo "medians of $ROUNDS interleaved rounds; iperf3 -t $SECS one stream; sockper
 echo "PRIORITY=${PRIORITY:-0} (1: nice -10 throughout, SCHED_FIFO 10 for the latency phase)"
 echo
 
+if phase throughput && phase latency; then
 declare -A T L50 L99
 for pair in "${PAIRS[@]}"; do
     T[$pair]=$(med "${GBPS[$pair]}")
@@ -428,6 +470,8 @@ echo
 for pair in "${PAIRS[@]}"; do
     echo "rounds $pair: Gbit/s ${GBPS[$pair]}; p50 us ${P50[$pair]}; p99 us ${P99[$pair]}"
 done
+fi
+if phase handshakes; then
 echo
 echo "| handshake server (pinned to 1 core) | handshakes/s (wall) | handshakes per CPU-second | vs rustls alone |"
 echo "|---|---|---|---|"
@@ -436,7 +480,9 @@ for server in rustls rustls+spiffe lanyard; do
     pc=$(med "${HS_PER_CORE[$server]}")
     echo "| $server | $(med "${HS_RATE[$server]}") | $pc | $(ratio "$pc" "$hs_base") |"
 done
+fi
 echo
+if ! phase memory; then for key in "${!IDLE_RSS[@]}"; do PER_CONN[$key]=-; REUSE[$key]=-; done; fi
 echo "| proxy process | idle RSS KiB (ready, before traffic) | RSS growth per idle connection, bytes | RSS KiB before / $IDLE_CONNS open / closed, cycles 1 -> 2 -> 3 |"
 echo "|---|---|---|---|"
 for key in lanyard/client lanyard/server stunnel/client stunnel/server haproxy/client haproxy/server; do

@@ -3,10 +3,10 @@
 //! flowing. The byte counts survive an error, so a reset connection is still reported right.
 
 use std::io;
-use std::pin::Pin;
-use std::task::{Context, Poll};
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use crate::copy::{BidiCopy, BufferPolicy};
 
 /// Application bytes carried, seen from the client (downstream) side.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -18,70 +18,34 @@ pub struct Transfer {
 }
 
 /// Copies between `downstream` and `upstream` until both directions end or one fails.
-pub async fn pipe<D, U>(downstream: D, mut upstream: U) -> (Transfer, io::Result<()>)
+pub async fn pipe<D, U>(downstream: D, upstream: U) -> (Transfer, io::Result<()>)
 where
     D: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut down = Counted {
-        inner: downstream,
-        read: 0,
-        written: 0,
-    };
-    let result = tokio::io::copy_bidirectional(&mut down, &mut upstream)
-        .await
-        .map(|_| ());
+    pipe_with(downstream, upstream, BufferPolicy::DEFAULT).await
+}
+
+/// [`pipe`] with buffers sized by `policy`.
+pub async fn pipe_with<D, U>(
+    mut downstream: D,
+    mut upstream: U,
+    policy: BufferPolicy,
+) -> (Transfer, io::Result<()>)
+where
+    D: AsyncRead + AsyncWrite + Unpin,
+    U: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut copy = BidiCopy::new(&mut downstream, &mut upstream, policy);
+    let result = (&mut copy).await;
+    let (down_to_up, up_to_down) = copy.flows();
     (
         Transfer {
-            bytes_in: down.read,
-            bytes_out: down.written,
+            bytes_in: down_to_up.read,
+            bytes_out: up_to_down.written,
         },
         result,
     )
-}
-
-/// Counts the bytes read from and written to `inner`.
-struct Counted<S> {
-    inner: S,
-    read: u64,
-    written: u64,
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        let before = buf.filled().len();
-        let poll = Pin::new(&mut this.inner).poll_read(cx, buf);
-        this.read += (buf.filled().len() - before) as u64;
-        poll
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        let poll = Pin::new(&mut this.inner).poll_write(cx, buf);
-        if let Poll::Ready(Ok(n)) = &poll {
-            this.written += *n as u64;
-        }
-        poll
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
-    }
 }
 
 #[cfg(test)]

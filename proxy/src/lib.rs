@@ -11,6 +11,7 @@
 //! - [`outbound`]: workload to network: originate mTLS to a known ID, else plaintext.
 //! - [`original_dst`]: `SO_ORIGINAL_DST` for the transparent (iptables REDIRECT) listeners.
 //! - [`forward`]: the bidirectional pipe with byte counts and half-close.
+//! - [`copy`]: its copy loop, with buffers that grow while streaming and go when idle.
 //! - [`context`]: what connection handlers share, and the end-of-connection report.
 //! - [`reason`]: the typed reasons for plaintext or refusal, whose text is the label.
 //! - [`tap`]: one line per connection to `--admin` readers, lossy for slow readers.
@@ -19,6 +20,7 @@
 
 pub mod config;
 pub mod context;
+pub mod copy;
 pub mod detect;
 pub mod discovery;
 pub mod first_flight;
