@@ -340,7 +340,11 @@ if [[ -n $PROFILE ]]; then
         >"$PROFILE/report.txt" 2>/dev/null || true
     perf report -i "$PROFILE/perf.data" --no-children --sort dso --stdio -g none 2>/dev/null |
         grep -E '^ +[0-9]' >"$PROFILE/dso.txt" || true
-    perf trace -s -p "$LANYARD_CLIENT,$LANYARD_WEB" -o "$PROFILE/syscalls.txt" -- sleep 1 2>/dev/null || true
+    # Which syscalls, from a separate short run (tracing every syscall slows the proxies).
+    perf trace -s -p "$LANYARD_CLIENT,$LANYARD_WEB" -o "$PROFILE/syscalls.txt" -- sleep 3 2>/dev/null &
+    TRACE_PID=$!
+    iperf3 -c 127.0.0.1 -p "${ROUTE_IPERF[lanyard]}" -P 1 -t 3 >/dev/null
+    wait "$TRACE_PID" || true
     log "profile (lanyard pair, iperf3 $mbps Mbit/s): $syscalls syscalls in ${SECS}s over both proxies," \
         "$(awk -v m="$mbps" -v n="$syscalls" -v s="$SECS" 'BEGIN {printf "%.0f bytes of stream per syscall", m * 1e6 / 8 * s / n}')"
     log "  $(grep -E 'context-switches|task-clock' "$PROFILE/stat.txt" | xargs)"

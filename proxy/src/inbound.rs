@@ -192,6 +192,7 @@ async fn terminate_mtls(
     if !ctx.store.has_svid() {
         return Done::refused(target.to_owned(), NoTlsReason::NoSvid);
     }
+    let stream = crate::read_ahead::ReadAhead::new(stream); // rustls reads a record at a time
     let tls =
         match tokio::time::timeout(ctx.handshake_timeout, policy.acceptor.accept(stream)).await {
             Err(_) => return Done::refused(target.to_owned(), NoTlsReason::HandshakeTimeout),

@@ -12,6 +12,7 @@
 //! - [`original_dst`]: `SO_ORIGINAL_DST` for the transparent (iptables REDIRECT) listeners.
 //! - [`forward`]: the bidirectional pipe with byte counts and half-close.
 //! - [`copy`]: its copy loop, with buffers that grow while streaming and go when idle.
+//! - [`read_ahead`]: large socket reads under a TLS session (rustls reads a record at a time).
 //! - [`context`]: what connection handlers share, and the end-of-connection report.
 //! - [`reason`]: the typed reasons for plaintext or refusal, whose text is the label.
 //! - [`tap`]: one line per connection to `--admin` readers, lossy for slow readers.
@@ -29,6 +30,7 @@ pub mod inbound;
 pub mod metrics;
 pub mod original_dst;
 pub mod outbound;
+pub mod read_ahead;
 pub mod reason;
 pub mod rewind;
 pub mod run;

@@ -261,6 +261,7 @@ async fn mtls_over(
     ctx: &ConnContext,
 ) -> Done {
     let dst = peer_text(&upstream, destination);
+    let upstream = crate::read_ahead::ReadAhead::new(upstream); // rustls reads a record at a time
     let handshake = connector.connect(unused_server_name(), upstream);
     let tls = match tokio::time::timeout(ctx.handshake_timeout, handshake).await {
         Err(_) => return Done::refused(dst, NoTlsReason::HandshakeTimeout),
