@@ -345,6 +345,11 @@ if [[ -n $PROFILE ]]; then
     TRACE_PID=$!
     iperf3 -c 127.0.0.1 -p "${ROUTE_IPERF[lanyard]}" -P 1 -t 3 >/dev/null
     wait "$TRACE_PID" || true
+    # The same for ping-pong: syscalls per message (sockperf prints how many it sent).
+    perf trace -s -p "$LANYARD_CLIENT,$LANYARD_WEB" -o "$PROFILE/syscalls-pingpong.txt" -- sleep 3 2>/dev/null &
+    TRACE_PID=$!
+    sockperf pp --tcp -i 127.0.0.1 -p "${ROUTE_SOCKPERF[lanyard]}" -t 2 -m 64 >"$PROFILE/sockperf.txt" 2>&1
+    wait "$TRACE_PID" || true
     log "profile (lanyard pair, iperf3 $mbps Mbit/s): $syscalls syscalls in ${SECS}s over both proxies," \
         "$(awk -v m="$mbps" -v n="$syscalls" -v s="$SECS" 'BEGIN {printf "%.0f bytes of stream per syscall", m * 1e6 / 8 * s / n}')"
     log "  $(grep -E 'context-switches|task-clock' "$PROFILE/stat.txt" | xargs)"
