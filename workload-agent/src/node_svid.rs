@@ -38,7 +38,7 @@ use zeroize::Zeroizing;
 use crate::manager::backoff::{Backoff, random_unit};
 use crate::manager::renew::SvidTimes;
 use crate::metrics::AgentMetrics;
-use crate::server_client::{ServerClient, ServerError};
+use crate::server_client::{AttestApi, ServerError};
 
 /// The node SVID's file in the data dir.
 pub const NODE_SVID_FILE: &str = "node-svid.pem";
@@ -131,7 +131,7 @@ pub type BundleSink = Box<dyn Fn(&wire::Bundle) + Send + Sync>;
 
 /// Obtains, persists and renews the node SVID, and installs it in the shared [`SvidStore`].
 pub struct NodeSvidKeeper {
-    client: Arc<ServerClient>,
+    client: Arc<dyn AttestApi>,
     store: Arc<SvidStore>,
     trust_domain: TrustDomain,
     method: Option<AttestMethod>,
@@ -145,7 +145,7 @@ pub struct NodeSvidKeeper {
 
 impl NodeSvidKeeper {
     pub fn new(
-        client: Arc<ServerClient>,
+        client: Arc<dyn AttestApi>,
         store: Arc<SvidStore>,
         trust_domain: TrustDomain,
         method: Option<AttestMethod>,
@@ -247,11 +247,24 @@ impl NodeSvidKeeper {
                                 e.message()
                             );
                         }
-                        tokio::time::sleep(delay).await;
+                        // Wake at the expiry too, so the SVID is withdrawn when it expires
+                        // (the next attempt checks first), not a backoff period later.
+                        let retry_at = Instant::now() + delay;
+                        let wake = match self.expiry() {
+                            Some(expires) if !expired => retry_at.min(expires),
+                            _ => retry_at,
+                        };
+                        tokio::time::sleep_until(wake).await;
                     }
                 }
             }
         }
+    }
+
+    /// When the node SVID in use expires.
+    fn expiry(&self) -> Option<Instant> {
+        let times = *self.times.lock().unwrap_or_else(|e| e.into_inner());
+        times.map(|t| t.expires)
     }
 
     fn method_kind(&self) -> Option<NodeAttestation> {

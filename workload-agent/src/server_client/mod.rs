@@ -119,6 +119,19 @@ pub trait MintApi: Send + Sync + 'static {
     ) -> Result<wire::MintJwtSvidResponse, ServerError>;
 }
 
+/// The node-attestation half of the server API: what the node SVID keeper calls.
+#[tonic::async_trait]
+pub trait AttestApi: Send + Sync + 'static {
+    /// One `AttestNode` call: a first attestation, or a renewal with the node SVID.
+    async fn attest_node(
+        &self,
+        request: wire::AttestNodeRequest,
+    ) -> Result<wire::AttestNodeResponse, ServerError>;
+
+    /// Makes later calls use a new connection, so they present the node SVID just installed.
+    fn reconnect(&self);
+}
+
 /// A client of lanyard-server. Cheap to share (`Arc`); calls never block each other.
 pub struct ServerClient {
     endpoint: Endpoint,
@@ -224,6 +237,20 @@ async fn unary<T>(
         ))),
         Ok(Err(status)) => Err(ServerError::from_status(&status)),
         Ok(Ok(response)) => Ok(response.into_inner()),
+    }
+}
+
+#[tonic::async_trait]
+impl AttestApi for ServerClient {
+    async fn attest_node(
+        &self,
+        request: wire::AttestNodeRequest,
+    ) -> Result<wire::AttestNodeResponse, ServerError> {
+        ServerClient::attest_node(self, request).await
+    }
+
+    fn reconnect(&self) {
+        ServerClient::reconnect(self);
     }
 }
 
