@@ -21,6 +21,9 @@ pub const DEFAULT_NODE_TTL: Duration = Duration::from_secs(3600);
 pub const DEFAULT_K8S_AUDIENCE: &str = "lanyard-server";
 /// SVIDs per second per node: far above what renewals need, low enough to stop a runaway loop.
 pub const DEFAULT_MINT_RATE_LIMIT: f64 = 500.0;
+/// Node attestations per second from one source address: generous for real agents (a node
+/// attests about once an hour), tight for a guessing loop.
+pub const DEFAULT_ATTEST_RATE_LIMIT: f64 = 5.0;
 pub const DEFAULT_POD_ID_TEMPLATE: &str = "/ns/{namespace}/sa/{service_account}";
 
 /// Why a configuration is refused.
@@ -100,6 +103,11 @@ pub struct RunArgs {
     #[arg(long, env = "LANYARD_MINT_RATE_LIMIT")]
     pub mint_rate_limit: Option<f64>,
 
+    /// Node attestations per second from one source address (bursts of 4x are allowed);
+    /// raise it when many agents reach the server through one NAT address.
+    #[arg(long, env = "LANYARD_ATTEST_RATE_LIMIT")]
+    pub attest_rate_limit: Option<f64>,
+
     /// Static workload entries (config file only).
     #[arg(skip)]
     #[serde(default)]
@@ -150,6 +158,7 @@ pub struct ServerConfig {
     pub pod_id_template: String,
     pub health: Option<SocketAddr>,
     pub mint_rate_limit: f64,
+    pub attest_rate_limit: f64,
     pub entries: Vec<StaticEntry>,
 }
 
@@ -162,7 +171,7 @@ impl RunArgs {
             lanyard_daemon::fill_unset!(provenance, Origin::File(path), self, file;
                 trust_domain, listen, data_dir, kube, ca_secret, bundle_configmap, agent_sa,
                 k8s_audience, x509_ttl, jwt_ttl, node_ttl, pod_id_template, health,
-                mint_rate_limit);
+                mint_rate_limit, attest_rate_limit);
             // Entries exist only in the file.
             self.entries = file.entries;
         }
@@ -250,11 +259,16 @@ impl RunArgs {
             node_ttl: parse_ttl(self.node_ttl.as_deref(), "node-ttl", DEFAULT_NODE_TTL)?,
             pod_id_template,
             health: self.health,
-            mint_rate_limit: match self.mint_rate_limit {
-                None => DEFAULT_MINT_RATE_LIMIT,
-                Some(r) if r.is_finite() && r >= 1.0 => r,
-                Some(_) => return Err(invalid("mint-rate-limit", "must be at least 1").into()),
-            },
+            mint_rate_limit: parse_rate(
+                self.mint_rate_limit,
+                "mint-rate-limit",
+                DEFAULT_MINT_RATE_LIMIT,
+            )?,
+            attest_rate_limit: parse_rate(
+                self.attest_rate_limit,
+                "attest-rate-limit",
+                DEFAULT_ATTEST_RATE_LIMIT,
+            )?,
             entries,
         })
     }
@@ -267,6 +281,15 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         return Err(format!("{text:?}: must be between 1s and 1 year"));
     }
     Ok(d)
+}
+
+/// A per-second rate of at least 1 (the limiter's burst is 4x), or `default`.
+fn parse_rate(value: Option<f64>, flag: &'static str, default: f64) -> Result<f64, OptionError> {
+    match value {
+        None => Ok(default),
+        Some(r) if r.is_finite() && r >= 1.0 => Ok(r),
+        Some(_) => Err(invalid(flag, "must be at least 1")),
+    }
 }
 
 fn parse_ttl(

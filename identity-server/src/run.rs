@@ -223,6 +223,7 @@ pub async fn run(
             pod_id_template: config.pod_id_template.clone(),
             entries: config.entries.clone().into(),
             mint_rate_limit: config.mint_rate_limit,
+            attest_rate_limit: config.attest_rate_limit,
         },
         authority.clone(),
         Arc::new(attestor),

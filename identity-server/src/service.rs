@@ -45,6 +45,8 @@ pub struct ServiceSettings {
     pub entries: Arc<[StaticEntry]>,
     /// SVIDs per second per node.
     pub mint_rate_limit: f64,
+    /// Node attestations per second per source address.
+    pub attest_rate_limit: f64,
 }
 
 pub struct IdentityService {
@@ -74,13 +76,16 @@ impl IdentityService {
                 settings.mint_rate_limit,
                 (settings.mint_rate_limit * 4.0) as u32,
             ),
+            // A fleet of agents restarting behind one address fits in the burst.
+            attest_limiter: RateLimiter::new(
+                settings.attest_rate_limit,
+                (settings.attest_rate_limit * 4.0) as u32,
+            ),
             settings,
             authority,
             attestor,
             pods,
             metrics,
-            // Generous for real agents (a node attests about once an hour), tight for a loop.
-            attest_limiter: RateLimiter::new(5.0, 20),
         }
     }
 

@@ -617,3 +617,40 @@ async fn mint_batch(
         .mint_x509svi_ds(wire::MintX509SvidsRequest { requests })
         .await
 }
+
+#[tokio::test]
+async fn attestations_beyond_an_addresss_rate_are_refused_before_the_token_is_looked_at() {
+    let dir = tempfile::tempdir().unwrap();
+    // 1 attestation/s with a burst of 4: a fifth at once would need a second of refill.
+    let server = start(
+        lanyard_server::config::RunArgs {
+            trust_domain: Some(TD.into()),
+            listen: Some("127.0.0.1:0".parse().unwrap()),
+            data_dir: Some(dir.path().join("data")),
+            attest_rate_limit: Some(1.0),
+            ..Default::default()
+        },
+        None,
+    )
+    .await;
+    let caller = Caller::new(server.bundle().await);
+    let mut refusals = Vec::new();
+    for i in 0..8 {
+        let err = caller
+            .attest(server.addr, Method::JoinToken(format!("guess-{i}")))
+            .await
+            .unwrap_err();
+        let label = err.message().split(':').next().unwrap().to_owned();
+        refusals.push((err.code(), label));
+    }
+    let unknown = (Code::PermissionDenied, "unknown_token".to_owned());
+    let limited = (Code::ResourceExhausted, "rate_limited".to_owned());
+    // The burst is spent on token checks; past it (8 calls take far less than the 4 s that
+    // would refill it) the limiter answers before the token is looked at.
+    assert!(refusals[..4].iter().all(|r| *r == unknown), "{refusals:?}");
+    assert!(refusals[4..].contains(&limited), "{refusals:?}");
+    assert!(
+        refusals.iter().all(|r| *r == unknown || *r == limited),
+        "{refusals:?}"
+    );
+}
