@@ -13,6 +13,8 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube_fixture::{KubeFixture, TokenBinding};
+use lanyard_svid::TrustDomain;
 use lanyard_svid::ca::RootCa;
 use lanyard_svid::jwt::JwtSigner;
 
@@ -25,6 +27,55 @@ pub fn server_rbac() -> String {
 }
 
 const DAY: Duration = Duration::from_secs(86_400);
+
+/// A fixture seeded by [`seed`].
+pub struct Seeded {
+    /// The trust domain's root: the CA Secret's intermediate and the bundle are under it.
+    pub root: RootCa,
+    /// The UID of the agent's pod, `lanyard/lanyard-agent-x` on node-1.
+    pub agent_pod_uid: String,
+}
+
+/// Seeds `fixture` as an installed cluster: the server's RBAC, a 30-day root of
+/// [`crate::stack::TRUST_DOMAIN`] with its CA Secret and bundle ConfigMap, and the agent's pod
+/// on node-1.
+pub fn seed(fixture: &KubeFixture) -> Seeded {
+    fixture.apply_yaml(&server_rbac()).expect("apply the RBAC");
+    let td = TrustDomain::new(crate::stack::TRUST_DOMAIN).expect("a trust domain");
+    let root = RootCa::generate(&td, 30 * DAY, SystemTime::now()).expect("a root");
+    let store = fixture.store();
+    store
+        .create(&ca_secret(&root))
+        .expect("create the CA Secret");
+    store
+        .create(&bundle_configmap(&root.cert_pem()))
+        .expect("create the bundle ConfigMap");
+    let agent_pod = store
+        .create(&pod("lanyard", AGENT_POD, "lanyard-agent", "node-1", None))
+        .expect("create the agent's pod");
+    Seeded {
+        root,
+        agent_pod_uid: agent_pod.metadata.uid.expect("the fixture assigns UIDs"),
+    }
+}
+
+/// The agent's pod that [`seed`] creates.
+const AGENT_POD: &str = "lanyard-agent-x";
+
+/// A projected ServiceAccount token of the agent's pod on node-1, for the server's audience.
+pub fn agent_token(fixture: &KubeFixture, seeded: &Seeded) -> String {
+    fixture.issue_service_account_token(
+        "lanyard",
+        "lanyard-agent",
+        Some(TokenBinding {
+            pod_name: AGENT_POD.into(),
+            pod_uid: seeded.agent_pod_uid.clone(),
+            node_name: Some("node-1".into()),
+        }),
+        &["lanyard-server"],
+        Duration::from_secs(3600),
+    )
+}
 
 /// A running pod on `node`, its one container's ID as the kubelet reports it.
 pub fn pod(ns: &str, name: &str, sa: &str, node: &str, container_id: Option<&str>) -> Pod {

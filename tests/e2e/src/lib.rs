@@ -8,11 +8,13 @@
 //! Module map:
 //! - [`process`]: a child process with its stdout lines collected and its process group killed
 //!   on drop.
-//! - [`stack`]: a server and an agent on loopback, as the local stack runs them.
+//! - [`stack`]: a server and an agent on loopback, as the local stack runs them, or in cluster
+//!   mode on the kube fixture.
 //! - [`client`]: the agent's `api` CLI run as this user, another user or from a cgroup, and
 //!   an HTTP GET for metrics.
 //! - [`cgroup`]: pod-shaped cgroups (as the kubelet makes them), removed on drop.
-//! - [`cluster`]: the server's RBAC, CA Secret, bundle ConfigMap and pods for the kube fixture.
+//! - [`cluster`]: the kube fixture seeded as an installed cluster (RBAC, CA Secret, bundle
+//!   ConfigMap, the agent's pod), and pods, Services and EndpointSlices for tests to add.
 //! - [`proxy`]: `lanyard-proxy` processes as other uids, in namespaces or cgroups; their tap.
 //! - [`echo`]: an echo application (optionally server-speaks-first) served by test threads.
 //! - [`probe`]: an mTLS client with an SVID from a real agent, seeing what proxies present.

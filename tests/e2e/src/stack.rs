@@ -3,6 +3,7 @@
 //! `lanyard-server token generate`, an agent serving the Workload API on a socket in a temp dir.
 
 use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use crate::binary;
@@ -114,6 +115,38 @@ pub enum Attestation<'a> {
     K8sTokenFile(&'a Path),
     /// Neither: only the node SVID an earlier run saved in the data dir can do.
     Saved,
+}
+
+/// A cluster-mode server and a `k8s_psat` agent on `fixture` (seeded by
+/// [`crate::cluster::seed`]), as an installed cluster runs them: the server with its
+/// ServiceAccount's API token (so RBAC applies), the agent on node-1 with a projected token
+/// bound to its pod, trusting the seeded root. Files under `dir`. Blocks until both serve.
+pub fn start_in_cluster(
+    dir: &Path,
+    fixture: &kube_fixture::KubeFixture,
+    seeded: &crate::cluster::Seeded,
+) -> (Server, Agent) {
+    let kubeconfig = fixture
+        .write_kubeconfig(
+            "lanyard-server",
+            &fixture.issue_api_token("lanyard", "lanyard-server"),
+        )
+        .expect("write the server's kubeconfig");
+    let server = Server::start_cluster(dir, &kubeconfig);
+    let token_path = dir.join("token");
+    std::fs::write(&token_path, crate::cluster::agent_token(fixture, seeded))
+        .expect("write the agent's token");
+    std::fs::set_permissions(&token_path, std::fs::Permissions::from_mode(0o600))
+        .expect("chmod the agent's token");
+    let bundle_path = dir.join("root.pem");
+    std::fs::write(&bundle_path, seeded.root.cert_pem()).expect("write the bundle");
+    let agent = Agent::launch(
+        dir,
+        server.addr,
+        &bundle_path,
+        Attestation::K8sTokenFile(&token_path),
+    );
+    (server, agent)
 }
 
 /// A running `lanyard-agent`.

@@ -12,16 +12,13 @@
 //! unless `LANYARD_SKIP_CGROUP_TESTS=1`.
 
 use std::os::unix::fs::PermissionsExt;
-use std::time::{Duration, SystemTime};
 
 use k8s_openapi::api::core::v1::Pod;
-use kube_fixture::{FixtureOptions, KubeFixture, TokenBinding};
+use kube_fixture::{FixtureOptions, KubeFixture};
 use lanyard_e2e::cgroup::{CgroupDirs, fresh_container_id, pids_root_or_skip};
 use lanyard_e2e::client::{RunAs, api, api_until};
-use lanyard_e2e::cluster::{bundle_configmap, ca_secret, pod, server_rbac};
-use lanyard_e2e::stack::{Agent, Attestation, Server, TRUST_DOMAIN};
-use lanyard_svid::TrustDomain;
-use lanyard_svid::ca::RootCa;
+use lanyard_e2e::cluster::{pod, seed};
+use lanyard_e2e::stack::start_in_cluster;
 
 fn blocking<T>(f: impl FnOnce() -> T) -> T {
     tokio::task::block_in_place(f)
@@ -41,25 +38,8 @@ async fn a_process_in_a_pod_cgroup_gets_its_pods_identity() {
 
     // The cluster: RBAC, CA material, the agent's pod and two workload pods.
     let fixture = KubeFixture::start(FixtureOptions::default()).await.unwrap();
-    fixture.apply_yaml(&server_rbac()).unwrap();
-    let root = RootCa::generate(
-        &TrustDomain::new(TRUST_DOMAIN).unwrap(),
-        Duration::from_secs(30 * 86_400),
-        SystemTime::now(),
-    )
-    .unwrap();
+    let seeded = blocking(|| seed(&fixture));
     let store = fixture.store();
-    store.create(&ca_secret(&root)).unwrap();
-    store.create(&bundle_configmap(&root.cert_pem())).unwrap();
-    let agent_pod = store
-        .create(&pod(
-            "lanyard",
-            "lanyard-agent-x",
-            "lanyard-agent",
-            "node-1",
-            None,
-        ))
-        .unwrap();
     let (cid_here, cid_there) = (fresh_container_id(), fresh_container_id());
     let here = store
         .create(&pod("default", "web-1", "web", "node-1", Some(&cid_here)))
@@ -69,40 +49,8 @@ async fn a_process_in_a_pod_cgroup_gets_its_pods_identity() {
         .unwrap();
     let uid = |p: &Pod| p.metadata.uid.clone().expect("the fixture assigns UIDs");
 
-    // The server, with its ServiceAccount's API token (so RBAC applies).
-    let kubeconfig = fixture
-        .write_kubeconfig(
-            "lanyard-server",
-            &fixture.issue_api_token("lanyard", "lanyard-server"),
-        )
-        .unwrap();
-    let server = blocking(|| Server::start_cluster(dir, &kubeconfig));
-
-    // The agent: a projected token for the server's audience, bound to its pod on node-1.
-    let token = fixture.issue_service_account_token(
-        "lanyard",
-        "lanyard-agent",
-        Some(TokenBinding {
-            pod_name: "lanyard-agent-x".into(),
-            pod_uid: uid(&agent_pod),
-            node_name: Some("node-1".into()),
-        }),
-        &["lanyard-server"],
-        Duration::from_secs(3600),
-    );
-    let token_path = dir.join("token");
-    std::fs::write(&token_path, token).unwrap();
-    std::fs::set_permissions(&token_path, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let bundle_path = dir.join("root.pem");
-    std::fs::write(&bundle_path, root.cert_pem()).unwrap();
-    let agent = blocking(|| {
-        Agent::launch(
-            dir,
-            server.addr,
-            &bundle_path,
-            Attestation::K8sTokenFile(&token_path),
-        )
-    });
+    // The server, and the agent attested by a projected token bound to its pod on node-1.
+    let (server, agent) = blocking(|| start_in_cluster(dir, &fixture, &seeded));
     let socket = agent.socket.clone();
 
     // In web-1's container cgroup: web-1's identity (retried until the node view is in).

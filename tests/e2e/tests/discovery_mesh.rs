@@ -38,23 +38,19 @@ use std::io::Write;
 use std::net::{Shutdown, SocketAddr};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube_fixture::{FixtureOptions, KubeFixture, TokenBinding};
+use kube_fixture::{FixtureOptions, KubeFixture};
 use lanyard_e2e::DEADLINE;
 use lanyard_e2e::cgroup::{CgroupDirs, fresh_container_id, pids_root_or_skip};
 use lanyard_e2e::client::{RunAs, api_until};
-use lanyard_e2e::cluster::{
-    bundle_configmap, ca_secret, endpoint_slice, injected, pod, server_rbac, service, with_ip,
-};
+use lanyard_e2e::cluster::{endpoint_slice, injected, pod, seed, service, with_ip};
 use lanyard_e2e::echo::EchoApp;
 use lanyard_e2e::netns::{self, Netns};
 use lanyard_e2e::proxy::{Launch, Proxy, field, read_to_end_or_error};
-use lanyard_e2e::stack::{Agent, Attestation, Server, TRUST_DOMAIN};
-use lanyard_svid::TrustDomain;
-use lanyard_svid::ca::RootCa;
+use lanyard_e2e::stack::{TRUST_DOMAIN, start_in_cluster};
 
 const CLIENT_IP: &str = "10.251.8.1";
 const BACKEND_1_IP: &str = "10.251.8.2";
@@ -176,25 +172,8 @@ async fn injected_pods_talk_mtls_found_through_discovery() {
 
     // The cluster as the API server holds it.
     let fixture = KubeFixture::start(FixtureOptions::default()).await.unwrap();
-    fixture.apply_yaml(&server_rbac()).unwrap();
-    let root = RootCa::generate(
-        &TrustDomain::new(TRUST_DOMAIN).unwrap(),
-        Duration::from_secs(30 * 86_400),
-        SystemTime::now(),
-    )
-    .unwrap();
+    let seeded = blocking(|| seed(&fixture));
     let store = fixture.store();
-    store.create(&ca_secret(&root)).unwrap();
-    store.create(&bundle_configmap(&root.cert_pem())).unwrap();
-    let agent_pod = store
-        .create(&pod(
-            "lanyard",
-            "lanyard-agent-x",
-            "lanyard-agent",
-            "node-1",
-            None,
-        ))
-        .unwrap();
     let uid_of = |p: &Pod| p.metadata.uid.clone().expect("the fixture assigns UIDs");
     // Each injected pod's proxy container, and the cgroup its proxy process runs in.
     let mut proxy_cgroup = |name: &str, sa: &str, ip: &str| {
@@ -234,39 +213,8 @@ async fn injected_pods_talk_mtls_found_through_discovery() {
         ))
         .unwrap();
 
-    // The server, with its ServiceAccount's API token (RBAC as `lanyard install` renders it).
-    let kubeconfig = fixture
-        .write_kubeconfig(
-            "lanyard-server",
-            &fixture.issue_api_token("lanyard", "lanyard-server"),
-        )
-        .unwrap();
-    let server = blocking(|| Server::start_cluster(dir, &kubeconfig));
-    // The agent: a projected token for the server's audience, bound to its pod on node-1.
-    let token = fixture.issue_service_account_token(
-        "lanyard",
-        "lanyard-agent",
-        Some(TokenBinding {
-            pod_name: "lanyard-agent-x".into(),
-            pod_uid: uid_of(&agent_pod),
-            node_name: Some("node-1".into()),
-        }),
-        &["lanyard-server"],
-        Duration::from_secs(3600),
-    );
-    let token_path = dir.join("token");
-    std::fs::write(&token_path, token).unwrap();
-    std::fs::set_permissions(&token_path, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let bundle_path = dir.join("root.pem");
-    std::fs::write(&bundle_path, root.cert_pem()).unwrap();
-    let agent = blocking(|| {
-        Agent::launch(
-            dir,
-            server.addr,
-            &bundle_path,
-            Attestation::K8sTokenFile(&token_path),
-        )
-    });
+    // The server and the agent, as an installed cluster runs them.
+    let (server, agent) = blocking(|| start_in_cluster(dir, &fixture, &seeded));
 
     // The apps, and the proxies.
     let backend_1_app = EchoApp::serve(backend_1_ns.bind("0.0.0.0:8080".parse().unwrap()), None);

@@ -19,14 +19,14 @@ use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, Instant, SystemTime};
 
 use k8s_openapi::api::core::v1::Pod;
-use kube_fixture::{FixtureOptions, KubeFixture, TokenBinding};
+use kube_fixture::{FixtureOptions, KubeFixture};
 use lanyard_e2e::DEADLINE;
 use lanyard_e2e::cgroup::{CgroupDirs, fresh_container_id, pids_root_or_skip};
-use lanyard_e2e::cluster::{bundle_configmap, ca_secret, pod, server_rbac};
+use lanyard_e2e::cluster::{bundle_configmap, pod, seed};
 use lanyard_e2e::echo::EchoApp;
 use lanyard_e2e::probe::{Identity, server_leaf};
 use lanyard_e2e::proxy::{Launch, Proxy, assert_refused, field, read_to_end_or_error};
-use lanyard_e2e::stack::{Agent, Attestation, Server, TRUST_DOMAIN};
+use lanyard_e2e::stack::{TRUST_DOMAIN, start_in_cluster};
 use lanyard_svid::ca::RootCa;
 use lanyard_svid::{
     BundleSet, KeyAlgorithm, KeyAndCsr, SpiffeId, TrustBundle, TrustDomain, VerifiedCsr, X509Svid,
@@ -61,56 +61,17 @@ async fn a_root_added_to_the_bundle_is_trusted_without_restart() {
 
     let fixture = KubeFixture::start(FixtureOptions::default()).await.unwrap();
     tokio::task::block_in_place(|| {
-        fixture.apply_yaml(&server_rbac()).unwrap();
+        let seeded = seed(&fixture);
+        let root = &seeded.root;
         let td = TrustDomain::new(TRUST_DOMAIN).unwrap();
-        let root = RootCa::generate(&td, DAY * 30, SystemTime::now()).unwrap();
         let store = fixture.store();
-        store.create(&ca_secret(&root)).unwrap();
-        store.create(&bundle_configmap(&root.cert_pem())).unwrap();
-        let agent_pod = store
-            .create(&pod(
-                "lanyard",
-                "lanyard-agent-x",
-                "lanyard-agent",
-                "node-1",
-                None,
-            ))
-            .unwrap();
         let cid = fresh_container_id();
         let web = store
             .create(&pod("default", "web-1", "web", "node-1", Some(&cid)))
             .unwrap();
         let uid = |p: &Pod| p.metadata.uid.clone().expect("the fixture assigns UIDs");
 
-        let kubeconfig = fixture
-            .write_kubeconfig(
-                "lanyard-server",
-                &fixture.issue_api_token("lanyard", "lanyard-server"),
-            )
-            .unwrap();
-        let server = Server::start_cluster(dir, &kubeconfig);
-        let token = fixture.issue_service_account_token(
-            "lanyard",
-            "lanyard-agent",
-            Some(TokenBinding {
-                pod_name: "lanyard-agent-x".into(),
-                pod_uid: uid(&agent_pod),
-                node_name: Some("node-1".into()),
-            }),
-            &["lanyard-server"],
-            Duration::from_secs(3600),
-        );
-        let token_path = dir.join("token");
-        std::fs::write(&token_path, token).unwrap();
-        std::fs::set_permissions(&token_path, std::fs::Permissions::from_mode(0o600)).unwrap();
-        let bundle_path = dir.join("root.pem");
-        std::fs::write(&bundle_path, root.cert_pem()).unwrap();
-        let agent = Agent::launch(
-            dir,
-            server.addr,
-            &bundle_path,
-            Attestation::K8sTokenFile(&token_path),
-        );
+        let (server, agent) = start_in_cluster(dir, &fixture, &seeded);
 
         // B: in web-1's container cgroup, so the agent gives it web-1's identity.
         let app = EchoApp::start(None);
