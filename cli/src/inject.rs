@@ -11,7 +11,7 @@
 //! - the `lanyard-sockets` hostPath volume (the agent's socket directory), mounted read-only
 //!   into the proxy and every app container, with `SPIFFE_ENDPOINT_SOCKET` set for any
 //!   SPIFFE client in the app (unless the container sets it already);
-//! - the annotation [`ANNOTATION_INJECT`]` = enabled` and the label [`LABEL_MESHED`]` = "true"`,
+//! - the annotation [`INJECT_ANNOTATION`]` = enabled` and the label [`MESHED_LABEL`]` = "true"`,
 //!   by which the server's discovery tells meshed pods (and their addresses) from others.
 //!
 //! Injecting is idempotent: Lanyard's containers, volumes and mounts are matched by name and
@@ -37,16 +37,13 @@ use crate::redirect::{
 };
 use crate::yaml::{Document, ReadError, Yaml, read_stream};
 
-/// On a pod template: `enabled` once injected; `disabled` (set by the user) opts out.
-pub const ANNOTATION_INJECT: &str = "lanyard.dev/inject";
-/// On a pod template: `"true"` once injected. A label, so the server can select meshed pods.
-pub const LABEL_MESHED: &str = "lanyard.dev/meshed";
-pub const INIT_CONTAINER: &str = "lanyard-init";
-pub const PROXY_CONTAINER: &str = "lanyard-proxy";
-pub const SOCKET_VOLUME: &str = "lanyard-sockets";
+use lanyard_proto::SPIFFE_ENDPOINT_SOCKET;
+use lanyard_proto::inject::{
+    INIT_CONTAINER, INJECT_ANNOTATION, INJECT_DISABLED, INJECT_ENABLED, MESHED_LABEL,
+    PROXY_CONTAINER, SOCKET_VOLUME,
+};
 /// iptables-legacy's lock file lives in /run; the init container's root is read-only.
 pub const XTABLES_VOLUME: &str = "lanyard-xtables";
-pub const SPIFFE_ENDPOINT_SOCKET: &str = "SPIFFE_ENDPOINT_SOCKET";
 pub const SPIFFE_ENDPOINT_VALUE: &str = "unix:///run/lanyard/sockets/agent.sock";
 /// Ports per skip list: enough for any pod, small enough to bound the rules.
 pub const MAX_SKIP_PORTS: usize = 64;
@@ -254,9 +251,9 @@ fn inject_list(doc: &mut Yaml, options: &InjectOptions) -> Result<Outcome, Strin
 /// Injects a pod template (or a Pod): a map with `metadata` and `spec`.
 fn inject_template(template: &mut Yaml, options: &InjectOptions) -> Result<Outcome, String> {
     let opted_out = template
-        .at(&["metadata", "annotations", ANNOTATION_INJECT])
+        .at(&["metadata", "annotations", INJECT_ANNOTATION])
         .and_then(Yaml::as_str)
-        == Some("disabled");
+        == Some(INJECT_DISABLED);
     if opted_out {
         return Ok(Outcome::OptedOut);
     }
@@ -305,11 +302,11 @@ fn inject_template(template: &mut Yaml, options: &InjectOptions) -> Result<Outco
     metadata
         .entry("annotations", Yaml::map)
         .ok_or("metadata is not a map")?
-        .set(ANNOTATION_INJECT, "enabled".into());
+        .set(INJECT_ANNOTATION, INJECT_ENABLED.into());
     metadata
         .entry("labels", Yaml::map)
         .ok_or("metadata is not a map")?
-        .set(LABEL_MESHED, "true".into());
+        .set(MESHED_LABEL, "true".into());
     Ok(Outcome::Injected)
 }
 

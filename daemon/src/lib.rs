@@ -1,5 +1,5 @@
-//! What the Lanyard daemons share for their local files, so the rules for them live in one
-//! place.
+//! What the Lanyard daemons share for their local files and their listeners, so the rules
+//! for them live in one place.
 //!
 //! Module map:
 //! - [`config_file`]: reading the `--config` TOML file (bounded, unknown keys refused by the
@@ -8,7 +8,9 @@
 //!   refusals every daemon shares (a missing option, a bad value named with its source).
 //! - [`private_file`]: files holding secrets, written atomically with mode 0600, in
 //!   directories only we can enter.
+//! - [`rewind`]: a stream that replays the bytes a listener read before choosing its server.
 
 pub mod config_file;
 pub mod config_merge;
 pub mod private_file;
+pub mod rewind;

@@ -192,7 +192,7 @@ impl DataDirCa {
             .issue_intermediate(INTERMEDIATE_TTL, now)
             .map_err(|e| invalid("intermediate", &e))?;
         let (jwt, jwt_pkcs8) = JwtSigner::generate().map_err(|e| invalid("JWT key", &e))?;
-        let jwt_pem = Zeroizing::new(pem_encode("PRIVATE KEY", &jwt_pkcs8));
+        let jwt_pem = lanyard_svid::pem::encode_private_key(&jwt_pkcs8);
         let manifest = serde_json::to_vec_pretty(&Manifest {
             trust_domain: td.to_string(),
             version: 1,
@@ -301,18 +301,6 @@ fn check_signed_by(cert: &CertificateDer<'_>, issuer: &CertificateDer<'_>) -> Re
         .map_err(|_| {
             "the intermediate was not signed by root.crt (files from two different CAs?)".to_owned()
         })
-}
-
-fn pem_encode(label: &str, der: &[u8]) -> String {
-    use base64::Engine;
-    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
-    let mut out = format!("-----BEGIN {label}-----\n");
-    for chunk in b64.as_bytes().chunks(64) {
-        out.push_str(std::str::from_utf8(chunk).expect("base64 is ASCII"));
-        out.push('\n');
-    }
-    out.push_str(&format!("-----END {label}-----\n"));
-    out
 }
 
 fn pem_decode_private_key(pem: &str) -> Option<Zeroizing<Vec<u8>>> {

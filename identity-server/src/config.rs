@@ -12,6 +12,7 @@ use lanyard_daemon::config_merge::{OptionError, Origin, Provenance, invalid};
 use lanyard_svid::TrustDomain;
 use serde::Deserialize;
 
+use crate::duration::parse_duration;
 use crate::entries::{EntryConfig, StaticEntry};
 
 /// Defaults from DESIGN §1.
@@ -272,15 +273,6 @@ impl RunArgs {
             entries,
         })
     }
-}
-
-/// Parses a duration such as `1h`, `10m`, `90s`; shortest 1 s, longest 1 year.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let d = humantime::parse_duration(text).map_err(|e| format!("{text:?}: {e}"))?;
-    if d < Duration::from_secs(1) || d > Duration::from_secs(366 * 24 * 3600) {
-        return Err(format!("{text:?}: must be between 1s and 1 year"));
-    }
-    Ok(d)
 }
 
 /// A per-second rate of at least 1 (the limiter's burst is 4x), or `default`.

@@ -9,7 +9,7 @@ use lanyard_svid::selector::{Selector, SelectorKind};
 use lanyard_svid::{SpiffeId, TrustDomain};
 use serde::Deserialize;
 
-use crate::config::parse_duration;
+use crate::duration::parse_duration;
 
 /// Wildcard for `nodes`: every node. It must be written out; there is no default.
 pub const ALL_NODES: &str = "*";

@@ -1,6 +1,7 @@
 //! lanyard-server: the Lanyard certificate authority.
 //!
 //! Module map:
+//! - [`duration`]: the one duration parser and its bounds (TTL options, entries, tokens).
 //! - [`config`]: flags, `LANYARD_*` env and `--config` TOML merged into a `ServerConfig`.
 //! - [`entries`]: static workload entries (`[[entries]]`) and their validation.
 //! - [`pod_id`]: the SPIFFE ID template for Kubernetes pods.
@@ -28,6 +29,7 @@ pub mod ca_rotation;
 pub mod ca_store;
 pub mod config;
 pub mod discovery;
+pub mod duration;
 pub mod entries;
 pub mod evictions;
 pub mod join_token;

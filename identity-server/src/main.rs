@@ -5,7 +5,8 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use lanyard_server::admin::{self, AdminRequest, AdminResponse};
-use lanyard_server::config::{RunArgs, parse_duration};
+use lanyard_server::config::RunArgs;
+use lanyard_server::duration::parse_duration;
 
 /// The Lanyard certificate authority: attests node agents and mints SVIDs.
 #[derive(Parser)]

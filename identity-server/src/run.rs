@@ -9,7 +9,6 @@ use lanyard_proto::convert::unix_seconds;
 use lanyard_proto::discovery::v1::discovery_feed_server::DiscoveryFeedServer;
 use lanyard_proto::identity::v1::node_identity_server::NodeIdentityServer;
 use lanyard_svid::BundleSet;
-use lanyard_svid::bundle::certificates_to_pem;
 use lanyard_svid::tls::{SvidStore, server_config_optional_client_auth};
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
@@ -380,7 +379,7 @@ impl AdminHandler for Admin {
             }
             AdminRequest::BundleShow => match self.authority.active() {
                 Some(active) => AdminResponse::Bundle {
-                    pem: certificates_to_pem(active.bundle.x509_authorities()),
+                    pem: lanyard_svid::pem::encode_certificates(active.bundle.x509_authorities()),
                 },
                 None => error("the CA is not loaded yet".into()),
             },

@@ -5,9 +5,12 @@
 //! - [`identity::v1`]: `lanyard.identity.v1`, what lanyard-agent asks of lanyard-server.
 //! - [`discovery::v1`]: `lanyard.discovery.v1`, which destinations are meshed and as which
 //!   IDs (agent socket service `Discovery`, server feed `DiscoveryFeed`).
+//! - [`inject`]: the injection contract (annotation, label, container and volume names)
+//!   shared by `lanyard inject` and the server that reads pods.
 //! - [`convert`]: wire messages to and from `lanyard-svid` domain types.
 
 pub mod convert;
+pub mod inject;
 
 /// The SPIFFE Workload API. The `.proto` has no package, so the generated module is `_`.
 pub mod workload {
@@ -40,3 +43,7 @@ pub mod discovery {
 
 /// The metadata key every Workload API call must carry with the value `true`.
 pub const WORKLOAD_API_HEADER: &str = "workload.spiffe.io";
+
+/// The environment variable that tells SPIFFE clients where the Workload API is
+/// (`unix:///path` or, for Lanyard's own clients, an absolute path).
+pub const SPIFFE_ENDPOINT_SOCKET: &str = "SPIFFE_ENDPOINT_SOCKET";

@@ -5,7 +5,7 @@
 //! The bytes are read, not peeked: a ClientHello may span several TCP segments, and reading
 //! exactly what the parser asks for (first a record header, then the record) needs no
 //! peek-buffer sizing and never reads past the record. The caller replays the bytes with
-//! [`crate::rewind::Rewind`] to the target or to rustls.
+//! [`lanyard_daemon::rewind::Rewind`] to the target or to rustls.
 
 use std::io;
 use std::time::Duration;

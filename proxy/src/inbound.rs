@@ -21,8 +21,8 @@ use crate::first_flight::{FirstFlight, read_first_flight};
 use crate::forward::{Transfer, pipe};
 use crate::original_dst::original_dst;
 use crate::reason::NoTlsReason;
-use crate::rewind::Rewind;
 use crate::tap::{ConnRecord, Direction, Outcome};
+use lanyard_daemon::rewind::Rewind;
 
 /// Where an inbound listener delivers.
 #[derive(Debug, Clone)]

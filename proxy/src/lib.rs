@@ -6,7 +6,6 @@
 //! - [`discovery`]: the agent Discovery client: what is behind a transparent destination.
 //! - [`detect`]: the bounded, allocation-free ClientHello/ALPN parser (fuzzed).
 //! - [`first_flight`]: reading a client's first bytes for detection under a deadline.
-//! - [`rewind`]: a stream replaying the bytes detection consumed.
 //! - [`inbound`]: network to workload: detect, terminate mTLS or forward, or refuse.
 //! - [`outbound`]: workload to network: originate mTLS to a known ID, else plaintext.
 //! - [`original_dst`]: `SO_ORIGINAL_DST` for the transparent (iptables REDIRECT) listeners.
@@ -32,7 +31,6 @@ pub mod original_dst;
 pub mod outbound;
 pub mod read_ahead;
 pub mod reason;
-pub mod rewind;
 pub mod run;
 pub mod tap;
 pub mod workload_client;

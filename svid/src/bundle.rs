@@ -8,7 +8,6 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use base64::Engine as _;
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
 
@@ -189,7 +188,7 @@ impl TrustBundle {
 
     /// The X.509 authorities as PEM `CERTIFICATE` blocks.
     pub fn x509_authorities_pem(&self) -> String {
-        certificates_to_pem(&self.x509_authorities)
+        crate::pem::encode_certificates(&self.x509_authorities)
     }
 }
 
@@ -218,22 +217,6 @@ pub fn certificates_from_pem(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>,
     }
     check_certificates(&certs)?;
     Ok(certs)
-}
-
-/// Writes certificates as PEM `CERTIFICATE` blocks (64-column base64, as RFC 7468 asks).
-pub fn certificates_to_pem(certs: &[CertificateDer<'_>]) -> String {
-    let mut out = String::new();
-    for cert in certs {
-        out.push_str("-----BEGIN CERTIFICATE-----\n");
-        let body = base64::engine::general_purpose::STANDARD.encode(cert.as_ref());
-        // Base64 output is ASCII, so splitting the bytes keeps valid UTF-8.
-        for line in body.as_bytes().chunks(64) {
-            out.push_str(std::str::from_utf8(line).expect("base64 is ASCII"));
-            out.push('\n');
-        }
-        out.push_str("-----END CERTIFICATE-----\n");
-    }
-    out
 }
 
 /// Checks that each element is exactly one parsable X.509 certificate.

@@ -22,7 +22,8 @@ use zeroize::Zeroizing;
 
 use crate::csr::VerifiedCsr;
 use crate::id::{SpiffeId, TrustDomain};
-use crate::keys::{KeyAlgorithm, KeyError, SecretKey, write_pem};
+use crate::keys::{KeyAlgorithm, KeyError, SecretKey};
+use crate::pem::{self, CERTIFICATE};
 
 /// How far NotBefore is set in the past, so a verifier whose clock is slightly behind ours
 /// still accepts a fresh certificate (SPIRE uses the same 10 s).
@@ -245,11 +246,7 @@ impl Authority {
     }
 
     fn chain_pem(&self) -> String {
-        let mut pem = String::new();
-        for cert in &self.chain {
-            write_pem("CERTIFICATE", cert, &mut pem);
-        }
-        pem
+        pem::encode_certificates(&self.chain)
     }
 
     /// Generates a key and a CA certificate signed by `parent` (or self-signed without one).
@@ -515,17 +512,11 @@ impl SignedSvid {
 
     /// The leaf alone as PEM.
     pub fn leaf_pem(&self) -> String {
-        let mut pem = String::new();
-        write_pem("CERTIFICATE", self.leaf(), &mut pem);
-        pem
+        pem::encode(CERTIFICATE, self.leaf())
     }
 
     /// The whole chain as PEM, leaf first.
     pub fn cert_chain_pem(&self) -> String {
-        let mut pem = String::new();
-        for cert in &self.cert_chain {
-            write_pem("CERTIFICATE", cert, &mut pem);
-        }
-        pem
+        pem::encode_certificates(&self.cert_chain)
     }
 }

@@ -181,7 +181,7 @@ impl SecretKey {
 
     /// The key as PKCS#8 PEM; the text is wiped when dropped.
     pub(crate) fn to_pem(&self) -> Zeroizing<String> {
-        private_key_pem(self.pair.serialized_der())
+        crate::pem::encode_private_key(self.pair.serialized_der())
     }
 }
 
@@ -213,40 +213,6 @@ impl rcgen::SigningKey for SecretKey {
     fn sign(&self, msg: &[u8]) -> Result<Vec<u8>, rcgen::Error> {
         self.pair.sign(msg)
     }
-}
-
-/// PEM-encodes PKCS#8 DER into a buffer that is wiped on drop (the `pem` crate's encoder
-/// would leave copies behind).
-pub(crate) fn private_key_pem(pkcs8_der: &[u8]) -> Zeroizing<String> {
-    // Room for base64, newlines and armour, so the buffer never reallocates (which would leave
-    // an unwiped copy behind).
-    let mut pem = Zeroizing::new(String::with_capacity(
-        pkcs8_der.len().div_ceil(3) * 4 * 65 / 64 + 100,
-    ));
-    write_pem("PRIVATE KEY", pkcs8_der, &mut pem);
-    pem
-}
-
-/// Appends one PEM block to `out`, 64 characters a line. The base64 scratch buffer is wiped,
-/// since this also encodes private keys.
-pub(crate) fn write_pem(label: &str, der: &[u8], out: &mut String) {
-    use base64::Engine as _;
-    let mut b64 = Zeroizing::new(String::with_capacity(der.len() * 4 / 3 + 4));
-    base64::engine::general_purpose::STANDARD.encode_string(der, &mut b64);
-    out.push_str("-----BEGIN ");
-    out.push_str(label);
-    out.push_str("-----\n");
-    let mut rest: &str = &b64;
-    while !rest.is_empty() {
-        // base64 is ASCII, so any byte index is a char boundary.
-        let (line, tail) = rest.split_at(rest.len().min(64));
-        out.push_str(line);
-        out.push('\n');
-        rest = tail;
-    }
-    out.push_str("-----END ");
-    out.push_str(label);
-    out.push_str("-----\n");
 }
 
 /// `PrivateKeyInfo { version 0, algorithm, privateKey OCTET STRING (sec1) }`.

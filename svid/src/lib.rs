@@ -9,6 +9,7 @@
 //! - [`jwks`]: the SPIFFE bundle document (JWK Set) and the Workload API's JWT-only JWK Set.
 //! - [`jwt`]: JWT-SVIDs: minting (ES256) and validation against a bundle set.
 //! - [`selector`]: workload selectors (`unix:uid:1001`, `k8s:ns:default`) and selector sets.
+//! - [`pem`]: PEM encoding, the one writer of PEM blocks (key buffers wiped).
 //! - [`keys`]: ECDSA key generation and CA keys loaded from PEM, wiped on drop.
 //! - [`csr`]: PKCS#10 CSRs: made by agents ([`KeyAndCsr`]), verified by the server ([`VerifiedCsr`]).
 //! - [`ca`]: the root CA, the issuing intermediate, and X.509-SVID signing.
@@ -25,6 +26,7 @@ pub mod id;
 pub mod jwks;
 pub mod jwt;
 pub mod keys;
+pub mod pem;
 pub mod reserved;
 pub mod selector;
 #[cfg(any(test, feature = "test-support"))]

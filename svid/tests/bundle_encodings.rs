@@ -3,7 +3,7 @@
 
 use lanyard_svid::bundle::{self, BundleError, MAX_PEM_LEN};
 use lanyard_svid::der::{self, DerError};
-use lanyard_svid::{TrustBundle, TrustDomain};
+use lanyard_svid::{TrustBundle, TrustDomain, pem};
 use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
 use rustls_pki_types::CertificateDer;
 
@@ -103,7 +103,7 @@ fn pem_skips_other_blocks() {
     let pem = format!(
         "{}{}",
         key.serialize_pem(),
-        bundle::certificates_to_pem(std::slice::from_ref(&cert))
+        pem::encode_certificates(std::slice::from_ref(&cert))
     );
     let parsed = bundle::certificates_from_pem(pem.as_bytes()).unwrap();
     assert_eq!(parsed, [cert]);
@@ -124,7 +124,7 @@ fn pem_without_certificates_is_refused() {
 
 #[test]
 fn broken_pem_is_refused() {
-    let pem = bundle::certificates_to_pem(&[ca_cert("root")]);
+    let pem = pem::encode_certificates(&[ca_cert("root")]);
     let without_end = pem.replace("-----END CERTIFICATE-----\n", "");
     assert!(matches!(
         bundle::certificates_from_pem(without_end.as_bytes()),
@@ -156,7 +156,7 @@ fn pem_output_is_read_by_openssl() {
         eprintln!("openssl not found; skipping the independent PEM check");
         return;
     };
-    let pem = bundle::certificates_to_pem(&[ca_cert("independent root")]);
+    let pem = pem::encode_certificates(&[ca_cert("independent root")]);
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bundle.pem");
     std::fs::write(&path, pem).unwrap();

@@ -117,8 +117,8 @@ fn build_sources(pods: usize) -> DiscoverySources {
             node_name: format!("node-{}", i / PODS_PER_NODE),
             labels: [("app".to_string(), format!("app-{s}"))].into(),
             annotations: [(
-                lanyard_server::discovery::INJECT_ANNOTATION.to_string(),
-                lanyard_server::discovery::INJECT_ENABLED.to_string(),
+                lanyard_proto::inject::INJECT_ANNOTATION.to_string(),
+                lanyard_proto::inject::INJECT_ENABLED.to_string(),
             )]
             .into(),
             container_ids: vec![format!("{i:064x}")],

@@ -23,7 +23,6 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use anyhow::{Context as _, bail};
-use base64::Engine as _;
 use hyper_util::rt::TokioIo;
 use lanyard_proto::WORKLOAD_API_HEADER;
 use lanyard_proto::discovery::v1 as discovery;
@@ -32,7 +31,8 @@ use lanyard_proto::workload::{
     JwtBundlesRequest, JwtsvidRequest, ValidateJwtsvidRequest, X509BundlesRequest, X509svidRequest,
 };
 use lanyard_svid::X509Svid;
-use lanyard_svid::bundle::{certificates_from_der, certificates_to_pem};
+use lanyard_svid::bundle::certificates_from_der;
+use lanyard_svid::pem::encode_certificates;
 use tokio::net::UnixStream;
 use tonic::transport::{Channel, Endpoint, Uri};
 use zeroize::Zeroizing;
@@ -295,7 +295,7 @@ fn write_svid_files(dir: &Path, svid: &X509Svid, bundle_der: &[u8]) -> anyhow::R
     let key = svid
         .private_key_pkcs8()
         .context("the SVID has no private key")?;
-    let key_pem = pem_encode("PRIVATE KEY", key);
+    let key_pem = lanyard_svid::pem::encode_private_key(key);
     let key_path = dir.join("svid.key");
     let mut file = std::fs::OpenOptions::new()
         .write(true)
@@ -311,27 +311,13 @@ fn write_svid_files(dir: &Path, svid: &X509Svid, bundle_der: &[u8]) -> anyhow::R
         .with_context(|| format!("writing {}", key_path.display()))?;
 
     let chain_path = dir.join("svid.pem");
-    std::fs::write(&chain_path, certificates_to_pem(svid.chain()))
+    std::fs::write(&chain_path, encode_certificates(svid.chain()))
         .with_context(|| format!("writing {}", chain_path.display()))?;
     let bundle = certificates_from_der(bundle_der).context("the SVID's bundle")?;
     let bundle_path = dir.join("bundle.pem");
-    std::fs::write(&bundle_path, certificates_to_pem(&bundle))
+    std::fs::write(&bundle_path, encode_certificates(&bundle))
         .with_context(|| format!("writing {}", bundle_path.display()))?;
     Ok(())
-}
-
-/// PEM armour, in a buffer wiped on drop (it holds a key).
-fn pem_encode(label: &str, der: &[u8]) -> Zeroizing<String> {
-    let b64 = Zeroizing::new(base64::engine::general_purpose::STANDARD.encode(der));
-    let mut pem = Zeroizing::new(String::with_capacity(b64.len() + b64.len() / 64 + 64));
-    pem.push_str(&format!("-----BEGIN {label}-----\n"));
-    for line in b64.as_bytes().chunks(64) {
-        // base64 output is ASCII.
-        pem.push_str(std::str::from_utf8(line).unwrap_or_default());
-        pem.push('\n');
-    }
-    pem.push_str(&format!("-----END {label}-----\n"));
-    pem
 }
 
 async fn fetch_jwt(
@@ -403,7 +389,7 @@ async fn fetch_bundles(
             certs.len()
         )?;
         if pem {
-            write!(out, "{}", certificates_to_pem(&certs))?;
+            write!(out, "{}", encode_certificates(&certs))?;
         }
     }
     Ok(())
@@ -594,15 +580,6 @@ mod tests {
             "unknown\n"
         );
         assert!(print(None).is_err());
-    }
-
-    #[test]
-    fn pem_lines_are_64_wide() {
-        let pem = pem_encode("PRIVATE KEY", &[7u8; 100]);
-        let lines: Vec<&str> = pem.lines().collect();
-        assert_eq!(lines[0], "-----BEGIN PRIVATE KEY-----");
-        assert_eq!(lines[1].len(), 64);
-        assert_eq!(lines.last().copied(), Some("-----END PRIVATE KEY-----"));
     }
 
     #[test]

@@ -459,8 +459,8 @@ pub fn save(dir: &Path, svid: &X509Svid) -> std::io::Result<()> {
         .private_key_pkcs8()
         .ok_or_else(|| std::io::Error::other("the node SVID has no private key"))?;
     lanyard_daemon::private_file::ensure_dir(dir, 0o700)?;
-    let mut pem = Zeroizing::new(lanyard_svid::bundle::certificates_to_pem(svid.chain()));
-    pem.push_str(&private_key_pem(key));
+    let mut pem = Zeroizing::new(lanyard_svid::pem::encode_certificates(svid.chain()));
+    pem.push_str(&lanyard_svid::pem::encode_private_key(key));
     lanyard_daemon::private_file::write_private_atomic(&dir.join(NODE_SVID_FILE), pem.as_bytes())
 }
 
@@ -496,21 +496,6 @@ pub fn load(dir: &Path) -> Result<Option<X509Svid>, String> {
     X509Svid::parse(chain, Some(key))
         .map(Some)
         .map_err(|e| e.message())
-}
-
-/// PKCS#8 DER as a PEM block, in buffers wiped on drop.
-fn private_key_pem(der: &[u8]) -> Zeroizing<String> {
-    use base64::Engine as _;
-    let b64 = Zeroizing::new(base64::engine::general_purpose::STANDARD.encode(der));
-    let mut out = Zeroizing::new(String::with_capacity(b64.len() + b64.len() / 64 + 64));
-    out.push_str("-----BEGIN PRIVATE KEY-----\n");
-    for line in b64.as_bytes().chunks(64) {
-        // Base64 is ASCII.
-        out.push_str(std::str::from_utf8(line).expect("base64 is ASCII"));
-        out.push('\n');
-    }
-    out.push_str("-----END PRIVATE KEY-----\n");
-    out
 }
 
 #[cfg(test)]
@@ -572,8 +557,10 @@ mod tests {
         assert!(load(dir.path()).unwrap_err().contains("readable by others"));
         // A key that belongs to another certificate.
         let other = node_svid(Duration::from_secs(3600));
-        let mut pem = lanyard_svid::bundle::certificates_to_pem(svid.chain());
-        pem.push_str(&private_key_pem(other.private_key_pkcs8().unwrap()));
+        let mut pem = lanyard_svid::pem::encode_certificates(svid.chain());
+        pem.push_str(&lanyard_svid::pem::encode_private_key(
+            other.private_key_pkcs8().unwrap(),
+        ));
         fs::remove_file(&file).unwrap();
         lanyard_daemon::private_file::write_private_atomic(&file, pem.as_bytes()).unwrap();
         assert!(load(dir.path()).is_err());

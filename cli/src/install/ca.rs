@@ -15,7 +15,7 @@ use lanyard_svid::jwt::JwtSigner;
 use serde_json::json;
 use zeroize::Zeroizing;
 
-use super::render::labels;
+use super::labels;
 use super::{BUNDLE_CONFIGMAP_NAME, CA_SECRET_NAME, InstallOptions, SERVER_NAME};
 use crate::yaml::Yaml;
 
@@ -76,7 +76,7 @@ impl GeneratedCa {
             root_key_pem: root.key_pem(),
             intermediate_chain_pem: intermediate.cert_chain_pem(),
             intermediate_key_pem: intermediate.key_pem(),
-            jwt_key_pem: pkcs8_pem(&jwt_pkcs8),
+            jwt_key_pem: lanyard_svid::pem::encode_private_key(&jwt_pkcs8),
         })
     }
 
@@ -126,17 +126,4 @@ impl GeneratedCa {
         file.write_all(self.root_key_pem.as_bytes()).map_err(err)?;
         file.sync_all().map_err(err)
     }
-}
-
-/// PEM "PRIVATE KEY" (PKCS#8), 64-column base64, in a buffer wiped on drop.
-fn pkcs8_pem(der: &[u8]) -> Zeroizing<String> {
-    let b64 = Zeroizing::new(base64::engine::general_purpose::STANDARD.encode(der));
-    let mut out = Zeroizing::new(String::from("-----BEGIN PRIVATE KEY-----\n"));
-    for chunk in b64.as_bytes().chunks(64) {
-        // Base64 output is ASCII.
-        out.push_str(std::str::from_utf8(chunk).expect("base64 is ASCII"));
-        out.push('\n');
-    }
-    out.push_str("-----END PRIVATE KEY-----\n");
-    out
 }

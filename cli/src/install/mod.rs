@@ -13,6 +13,7 @@ pub mod rbac;
 pub mod render;
 
 use lanyard_svid::TrustDomain;
+use serde_json::{Value, json};
 
 use crate::images::Images;
 use crate::yaml::Yaml;
@@ -28,6 +29,11 @@ pub const CA_SECRET_NAME: &str = "lanyard-ca";
 pub const BUNDLE_CONFIGMAP_NAME: &str = "lanyard-bundle";
 /// The audience of the agents' projected tokens (the server's `--k8s-audience`).
 pub const AGENT_TOKEN_AUDIENCE: &str = "lanyard-server";
+
+/// The standard labels; `app.kubernetes.io/name` is also each workload's selector.
+pub fn labels(component: &str) -> Value {
+    json!({"app.kubernetes.io/name": component, "app.kubernetes.io/part-of": "lanyard"})
+}
 /// The server's gRPC port (agents connect to the Service on it).
 pub const SERVER_GRPC_PORT: u16 = 8081;
 /// `/healthz`, `/readyz`, `/metrics` of the server and of the agent.

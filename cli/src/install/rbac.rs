@@ -7,7 +7,7 @@
 use serde_json::json;
 
 use super::{AGENT_NAME, BUNDLE_CONFIGMAP_NAME, CA_SECRET_NAME, InstallOptions, SERVER_NAME};
-use crate::install::render::labels;
+use crate::install::labels;
 use crate::yaml::Yaml;
 
 const READ: [&str; 3] = ["get", "list", "watch"];

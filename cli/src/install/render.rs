@@ -9,7 +9,7 @@ use super::{
     AGENT_NAME, AGENT_TOKEN_AUDIENCE, BUNDLE_CONFIGMAP_NAME, CA_SECRET_NAME, HEALTH_PORT,
     InstallOptions, SERVER_GRPC_PORT, SERVER_NAME, SOCKET_DIR, SOCKET_PATH,
 };
-use crate::install::rbac;
+use crate::install::{labels, rbac};
 use crate::yaml::Yaml;
 
 /// Where the agent finds its projected token and the trust bundle.
@@ -23,11 +23,6 @@ pub const DATA_DIR: &str = "/var/lib/lanyard";
 pub const AGENT_TOKEN_SECONDS: u32 = 3600;
 /// Non-root uid for the server (it needs no privilege at all).
 pub const SERVER_UID: u32 = 65532;
-
-/// The standard labels; `app.kubernetes.io/name` is also each workload's selector.
-pub fn labels(component: &str) -> Value {
-    json!({"app.kubernetes.io/name": component, "app.kubernetes.io/part-of": "lanyard"})
-}
 
 fn selector(component: &str) -> Value {
     json!({"app.kubernetes.io/name": component})

@@ -9,20 +9,13 @@
 //! A pod is *meshed* when it is active (not finished, not being deleted), carries the
 //! annotation [`INJECT_ANNOTATION`]`: `[`INJECT_ENABLED`] that `lanyard inject` adds, and its
 //! [`PROXY_CONTAINER`] container is running and ready per the pod status (see
-//! [`crate::k8s::pods::proxy_ready`]), and the pod ID template yields an ID for it.
+//! [`crate::k8s::pods::proxy_ready`]), and the pod ID template yields an ID for it. These
+//! names are the injection contract in [`lanyard_proto::inject`], shared with the CLI.
 
 pub mod feed;
 pub mod resolver;
 
-/// The annotation `lanyard inject` puts on a pod template (the CLI's `ANNOTATION_INJECT` in
-/// `cli/src/inject.rs`; the server does not depend on the CLI crate, so the name is repeated
-/// here, once).
-pub const INJECT_ANNOTATION: &str = "lanyard.dev/inject";
-/// The annotation's value that means "the proxy is injected".
-pub const INJECT_ENABLED: &str = "enabled";
-/// The name of the injected proxy container (a native sidecar: an init container with
-/// `restartPolicy: Always`); the CLI's `PROXY_CONTAINER`.
-pub const PROXY_CONTAINER: &str = "lanyard-proxy";
+pub use lanyard_proto::inject::{INJECT_ANNOTATION, INJECT_ENABLED, PROXY_CONTAINER};
 
 pub use feed::{DiscoveryFeedService, FeedLimits};
 pub use resolver::{Destination, DiscoverySources};

@@ -3,7 +3,7 @@
 #![no_main]
 
 use lanyard_svid::bundle::{self, BundleError};
-use lanyard_svid::{TrustBundle, TrustDomain, der};
+use lanyard_svid::{TrustBundle, TrustDomain, der, pem};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -36,7 +36,7 @@ fuzz_target!(|data: &[u8]| {
     }
 
     if let Ok(certs) = bundle::certificates_from_pem(data) {
-        let pem = bundle::certificates_to_pem(&certs);
+        let pem = pem::encode_certificates(&certs);
         assert_eq!(
             bundle::certificates_from_pem(pem.as_bytes()).unwrap(),
             certs

@@ -435,8 +435,8 @@ fn issuer_refuses_a_leaf_certificate() {
         .sign_x509_svid(&csr, &id("spiffe://example.org/web"), HOUR, now())
         .unwrap();
     let mut leaf_pem = String::new();
-    write_pem("CERTIFICATE", svid.leaf(), &mut leaf_pem);
-    let key_pem = crate::keys::private_key_pem(&kc.private_key_pkcs8);
+    crate::pem::write(crate::pem::CERTIFICATE, svid.leaf(), &mut leaf_pem);
+    let key_pem = crate::pem::encode_private_key(&kc.private_key_pkcs8);
     let err = Issuer::from_pem_at(&td(), &leaf_pem, &key_pem, now()).unwrap_err();
     assert!(
         matches!(&err, CaError::NotCa(m) if m.contains("cA=true")),

@@ -124,15 +124,15 @@ pub fn injected(mut pod: Pod, proxy_container_id: &str) -> Pod {
         .annotations
         .get_or_insert_with(Default::default)
         .insert(
-            lanyard_cli::inject::ANNOTATION_INJECT.into(),
-            "enabled".into(),
+            lanyard_proto::inject::INJECT_ANNOTATION.into(),
+            lanyard_proto::inject::INJECT_ENABLED.into(),
         );
     let status = pod.status.get_or_insert_with(Default::default);
     status
         .init_container_statuses
         .get_or_insert_with(Vec::new)
         .push(ContainerStatus {
-            name: lanyard_cli::inject::PROXY_CONTAINER.into(),
+            name: lanyard_proto::inject::PROXY_CONTAINER.into(),
             container_id: Some(format!("containerd://{proxy_container_id}")),
             ready: true,
             started: Some(true),

@@ -1,5 +1,6 @@
-//! A stream that first replays bytes already read from it: detection consumes the client's
-//! first flight, and those bytes must still reach the target (plaintext) or rustls (TLS)
+//! A stream that first replays bytes already read from it. A listener that looks at a
+//! connection's first bytes before choosing what serves it (the proxy's protocol detection,
+//! the agent's HTTP/2 preface check) must still hand those bytes to the server it chooses,
 //! exactly once, without copying the connection into a new socket.
 
 use std::io;
@@ -8,17 +9,18 @@ use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-/// `inner`, with `prefix` read first.
+/// `inner`, with `prefix` read first. `P` holds the prefix: a `Vec<u8>` of bytes read from
+/// this connection, or a `&'static [u8]` when they are known in advance (a protocol preface).
 #[derive(Debug)]
-pub struct Rewind<S> {
-    prefix: Vec<u8>,
+pub struct Rewind<S, P = Vec<u8>> {
+    prefix: P,
     /// How much of `prefix` has been handed out.
     consumed: usize,
     inner: S,
 }
 
-impl<S> Rewind<S> {
-    pub fn new(prefix: Vec<u8>, inner: S) -> Self {
+impl<S, P> Rewind<S, P> {
+    pub fn new(prefix: P, inner: S) -> Self {
         Self {
             prefix,
             consumed: 0,
@@ -31,21 +33,22 @@ impl<S> Rewind<S> {
     }
 }
 
-impl<S: AsyncRead + Unpin> AsyncRead for Rewind<S> {
+impl<S: AsyncRead + Unpin, P: AsRef<[u8]> + Default + Unpin> AsyncRead for Rewind<S, P> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if this.consumed < this.prefix.len() {
-            let rest = &this.prefix[this.consumed..];
+        let prefix = this.prefix.as_ref();
+        if this.consumed < prefix.len() {
+            let rest = &prefix[this.consumed..];
             let n = rest.len().min(buf.remaining());
             buf.put_slice(&rest[..n]);
             this.consumed += n;
-            if this.consumed == this.prefix.len() {
+            if this.consumed == prefix.len() {
                 // Free the buffer: an idle connection should not keep its first flight.
-                this.prefix = Vec::new();
+                this.prefix = P::default();
                 this.consumed = 0;
             }
             return Poll::Ready(Ok(()));
@@ -54,7 +57,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for Rewind<S> {
     }
 }
 
-impl<S: AsyncWrite + Unpin> AsyncWrite for Rewind<S> {
+impl<S: AsyncWrite + Unpin, P: Unpin> AsyncWrite for Rewind<S, P> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -101,6 +104,17 @@ mod tests {
         let mut rest = String::new();
         stream.read_to_string(&mut rest).await.unwrap();
         assert_eq!(rest, "lo world");
+    }
+
+    #[tokio::test]
+    async fn a_static_prefix_is_replayed_too() {
+        let (mut far, near) = tokio::io::duplex(64);
+        far.write_all(b"-body").await.unwrap();
+        drop(far);
+        let mut stream: Rewind<_, &'static [u8]> = Rewind::new(b"PRI", near);
+        let mut all = String::new();
+        stream.read_to_string(&mut all).await.unwrap();
+        assert_eq!(all, "PRI-body");
     }
 
     #[tokio::test]
