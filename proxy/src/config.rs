@@ -21,6 +21,9 @@ pub const DEFAULT_ADMIN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCAL
 pub const DEFAULT_DETECT_TIMEOUT: Duration = Duration::from_secs(1);
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+/// A proxied connection silent both ways this long is closed: Envoy's TCP proxy default, long
+/// enough for pooled database and RPC connections between their own keepalives.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 /// The standard variable SPIFFE clients read the Workload API address from.
 pub const SPIFFE_ENDPOINT_SOCKET: &str = "SPIFFE_ENDPOINT_SOCKET";
 /// Listeners per kind: far above any sidecar's needs.
@@ -90,9 +93,15 @@ pub struct RunArgs {
     #[serde(default)]
     pub no_discovery: bool,
 
-    /// Address of the tap listener (keep it on loopback).
+    /// Address of the tap listener; loopback only unless --admin-allow-remote.
     #[arg(long, env = "LANYARD_ADMIN")]
     pub admin: Option<SocketAddr>,
+
+    /// Allow a non-loopback --admin address: the tap is unauthenticated, and shows every
+    /// connection's peers and identities to whoever can reach it.
+    #[arg(long, env = "LANYARD_ADMIN_ALLOW_REMOTE")]
+    #[serde(default)]
+    pub admin_allow_remote: bool,
 
     /// Address of the HTTP listener for /metrics, /healthz and /readyz.
     #[arg(long, env = "LANYARD_METRICS")]
@@ -106,9 +115,15 @@ pub struct RunArgs {
     #[arg(long, env = "LANYARD_HANDSHAKE_TIMEOUT")]
     pub handshake_timeout: Option<String>,
 
-    /// Connections handled at once, all listeners together; more are closed at accept.
+    /// Connections handled at once, all listeners together; more are closed at accept. One
+    /// inbound source address (an IPv6 /64) may hold a quarter of them.
     #[arg(long, env = "LANYARD_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
+
+    /// Close a proxied connection after this long without a byte either way (e.g. `1h`,
+    /// `90s`); it closes between one and two of these after its last byte.
+    #[arg(long, env = "LANYARD_IDLE_TIMEOUT")]
+    pub idle_timeout: Option<String>,
 }
 
 /// An explicit inbound listener.
@@ -148,6 +163,7 @@ pub struct ProxyConfig {
     pub detect_timeout: Duration,
     pub handshake_timeout: Duration,
     pub max_connections: usize,
+    pub idle_timeout: Duration,
 }
 
 impl RunArgs {
@@ -162,8 +178,9 @@ impl RunArgs {
             let file: RunArgs = config_file::read(&path).map_err(OptionError::from)?;
             lanyard_daemon::fill_unset!(provenance, Origin::File(path), self, file;
                 workload_socket, inbound, outbound, allow, strict, opaque_port,
-                transparent_inbound, transparent_outbound, no_discovery, admin, metrics,
-                detect_timeout, handshake_timeout, max_connections);
+                transparent_inbound, transparent_outbound, no_discovery, admin,
+                admin_allow_remote, metrics, detect_timeout, handshake_timeout,
+                max_connections, idle_timeout);
         }
         // The variable all SPIFFE clients read comes below our own sources.
         let spiffe = Origin::Env(SPIFFE_ENDPOINT_SOCKET);
@@ -240,6 +257,24 @@ impl RunArgs {
             DEFAULT_HANDSHAKE_TIMEOUT,
             Duration::from_millis(100)..=Duration::from_secs(300),
         )?;
+        let idle_timeout = parse_timeout(
+            self.idle_timeout.as_deref(),
+            "idle-timeout",
+            DEFAULT_IDLE_TIMEOUT,
+            Duration::from_millis(100)..=Duration::from_secs(7 * 24 * 3600),
+        )?;
+        let admin = self.admin.unwrap_or(DEFAULT_ADMIN);
+        if !admin.ip().to_canonical().is_loopback() && !self.admin_allow_remote {
+            return Err(invalid(
+                "admin",
+                format!(
+                    "{admin} is not a loopback address, and the tap it serves is unauthenticated \
+                     (every connection's addresses and peer IDs); pass --admin-allow-remote \
+                     (LANYARD_ADMIN_ALLOW_REMOTE, `admin_allow_remote` in --config) to serve it there"
+                ),
+            )
+            .into());
+        }
         let max_connections = match self.max_connections {
             None => DEFAULT_MAX_CONNECTIONS,
             Some(n) if (1..=1_000_000).contains(&n) => n,
@@ -261,11 +296,12 @@ impl RunArgs {
                 .transparent_outbound
                 .map(|p| SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), p)),
             discovery: !self.no_discovery,
-            admin: self.admin.unwrap_or(DEFAULT_ADMIN),
+            admin,
             metrics: self.metrics,
             detect_timeout,
             handshake_timeout,
             max_connections,
+            idle_timeout,
         })
     }
 }
@@ -412,7 +448,91 @@ mod tests {
         assert_eq!(c.admin, DEFAULT_ADMIN);
         assert_eq!(c.detect_timeout, DEFAULT_DETECT_TIMEOUT);
         assert_eq!(c.max_connections, DEFAULT_MAX_CONNECTIONS);
+        assert_eq!(c.idle_timeout, DEFAULT_IDLE_TIMEOUT);
         assert_eq!(c.inbound[0].target, "127.0.0.1:8080");
+    }
+
+    #[test]
+    fn a_remote_admin_address_needs_the_explicit_flag_from_any_source() {
+        let remote = || RunArgs {
+            admin: Some("0.0.0.0:4191".parse().unwrap()),
+            ..args()
+        };
+        let err = remote().resolve(None).unwrap_err().to_string();
+        assert!(
+            err.starts_with("--admin: 0.0.0.0:4191 is not a loopback address")
+                && err.contains("--admin-allow-remote"),
+            "{err}"
+        );
+        for admin in ["10.1.2.3:1", "[::]:1"] {
+            let err = RunArgs {
+                admin: Some(admin.parse().unwrap()),
+                ..args()
+            }
+            .resolve(None)
+            .unwrap_err();
+            assert!(err.to_string().starts_with("--admin"), "{admin}: {err}");
+        }
+        for admin in ["127.0.0.2:1", "[::1]:1", "[::ffff:127.0.0.1]:1"] {
+            RunArgs {
+                admin: Some(admin.parse().unwrap()),
+                ..args()
+            }
+            .resolve(None)
+            .unwrap();
+        }
+        let c = RunArgs {
+            admin_allow_remote: true,
+            ..remote()
+        }
+        .resolve(None)
+        .unwrap();
+        assert_eq!(c.admin, "0.0.0.0:4191".parse().unwrap());
+        // The file's key works too, and a remote address from the file is named as such.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("proxy.toml");
+        std::fs::write(&path, "admin = \"0.0.0.0:4191\"\n").unwrap();
+        let err = RunArgs {
+            config: Some(path.clone()),
+            ..args()
+        }
+        .resolve(None)
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains(&format!("(from `admin` in {})", path.display())),
+            "{err}"
+        );
+        std::fs::write(
+            &path,
+            "admin = \"0.0.0.0:4191\"\nadmin_allow_remote = true\n",
+        )
+        .unwrap();
+        let c = RunArgs {
+            config: Some(path),
+            ..args()
+        }
+        .resolve(None)
+        .unwrap();
+        assert!(!c.admin.ip().is_loopback());
+    }
+
+    #[test]
+    fn idle_timeout_is_parsed_and_bounded() {
+        let c = RunArgs {
+            idle_timeout: Some("90s".into()),
+            ..args()
+        }
+        .resolve(None)
+        .unwrap();
+        assert_eq!(c.idle_timeout, Duration::from_secs(90));
+        let err = RunArgs {
+            idle_timeout: Some("1ms".into()),
+            ..args()
+        }
+        .resolve(None)
+        .unwrap_err();
+        assert!(err.to_string().starts_with("--idle-timeout"), "{err}");
     }
 
     #[test]

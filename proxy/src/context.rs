@@ -1,13 +1,15 @@
-//! What every connection handler shares: the SVID store, the connection limit, the tap and
-//! the metrics; and the end of every connection (one metric, one tap line, one log line).
+//! What every connection handler shares: the SVID store, the connection budget, the shared
+//! TLS connectors, the tap and the metrics; and the end of every connection (one metric, one
+//! tap line, one log line).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use lanyard_svid::tls::SvidStore;
 use tokio::net::TcpStream;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use crate::accept::Budget;
+use crate::connectors::Connectors;
 use crate::metrics::ProxyMetrics;
 use crate::reason::NoTlsReason;
 use crate::tap::{ConnRecord, Outcome, Tap};
@@ -16,16 +18,40 @@ pub struct ConnContext {
     pub store: Arc<SvidStore>,
     pub tap: Tap,
     pub metrics: Arc<ProxyMetrics>,
-    /// Connections handled at once, all listeners together.
-    pub limit: Arc<Semaphore>,
+    /// Connections handled at once: all listeners together, and per inbound source.
+    pub budget: Budget,
+    /// Outbound mTLS connectors by expected server ID, reading `store` on each handshake.
+    pub connectors: Connectors,
     /// Limit on each TLS handshake and each upstream connect.
     pub handshake_timeout: Duration,
+    /// A piped connection with no byte either way for this long is closed.
+    pub idle_timeout: Duration,
+}
+
+/// The limits a [`ConnContext`] enforces.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnLimits {
+    pub max_connections: usize,
+    pub handshake_timeout: Duration,
+    pub idle_timeout: Duration,
 }
 
 impl ConnContext {
-    /// A slot for one more connection, if the limit allows.
-    pub fn admit(&self) -> Option<OwnedSemaphorePermit> {
-        self.limit.clone().try_acquire_owned().ok()
+    pub fn new(
+        store: Arc<SvidStore>,
+        tap: Tap,
+        metrics: Arc<ProxyMetrics>,
+        limits: ConnLimits,
+    ) -> Self {
+        Self {
+            connectors: Connectors::new(store.clone()),
+            store,
+            tap,
+            metrics,
+            budget: Budget::new(limits.max_connections),
+            handshake_timeout: limits.handshake_timeout,
+            idle_timeout: limits.idle_timeout,
+        }
     }
 
     /// Reports a finished connection.

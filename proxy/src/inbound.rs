@@ -11,18 +11,18 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use lanyard_daemon::rewind::Rewind;
 use lanyard_svid::tls::peer_spiffe_id;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
+use crate::accept::{Handler, serve};
 use crate::context::{ConnContext, peer_text};
 use crate::first_flight::{FirstFlight, read_first_flight};
-use crate::forward::{Transfer, pipe};
+use crate::forward::{Done, forward_plain, pipe};
 use crate::original_dst::original_dst;
 use crate::reason::NoTlsReason;
-use crate::tap::{ConnRecord, Direction, Outcome};
-use lanyard_daemon::rewind::Rewind;
+use crate::tap::{Direction, Outcome};
 
 /// Where an inbound listener delivers.
 #[derive(Debug, Clone)]
@@ -44,63 +44,25 @@ pub struct InboundPolicy {
     pub acceptor: TlsAcceptor,
 }
 
+/// An inbound listener: where it delivers, under which policy.
+pub struct Inbound {
+    pub target: InboundTarget,
+    pub policy: Arc<InboundPolicy>,
+}
+
+impl Handler for Inbound {
+    fn describe(&self) -> String {
+        target_text(&self.target)
+    }
+
+    async fn handle(&self, tcp: TcpStream, ctx: &ConnContext) -> Done {
+        handle(tcp, &self.target, &self.policy, ctx).await
+    }
+}
+
 /// Accepts on `listener` until the task is dropped.
-pub async fn serve_inbound(
-    listener: TcpListener,
-    target: InboundTarget,
-    policy: Arc<InboundPolicy>,
-    ctx: Arc<ConnContext>,
-) {
-    loop {
-        let (tcp, src) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(e) => {
-                // E.g. out of file descriptors: pause instead of spinning.
-                tracing::warn!(error = %e, "inbound accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let target = target.clone();
-        let policy = policy.clone();
-        let ctx = ctx.clone();
-        tokio::spawn(async move {
-            let started = Instant::now();
-            let done = match ctx.admit() {
-                Some(_permit) => {
-                    let _open = ctx.metrics.open(Direction::In);
-                    handle(tcp, &target, &policy, &ctx).await
-                }
-                None => Done::refused(target_text(&target), NoTlsReason::ConnectionLimit),
-            };
-            ctx.finish(ConnRecord {
-                direction: Direction::In,
-                src,
-                dst: done.dst,
-                outcome: done.outcome,
-                bytes_in: done.transfer.bytes_in,
-                bytes_out: done.transfer.bytes_out,
-                duration: started.elapsed(),
-            });
-        });
-    }
-}
-
-/// How a connection ended, for its record.
-pub(crate) struct Done {
-    pub dst: String,
-    pub outcome: Outcome,
-    pub transfer: Transfer,
-}
-
-impl Done {
-    pub(crate) fn refused(dst: String, reason: NoTlsReason) -> Self {
-        Self {
-            dst,
-            outcome: Outcome::NoTls(reason),
-            transfer: Transfer::default(),
-        }
-    }
+pub async fn serve_inbound(listener: TcpListener, inbound: Inbound, ctx: Arc<ConnContext>) {
+    serve(listener, Direction::In, Arc::new(inbound), ctx).await
 }
 
 fn target_text(target: &InboundTarget) -> String {
@@ -164,25 +126,6 @@ async fn handle(
     forward_plain(stream, &target, reason, ctx).await
 }
 
-async fn forward_plain(
-    stream: Rewind<TcpStream>,
-    target: &str,
-    reason: NoTlsReason,
-    ctx: &ConnContext,
-) -> Done {
-    let upstream = match ctx.connect(target).await {
-        Ok(upstream) => upstream,
-        Err(refusal) => return Done::refused(target.to_owned(), refusal),
-    };
-    let dst = peer_text(&upstream, target);
-    let (transfer, _result) = pipe(stream, upstream).await;
-    Done {
-        dst,
-        outcome: Outcome::NoTls(reason),
-        transfer,
-    }
-}
-
 async fn terminate_mtls(
     stream: Rewind<TcpStream>,
     target: &str,
@@ -211,7 +154,7 @@ async fn terminate_mtls(
         Err(refusal) => return Done::refused(target.to_owned(), refusal),
     };
     let dst = peer_text(&upstream, target);
-    let (transfer, _result) = pipe(tls, upstream).await;
+    let (transfer, _result) = pipe(tls, upstream, ctx.idle_timeout).await;
     Done {
         dst,
         outcome: Outcome::Mtls { peer },

@@ -6,10 +6,13 @@
 //! - [`discovery`]: the agent Discovery client: what is behind a transparent destination.
 //! - [`detect`]: the bounded, allocation-free ClientHello/ALPN parser (fuzzed).
 //! - [`first_flight`]: reading a client's first bytes for detection under a deadline.
+//! - [`accept`]: the accept loop of every listener and its connection budget (per source).
 //! - [`inbound`]: network to workload: detect, terminate mTLS or forward, or refuse.
 //! - [`outbound`]: workload to network: originate mTLS to a known ID, else plaintext.
 //! - [`original_dst`]: `SO_ORIGINAL_DST` for the transparent (iptables REDIRECT) listeners.
-//! - [`forward`]: the bidirectional pipe with byte counts and half-close.
+//! - [`forward`]: the bidirectional pipe (byte counts, half-close, idle timeout) and the one
+//!   plaintext forward.
+//! - [`connectors`]: outbound TLS connectors, one per expected server ID, shared.
 //! - [`copy`]: its copy loop, with buffers that grow while streaming and go when idle.
 //! - [`read_ahead`]: large socket reads under a TLS session (rustls reads a record at a time).
 //! - [`context`]: what connection handlers share, and the end-of-connection report.
@@ -18,7 +21,9 @@
 //! - [`metrics`]: Prometheus metrics.
 //! - [`run`]: binds everything and starts serving.
 
+pub mod accept;
 pub mod config;
+pub mod connectors;
 pub mod context;
 pub mod copy;
 pub mod detect;

@@ -16,21 +16,19 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use lanyard_svid::SpiffeId;
-use lanyard_svid::tls::{ExactId, LANYARD_ALPN, client_config, peer_spiffe_id, unused_server_name};
+use lanyard_svid::tls::{LANYARD_ALPN, peer_spiffe_id, unused_server_name};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::time::Instant;
 use tokio_rustls::TlsConnector;
 
+use crate::accept::{Handler, serve};
 use crate::context::{ConnContext, peer_text};
 use crate::discovery::{Answer, DiscoveryClient, DiscoveryError};
-use crate::forward::pipe;
-use crate::inbound::Done;
+use crate::forward::{Done, forward_plain, pipe, plain_over};
 use crate::original_dst::original_dst;
 use crate::reason::NoTlsReason;
-use crate::tap::{ConnRecord, Direction, Outcome};
+use crate::tap::{Direction, Outcome};
 
 /// Where an outbound listener sends.
 #[derive(Clone)]
@@ -38,14 +36,15 @@ pub enum OutboundDestination {
     /// `--outbound L=D[,id=ID]`.
     Fixed {
         destination: String,
-        /// The expected ID and a connector built for it (`client_config` with `ExactId`).
-        mtls: Option<(SpiffeId, TlsConnector)>,
+        /// The expected ID (its connector comes from [`ConnContext::connectors`]).
+        expected_id: Option<SpiffeId>,
     },
     /// `--transparent-outbound`: the original destination, looked up in discovery when
     /// there is a client (else plaintext `no_discovery`).
     OriginalDst { discovery: Option<DiscoveryClient> },
-    /// A fixed destination looked up in discovery like a transparent one (tests use it in
-    /// place of `SO_ORIGINAL_DST`).
+    /// A fixed destination looked up in discovery like a transparent one: the transparent
+    /// path without `SO_ORIGINAL_DST`, for tests (feature `test-util`).
+    #[cfg(feature = "test-util")]
     Discovered {
         destination: SocketAddr,
         discovery: DiscoveryClient,
@@ -55,49 +54,30 @@ pub enum OutboundDestination {
 /// Endpoints of one Service tried for one connection before giving up.
 const MAX_ENDPOINT_ATTEMPTS: usize = 3;
 
+impl Handler for OutboundDestination {
+    fn describe(&self) -> String {
+        destination_text(self)
+    }
+
+    async fn handle(&self, app: TcpStream, ctx: &ConnContext) -> Done {
+        handle(app, self, ctx).await
+    }
+}
+
 /// Accepts on `listener` until the task is dropped.
 pub async fn serve_outbound(
     listener: TcpListener,
     destination: OutboundDestination,
     ctx: Arc<ConnContext>,
 ) {
-    loop {
-        let (app, src) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(e) => {
-                tracing::warn!(error = %e, "outbound accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let destination = destination.clone();
-        let ctx = ctx.clone();
-        tokio::spawn(async move {
-            let started = Instant::now();
-            let done = match ctx.admit() {
-                Some(_permit) => {
-                    let _open = ctx.metrics.open(Direction::Out);
-                    handle(app, &destination, &ctx).await
-                }
-                None => Done::refused(destination_text(&destination), NoTlsReason::ConnectionLimit),
-            };
-            ctx.finish(ConnRecord {
-                direction: Direction::Out,
-                src,
-                dst: done.dst,
-                outcome: done.outcome,
-                bytes_in: done.transfer.bytes_in,
-                bytes_out: done.transfer.bytes_out,
-                duration: started.elapsed(),
-            });
-        });
-    }
+    serve(listener, Direction::Out, Arc::new(destination), ctx).await
 }
 
 fn destination_text(destination: &OutboundDestination) -> String {
     match destination {
         OutboundDestination::Fixed { destination, .. } => destination.clone(),
         OutboundDestination::OriginalDst { .. } => "unknown".into(),
+        #[cfg(feature = "test-util")]
         OutboundDestination::Discovered { destination, .. } => destination.to_string(),
     }
 }
@@ -107,11 +87,11 @@ async fn handle(app: TcpStream, destination: &OutboundDestination, ctx: &ConnCon
     match destination {
         OutboundDestination::Fixed {
             destination,
-            mtls: Some((expected, connector)),
-        } => originate_mtls(app, destination, expected, connector, ctx).await,
+            expected_id: Some(expected),
+        } => originate_mtls(app, destination, expected, ctx).await,
         OutboundDestination::Fixed {
             destination,
-            mtls: None,
+            expected_id: None,
         } => forward_plain(app, destination, NoTlsReason::NotMeshed, ctx).await,
         OutboundDestination::OriginalDst { discovery } => match original_dst(&app) {
             Ok(addr) => match discovery {
@@ -123,21 +103,12 @@ async fn handle(app: TcpStream, destination: &OutboundDestination, ctx: &ConnCon
                 Done::refused("unknown".into(), NoTlsReason::NoOriginalDst)
             }
         },
+        #[cfg(feature = "test-util")]
         OutboundDestination::Discovered {
             destination,
             discovery,
         } => discovered(app, *destination, discovery, ctx).await,
     }
-}
-
-/// A connector that accepts exactly `expected`.
-fn exact_connector(ctx: &ConnContext, expected: &SpiffeId) -> TlsConnector {
-    let config = client_config(
-        ctx.store.clone(),
-        Arc::new(ExactId(expected.clone())),
-        vec![LANYARD_ALPN.to_vec()],
-    );
-    TlsConnector::from(Arc::new(config))
 }
 
 /// Routes a connection to `addr` by what discovery knows of it.
@@ -166,10 +137,7 @@ async fn discovered(
         }
     };
     match &lookup.answer {
-        Answer::MeshedPod(id) => {
-            let connector = exact_connector(ctx, id);
-            originate_mtls(app, &text, id, &connector, ctx).await
-        }
+        Answer::MeshedPod(id) => originate_mtls(app, &text, id, ctx).await,
         Answer::UnmeshedPod => forward_plain(app, &text, NoTlsReason::NotMeshed, ctx).await,
         Answer::Unknown => forward_plain(app, &text, NoTlsReason::NoDiscovery, ctx).await,
         Answer::Service(_) => {
@@ -192,11 +160,10 @@ async fn discovered(
                 };
                 discovery.connect_succeeded(endpoint.addr);
                 return match &endpoint.id {
-                    Some(id) => {
-                        let connector = exact_connector(ctx, id);
-                        mtls_over(app, upstream, &endpoint_text, id, &connector, ctx).await
+                    Some(id) => mtls_over(app, upstream, &endpoint_text, id, ctx).await,
+                    None => {
+                        plain_over(app, upstream, &endpoint_text, NoTlsReason::NotMeshed, ctx).await
                     }
-                    None => plain_over(app, upstream, &endpoint_text, NoTlsReason::NotMeshed).await,
                 };
             }
             match tried.last() {
@@ -207,39 +174,10 @@ async fn discovered(
     }
 }
 
-async fn forward_plain(
-    app: TcpStream,
-    destination: &str,
-    reason: NoTlsReason,
-    ctx: &ConnContext,
-) -> Done {
-    let upstream = match ctx.connect(destination).await {
-        Ok(upstream) => upstream,
-        Err(refusal) => return Done::refused(destination.to_owned(), refusal),
-    };
-    plain_over(app, upstream, destination, reason).await
-}
-
-async fn plain_over(
-    app: TcpStream,
-    upstream: TcpStream,
-    destination: &str,
-    reason: NoTlsReason,
-) -> Done {
-    let dst = peer_text(&upstream, destination);
-    let (transfer, _result) = pipe(app, upstream).await;
-    Done {
-        dst,
-        outcome: Outcome::NoTls(reason),
-        transfer,
-    }
-}
-
 async fn originate_mtls(
     app: TcpStream,
     destination: &str,
     expected: &SpiffeId,
-    connector: &TlsConnector,
     ctx: &ConnContext,
 ) -> Done {
     if !ctx.store.has_svid() {
@@ -249,7 +187,7 @@ async fn originate_mtls(
         Ok(upstream) => upstream,
         Err(refusal) => return Done::refused(destination.to_owned(), refusal),
     };
-    mtls_over(app, upstream, destination, expected, connector, ctx).await
+    mtls_over(app, upstream, destination, expected, ctx).await
 }
 
 async fn mtls_over(
@@ -257,10 +195,10 @@ async fn mtls_over(
     upstream: TcpStream,
     destination: &str,
     expected: &SpiffeId,
-    connector: &TlsConnector,
     ctx: &ConnContext,
 ) -> Done {
     let dst = peer_text(&upstream, destination);
+    let connector: TlsConnector = ctx.connectors.exact(expected);
     let upstream = crate::read_ahead::ReadAhead::new(upstream); // rustls reads a record at a time
     let handshake = connector.connect(unused_server_name(), upstream);
     let tls = match tokio::time::timeout(ctx.handshake_timeout, handshake).await {
@@ -276,7 +214,7 @@ async fn mtls_over(
     }
     // The verifier accepted exactly `expected`; read it back from the leaf all the same.
     let peer = peer_spiffe_id(tls.get_ref().1).unwrap_or_else(|| expected.clone());
-    let (transfer, result) = pipe(app, tls).await;
+    let (transfer, result) = pipe(app, tls, ctx.idle_timeout).await;
     let outcome = match result {
         // Refused by the server before anything came back: not an mTLS connection at all.
         Err(e) if transfer.bytes_out == 0 && NoTlsReason::is_peer_alert(&e) => {

@@ -23,7 +23,8 @@
 //! | `alpn_mismatch` | out | closed: the server did not select `lanyard/1` |
 //! | `refused_by_peer` | out | closed: the server refused our SVID after the handshake (TLS 1.3 sends that alert after the client's Finished) and no byte came back |
 //! | `target_unreachable` | both | closed: connecting to the target or destination failed |
-//! | `connection_limit` | both | closed: the listener is at its connection limit |
+//! | `connection_limit` | both | closed: the proxy is at its connection limit (`--max-connections`) |
+//! | `source_limit` | in | closed: the client's address holds its share of the connection limit (a quarter) |
 //! | `no_original_dst` | both | closed: transparent listener without a redirected destination |
 //! | `client_error` | in | closed: reading the first flight failed (reset) |
 //!
@@ -60,6 +61,7 @@ pub enum NoTlsReason {
     RefusedByPeer,
     TargetUnreachable,
     ConnectionLimit,
+    SourceLimit,
     NoOriginalDst,
     ClientError,
 }
@@ -86,6 +88,7 @@ impl NoTlsReason {
             Self::RefusedByPeer => "refused_by_peer",
             Self::TargetUnreachable => "target_unreachable",
             Self::ConnectionLimit => "connection_limit",
+            Self::SourceLimit => "source_limit",
             Self::NoOriginalDst => "no_original_dst",
             Self::ClientError => "client_error",
         }
@@ -124,7 +127,10 @@ impl NoTlsReason {
             Self::AlpnMismatch => "the server did not select ALPN lanyard/1".into(),
             Self::RefusedByPeer => "the server refused our X.509-SVID".into(),
             Self::TargetUnreachable => "could not connect to the target".into(),
-            Self::ConnectionLimit => "the listener is at its connection limit".into(),
+            Self::ConnectionLimit => "the proxy is at its connection limit".into(),
+            Self::SourceLimit => {
+                "the client's address holds its share of the connection limit".into()
+            }
             Self::NoOriginalDst => {
                 "the connection was not redirected (no SO_ORIGINAL_DST destination)".into()
             }
@@ -198,6 +204,7 @@ mod tests {
             NoTlsReason::RefusedByPeer,
             NoTlsReason::TargetUnreachable,
             NoTlsReason::ConnectionLimit,
+            NoTlsReason::SourceLimit,
             NoTlsReason::NoOriginalDst,
             NoTlsReason::ClientError,
         ];

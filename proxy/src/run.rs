@@ -9,17 +9,16 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use lanyard_svid::BundleSet;
-use lanyard_svid::tls::{ExactId, LANYARD_ALPN, SvidStore, client_config, server_config};
+use lanyard_svid::tls::{LANYARD_ALPN, SvidStore, server_config};
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
-use tokio_rustls::{TlsAcceptor, TlsConnector};
+use tokio_rustls::TlsAcceptor;
 
 use crate::config::ProxyConfig;
-use crate::context::ConnContext;
+use crate::context::{ConnContext, ConnLimits};
 use crate::discovery::{DiscoveryClient, DiscoverySettings};
-use crate::inbound::{InboundPolicy, InboundTarget, serve_inbound};
+use crate::inbound::{Inbound, InboundPolicy, InboundTarget, serve_inbound};
 use crate::metrics::ProxyMetrics;
 use crate::outbound::{OutboundDestination, serve_outbound};
 use crate::tap::{TAP_QUEUE_LINES, Tap, serve_tap};
@@ -57,7 +56,9 @@ impl RunningProxy {
             .collect()
     }
 
-    /// The one listener with `role`; panics if there is not exactly one (a test helper).
+    /// The one listener with `role`; panics if there is not exactly one (feature
+    /// `test-util`).
+    #[cfg(feature = "test-util")]
     pub fn addr(&self, role: &str) -> SocketAddr {
         let addrs = self.addrs(role);
         assert_eq!(addrs.len(), 1, "listeners with role {role}: {addrs:?}");
@@ -86,13 +87,16 @@ pub async fn start(config: &ProxyConfig) -> Result<RunningProxy, RunError> {
     let metrics = ProxyMetrics::register(&mut registry);
     let store = Arc::new(SvidStore::new(BundleSet::new()));
     let tap = Tap::new(TAP_QUEUE_LINES, metrics.tap_dropped.clone());
-    let ctx = Arc::new(ConnContext {
-        store: store.clone(),
-        tap: tap.clone(),
-        metrics: metrics.clone(),
-        limit: Arc::new(Semaphore::new(config.max_connections)),
-        handshake_timeout: config.handshake_timeout,
-    });
+    let ctx = Arc::new(ConnContext::new(
+        store.clone(),
+        tap.clone(),
+        metrics.clone(),
+        ConnLimits {
+            max_connections: config.max_connections,
+            handshake_timeout: config.handshake_timeout,
+            idle_timeout: config.idle_timeout,
+        },
+    ));
     let policy = Arc::new(InboundPolicy {
         strict: config.strict,
         opaque_ports: config.opaque_ports.clone(),
@@ -109,29 +113,20 @@ pub async fn start(config: &ProxyConfig) -> Result<RunningProxy, RunError> {
     for inbound in &config.inbound {
         let (listener, addr) = bind("inbound", inbound.listen).await?;
         listeners.push(("inbound", addr));
-        tasks.spawn(serve_inbound(
-            listener,
-            InboundTarget::Fixed(inbound.target.clone()),
-            policy.clone(),
-            ctx.clone(),
-        ));
+        let inbound = Inbound {
+            target: InboundTarget::Fixed(inbound.target.clone()),
+            policy: policy.clone(),
+        };
+        tasks.spawn(serve_inbound(listener, inbound, ctx.clone()));
     }
     for outbound in &config.outbound {
         let (listener, addr) = bind("outbound", outbound.listen).await?;
         listeners.push(("outbound", addr));
-        let mtls = outbound.expected_id.as_ref().map(|id| {
-            let config = client_config(
-                store.clone(),
-                Arc::new(ExactId(id.clone())),
-                vec![LANYARD_ALPN.to_vec()],
-            );
-            (id.clone(), TlsConnector::from(Arc::new(config)))
-        });
         tasks.spawn(serve_outbound(
             listener,
             OutboundDestination::Fixed {
                 destination: outbound.destination.clone(),
-                mtls,
+                expected_id: outbound.expected_id.clone(),
             },
             ctx.clone(),
         ));
@@ -139,12 +134,11 @@ pub async fn start(config: &ProxyConfig) -> Result<RunningProxy, RunError> {
     if let Some(listen) = config.transparent_inbound {
         let (listener, addr) = bind("transparent-inbound", listen).await?;
         listeners.push(("transparent-inbound", addr));
-        tasks.spawn(serve_inbound(
-            listener,
-            InboundTarget::OriginalDst,
-            policy.clone(),
-            ctx.clone(),
-        ));
+        let inbound = Inbound {
+            target: InboundTarget::OriginalDst,
+            policy: policy.clone(),
+        };
+        tasks.spawn(serve_inbound(listener, inbound, ctx.clone()));
     }
     if let Some(listen) = config.transparent_outbound {
         let (listener, addr) = bind("transparent-outbound", listen).await?;

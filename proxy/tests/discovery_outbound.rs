@@ -6,16 +6,12 @@ mod common;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
+use common::discovery::{FakeDiscovery, lookup_until, meshed, service, unknown, unmeshed};
 use common::*;
-use lanyard_proto::discovery::v1 as wire;
-use lanyard_proto::discovery::v1::discovery_server::{Discovery, DiscoveryServer};
-use lanyard_proxy::context::ConnContext;
+use lanyard_proxy::context::{ConnContext, ConnLimits};
 use lanyard_proxy::discovery::{
     Answer, DiscoveryClient, DiscoveryError, DiscoverySettings, ServiceEndpoint,
 };
@@ -24,201 +20,12 @@ use lanyard_proxy::outbound::{OutboundDestination, serve_outbound};
 use lanyard_proxy::tap::{TAP_QUEUE_LINES, Tap};
 use lanyard_svid::SpiffeId;
 use prometheus_client::registry::Registry;
-use tokio::net::{TcpListener, TcpStream, UnixListener};
-use tokio::sync::{broadcast, mpsc, watch};
-use tokio_stream::Stream;
-use tokio_stream::wrappers::{ReceiverStream, UnixListenerStream};
-use tonic::{Request, Response, Status};
-use wire::resolution::Kind;
+use tokio::net::{TcpListener, TcpStream};
+use tonic::Status;
 
 const CLIENT: &str = "spiffe://example.org/client";
 const SERVER: &str = "spiffe://example.org/server";
 const OTHER: &str = "spiffe://example.org/other";
-
-// ---------------------------------------------------------------------------------------
-// A fake agent Discovery service
-
-type Answers = HashMap<SocketAddr, Kind>;
-
-struct FakeDiscovery {
-    socket: PathBuf,
-    answers: watch::Sender<Answers>,
-    resolves: Arc<AtomicUsize>,
-    watches: Arc<AtomicUsize>,
-    /// While set, every call is answered `Unavailable` (the agent unreachable).
-    down: Arc<AtomicBool>,
-    kill: broadcast::Sender<Status>,
-    _dir: tempfile::TempDir,
-}
-
-#[derive(Clone)]
-struct Fake {
-    answers: watch::Sender<Answers>,
-    resolves: Arc<AtomicUsize>,
-    watches: Arc<AtomicUsize>,
-    down: Arc<AtomicBool>,
-    kill: broadcast::Sender<Status>,
-}
-
-fn key(request: &wire::ResolveRequest) -> SocketAddr {
-    let d = request.destination.as_ref().unwrap();
-    SocketAddr::new(d.address.parse().unwrap(), d.port as u16)
-}
-
-fn response(dst: SocketAddr, kind: Kind) -> wire::ResolveResponse {
-    wire::ResolveResponse {
-        destination: Some(wire::Destination {
-            address: dst.ip().to_string(),
-            port: u32::from(dst.port()),
-        }),
-        resolution: Some(wire::Resolution { kind: Some(kind) }),
-    }
-}
-
-impl Fake {
-    fn current(&self, dst: SocketAddr) -> Result<Kind, Status> {
-        if self.down.load(Ordering::SeqCst) {
-            return Err(Status::unavailable("shutting_down: down"));
-        }
-        self.answers
-            .borrow()
-            .get(&dst)
-            .cloned()
-            .ok_or_else(|| Status::unavailable("not_ready: no answer"))
-    }
-}
-
-type WatchStream = Pin<Box<dyn Stream<Item = Result<wire::ResolveResponse, Status>> + Send>>;
-
-#[tonic::async_trait]
-impl Discovery for Fake {
-    async fn resolve(
-        &self,
-        request: Request<wire::ResolveRequest>,
-    ) -> Result<Response<wire::ResolveResponse>, Status> {
-        self.resolves.fetch_add(1, Ordering::SeqCst);
-        let dst = key(request.get_ref());
-        Ok(Response::new(response(dst, self.current(dst)?)))
-    }
-
-    type WatchStream = WatchStream;
-
-    async fn watch(
-        &self,
-        request: Request<wire::ResolveRequest>,
-    ) -> Result<Response<WatchStream>, Status> {
-        let dst = key(request.get_ref());
-        let first = self.current(dst)?;
-        self.watches.fetch_add(1, Ordering::SeqCst);
-        let mut rx = self.answers.subscribe();
-        let mut kill = self.kill.subscribe();
-        let (tx, out) = mpsc::channel(4);
-        tokio::spawn(async move {
-            let mut sent = first.clone();
-            if tx.send(Ok(response(dst, first))).await.is_err() {
-                return;
-            }
-            loop {
-                tokio::select! {
-                    changed = rx.changed() => {
-                        if changed.is_err() { return }
-                        let now = rx.borrow_and_update().get(&dst).cloned();
-                        if let Some(now) = now && now != sent {
-                            sent = now.clone();
-                            if tx.send(Ok(response(dst, now))).await.is_err() { return }
-                        }
-                    }
-                    status = kill.recv() => {
-                        if let Ok(status) = status { let _ = tx.send(Err(status)).await; }
-                        return;
-                    }
-                }
-            }
-        });
-        Ok(Response::new(Box::pin(ReceiverStream::new(out))))
-    }
-}
-
-impl FakeDiscovery {
-    async fn start() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let socket = dir.path().join("agent.sock");
-        let listener = UnixListener::bind(&socket).unwrap();
-        let fake = Fake {
-            answers: watch::Sender::new(HashMap::new()),
-            resolves: Arc::default(),
-            watches: Arc::default(),
-            down: Arc::default(),
-            kill: broadcast::channel(4).0,
-        };
-        tokio::spawn(
-            tonic::transport::Server::builder()
-                .add_service(DiscoveryServer::new(fake.clone()))
-                .serve_with_incoming(UnixListenerStream::new(listener)),
-        );
-        Self {
-            socket,
-            answers: fake.answers,
-            resolves: fake.resolves,
-            watches: fake.watches,
-            down: fake.down,
-            kill: fake.kill,
-            _dir: dir,
-        }
-    }
-
-    fn set(&self, dst: SocketAddr, kind: Kind) {
-        self.answers.send_modify(|a| {
-            a.insert(dst, kind);
-        });
-    }
-
-    fn client(&self, settings: DiscoverySettings) -> DiscoveryClient {
-        DiscoveryClient::new(self.socket.clone(), settings)
-    }
-
-    /// Waits until `n` watches were opened in all.
-    async fn wait_watches(&self, n: usize) {
-        let watches = self.watches.clone();
-        wait_until("discovery watches", || watches.load(Ordering::SeqCst) >= n).await
-    }
-}
-
-fn meshed(id: &str) -> Kind {
-    Kind::MeshedPod(wire::MeshedPod {
-        spiffe_id: id.into(),
-        namespace: "ns".into(),
-        name: "pod".into(),
-    })
-}
-
-fn unmeshed() -> Kind {
-    Kind::UnmeshedPod(wire::UnmeshedPod {
-        namespace: "ns".into(),
-        name: "pod".into(),
-    })
-}
-
-fn unknown() -> Kind {
-    Kind::Unknown(wire::Unknown {})
-}
-
-fn service(endpoints: &[(SocketAddr, Option<&str>)]) -> Kind {
-    Kind::Service(wire::Service {
-        namespace: "ns".into(),
-        name: "svc".into(),
-        endpoints: endpoints
-            .iter()
-            .map(|(addr, id)| wire::Endpoint {
-                address: addr.ip().to_string(),
-                port: u32::from(addr.port()),
-                meshed: id.is_some(),
-                spiffe_id: id.unwrap_or_default().into(),
-            })
-            .collect(),
-        truncated: false,
-    })
-}
 
 fn id(text: &str) -> SpiffeId {
     SpiffeId::parse(text).unwrap()
@@ -230,25 +37,6 @@ fn settings() -> DiscoverySettings {
         rewatch_delay: Duration::from_millis(20),
         ..DiscoverySettings::default()
     }
-}
-
-/// Looks `dst` up until `check` accepts the result (a watch update to arrive).
-async fn lookup_until(
-    client: &DiscoveryClient,
-    dst: SocketAddr,
-    what: &str,
-    check: impl Fn(&Result<Answer, DiscoveryError>) -> bool,
-) {
-    within(what, async {
-        loop {
-            let got = client.lookup(dst).await.map(|l| l.answer);
-            if check(&got) {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await
 }
 
 fn addr(text: &str) -> SocketAddr {
@@ -268,11 +56,7 @@ async fn a_meshed_answer_is_resolved_once_then_kept_current_by_a_watch() {
     assert_eq!(first.answer, Answer::MeshedPod(id(SERVER)));
     fake.wait_watches(1).await;
     client.lookup(dst).await.unwrap();
-    assert_eq!(
-        fake.resolves.load(Ordering::SeqCst),
-        1,
-        "second lookup cached"
-    );
+    assert_eq!(fake.resolves(), 1, "second lookup cached");
     assert_eq!(client.cached(), 1);
     // A new ID (a new pod on the same IP) is followed.
     fake.set(dst, meshed(OTHER));
@@ -280,7 +64,7 @@ async fn a_meshed_answer_is_resolved_once_then_kept_current_by_a_watch() {
         *a == Ok(Answer::MeshedPod(id(OTHER)))
     })
     .await;
-    assert_eq!(fake.resolves.load(Ordering::SeqCst), 1);
+    assert_eq!(fake.resolves(), 1);
 }
 
 #[tokio::test]
@@ -339,9 +123,9 @@ async fn cached_answers_outlive_an_unreachable_agent_until_they_expire() {
     client.lookup(plain_dst).await.unwrap();
     fake.wait_watches(2).await;
     // The agent goes away: streams lost, new calls refused. Answers are still used.
-    fake.down.store(true, Ordering::SeqCst);
-    let _ = fake.kill.send(Status::unavailable("shutting_down: bye"));
-    let resolves = fake.resolves.load(Ordering::SeqCst);
+    fake.refuse(Some(Status::unavailable("shutting_down: down")));
+    fake.end_watches(Status::unavailable("shutting_down: bye"));
+    let resolves = fake.resolves();
     for _ in 0..3 {
         assert_eq!(
             client.lookup(meshed_dst).await.unwrap().answer,
@@ -352,19 +136,19 @@ async fn cached_answers_outlive_an_unreachable_agent_until_they_expire() {
             Answer::UnmeshedPod
         );
     }
-    assert_eq!(fake.resolves.load(Ordering::SeqCst), resolves);
+    assert_eq!(fake.resolves(), resolves);
     // The agent says the answers expired: the meshed one refuses, the other is forgotten.
-    fake.down.store(false, Ordering::SeqCst);
-    let watches = fake.watches.load(Ordering::SeqCst);
+    fake.refuse(None);
+    let watches = fake.watches_opened();
     fake.wait_watches(watches + 2).await;
-    fake.down.store(true, Ordering::SeqCst);
+    fake.refuse(Some(Status::unavailable("shutting_down: down")));
     // As the agent ends a Watch whose answer expired: Unavailable with the refusal trailer.
     let mut expired = Status::unavailable("the answer expired");
     expired.metadata_mut().insert(
         lanyard_proxy::discovery::REFUSAL_TRAILER,
         "expired".parse().unwrap(),
     );
-    let _ = fake.kill.send(expired);
+    fake.end_watches(expired);
     lookup_until(&client, meshed_dst, "the meshed answer expired", |a| {
         *a == Err(DiscoveryError::MeshedGone)
     })
@@ -430,17 +214,30 @@ async fn endpoints_are_picked_round_robin_skipping_recent_failures() {
 /// An outbound listener (holding CLIENT's SVID) whose connections go to `dst` as discovery
 /// says; its tap.
 async fn outbound(ca: &Ca, dst: SocketAddr, discovery: DiscoveryClient) -> (SocketAddr, Tap) {
+    let (listen, tap, _) = outbound_ctx(ca, dst, discovery).await;
+    (listen, tap)
+}
+
+/// [`outbound`], and the context its connections share.
+async fn outbound_ctx(
+    ca: &Ca,
+    dst: SocketAddr,
+    discovery: DiscoveryClient,
+) -> (SocketAddr, Tap, Arc<ConnContext>) {
     let mut registry = Registry::default();
     let metrics: Arc<ProxyMetrics> = ProxyMetrics::register(&mut registry);
     let tap = Tap::new(TAP_QUEUE_LINES, metrics.tap_dropped.clone());
     let td = lanyard_svid::TrustDomain::parse("example.org").unwrap();
-    let ctx = Arc::new(ConnContext {
-        store: client_store(&ca.issue(CLIENT), &[(&td, ca.root_der())]),
-        tap: tap.clone(),
+    let ctx = Arc::new(ConnContext::new(
+        client_store(&ca.issue(CLIENT), &[(&td, ca.root_der())]),
+        tap.clone(),
         metrics,
-        limit: Arc::new(tokio::sync::Semaphore::new(64)),
-        handshake_timeout: Duration::from_secs(5),
-    });
+        ConnLimits {
+            max_connections: 64,
+            handshake_timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(3600),
+        },
+    ));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let listen = listener.local_addr().unwrap();
     tokio::spawn(serve_outbound(
@@ -449,9 +246,9 @@ async fn outbound(ca: &Ca, dst: SocketAddr, discovery: DiscoveryClient) -> (Sock
             destination: dst,
             discovery,
         },
-        ctx,
+        ctx.clone(),
     ));
-    (listen, tap)
+    (listen, tap, ctx)
 }
 
 /// An inbound proxy as `SERVER` in front of an echo app; its inbound address.
@@ -640,4 +437,52 @@ async fn unmeshed_unknown_and_undiscoverable_destinations_go_plaintext_with_thei
         assert_eq!(field(&line, "reason"), reason, "{line}");
         assert_eq!(field(&line, "dst"), app.addr.to_string(), "{line}");
     }
+}
+
+#[tokio::test]
+async fn the_shared_connector_follows_a_rotation_and_a_bundle_change() {
+    let ca = Ca::new("example.org");
+    let (_api, server) = meshed_server(&ca).await;
+    let mut server_lines = Lines::of(&server);
+    let dst = server.addr("inbound");
+    let fake = FakeDiscovery::start().await;
+    fake.set(dst, meshed(SERVER));
+    let (listen, tap, ctx) = outbound_ctx(&ca, dst, fake.client(settings())).await;
+    let mut lines = TapLines(tap.subscribe());
+    let connector = ctx.connectors.exact(&id(SERVER));
+
+    assert!(echo_through(listen).await);
+    assert_eq!(field(&lines.next().await, "tls"), "true");
+    assert_eq!(field(&server_lines.next().await, "peer"), CLIENT);
+
+    // Rotated to a new SVID (another ID, to tell them apart): the next connection presents it.
+    const ROTATED: &str = "spiffe://example.org/client-rotated";
+    ctx.store
+        .update_svid(ca.issue(ROTATED).x509_svid())
+        .unwrap();
+    assert!(echo_through(listen).await);
+    assert_eq!(field(&lines.next().await, "tls"), "true");
+    assert_eq!(field(&server_lines.next().await, "peer"), ROTATED);
+
+    // The bundle now trusts another root only: the server is refused.
+    let stranger = Ca::new("example.org");
+    let td = lanyard_svid::TrustDomain::parse("example.org").unwrap();
+    let only_stranger = client_store(&stranger.issue(CLIENT), &[(&td, stranger.root_der())]);
+    ctx.store.update_bundles((*only_stranger.bundles()).clone());
+    assert!(!echo_through(listen).await);
+    let line = lines.next().await;
+    assert_eq!(field(&line, "reason"), "untrusted_chain", "{line}");
+
+    // Trusted again: connects again.
+    let trusting = client_store(&ca.issue(CLIENT), &[(&td, ca.root_der())]);
+    ctx.store.update_bundles((*trusting.bundles()).clone());
+    assert!(echo_through(listen).await);
+    assert_eq!(field(&lines.next().await, "tls"), "true");
+
+    // All through the one connector built for SERVER, never rebuilt.
+    assert_eq!(ctx.connectors.len(), 1);
+    assert!(Arc::ptr_eq(
+        connector.config(),
+        ctx.connectors.exact(&id(SERVER)).config()
+    ));
 }

@@ -1,5 +1,6 @@
 //! Shared by the proxy's integration tests: a CA (lanyard-svid's production CA), a fake
-//! Workload API on a Unix socket, small TCP apps, proxies, tap readers and HTTP probes.
+//! Workload API on a Unix socket, a fake agent Discovery service ([`discovery`]), small TCP
+//! apps, proxies, tap readers and HTTP probes.
 
 #![allow(dead_code)]
 
@@ -30,6 +31,8 @@ use tokio_stream::StreamExt;
 use tokio_stream::wrappers::{UnixListenerStream, WatchStream};
 use tonic::{Request, Response, Status};
 use zeroize::Zeroizing;
+
+pub mod discovery;
 
 /// How long any awaited condition may take before the test fails.
 pub const DEADLINE: Duration = Duration::from_secs(20);
