@@ -72,6 +72,10 @@ pub enum CaStoreError {
         found: String,
         expected: String,
     },
+    #[error(
+        "{dir} holds no CA, but the data dir already existed: a volume that failed to mount, or a deleted CA, would otherwise silently become a new root that no agent trusts. Restore the CA, or pass --init to create a new one"
+    )]
+    Missing { dir: PathBuf },
     #[error("{path} is readable by others (mode {mode:o}); run `chmod 600` on it")]
     InsecureMode { path: PathBuf, mode: u32 },
     #[error("{path}: {message}")]
@@ -117,6 +121,26 @@ impl DataDirCa {
         Self::load(&dir, trust_domain, now)
     }
 
+    /// True when `data_dir` holds any CA file (complete or not).
+    pub fn exists(data_dir: &Path) -> bool {
+        let dir = data_dir.join("ca");
+        ALL_FILES.iter().any(|f| dir.join(f).exists())
+    }
+
+    /// Loads the CA of `data_dir`; never creates one ([`CaStoreError::Missing`] instead).
+    pub fn load_existing(
+        data_dir: &Path,
+        trust_domain: &TrustDomain,
+        now: SystemTime,
+    ) -> Result<Self, CaStoreError> {
+        if !Self::exists(data_dir) {
+            return Err(CaStoreError::Missing {
+                dir: data_dir.join("ca"),
+            });
+        }
+        Self::load_or_create(data_dir, trust_domain, now)
+    }
+
     /// When the intermediate is replaced: after two thirds of its life, so the last third
     /// (four months of a one-year intermediate) is margin for a server that was down.
     pub fn rotation_due(&self) -> SystemTime {
@@ -132,7 +156,8 @@ impl DataDirCa {
         trust_domain: &TrustDomain,
         now: SystemTime,
     ) -> Result<Option<Self>, CaStoreError> {
-        let current = Self::load_or_create(data_dir, trust_domain, now)?;
+        // A CA deleted while the server runs is an error, never a new root.
+        let current = Self::load_existing(data_dir, trust_domain, now)?;
         if now < current.rotation_due() {
             return Ok(None);
         }

@@ -109,6 +109,13 @@ pub struct RunArgs {
     #[arg(long, env = "LANYARD_ATTEST_RATE_LIMIT")]
     pub attest_rate_limit: Option<f64>,
 
+    /// Data-dir mode: create a new CA if the data dir holds none. Without it a CA is created
+    /// only when the data dir does not exist yet (a first start); an existing data dir without
+    /// `ca/` (a volume that failed to mount, a deleted CA) is refused.
+    #[arg(long, env = "LANYARD_INIT")]
+    #[serde(default)]
+    pub init: bool,
+
     /// Static workload entries (config file only).
     #[arg(skip)]
     #[serde(default)]
@@ -161,6 +168,11 @@ pub struct ServerConfig {
     pub mint_rate_limit: f64,
     pub attest_rate_limit: f64,
     pub entries: Vec<StaticEntry>,
+    /// Connection, handshake and stream bounds of the gRPC listener (not an option: tests
+    /// lower them).
+    pub listener_limits: crate::tls_listener::Limits,
+    /// `--init`: create a CA in an existing data dir that has none.
+    pub init: bool,
 }
 
 impl RunArgs {
@@ -172,7 +184,7 @@ impl RunArgs {
             lanyard_daemon::fill_unset!(provenance, Origin::File(path), self, file;
                 trust_domain, listen, data_dir, kube, ca_secret, bundle_configmap, agent_sa,
                 k8s_audience, x509_ttl, jwt_ttl, node_ttl, pod_id_template, health,
-                mint_rate_limit, attest_rate_limit);
+                mint_rate_limit, attest_rate_limit, init);
             // Entries exist only in the file.
             self.entries = file.entries;
         }
@@ -271,6 +283,8 @@ impl RunArgs {
                 DEFAULT_ATTEST_RATE_LIMIT,
             )?,
             entries,
+            listener_limits: Default::default(),
+            init: self.init,
         })
     }
 }

@@ -24,6 +24,10 @@ pub enum EvictionError {
         path: PathBuf,
         source: serde_json::Error,
     },
+    #[error(
+        "{path} is missing, but this data dir's CA is not new: every eviction would be forgotten. Restore the file from a backup; to really forgive every evicted node, create it containing {{}}"
+    )]
+    Missing { path: PathBuf },
     #[error("writing {path}: {source}")]
     Write {
         path: PathBuf,
@@ -36,6 +40,8 @@ pub enum EvictionError {
 pub struct Evictions {
     path: PathBuf,
     evicted: RwLock<BTreeMap<String, u64>>,
+    /// Bumped at every eviction, so open feeds can end.
+    changed: tokio::sync::watch::Sender<u64>,
 }
 
 fn unix_secs(t: SystemTime) -> u64 {
@@ -45,9 +51,16 @@ fn unix_secs(t: SystemTime) -> u64 {
 }
 
 impl Evictions {
-    /// Loads the list from `data_dir` (empty if the file does not exist yet).
-    pub fn load(data_dir: &std::path::Path) -> Result<Self, EvictionError> {
+    /// Loads the list from `data_dir`. The file is written (empty) when the data dir's CA is
+    /// created (`new_ca`), so from then on its absence is an error, not "nobody evicted".
+    pub fn load(data_dir: &std::path::Path, new_ca: bool) -> Result<Self, EvictionError> {
         let path = data_dir.join(FILE_NAME);
+        if new_ca && !path.exists() {
+            write_private_atomic(&path, b"{}").map_err(|source| EvictionError::Write {
+                path: path.clone(),
+                source,
+            })?;
+        }
         let evicted = match std::fs::read(&path) {
             Ok(bytes) => {
                 serde_json::from_slice(&bytes).map_err(|source| EvictionError::Corrupt {
@@ -55,13 +68,30 @@ impl Evictions {
                     source,
                 })?
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(EvictionError::Missing { path });
+            }
             Err(source) => return Err(EvictionError::Read { path, source }),
         };
         Ok(Self {
             path,
             evicted: RwLock::new(evicted),
+            changed: tokio::sync::watch::Sender::new(0),
         })
+    }
+
+    /// Resolves once a node SVID for `node` issued at `issued_at` is evicted (never, if it is
+    /// not).
+    pub async fn evicted(self: std::sync::Arc<Self>, node: String, issued_at: SystemTime) {
+        let mut changes = self.changed.subscribe();
+        loop {
+            if self.is_evicted(&node, issued_at) {
+                return;
+            }
+            if changes.changed().await.is_err() {
+                return std::future::pending().await;
+            }
+        }
     }
 
     /// Records that `node` is evicted as of `now`, durably, before returning.
@@ -75,6 +105,8 @@ impl Evictions {
             source,
         })?;
         *evicted = next;
+        drop(evicted);
+        self.changed.send_modify(|n| *n += 1);
         Ok(())
     }
 
@@ -97,12 +129,12 @@ mod tests {
     fn eviction_persists_and_spares_later_svids() {
         let dir = tempfile::tempdir().unwrap();
         let now = SystemTime::now();
-        let e = Evictions::load(dir.path()).unwrap();
+        let e = Evictions::load(dir.path(), true).unwrap();
         assert!(!e.is_evicted("n1", now));
         e.evict("n1", now).unwrap();
         assert!(e.is_evicted("n1", now - Duration::from_secs(60)));
         assert!(!e.is_evicted("n2", now));
-        let reloaded = Evictions::load(dir.path()).unwrap();
+        let reloaded = Evictions::load(dir.path(), false).unwrap();
         assert!(reloaded.is_evicted("n1", now));
         assert!(!reloaded.is_evicted("n1", now + Duration::from_secs(5)));
         assert_eq!(
@@ -116,8 +148,19 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join(FILE_NAME), b"{not json").unwrap();
         assert!(matches!(
-            Evictions::load(dir.path()),
+            Evictions::load(dir.path(), false),
             Err(EvictionError::Corrupt { .. })
+        ));
+    }
+
+    #[test]
+    fn a_deleted_file_is_refused_once_the_ca_exists() {
+        let dir = tempfile::tempdir().unwrap();
+        Evictions::load(dir.path(), true).unwrap();
+        std::fs::remove_file(dir.path().join(FILE_NAME)).unwrap();
+        assert!(matches!(
+            Evictions::load(dir.path(), false),
+            Err(EvictionError::Missing { .. })
         ));
     }
 }

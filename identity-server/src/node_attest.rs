@@ -235,6 +235,27 @@ impl NodeAttestor {
     }
 
     /// Re-checks, on every call, that a node SVID still speaks for its node.
+    /// Resolves when an agent that passed [`NodeAttestor::check_agent`] with a node SVID
+    /// issued at `issued_at` stops passing it for good (a join-token node evicted), so feeds
+    /// opened before can end. Never resolves for agents nothing revokes while they stream.
+    pub fn revoked(
+        &self,
+        agent: &AgentIdentity,
+        issued_at: SystemTime,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = AttestRefusal> + Send + 'static>> {
+        match (&self.method, agent.method) {
+            (Method::JoinToken { evictions, .. }, NodeAttestation::JoinToken) => {
+                let evicted = evictions.clone().evicted(agent.node.clone(), issued_at);
+                let node = agent.node.clone();
+                Box::pin(async move {
+                    evicted.await;
+                    AttestRefusal::Evicted(node)
+                })
+            }
+            _ => Box::pin(std::future::pending()),
+        }
+    }
+
     pub fn check_agent(
         &self,
         agent: &AgentIdentity,
@@ -460,7 +481,7 @@ mod tests {
     fn join_token_flow_and_eviction() {
         let dir = tempfile::tempdir().unwrap();
         let tokens = Arc::new(JoinTokens::new());
-        let evictions = Arc::new(Evictions::load(dir.path()).unwrap());
+        let evictions = Arc::new(Evictions::load(dir.path(), true).unwrap());
         let a = NodeAttestor::new(
             td(),
             Method::JoinToken {

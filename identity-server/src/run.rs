@@ -31,9 +31,6 @@ use lanyard_daemon::private_file::ensure_dir;
 
 /// Largest gRPC message accepted (a batch of 500 CSRs is well under this).
 const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
-/// Bounds on what one HTTP/2 connection may ask of us.
-const MAX_HEADER_LIST_BYTES: u32 = 16 * 1024;
-const MAX_CONCURRENT_STREAMS: u32 = 256;
 /// How long shutdown waits for open calls before closing them.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// Longest join-token lifetime an operator may ask for.
@@ -45,6 +42,13 @@ pub enum RunError {
     DataDir {
         path: std::path::PathBuf,
         source: std::io::Error,
+    },
+    #[error(
+        "data dir {path} is in use by another lanyard-server (it holds {lock}); stop that one first, or give this one its own --data-dir"
+    )]
+    DataDirInUse {
+        path: std::path::PathBuf,
+        lock: std::path::PathBuf,
     },
     #[error("{0}")]
     CaStore(#[from] crate::ca_store::CaStoreError),
@@ -66,8 +70,6 @@ pub enum RunError {
     },
     #[error("admin socket: {0}")]
     Admin(#[from] admin::AdminError),
-    #[error("gRPC server: {0}")]
-    Serve(#[from] tonic::transport::Error),
 }
 
 /// Runs the server until `shutdown` resolves. `on_listening` sees each bound listener. In
@@ -79,10 +81,15 @@ pub async fn run(
     on_listening: impl Fn(&'static str, SocketAddr),
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), RunError> {
+    // A data dir that does not exist yet is a first start: the only time a CA is created
+    // without --init.
+    let first_start = !config.data_dir.exists();
     ensure_dir(&config.data_dir, 0o700).map_err(|source| RunError::DataDir {
         path: config.data_dir.clone(),
         source,
     })?;
+    // Held until this function returns: one server per data dir.
+    let _lock = lock_data_dir(&config.data_dir)?;
     let mut registry = Registry::default();
     let metrics = ServerMetrics::register(&mut registry);
     let authority = Arc::new(Authority::new(config.trust_domain.clone()));
@@ -92,7 +99,12 @@ pub async fn run(
     let (attestor, pods, join_tokens, evictions, discovery) = match &config.mode {
         Mode::DataDir => {
             let now = SystemTime::now();
-            let ca = DataDirCa::load_or_create(&config.data_dir, &config.trust_domain, now)?;
+            let had_ca = DataDirCa::exists(&config.data_dir);
+            let ca = if first_start || config.init {
+                DataDirCa::load_or_create(&config.data_dir, &config.trust_domain, now)?
+            } else {
+                DataDirCa::load_existing(&config.data_dir, &config.trust_domain, now)?
+            };
             authority.install(
                 SigningMaterial {
                     roots: vec![ca.root.cert_der().clone()],
@@ -107,7 +119,7 @@ pub async fn run(
                 authority.clone(),
             ));
             let tokens = Arc::new(JoinTokens::new());
-            let evictions = Arc::new(Evictions::load(&config.data_dir)?);
+            let evictions = Arc::new(Evictions::load(&config.data_dir, !had_ca)?);
             let method = Method::JoinToken {
                 tokens: tokens.clone(),
                 evictions: evictions.clone(),
@@ -261,32 +273,62 @@ pub async fn run(
         shutdown.await;
         let _ = stopping_tx.send(());
     };
-    let serve = tonic::transport::Server::builder()
-        .http2_max_header_list_size(MAX_HEADER_LIST_BYTES)
-        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
-        .add_service(
-            NodeIdentityServer::from_arc(service)
-                .max_decoding_message_size(MAX_MESSAGE_BYTES)
-                .max_encoding_message_size(MAX_MESSAGE_BYTES),
-        )
-        .add_service(
-            DiscoveryFeedServer::new(discovery)
-                .max_decoding_message_size(MAX_MESSAGE_BYTES)
-                .max_encoding_message_size(MAX_MESSAGE_BYTES),
-        )
-        .serve_with_incoming_shutdown(tls_listener::incoming(listener, tls), shutdown);
-    let result = tokio::select! {
-        result = serve => result,
+    let routes = tonic::service::Routes::new(
+        NodeIdentityServer::from_arc(service)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES),
+    )
+    .add_service(
+        DiscoveryFeedServer::new(discovery)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES),
+    );
+    let serve = tls_listener::serve(
+        listener,
+        tls,
+        routes,
+        config.trust_domain.clone(),
+        config.listener_limits.clone(),
+        metrics.clone(),
+        shutdown,
+    );
+    tokio::select! {
+        () = serve => {}
         Ok(()) = stopping_rx => {
             tokio::time::sleep(SHUTDOWN_GRACE).await;
             tracing::info!("grace period over; closing the remaining streams");
-            Ok(())
         }
-    };
+    }
     for task in tasks {
         task.abort();
     }
-    Ok(result?)
+    Ok(())
+}
+
+/// The data dir's lock file, locked exclusively (released when the file is closed, so also
+/// when the process dies).
+fn lock_data_dir(data_dir: &std::path::Path) -> Result<std::fs::File, RunError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let lock = data_dir.join("server.lock");
+    let io = |source| RunError::DataDir {
+        path: lock.clone(),
+        source,
+    };
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(&lock)
+        .map_err(io)?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(RunError::DataDirInUse {
+            path: data_dir.to_owned(),
+            lock,
+        }),
+        Err(std::fs::TryLockError::Error(source)) => Err(io(source)),
+    }
 }
 
 /// Keeps the CA expiry gauges current: the intermediate in use, and the first trust anchor to

@@ -113,6 +113,36 @@ impl IdentityService {
         rpc: &'static str,
         request: &Request<T>,
     ) -> Result<AgentIdentity, Status> {
+        self.caller_agent_since(rpc, request)
+            .map(|(agent, _)| agent)
+    }
+
+    /// A feed for the calling agent: `stream`, ended with the refusal's status as soon as the
+    /// agent's node SVID stops being good (an eviction), rather than running on.
+    pub(crate) fn feed_for<R, M, I>(
+        &self,
+        rpc: &'static str,
+        request: &Request<R>,
+        stream: impl FnOnce(AgentIdentity) -> I,
+    ) -> Result<EndOnRevocation<I>, Status>
+    where
+        I: Stream<Item = Result<M, Status>> + Send + Unpin + 'static,
+    {
+        let (agent, issued_at) = self.caller_agent_since(rpc, request)?;
+        let revoked = self.attestor.revoked(&agent, issued_at);
+        Ok(EndOnRevocation {
+            inner: stream(agent),
+            revoked: Some(revoked),
+            metrics: self.metrics.clone(),
+            rpc,
+        })
+    }
+
+    fn caller_agent_since<T>(
+        &self,
+        rpc: &'static str,
+        request: &Request<T>,
+    ) -> Result<(AgentIdentity, SystemTime), Status> {
         let refuse = |reason: &'static str, status: Status| {
             self.metrics.refused(rpc, reason);
             status
@@ -154,7 +184,7 @@ impl IdentityService {
                     Status::permission_denied(message)
                 }
             })?;
-        Ok(agent)
+        Ok((agent, issued_at))
     }
 
     fn policy(&self) -> MintPolicy<'_> {
@@ -186,6 +216,43 @@ impl IdentityService {
             entries: self.settings.entries.clone(),
             pods: self.pods.clone(),
         }
+    }
+}
+
+/// A feed that ends with the refusal's status once its agent is revoked (see
+/// [`IdentityService::feed_for`]).
+pub(crate) struct EndOnRevocation<I> {
+    inner: I,
+    /// `None` once the revocation was reported: the stream is over.
+    revoked: Option<Pin<Box<dyn std::future::Future<Output = AttestRefusal> + Send + 'static>>>,
+    metrics: Arc<ServerMetrics>,
+    rpc: &'static str,
+}
+
+impl<M, I> Stream for EndOnRevocation<I>
+where
+    I: Stream<Item = Result<M, Status>> + Unpin,
+{
+    type Item = Result<M, Status>;
+
+    fn poll_next(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        use std::task::Poll;
+        let Some(revoked) = self.revoked.as_mut() else {
+            return Poll::Ready(None);
+        };
+        if let Poll::Ready(refusal) = revoked.as_mut().poll(cx) {
+            self.revoked = None;
+            self.metrics.refused(self.rpc, &refusal);
+            tracing::info!(rpc = self.rpc, reason = %refusal, "feed ended: agent revoked");
+            return Poll::Ready(Some(Err(Status::permission_denied(format!(
+                "{refusal}: {}",
+                refusal.message()
+            )))));
+        }
+        self.inner.poll_next_unpin(cx)
     }
 }
 
@@ -408,15 +475,18 @@ impl NodeIdentity for IdentityService {
         &self,
         request: Request<wire::WatchBundleRequest>,
     ) -> Result<Response<Self::WatchBundleStream>, Status> {
-        self.caller_agent("watch_bundle", &request)?;
-        let stream = tokio_stream::wrappers::WatchStream::new(self.authority.subscribe_bundle())
-            .filter_map(|bundle| async move {
-                bundle.map(|b| {
-                    Ok(wire::WatchBundleResponse {
-                        bundle: Some(wire::Bundle::from(b.as_ref())),
+        let bundles = self.authority.subscribe_bundle();
+        let stream = self.feed_for("watch_bundle", &request, |_| {
+            Box::pin(
+                tokio_stream::wrappers::WatchStream::new(bundles).filter_map(|bundle| async move {
+                    bundle.map(|b| {
+                        Ok(wire::WatchBundleResponse {
+                            bundle: Some(wire::Bundle::from(b.as_ref())),
+                        })
                     })
-                })
-            });
+                }),
+            )
+        })?;
         Ok(Response::new(Box::pin(stream)))
     }
 
@@ -426,7 +496,8 @@ impl NodeIdentity for IdentityService {
         &self,
         request: Request<wire::WatchNodeRequest>,
     ) -> Result<Response<Self::WatchNodeStream>, Status> {
-        let agent = self.caller_agent("watch_node", &request)?;
-        Ok(Response::new(self.node_feed().stream(agent)))
+        let feed = self.node_feed();
+        let stream = self.feed_for("watch_node", &request, |agent| feed.stream(agent))?;
+        Ok(Response::new(Box::pin(stream)))
     }
 }

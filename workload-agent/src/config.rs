@@ -44,9 +44,20 @@ pub struct RunArgs {
     pub trust_domain: Option<String>,
 
     /// Single-use join token (`lanyard-server token generate`). Not needed when the data dir
-    /// holds a valid node SVID.
-    #[arg(long, env = "LANYARD_JOIN_TOKEN", hide_env_values = true)]
+    /// holds a valid node SVID. Prefer `--join-token-file` or `LANYARD_JOIN_TOKEN`: a flag's
+    /// value is readable by every local user in /proc/PID/cmdline until the agent scrubs it at
+    /// startup. Values starting with `-` are accepted (`--join-token -x...`, `--join-token=-x...`).
+    #[arg(
+        long,
+        env = "LANYARD_JOIN_TOKEN",
+        hide_env_values = true,
+        allow_hyphen_values = true
+    )]
     pub join_token: Option<String>,
+
+    /// File holding the join token (surrounding whitespace ignored); keep it 0600.
+    #[arg(long, env = "LANYARD_JOIN_TOKEN_FILE")]
+    pub join_token_file: Option<PathBuf>,
 
     /// Projected ServiceAccount token file (Kubernetes), re-read at every attestation.
     #[arg(long, env = "LANYARD_K8S_TOKEN_PATH")]
@@ -81,6 +92,7 @@ impl std::fmt::Debug for RunArgs {
                 "join_token",
                 &self.join_token.as_ref().map(|_| "<redacted>"),
             )
+            .field("join_token_file", &self.join_token_file)
             .field("k8s_token_path", &self.k8s_token_path)
             .field("socket", &self.socket)
             .field("data_dir", &self.data_dir)
@@ -113,8 +125,8 @@ impl RunArgs {
         if let Some(path) = self.config.clone() {
             let file: RunArgs = config_file::read(&path)?;
             lanyard_daemon::fill_unset!(provenance, Origin::File(path), self, file;
-                server, trust_bundle, trust_domain, join_token, k8s_token_path, socket, data_dir,
-                health, node_name);
+                server, trust_bundle, trust_domain, join_token, join_token_file, k8s_token_path, socket,
+                data_dir, health, node_name);
         }
         self.validate().map_err(|e| provenance.name_origin(e))
     }
@@ -133,11 +145,30 @@ impl RunArgs {
             .map(TrustDomain::new)
             .transpose()
             .map_err(|e| invalid("trust-domain", e))?;
-        let method = match (self.join_token, self.k8s_token_path) {
+        let join_token = match (self.join_token, self.join_token_file) {
+            (Some(_), Some(_)) => {
+                return Err(invalid(
+                    "join-token-file",
+                    "give either --join-token or --join-token-file, not both",
+                ));
+            }
+            (Some(token), None) => Some(token),
+            (None, Some(path)) => {
+                let text = Zeroizing::new(std::fs::read_to_string(&path).map_err(|e| {
+                    invalid(
+                        "join-token-file",
+                        format!("reading {}: {e}", path.display()),
+                    )
+                })?);
+                Some(text.trim().to_owned())
+            }
+            (None, None) => None,
+        };
+        let method = match (join_token, self.k8s_token_path) {
             (Some(_), Some(_)) => {
                 return Err(invalid(
                     "join-token",
-                    "give either --join-token or --k8s-token-path, not both",
+                    "give either a join token or --k8s-token-path, not both",
                 ));
             }
             (Some(token), None) => {
@@ -165,9 +196,93 @@ impl RunArgs {
     }
 }
 
+/// Overwrites every occurrence of `secret` in this process's command line (what other users
+/// read in `/proc/PID/cmdline`) with `*`, in place: the kernel shows the argument area of our
+/// own memory, so rewriting it through `/proc/self/mem` (no unsafe code) hides the secret from
+/// then on. Returns how many occurrences were overwritten. There is a window between exec and
+/// this call; that is why `--join-token-file` and `LANYARD_JOIN_TOKEN` are the recommended forms.
+pub fn scrub_from_cmdline(secret: &str) -> std::io::Result<usize> {
+    use std::io::{Read, Seek, SeekFrom, Write};
+    if secret.is_empty() {
+        return Ok(0);
+    }
+    let stat = std::fs::read_to_string("/proc/self/stat")?;
+    // Fields after the parenthesised command name start at field 3; arg_start/arg_end are 48/49.
+    let after_comm = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = after_comm.split_whitespace().collect();
+    let field = |n: usize| -> std::io::Result<u64> {
+        fields
+            .get(n - 3)
+            .and_then(|f| f.parse().ok())
+            .ok_or_else(|| std::io::Error::other("unexpected /proc/self/stat layout"))
+    };
+    let (start, end) = (field(48)?, field(49)?);
+    let mut mem = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/proc/self/mem")?;
+    let mut args = vec![0u8; end.saturating_sub(start) as usize];
+    mem.seek(SeekFrom::Start(start))?;
+    mem.read_exact(&mut args)?;
+    let needle = secret.as_bytes();
+    let mut found = 0;
+    let mut at = 0;
+    while let Some(pos) = args[at..].windows(needle.len()).position(|w| w == needle) {
+        let pos = at + pos;
+        args[pos..pos + needle.len()].fill(b'*');
+        found += 1;
+        at = pos + needle.len();
+    }
+    if found > 0 {
+        mem.seek(SeekFrom::Start(start))?;
+        mem.write_all(&args)?;
+    }
+    args.fill(0);
+    Ok(found)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_token_starting_with_a_dash_is_a_value_in_both_forms() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            run: RunArgs,
+        }
+        for argv in [
+            &["x", "--join-token", "-Fabc_def", "--server", "s:1"][..],
+            &["x", "--join-token=-Fabc_def", "--server", "s:1"][..],
+        ] {
+            let cli = Cli::try_parse_from(argv).unwrap();
+            assert_eq!(cli.run.join_token.as_deref(), Some("-Fabc_def"));
+            assert_eq!(cli.run.server.as_deref(), Some("s:1"));
+        }
+    }
+
+    #[test]
+    fn the_token_can_come_from_a_file_but_not_from_two_places() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        std::fs::write(&path, "lj1.abc\n").unwrap();
+        let from_file = RunArgs {
+            join_token: None,
+            join_token_file: Some(path.clone()),
+            ..args()
+        };
+        match from_file.resolve().unwrap().method {
+            Some(AttestMethod::JoinToken(t)) => assert_eq!(t.as_str(), "lj1.abc"),
+            other => panic!("{other:?}"),
+        }
+        let both = RunArgs {
+            join_token_file: Some(path),
+            ..args()
+        };
+        assert!(both.resolve().unwrap_err().to_string().contains("not both"));
+    }
 
     fn args() -> RunArgs {
         RunArgs {

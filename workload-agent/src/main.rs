@@ -30,6 +30,20 @@ async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Run(args) => {
             lanyard_telemetry::logging::init();
+            if let Some(token) = args.join_token.as_deref() {
+                match lanyard_agent::config::scrub_from_cmdline(token) {
+                    Ok(0) => {}
+                    Ok(_) => tracing::warn!(
+                        "the join token was given as a command-line flag: it is now scrubbed, but \
+                         other local users could read it in /proc/PID/cmdline until then; use \
+                         --join-token-file or LANYARD_JOIN_TOKEN"
+                    ),
+                    Err(e) => anyhow::bail!(
+                        "could not scrub the join token from the command line ({e}); pass it with \
+                         --join-token-file or LANYARD_JOIN_TOKEN instead"
+                    ),
+                }
+            }
             let config = args.resolve().context("invalid configuration")?;
             let shutdown = async {
                 let mut term =

@@ -306,6 +306,18 @@ fn run(cli: &Cli, children: &Children, stopping: &AtomicBool) -> anyhow::Result<
         )?,
     )?;
 
+    // The token goes in a 0600 file, not on the command line where any local user could read
+    // it (and where a token is one argument whatever its first character).
+    let token_file = root.join("join-token");
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&token_file)?
+            .write_all(token.trim().as_bytes())?;
+    }
     let socket = root.join("sockets").join("agent.sock");
     println!("starting lanyard-agent (node `local`, join token)");
     let agent = children.spawn(
@@ -316,8 +328,8 @@ fn run(cli: &Cli, children: &Children, stopping: &AtomicBool) -> anyhow::Result<
             &server_addr,
             "--trust-bundle",
             &s(&bundle),
-            "--join-token",
-            token.trim(),
+            "--join-token-file",
+            &s(&token_file),
             "--socket",
             &s(&socket),
             "--data-dir",

@@ -127,8 +127,13 @@ impl DiscoveryFeed for DiscoveryFeedService {
         &self,
         request: Request<Streaming<wire::FollowRequest>>,
     ) -> Result<Response<Self::FollowStream>, Status> {
-        let agent = self.identity.caller_agent(RPC, &request)?;
         let (tx, rx) = mpsc::channel(8);
+        let mut agent = None;
+        let out = self.identity.feed_for(RPC, &request, |a| {
+            agent = Some(a);
+            ReceiverStream::new(rx)
+        })?;
+        let agent = agent.expect("feed_for calls back on success");
         let metrics = self.metrics.clone();
         let stream = FollowStream {
             sources: self.sources.clone(),
@@ -145,7 +150,7 @@ impl DiscoveryFeed for DiscoveryFeedService {
                 tracing::info!(node = %agent.node, reason = %refusal, "discovery feed ended");
             }
         });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Ok(Response::new(Box::pin(out)))
     }
 }
 

@@ -109,7 +109,8 @@ impl Server {
 /// How an agent attests to the server.
 #[derive(Debug, Clone, Copy)]
 pub enum Attestation<'a> {
-    /// `--join-token`.
+    /// A join token, passed in `LANYARD_JOIN_TOKEN` (never on the command line, where other
+    /// local users could read it; and a token is one argument whatever it starts with).
     JoinToken(&'a str),
     /// `--k8s-token-path`: a projected ServiceAccount token file.
     K8sTokenFile(&'a Path),
@@ -188,14 +189,15 @@ impl Agent {
             "--health",
             "127.0.0.1:0",
         ];
+        let mut envs = Vec::new();
         match how {
-            Attestation::JoinToken(token) => args.extend(["--join-token", token]),
+            Attestation::JoinToken(token) => envs.push(("LANYARD_JOIN_TOKEN", token)),
             Attestation::K8sTokenFile(path) => {
                 args.extend(["--k8s-token-path", path.to_str().expect("utf-8 path")])
             }
             Attestation::Saved => {}
         }
-        let process = Process::start(&binary("lanyard-agent"), &args, &[]);
+        let process = Process::start(&binary("lanyard-agent"), &args, &envs);
         let health = process.listener("health");
         process.wait_for_line("its Workload API socket", |line| {
             (line.starts_with("listening on unix:") && line.ends_with("(workload-api)"))
