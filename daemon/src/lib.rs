@@ -6,8 +6,8 @@
 //!   caller's serde type), the bottom layer under flags and `LANYARD_*` variables.
 //! - [`config_merge`]: filling options from that file under flags and variables, and the
 //!   refusals every daemon shares (a missing option, a bad value named with its source).
-//! - [`private_file`]: files holding secrets, written atomically with mode 0600, in
-//!   directories only we can enter.
+//! - [`private_file`]: files written atomically as new files (never through an existing file or
+//!   symlink), secrets with mode 0600, in directories only we can enter.
 //! - [`rewind`]: a stream that replays the bytes a listener read before choosing its server.
 
 pub mod config_file;

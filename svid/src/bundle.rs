@@ -219,6 +219,40 @@ pub fn certificates_from_pem(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>,
     Ok(certs)
 }
 
+/// The one trust domain the roots name in a `spiffe://<td>` URI SAN (Lanyard's CAs carry
+/// one), for tools given only a bundle file. Roots naming two trust domains, or none, are an
+/// error telling the user to pass `--trust-domain`.
+pub fn trust_domain_of(roots: &[CertificateDer<'_>]) -> Result<TrustDomain, String> {
+    use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
+    let mut found: Option<TrustDomain> = None;
+    for root in roots {
+        let (_, cert) = X509Certificate::from_der(root).map_err(|e| e.to_string())?;
+        let Ok(Some(san)) = cert.subject_alternative_name() else {
+            continue;
+        };
+        for name in &san.value.general_names {
+            let GeneralName::URI(uri) = name else {
+                continue;
+            };
+            let Ok(id) = crate::id::SpiffeId::parse(uri) else {
+                continue;
+            };
+            match &found {
+                Some(td) if td != id.trust_domain() => {
+                    return Err(format!(
+                        "the roots name two trust domains ({td}, {}); pass --trust-domain",
+                        id.trust_domain()
+                    ));
+                }
+                _ => found = Some(id.trust_domain().clone()),
+            }
+        }
+    }
+    found.ok_or_else(|| {
+        "no root names its trust domain (a spiffe:// URI SAN); pass --trust-domain".to_owned()
+    })
+}
+
 /// Checks that each element is exactly one parsable X.509 certificate.
 fn check_certificates(certs: &[CertificateDer<'_>]) -> Result<(), BundleError> {
     for (index, cert) in certs.iter().enumerate() {
@@ -239,4 +273,24 @@ fn check_certificates(certs: &[CertificateDer<'_>]) -> Result<(), BundleError> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::RootCa;
+    use std::time::SystemTime;
+
+    #[test]
+    fn trust_domain_comes_from_the_root_uri_san() {
+        let td = TrustDomain::new("example.org").unwrap();
+        let root = RootCa::generate(&td, Duration::from_secs(3600), SystemTime::now()).unwrap();
+        assert_eq!(trust_domain_of(&[root.cert_der().clone()]).unwrap(), td);
+        let other = TrustDomain::new("other.org").unwrap();
+        let root2 = RootCa::generate(&other, Duration::from_secs(3600), SystemTime::now()).unwrap();
+        let err =
+            trust_domain_of(&[root.cert_der().clone(), root2.cert_der().clone()]).unwrap_err();
+        assert!(err.contains("two trust domains"), "{err}");
+        assert!(trust_domain_of(&[]).unwrap_err().contains("--trust-domain"));
+    }
 }

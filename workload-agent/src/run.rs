@@ -13,9 +13,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use lanyard_proto::identity::v1 as wire;
 use lanyard_svid::bundle::certificates_from_pem;
 use lanyard_svid::tls::SvidStore;
-use lanyard_svid::{BundleSet, SpiffeId, TrustBundle, TrustDomain};
+use lanyard_svid::{BundleSet, TrustBundle, TrustDomain};
 use prometheus_client::registry::Registry;
-use rustls_pki_types::CertificateDer;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
@@ -333,56 +332,11 @@ fn read_trust_bundle(config: &AgentConfig) -> Result<(TrustDomain, BundleSet), R
     Ok((trust_domain, BundleSet::from(bundle)))
 }
 
-/// The one trust domain the roots name in a `spiffe://<td>` URI SAN (Lanyard's CAs carry one).
-pub fn trust_domain_of(roots: &[CertificateDer<'_>]) -> Result<TrustDomain, String> {
-    use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
-    let mut found: Option<TrustDomain> = None;
-    for root in roots {
-        let (_, cert) = X509Certificate::from_der(root).map_err(|e| e.to_string())?;
-        let Ok(Some(san)) = cert.subject_alternative_name() else {
-            continue;
-        };
-        for name in &san.value.general_names {
-            let GeneralName::URI(uri) = name else {
-                continue;
-            };
-            let Ok(id) = SpiffeId::parse(uri) else {
-                continue;
-            };
-            match &found {
-                Some(td) if td != id.trust_domain() => {
-                    return Err(format!(
-                        "the roots name two trust domains ({td}, {}); pass --trust-domain",
-                        id.trust_domain()
-                    ));
-                }
-                _ => found = Some(id.trust_domain().clone()),
-            }
-        }
-    }
-    found.ok_or_else(|| {
-        "no root names its trust domain (a spiffe:// URI SAN); pass --trust-domain".to_owned()
-    })
-}
+pub use lanyard_svid::bundle::trust_domain_of;
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use lanyard_svid::RootCa;
-    use std::time::{Duration, SystemTime};
-
-    #[test]
-    fn trust_domain_comes_from_the_root_uri_san() {
-        let td = TrustDomain::new("example.org").unwrap();
-        let root = RootCa::generate(&td, Duration::from_secs(3600), SystemTime::now()).unwrap();
-        assert_eq!(trust_domain_of(&[root.cert_der().clone()]).unwrap(), td);
-        let other = TrustDomain::new("other.org").unwrap();
-        let root2 = RootCa::generate(&other, Duration::from_secs(3600), SystemTime::now()).unwrap();
-        let err =
-            trust_domain_of(&[root.cert_der().clone(), root2.cert_der().clone()]).unwrap_err();
-        assert!(err.contains("two trust domains"), "{err}");
-        assert!(trust_domain_of(&[]).unwrap_err().contains("--trust-domain"));
-    }
 
     #[test]
     fn readiness_needs_attestation_and_a_server_bundle() {
