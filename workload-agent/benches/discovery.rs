@@ -32,12 +32,13 @@ use discovery_support::*;
 use hyper_util::rt::TokioIo;
 use lanyard_agent::attest::{Attested, WorkloadAttestor};
 use lanyard_agent::config::RunArgs;
-use lanyard_agent::discovery::feed::{self, FeedTarget};
-use lanyard_agent::discovery::{CacheSettings, Destination, DiscoveryCache, DiscoveryService};
+use lanyard_agent::discovery::Destination;
 use lanyard_agent::identities::{Entitlement, IdentityError, WorkloadIdentities};
 use lanyard_agent::metrics::AgentMetrics;
 use lanyard_agent::run::{Agent, Readiness};
-use lanyard_agent::workload_api::{Limits, server_builder, socket};
+use lanyard_agent::server_client::discovery_cache::{CacheSettings, DiscoveryCache};
+use lanyard_agent::server_client::discovery_feed::{self as feed, FeedTarget};
+use lanyard_agent::socket::{self, ConnectionLimits, Services};
 use lanyard_proto::discovery::v1 as wire;
 use lanyard_proto::discovery::v1::discovery_client::DiscoveryClient;
 use lanyard_proto::identity::v1 as id_wire;
@@ -389,17 +390,23 @@ async fn latencies(pods: usize) -> ((Duration, Duration), (Duration, Duration)) 
         },
     );
     let path = dir.join("agent.sock");
-    let listener = socket::bind(&path).unwrap();
-    let attestor = Arc::new(WorkloadAttestor::default());
-    let limits = Limits::default();
-    let (_stop, stopping) = watch::channel(false);
-    let service = DiscoveryService::new(cache, attestor.clone(), Arc::new(Granted), 64, stopping);
-    let incoming = socket::incoming(listener, attestor, &limits);
-    tokio::spawn(
-        server_builder(&limits)
-            .add_service(service.into_server())
-            .serve_with_incoming(incoming),
-    );
+    let serve_path = path.clone();
+    tokio::spawn(async move {
+        socket::serve(
+            &serve_path,
+            Arc::new(WorkloadAttestor::default()),
+            ConnectionLimits::default(),
+            Services::new().discovery_with_watches(cache, Arc::new(Granted), 64),
+            std::future::pending(),
+        )
+        .await
+        .unwrap();
+    });
+    eventually("the socket to be bound", || {
+        let exists = path.exists();
+        async move { exists.then_some(()) }
+    })
+    .await;
     let channel = Endpoint::from_static("http://localhost")
         .connect_with_connector(tower::service_fn(move |_| {
             let path = path.clone();

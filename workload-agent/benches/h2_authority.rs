@@ -10,9 +10,10 @@
 //!   one rewrite per connection) and over 16 KiB DATA frames (pass-through).
 //!
 //! Both server variants are the real Workload API service (`WorkloadApiService`, tonic, the
-//! agent's server builder and limits) on a real Unix socket with peer credentials pinned at
-//! accept, over the test suite's fake identities; the only difference is whether reads go
-//! through `AuthorityNormalizer`. Clients are tonic (a valid authority: the layer parses and
+//! agent's server builder, limits and admission layer) on a real Unix socket with peer
+//! credentials pinned at accept, over the test suite's fake identities; the only difference is
+//! whether reads go through `AuthorityNormalizer`. That is why this bench keeps its own accept
+//! loop instead of `socket::serve`, which always applies the layer. Clients are tonic (a valid authority: the layer parses and
 //! passes everything); grpc-core clients cannot be served at all without the layer.
 
 #[path = "../tests/workload_api_support/mod.rs"]
@@ -26,8 +27,11 @@ use std::time::{Duration, Instant};
 
 use lanyard_agent::attest::{PeerCred, WorkloadAttestor};
 use lanyard_agent::h2_authority::{AuthorityNormalizer, FrameRewriter, RewriterLimits};
-use lanyard_agent::workload_api::socket::CallerInfo;
-use lanyard_agent::workload_api::{Limits, WorkloadApiMetrics, WorkloadApiService, server_builder};
+use lanyard_agent::socket::accept::PinnedPeer;
+use lanyard_agent::socket::admission::AdmissionLayer;
+use lanyard_agent::socket::{ConnectionLimits, server_builder};
+use lanyard_agent::workload_api::{Limits, WorkloadApiMetrics, WorkloadApiService};
+use lanyard_daemon::rewind::Rewind;
 use lanyard_proto::workload::X509svidRequest;
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, ReadBuf};
 use tokio::net::{UnixListener, UnixStream};
@@ -41,14 +45,13 @@ const FAN_OUT_ROUNDS: usize = 3;
 
 /// An accepted connection, its preface replayed, with or without the layer.
 struct Conn<S> {
-    stream: S,
-    replay: &'static [u8],
-    info: CallerInfo,
+    stream: Rewind<S, &'static [u8]>,
+    info: PinnedPeer,
 }
 
 impl<S> Connected for Conn<S> {
-    type ConnectInfo = CallerInfo;
-    fn connect_info(&self) -> CallerInfo {
+    type ConnectInfo = PinnedPeer;
+    fn connect_info(&self) -> PinnedPeer {
         self.info.clone()
     }
 }
@@ -59,12 +62,6 @@ impl<S: AsyncRead + Unpin> AsyncRead for Conn<S> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        if !self.replay.is_empty() {
-            let n = self.replay.len().min(buf.remaining());
-            buf.put_slice(&self.replay[..n]);
-            self.replay = &self.replay[n..];
-            return Poll::Ready(Ok(()));
-        }
         Pin::new(&mut self.stream).poll_read(cx, buf)
     }
 }
@@ -100,19 +97,16 @@ where
     let attestor = Arc::new(WorkloadAttestor::default());
     let (_stop, stopping) = tokio::sync::watch::channel(false);
     std::mem::forget(_stop);
-    let service = WorkloadApiService::new(
-        identities,
-        attestor.clone(),
-        &limits,
-        WorkloadApiMetrics::default(),
-        stopping,
-    );
+    let service =
+        WorkloadApiService::new(identities, &limits, WorkloadApiMetrics::default(), stopping);
+    let admission =
+        AdmissionLayer::new(attestor.clone(), vec![Arc::new(service.admission_policy())]);
     let (tx, rx) = tokio::sync::mpsc::channel::<io::Result<Conn<S>>>(1024);
     tokio::spawn(async move {
         loop {
             let (mut stream, _) = listener.accept().await.unwrap();
             let cred = PeerCred::from(stream.peer_cred().unwrap());
-            let info = CallerInfo {
+            let info = PinnedPeer {
                 cred: Some(attestor.pin(cred).unwrap()),
                 pin_error: None,
             };
@@ -122,8 +116,7 @@ where
                 stream.read_exact(&mut preface).await.unwrap();
                 assert_eq!(&preface, PREFACE);
                 let conn = Conn {
-                    stream: wrap(stream),
-                    replay: PREFACE,
+                    stream: Rewind::new(&PREFACE[..], wrap(stream)),
                     info,
                 };
                 let _ = tx.send(Ok(conn)).await;
@@ -132,7 +125,8 @@ where
     });
     let incoming = tokio_stream::wrappers::ReceiverStream::new(rx);
     tokio::spawn(async move {
-        server_builder(&limits)
+        server_builder(&ConnectionLimits::default())
+            .layer(admission)
             .add_service(service.into_server(&limits))
             .serve_with_incoming(incoming)
             .await
@@ -263,7 +257,6 @@ fn main() {
     rt.block_on(async {
         let limits = Limits {
             streams_per_caller: 10 * FAN_OUT,
-            max_connections: 10 * FAN_OUT,
             ..Limits::default()
         };
         let dir = tempfile::tempdir().unwrap();

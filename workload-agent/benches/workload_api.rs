@@ -17,7 +17,7 @@
 //!
 //! Everything is real: lanyard-server (`lanyard_server::run::run`, data-dir mode, mTLS on
 //! loopback) on its own runtime, the agent (`lanyard_agent::run::Agent` plus
-//! `workload_api::serve`) on another, a real Unix socket, peer credentials and /proc
+//! `socket::serve`) on another, a real Unix socket, peer credentials and /proc
 //! attestation per call.
 
 use std::io::{BufRead, BufReader, Write};
@@ -35,7 +35,8 @@ use lanyard_agent::metrics::AgentMetrics;
 use lanyard_agent::node_svid::AttestMethod;
 use lanyard_agent::run::{Agent, Readiness};
 use lanyard_agent::server_client::MintApi;
-use lanyard_agent::workload_api::{self, Limits, WorkloadApiMetrics};
+use lanyard_agent::socket::{self, ConnectionLimits, Services};
+use lanyard_agent::workload_api::{Limits, WorkloadApiMetrics};
 use lanyard_proto::identity::v1 as wire;
 use lanyard_proto::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient;
 use lanyard_proto::workload::{X509BundlesRequest, X509svidRequest};
@@ -159,7 +160,11 @@ struct RunningAgent {
 }
 
 impl RunningAgent {
-    async fn start(config: &AgentConfig, limits: Limits, attestor: Arc<WorkloadAttestor>) -> Self {
+    async fn start(
+        config: &AgentConfig,
+        (limits, connection_limits): (Limits, ConnectionLimits),
+        attestor: Arc<WorkloadAttestor>,
+    ) -> Self {
         let agent = Agent::start(
             config,
             AgentMetrics::unregistered(),
@@ -173,12 +178,11 @@ impl RunningAgent {
         let served = tokio::spawn({
             let socket = socket.clone();
             async move {
-                workload_api::serve(
+                socket::serve(
                     &socket,
-                    identities,
                     attestor,
-                    limits,
-                    WorkloadApiMetrics::default(),
+                    connection_limits,
+                    Services::new().workload_api(identities, limits, WorkloadApiMetrics::default()),
                     async {
                         let _ = stopped.await;
                     },
@@ -290,11 +294,16 @@ async fn bench(dir: &Path, server: SocketAddr, nofile: u64) {
     .unwrap() else {
         panic!("no token");
     };
-    let limits = Limits {
-        streams_per_caller: 20_000,
-        max_connections: 20_000,
-        ..Limits::default()
-    };
+    let limits = (
+        Limits {
+            streams_per_caller: 20_000,
+            ..Limits::default()
+        },
+        ConnectionLimits {
+            max_connections: 20_000,
+            ..ConnectionLimits::default()
+        },
+    );
     println!("# Workload API benchmark (open-files limit {nofile})");
 
     // Attesting a process whose binary was never seen hashes the binary (`unix:sha256`);

@@ -4,17 +4,23 @@
 //! - [`attest`]: workload attestation: a Unix-socket caller's peer credentials to selectors
 //!   (`unix:*`, pod UID and container ID from its cgroup).
 //! - [`identities`]: the seam between the Workload API and the certificate manager.
-//! - [`workload_api`]: the SPIFFE Workload API served on the agent's Unix socket.
-//! - [`discovery`]: `lanyard.discovery.v1` on the same socket: which destinations are meshed,
-//!   answered from a cache that follows the server's `DiscoveryFeed`.
+//! - [`socket`]: the agent's Unix socket, its one owner: bind, accept (caller pinned,
+//!   preface timeout, connection budget, the [`h2_authority`] layer), the one admission
+//!   layer (header check, caller attested once per call and handed down as a typed
+//!   [`socket::Caller`]) and the one [`socket::serve`] that mounts the services below.
+//! - [`workload_api`]: the SPIFFE Workload API, a plain service on that socket.
+//! - [`discovery`]: `lanyard.discovery.v1`, a plain service on the same socket: which
+//!   destinations are meshed, answered from the server-facing discovery cache.
 //! - [`api_cli`]: `lanyard-agent api ...`, a Workload API client for humans and scripts.
-//! - [`server_client`]: the mTLS gRPC connection to lanyard-server (server ID pinned) and its
-//!   `WatchBundle` / `WatchNode` feeds.
+//! - [`server_client`]: everything facing lanyard-server: the mTLS gRPC connection (server ID
+//!   pinned), its `WatchBundle` / `WatchNode` feeds, and the discovery cache with the
+//!   `DiscoveryFeed` that keeps it current.
 //! - [`manager`]: the certificate manager: resolves callers to identities from the node view,
 //!   mints and renews their X.509-SVIDs, implements [`identities::WorkloadIdentities`].
 //! - [`metrics`]: the agent's Prometheus metrics (server-facing half).
-//! - [`h2_authority`]: a frame layer on the Unix socket that rewrites the `:authority` h2 would
-//!   refuse from grpc-core clients (py-spiffe), keeping HPACK tables in step.
+//! - [`h2_authority`]: a frame layer (applied by [`socket`] only) that rewrites the
+//!   `:authority` h2 would refuse from grpc-core clients (py-spiffe), keeping HPACK tables in
+//!   step.
 //! - [`node_svid`]: node attestation (join token, k8s_psat), the node SVID saved in the data
 //!   dir, and its renewal.
 //! - [`config`]: `lanyard-agent run` flags, `LANYARD_*` env and `--config` TOML.
@@ -31,4 +37,5 @@ pub mod metrics;
 pub mod node_svid;
 pub mod run;
 pub mod server_client;
+pub mod socket;
 pub mod workload_api;

@@ -33,7 +33,7 @@ pub struct AgentMetrics {
 #[derive(Clone, Default)]
 pub struct DiscoveryMetrics {
     /// `Resolve` calls and `Watch` opens that reached the cache, by `result`
-    /// ([`crate::discovery::service::ResolveResult`]).
+    /// ([`crate::discovery::ResolveResult`]).
     pub resolves: Family<Labels, Counter>,
     /// Destinations held in the cache.
     pub cached: Gauge,

@@ -20,14 +20,15 @@ use tokio::task::JoinHandle;
 
 use crate::attest::WorkloadAttestor;
 use crate::config::AgentConfig;
-use crate::discovery::{self, CacheSettings, DiscoveryCache};
 use crate::identities::WorkloadIdentities;
 use crate::manager::resolve::NodeView;
 use crate::manager::{CertificateManager, ManagerSettings};
 use crate::metrics::AgentMetrics;
 use crate::node_svid::{NodeAttestError, NodeSvidKeeper};
-use crate::server_client::{ServerClient, ServerError, feeds};
-use crate::workload_api::{self, Limits, WorkloadApiMetrics};
+use crate::server_client::discovery_cache::{CacheSettings, DiscoveryCache};
+use crate::server_client::{ServerClient, ServerError, discovery_feed, feeds};
+use crate::socket::{self, ConnectionLimits, Services};
+use crate::workload_api::{self, WorkloadApiMetrics};
 
 /// Why the agent could not start or stopped.
 #[derive(Debug, thiserror::Error)]
@@ -45,7 +46,7 @@ pub enum RunError {
         source: std::io::Error,
     },
     #[error("{0}")]
-    WorkloadApi(#[from] workload_api::WorkloadApiError),
+    Socket(#[from] socket::ServeError),
     #[error(
         "the server attested this agent as node {attested:?}, but --node-name says {expected:?}: the token or join token belongs to another node"
     )]
@@ -235,21 +236,26 @@ pub async fn run(
             CacheSettings::default(),
             discovery_metrics,
         ));
-        let discovery_feed = discovery::feed::spawn(
+        let discovery_feed = discovery_feed::spawn(
             cache.clone(),
-            discovery::feed::FeedTarget {
+            discovery_feed::FeedTarget {
                 address: agent.client.address().to_owned(),
                 store: agent.store.clone(),
                 trust_domain: agent.trust_domain.clone(),
             },
         );
-        let served = discovery::serve(
+        let services = Services::new()
+            .workload_api(
+                agent.identities(),
+                workload_api::Limits::default(),
+                api_metrics,
+            )
+            .discovery(cache, agent.identities());
+        let served = socket::serve(
             &config.socket,
-            agent.identities(),
             Arc::new(WorkloadAttestor::default()),
-            Limits::default(),
-            api_metrics,
-            cache,
+            ConnectionLimits::default(),
+            services,
             shutdown,
         )
         .await;

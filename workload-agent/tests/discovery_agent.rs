@@ -19,12 +19,13 @@ use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use lanyard_agent::attest::{Attested, WorkloadAttestor};
 use lanyard_agent::config::RunArgs;
-use lanyard_agent::discovery::feed::{self, FeedTarget};
-use lanyard_agent::discovery::{self, CacheSettings, DiscoveryCache, DiscoveryService};
 use lanyard_agent::identities::{Entitlement, IdentityError, WorkloadIdentities};
 use lanyard_agent::metrics::AgentMetrics;
 use lanyard_agent::run::{Agent, Readiness};
-use lanyard_agent::workload_api::{Limits, WorkloadApiMetrics, server_builder, socket};
+use lanyard_agent::server_client::discovery_cache::{CacheSettings, DiscoveryCache};
+use lanyard_agent::server_client::discovery_feed::{self as feed, FeedTarget};
+use lanyard_agent::socket::{self, ConnectionLimits, Services};
+use lanyard_agent::workload_api::{Limits, WorkloadApiMetrics};
 use lanyard_proto::discovery::v1 as wire;
 use lanyard_proto::discovery::v1::discovery_client::DiscoveryClient;
 use lanyard_proto::identity::v1 as id_wire;
@@ -143,32 +144,41 @@ async fn start_agent(c: &Cluster, server: &Server) -> Agent {
     .expect("agent attests")
 }
 
-/// Serves only `Discovery` on `socket` (with `watches_per_caller`) for `identities`.
-fn serve_discovery(
+/// Serves only `Discovery` on `socket` (with `watches_per_caller`) for `identities`; returns
+/// once the socket is bound.
+async fn serve_discovery(
     socket_path: &Path,
     cache: Arc<DiscoveryCache>,
     identities: Arc<dyn WorkloadIdentities>,
     watches_per_caller: usize,
     stop: watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
-    let listener = socket::bind(socket_path).unwrap();
-    let attestor = Arc::new(WorkloadAttestor::default());
-    let limits = Limits::default();
-    let service = DiscoveryService::new(
-        cache,
-        attestor.clone(),
-        identities,
-        watches_per_caller,
-        stop,
-    );
-    let incoming = socket::incoming(listener, attestor, &limits);
-    tokio::spawn(async move {
-        server_builder(&limits)
-            .add_service(service.into_server())
-            .serve_with_incoming(incoming)
-            .await
-            .unwrap();
+    let path = socket_path.to_owned();
+    let services = Services::new().discovery_with_watches(cache, identities, watches_per_caller);
+    let shutdown = async move {
+        let mut stop = stop;
+        if stop.wait_for(|stop| *stop).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    let served = tokio::spawn(async move {
+        socket::serve(
+            &path,
+            Arc::new(WorkloadAttestor::default()),
+            ConnectionLimits::default(),
+            services,
+            shutdown,
+        )
+        .await
+        .unwrap();
+    });
+    let bound = socket_path.to_owned();
+    eventually("the socket to be bound", || {
+        let exists = bound.exists();
+        async move { exists.then_some(()) }
     })
+    .await;
+    served
 }
 
 async fn world(settings: CacheSettings, watches_per_caller: usize) -> World {
@@ -193,7 +203,8 @@ async fn world(settings: CacheSettings, watches_per_caller: usize) -> World {
         Arc::new(Granted),
         watches_per_caller,
         stopping,
-    );
+    )
+    .await;
     World {
         server_addr: server.addr,
         server: Some(server),
@@ -469,13 +480,18 @@ async fn refusals_and_bounds() {
     let path = real_socket.clone();
     let cache = w.cache.clone();
     let _serving = tokio::spawn(async move {
-        discovery::serve(
+        let services = Services::new()
+            .workload_api(
+                identities.clone(),
+                Limits::default(),
+                WorkloadApiMetrics::default(),
+            )
+            .discovery(cache, identities);
+        socket::serve(
             &path,
-            identities,
             Arc::new(WorkloadAttestor::default()),
-            Limits::default(),
-            WorkloadApiMetrics::default(),
-            cache,
+            ConnectionLimits::default(),
+            services,
             async move {
                 let _ = stopping;
                 std::future::pending::<()>().await

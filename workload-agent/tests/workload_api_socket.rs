@@ -6,7 +6,9 @@ mod workload_api_support;
 use std::os::unix::fs::{FileTypeExt as _, PermissionsExt as _};
 use std::time::Duration;
 
-use lanyard_agent::workload_api::{Limits, SocketError, socket};
+use lanyard_agent::attest::WorkloadAttestor;
+use lanyard_agent::socket::{self, ConnectionLimits, SocketError};
+use lanyard_agent::workload_api::Limits;
 use lanyard_proto::workload::{JwtsvidRequest, X509svidRequest};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::UnixStream;
@@ -77,11 +79,17 @@ async fn garbage_on_the_socket_does_not_hurt_a_concurrent_client() {
     let pki = Pki::new();
     let web = pki.id("/web");
     let identities = FakeIdentities::new(pki, std::slice::from_ref(&web));
-    let limits = Limits {
+    let connection_limits = ConnectionLimits {
         preface_timeout: Duration::from_millis(300),
-        ..Limits::default()
+        ..ConnectionLimits::default()
     };
-    let agent = Agent::start(identities.clone(), limits).await;
+    let agent = Agent::start_full(
+        identities.clone(),
+        Limits::default(),
+        connection_limits,
+        WorkloadAttestor::default(),
+    )
+    .await;
 
     // A well-behaved client with an open stream.
     let mut good = agent.raw_client().await;
@@ -152,9 +160,8 @@ async fn oversized_headers_are_refused() {
     let pki = Pki::new();
     let web = pki.id("/web");
     let identities = FakeIdentities::new(pki, std::slice::from_ref(&web));
-    let limits = Limits::default();
-    let max = limits.max_header_list_bytes as usize;
-    let agent = Agent::start(identities, limits).await;
+    let max = ConnectionLimits::default().max_header_list_bytes as usize;
+    let agent = Agent::start(identities, Limits::default()).await;
 
     let mut client = agent.raw_client().await;
     let mut request = req(JwtsvidRequest {

@@ -3,8 +3,10 @@
 //! Who may call. Any local caller that holds at least one identity (the same rule as the
 //! Workload API's bundle streams): discovery reveals which addresses are meshed and as which
 //! IDs, i.e. cluster topology, so it is shown only to meshed workloads, never to any process
-//! on the node. The caller is attested on every call from the connection's pinned peer
-//! credentials. The `workload.spiffe.io` header is not required: this is not the Workload API.
+//! on the node. The caller is attested on every call, by the socket's admission layer
+//! ([`crate::socket::admission`], told how by [`DiscoveryService::admission_policy`]), which
+//! hands the attested [`Caller`] down in the request. The `workload.spiffe.io` header is not
+//! required: this is not the Workload API.
 //!
 //! `Resolve` answers from the cache; a destination not yet cached is followed on the server
 //! and the call waits (bounded) for its first answer. `Watch` sends the current answer, then
@@ -26,14 +28,16 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::metadata::{MetadataMap, MetadataValue};
+use tonic::server::NamedService;
 use tonic::{Code, Request, Response, Status};
 
 use super::Destination;
-use super::cache::{Cached, DiscoveryCache};
-use crate::attest::{AttestError, PeerCred, WorkloadAttestor};
+use crate::attest::AttestError;
 use crate::identities::WorkloadIdentities;
-use crate::workload_api::limits::{CallerKey, StreamLimiter, StreamSlot};
-use crate::workload_api::socket::CallerInfo;
+use crate::server_client::discovery_cache::{Cached, DiscoveryCache};
+use crate::socket::{
+    AdmissionPolicy, AdmissionRefusal, Caller, CallerKey, StreamLimiter, StreamSlot,
+};
 
 /// The response metadata key naming why a call was refused or a `Watch` ended: a
 /// [`DiscoveryRefusal`] label (shared with callers through the wire crate).
@@ -147,7 +151,6 @@ pub struct DiscoveryService {
 
 struct Shared {
     cache: Arc<DiscoveryCache>,
-    attestor: Arc<WorkloadAttestor>,
     identities: Arc<dyn WorkloadIdentities>,
     watches: StreamLimiter,
     stopping: watch::Receiver<bool>,
@@ -158,7 +161,6 @@ impl DiscoveryService {
     /// turns `true` when the agent shuts down.
     pub fn new(
         cache: Arc<DiscoveryCache>,
-        attestor: Arc<WorkloadAttestor>,
         identities: Arc<dyn WorkloadIdentities>,
         watches_per_caller: usize,
         stopping: watch::Receiver<bool>,
@@ -166,7 +168,6 @@ impl DiscoveryService {
         Self {
             shared: Arc::new(Shared {
                 cache,
-                attestor,
                 identities,
                 watches: StreamLimiter::new(watches_per_caller),
                 stopping,
@@ -179,28 +180,63 @@ impl DiscoveryService {
             .max_decoding_message_size(MAX_REQUEST_BYTES)
             .max_encoding_message_size(MAX_RESPONSE_BYTES)
     }
+
+    /// How the socket's admission layer is to treat calls to this service.
+    pub fn admission_policy(&self) -> DiscoveryAdmission {
+        DiscoveryAdmission
+    }
+}
+
+/// `Discovery` as the socket's admission layer sees it: no `workload.spiffe.io` header, an
+/// attested caller on every call, refusals answered as [`DiscoveryRefusal`]s (trailer
+/// included).
+pub struct DiscoveryAdmission;
+
+impl AdmissionPolicy for DiscoveryAdmission {
+    fn service_name(&self) -> &'static str {
+        <DiscoveryServer<DiscoveryService> as NamedService>::NAME
+    }
+
+    fn method(&self, name: &str) -> Option<&'static str> {
+        ["Resolve", "Watch"].into_iter().find(|m| *m == name)
+    }
+
+    fn requires_header(&self) -> bool {
+        false
+    }
+
+    fn attests(&self, _method: &'static str) -> bool {
+        true
+    }
+
+    fn refuse(&self, method: &'static str, refusal: AdmissionRefusal) -> Status {
+        let refusal = DiscoveryRefusal::from(refusal);
+        tracing::debug!(method, reason = %refusal, "discovery call refused");
+        refusal.to_status()
+    }
+}
+
+impl From<AdmissionRefusal> for DiscoveryRefusal {
+    fn from(refusal: AdmissionRefusal) -> Self {
+        match refusal {
+            // Never sent here (discovery needs no header); kept total.
+            AdmissionRefusal::MissingHeader
+            | AdmissionRefusal::BadHeader
+            | AdmissionRefusal::NoPeerCredentials => Self::NoPeerCredentials,
+            AdmissionRefusal::Attestation(e) => attestation_refusal(&e),
+        }
+    }
 }
 
 impl Shared {
-    /// Attests the caller and checks it holds an identity; its stream-budget key.
-    async fn admit<T>(&self, request: &Request<T>) -> Result<CallerKey, DiscoveryRefusal> {
-        let (cred, pin_error) = credentials(request);
-        if let Some(e) = pin_error {
-            return Err(attestation_refusal(&e));
-        }
-        let cred = cred.ok_or(DiscoveryRefusal::NoPeerCredentials)?;
-        let attested = self
-            .attestor
-            .attest(cred)
-            .await
-            .map_err(|e| attestation_refusal(&e))?;
-        if self.identities.resolve(&attested).is_empty() {
+    /// The caller the admission layer attested, if it holds an identity; its stream-budget
+    /// key.
+    fn admit<T>(&self, request: &Request<T>) -> Result<CallerKey, DiscoveryRefusal> {
+        let caller = Caller::of(request).ok_or(DiscoveryRefusal::NoPeerCredentials)?;
+        if self.identities.resolve(&caller.attested).is_empty() {
             return Err(DiscoveryRefusal::NoIdentity);
         }
-        Ok(CallerKey {
-            uid: cred.uid,
-            pod_uid: attested.pod.as_ref().map(|p| p.pod_uid().to_owned()),
-        })
+        Ok(caller.key())
     }
 
     fn subscribe(
@@ -265,19 +301,6 @@ fn attestation_refusal(e: &AttestError) -> DiscoveryRefusal {
     }
 }
 
-fn credentials<T>(request: &Request<T>) -> (Option<PeerCred>, Option<Arc<AttestError>>) {
-    if let Some(info) = request.extensions().get::<CallerInfo>() {
-        return (info.cred, info.pin_error.clone());
-    }
-    if let Some(info) = request
-        .extensions()
-        .get::<tonic::transport::server::UdsConnectInfo>()
-    {
-        return (info.peer_cred.map(PeerCred::from), None);
-    }
-    (None, None)
-}
-
 fn response(destination: Destination, cached: &Cached) -> wire::ResolveResponse {
     wire::ResolveResponse {
         destination: Some(destination.to_wire()),
@@ -295,7 +318,7 @@ impl Discovery for DiscoveryService {
     ) -> Result<Response<wire::ResolveResponse>, Status> {
         let shared = &self.shared;
         let result = async {
-            shared.admit(&request).await?;
+            shared.admit(&request)?;
             let (destination, mut rx) = shared.subscribe(request.get_ref())?;
             let cached = shared.first_answer(&mut rx).await?;
             Ok(response(destination, &cached))
@@ -315,7 +338,7 @@ impl Discovery for DiscoveryService {
     ) -> Result<Response<Self::WatchStream>, Status> {
         let shared = self.shared.clone();
         let setup = async {
-            let caller = shared.admit(&request).await?;
+            let caller = shared.admit(&request)?;
             let slot = shared
                 .watches
                 .acquire(caller)

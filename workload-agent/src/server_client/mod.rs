@@ -9,7 +9,15 @@
 //!
 //! [`MintApi`] is the narrow part the certificate manager needs, so it can be tested against
 //! a fake server.
+//!
+//! - [`feeds`]: the `WatchBundle` and `WatchNode` streams.
+//! - [`discovery_cache`]: discovery answers per destination asked about by a local caller,
+//!   their freshness (TTL once the server is lost) and bounds; what the agent's
+//!   [`Discovery`](crate::discovery) service answers from.
+//! - [`discovery_feed`]: following the cached destinations on the server's `DiscoveryFeed`.
 
+pub mod discovery_cache;
+pub mod discovery_feed;
 pub mod feeds;
 
 use std::sync::{Arc, RwLock};

@@ -32,7 +32,7 @@ use lanyard_proto::workload::{JwtBundlesResponse, X509BundlesResponse, X509svidR
 use tokio::sync::{OnceCell, SetError};
 use zeroize::Zeroize;
 
-use super::service::Refusal;
+use super::refusal::Refusal;
 use crate::identities::Entitlement;
 
 /// Dead cache entries are swept once the SVID map holds this many, or twice the live count

@@ -19,12 +19,11 @@ use tokio::sync::watch;
 use tokio_stream::StreamExt as _;
 use tonic::{Code, Request};
 
-use super::service::ResponseStream;
 use super::shared_responses::BuildCounts;
-use super::socket::CallerInfo;
-use super::{Limits, WorkloadApiMetrics, WorkloadApiService};
+use super::{Limits, ResponseStream, WorkloadApiMetrics, WorkloadApiService};
 use crate::attest::{Attested, PeerCred, WorkloadAttestor};
 use crate::identities::{Entitlement, IdentityError, WorkloadIdentities};
+use crate::socket::Caller;
 
 const WAIT: Duration = Duration::from_secs(20);
 const UID_WEB: u32 = 61_001;
@@ -173,7 +172,6 @@ fn service(identities: Arc<Identities>) -> (WorkloadApiService, watch::Sender<bo
     let (stop, stopping) = watch::channel(false);
     let service = WorkloadApiService::new(
         identities,
-        Arc::new(WorkloadAttestor::default()),
         &Limits::default(),
         WorkloadApiMetrics::default(),
         stopping,
@@ -181,18 +179,21 @@ fn service(identities: Arc<Identities>) -> (WorkloadApiService, watch::Sender<bo
     (service, stop)
 }
 
-/// A request from this process, as a caller with `uid` (its `unix:uid` selector).
-fn request_as<T>(uid: u32, message: T) -> Request<T> {
+/// A request from this process, as a caller with `uid` (its `unix:uid` selector), admitted
+/// as the socket's admission layer would: attested, the [`Caller`] in its extensions.
+async fn request_as<T>(uid: u32, message: T) -> Request<T> {
     let mut request = Request::new(message);
     request
         .metadata_mut()
         .insert(WORKLOAD_API_HEADER, "true".parse().unwrap());
     // SAFETY: getpid and getgid have no preconditions.
     let (pid, gid) = unsafe { (libc::getpid(), libc::getgid()) };
-    request.extensions_mut().insert(CallerInfo {
-        cred: Some(PeerCred::new(Some(pid), uid, gid)),
-        pin_error: None,
-    });
+    let attestor = WorkloadAttestor::default();
+    let cred = attestor
+        .pin(PeerCred::new(Some(pid), uid, gid))
+        .expect("this process pins");
+    let attested = attestor.attest(cred).await.expect("this process attests");
+    request.extensions_mut().insert(Caller { cred, attested });
     request
 }
 
@@ -201,7 +202,7 @@ async fn open_svid_stream(
     uid: u32,
 ) -> ResponseStream<lanyard_proto::workload::X509svidResponse> {
     service
-        .fetch_x509svid(request_as(uid, X509svidRequest {}))
+        .fetch_x509svid(request_as(uid, X509svidRequest {}).await)
         .await
         .expect("stream opens")
         .into_inner()
@@ -289,7 +290,7 @@ async fn bundle_streams_of_different_callers_share_one_build() {
     for uid in [UID_WEB, UID_WEB, UID_DB] {
         streams.push(
             service
-                .fetch_x509_bundles(request_as(uid, X509BundlesRequest {}))
+                .fetch_x509_bundles(request_as(uid, X509BundlesRequest {}).await)
                 .await
                 .expect("stream opens")
                 .into_inner(),
@@ -302,7 +303,7 @@ async fn bundle_streams_of_different_callers_share_one_build() {
     assert_eq!(service.responses_built().x509_bundles, 1);
     // A caller with no identity may not read bundles at all.
     let refused = service
-        .fetch_x509_bundles(request_as(61_999, X509BundlesRequest {}))
+        .fetch_x509_bundles(request_as(61_999, X509BundlesRequest {}).await)
         .await
         .err()
         .expect("refused");

@@ -11,7 +11,8 @@ use std::time::{Duration, SystemTime};
 
 use lanyard_agent::attest::{Attested, WorkloadAttestor};
 use lanyard_agent::identities::{Entitlement, IdentityError, WorkloadIdentities};
-use lanyard_agent::workload_api::{self, Limits, WorkloadApiError, WorkloadApiMetrics};
+use lanyard_agent::socket::{self, ConnectionLimits, ServeError, Services};
+use lanyard_agent::workload_api::{Limits, WorkloadApiMetrics};
 use lanyard_proto::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient;
 use lanyard_svid::jwt::JwtSigner;
 use lanyard_svid::selector::Selector;
@@ -247,13 +248,13 @@ impl WorkloadIdentities for FakeIdentities {
     }
 }
 
-/// The Workload API served by [`workload_api::serve`] on a socket in a tempdir.
+/// The Workload API served by [`socket::serve`] on a socket in a tempdir.
 pub struct Agent {
     pub dir: tempfile::TempDir,
     pub socket: PathBuf,
     pub metrics: WorkloadApiMetrics,
     stop: Option<oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<Result<(), WorkloadApiError>>,
+    task: tokio::task::JoinHandle<Result<(), ServeError>>,
 }
 
 impl Agent {
@@ -267,6 +268,16 @@ impl Agent {
         limits: Limits,
         attestor: WorkloadAttestor,
     ) -> Self {
+        Self::start_full(identities, limits, ConnectionLimits::default(), attestor).await
+    }
+
+    /// With connection limits of the test's choosing too.
+    pub async fn start_full(
+        identities: Arc<FakeIdentities>,
+        limits: Limits,
+        connection_limits: ConnectionLimits,
+        attestor: WorkloadAttestor,
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         // A subdirectory that does not exist yet: serve creates it.
         let socket = dir.path().join("sockets").join("agent.sock");
@@ -276,12 +287,11 @@ impl Agent {
             let socket = socket.clone();
             let metrics = metrics.clone();
             async move {
-                workload_api::serve(
+                socket::serve(
                     &socket,
-                    identities,
                     Arc::new(attestor),
-                    limits,
-                    metrics,
+                    connection_limits,
+                    Services::new().workload_api(identities, limits, metrics),
                     async {
                         let _ = stopped.await;
                     },
@@ -321,12 +331,12 @@ impl Agent {
     }
 
     /// Stops the server and waits for `serve` to return.
-    pub async fn stop(mut self) -> Result<(), WorkloadApiError> {
+    pub async fn stop(mut self) -> Result<(), ServeError> {
         self.shutdown().await
     }
 
     /// Stops the server, keeping the tempdir (to look at what is left in it).
-    pub async fn shutdown(&mut self) -> Result<(), WorkloadApiError> {
+    pub async fn shutdown(&mut self) -> Result<(), ServeError> {
         let _ = self.stop.take().expect("stopped once").send(());
         within("serve to return", &mut self.task).await.unwrap()
     }

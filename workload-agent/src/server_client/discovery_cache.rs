@@ -1,5 +1,5 @@
 //! The agent's discovery cache: one entry per destination a local caller asked about, each
-//! followed on the server's `DiscoveryFeed` (see [`super::feed`]) for as long as it is used.
+//! followed on the server's `DiscoveryFeed` (see [`super::discovery_feed`]) for as long as it is used.
 //!
 //! Freshness. While the feed stream that answered an entry is open, the answer is current:
 //! the server pushes every change. When that stream is lost, the entry keeps being served for
@@ -21,7 +21,7 @@ use lanyard_proto::discovery::v1 as wire;
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
-use super::Destination;
+use crate::discovery::Destination;
 use crate::metrics::DiscoveryMetrics;
 
 /// Tunables of the cache. [`CacheSettings::default`] suits a node agent.

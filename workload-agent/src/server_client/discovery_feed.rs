@@ -23,9 +23,9 @@ use tokio::task::JoinHandle;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Endpoint;
 
-use super::cache::DiscoveryCache;
+use super::ServerError;
+use super::discovery_cache::DiscoveryCache;
 use crate::manager::backoff::Backoff;
-use crate::server_client::ServerError;
 
 /// First and longest wait before reopening the stream.
 const REOPEN_INITIAL: Duration = Duration::from_millis(500);

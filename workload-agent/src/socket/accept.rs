@@ -1,23 +1,18 @@
-//! The Workload API's Unix socket: binding it safely, and admitting connections.
+//! Accepting connections on the agent's socket: the caller pinned at accept, the HTTP/2
+//! preface within a timeout, the connection budget, and the `:authority` frame layer.
 //!
-//! Binding ([`bind`]): the parent directory is created 0755 when missing; a socket left by a
-//! previous run is replaced, but only if nothing answers on it (a running agent is never
-//! unplugged) and only if it *is* a socket (a regular file at the path is refused, never
-//! deleted); the new socket is made 0777, because who a caller is comes from the kernel's
-//! peer credentials, not from who may connect.
-//!
-//! Admission ([`incoming`]): each accepted connection gets its peer credentials read and, when
-//! the attestor can, the caller's process pinned (its start time recorded, see
-//! [`WorkloadAttestor::pin`]) at once, so a PID reused later on is caught by every attestation
-//! on that connection. The connection must then send the 24-byte HTTP/2 preface within
-//! [`Limits::preface_timeout`]; garbage or silence is closed there, before any HTTP/2 state is
-//! allocated, and without holding up other connections (each waits in its own task). The bytes
-//! read are replayed to the HTTP/2 server. Open connections are bounded by
-//! [`Limits::max_connections`]: past it, new ones wait in the kernel's listen backlog.
+//! Each accepted connection gets its peer credentials read and, when the attestor can, the
+//! caller's process pinned (its start time recorded, see [`WorkloadAttestor::pin`]) at once,
+//! so a PID reused later on is caught by every attestation on that connection. The connection
+//! must then send the 24-byte HTTP/2 preface within [`ConnectionLimits::preface_timeout`];
+//! garbage or silence is closed there, before any HTTP/2 state is allocated, and without
+//! holding up other connections (each waits in its own task). The bytes read are replayed to
+//! the HTTP/2 server ([`Rewind`]), and every later read goes through [`AuthorityNormalizer`],
+//! so grpc-core clients' `:authority` reaches h2 valid. Open connections are bounded by
+//! [`ConnectionLimits::max_connections`]: past it, new ones wait in the kernel's listen
+//! backlog.
 
 use std::io;
-use std::os::unix::fs::{DirBuilderExt as _, FileTypeExt as _, PermissionsExt as _};
-use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -30,7 +25,9 @@ use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::Connected;
 
-use super::limits::Limits;
+use lanyard_daemon::rewind::Rewind;
+
+use super::limits::ConnectionLimits;
 use crate::attest::{AttestError, PeerCred, WorkloadAttestor};
 use crate::h2_authority::AuthorityNormalizer;
 
@@ -41,99 +38,10 @@ const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
 /// Admitted connections waiting for the HTTP/2 server to pick them up.
 const ADMITTED_QUEUE: usize = 64;
 
-/// Why the socket could not be set up.
-#[derive(Debug, thiserror::Error)]
-pub enum SocketError {
-    #[error("creating the socket directory {path}: {source}")]
-    CreateDir { path: PathBuf, source: io::Error },
-    #[error("{path} exists and is not a socket; refusing to delete it (remove it yourself)")]
-    NotASocket { path: PathBuf },
-    #[error("another process is serving on {path}; stop it first")]
-    InUse { path: PathBuf },
-    #[error("removing the stale socket {path}: {source}")]
-    RemoveStale { path: PathBuf, source: io::Error },
-    #[error("binding {path}: {source}")]
-    Bind { path: PathBuf, source: io::Error },
-    #[error("making {path} 0777: {source}")]
-    Chmod { path: PathBuf, source: io::Error },
-    #[error("the socket path {path} has no parent directory")]
-    NoParent { path: PathBuf },
-}
-
-/// Binds the Workload API socket at `path` (see the module docs). Needs a tokio runtime.
-pub fn bind(path: &Path) -> Result<UnixListener, SocketError> {
-    let parent = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .ok_or_else(|| SocketError::NoParent {
-            path: path.to_owned(),
-        })?;
-    if !parent.exists() {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o755)
-            .create(parent)
-            .and_then(|()| {
-                // The umask may have narrowed the mode; callers of every uid must reach the socket.
-                std::fs::set_permissions(parent, std::fs::Permissions::from_mode(0o755))
-            })
-            .map_err(|source| SocketError::CreateDir {
-                path: parent.to_owned(),
-                source,
-            })?;
-    }
-    remove_stale(path)?;
-    let listener =
-        std::os::unix::net::UnixListener::bind(path).map_err(|source| SocketError::Bind {
-            path: path.to_owned(),
-            source,
-        })?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o777)).map_err(|source| {
-        SocketError::Chmod {
-            path: path.to_owned(),
-            source,
-        }
-    })?;
-    let bind_error = |source| SocketError::Bind {
-        path: path.to_owned(),
-        source,
-    };
-    listener.set_nonblocking(true).map_err(bind_error)?;
-    UnixListener::from_std(listener).map_err(bind_error)
-}
-
-/// Removes a socket left at `path` by an earlier run; refuses anything else.
-fn remove_stale(path: &Path) -> Result<(), SocketError> {
-    let meta = match std::fs::symlink_metadata(path) {
-        Ok(meta) => meta,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(source) => {
-            return Err(SocketError::RemoveStale {
-                path: path.to_owned(),
-                source,
-            });
-        }
-    };
-    if !meta.file_type().is_socket() {
-        return Err(SocketError::NotASocket {
-            path: path.to_owned(),
-        });
-    }
-    // A connect to a Unix socket completes or fails at once: it does not block on a peer.
-    if std::os::unix::net::UnixStream::connect(path).is_ok() {
-        return Err(SocketError::InUse {
-            path: path.to_owned(),
-        });
-    }
-    std::fs::remove_file(path).map_err(|source| SocketError::RemoveStale {
-        path: path.to_owned(),
-        source,
-    })
-}
-
-/// What the server knows of a connection's caller, attached by tonic to every request on it.
+/// What the accept loop learnt of a connection's caller, attached by tonic to every request on
+/// it (as connect info) and read by the admission layer only.
 #[derive(Debug, Clone)]
-pub struct CallerInfo {
+pub struct PinnedPeer {
     /// The kernel's credentials of the peer, with the start time pinned when that worked.
     /// `None`: the kernel would not say (attestation then refuses).
     pub cred: Option<PeerCred>,
@@ -142,18 +50,17 @@ pub struct CallerInfo {
     pub pin_error: Option<Arc<AttestError>>,
 }
 
-/// An admitted connection: the stream, the preface bytes to replay, its caller, and its slot
-/// in the connection budget (freed when the HTTP/2 server drops the connection). Reads go
-/// through [`AuthorityNormalizer`], so grpc-core clients' `:authority` reaches h2 valid.
+/// An admitted connection: the stream (its preface replayed, reads through
+/// [`AuthorityNormalizer`]), its caller, and its slot in the connection budget (freed when the
+/// HTTP/2 server drops the connection).
 pub struct CallerConnection {
-    stream: AuthorityNormalizer<UnixStream>,
-    replay: &'static [u8],
-    info: CallerInfo,
+    stream: Rewind<AuthorityNormalizer<UnixStream>, &'static [u8]>,
+    info: PinnedPeer,
     _permit: OwnedSemaphorePermit,
 }
 
 impl Connected for CallerConnection {
-    type ConnectInfo = CallerInfo;
+    type ConnectInfo = PinnedPeer;
 
     fn connect_info(&self) -> Self::ConnectInfo {
         self.info.clone()
@@ -166,14 +73,7 @@ impl AsyncRead for CallerConnection {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        let this = &mut *self;
-        if !this.replay.is_empty() {
-            let n = this.replay.len().min(buf.remaining());
-            buf.put_slice(&this.replay[..n]);
-            this.replay = &this.replay[n..];
-            return Poll::Ready(Ok(()));
-        }
-        Pin::new(&mut this.stream).poll_read(cx, buf)
+        Pin::new(&mut self.stream).poll_read(cx, buf)
     }
 }
 
@@ -207,13 +107,12 @@ impl AsyncWrite for CallerConnection {
     }
 }
 
-/// Accepts and admits connections on `listener` (see the module docs), for tonic's
-/// `serve_with_incoming`. The accept loop runs in its own task and stops when the returned
+/// Accepts connections on `listener` (see the module docs), for tonic's `serve_with_incoming`. The accept loop runs in its own task and stops when the returned
 /// stream is dropped.
 pub fn incoming(
     listener: UnixListener,
     attestor: Arc<WorkloadAttestor>,
-    limits: &Limits,
+    limits: &ConnectionLimits,
 ) -> impl Stream<Item = io::Result<CallerConnection>> + Send + 'static {
     let (admitted, rx) = mpsc::channel(ADMITTED_QUEUE);
     let budget = Arc::new(Semaphore::new(limits.max_connections.max(1)));
@@ -248,21 +147,20 @@ async fn accept_loop(
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => stream,
                 Err(e) => {
-                    tracing::warn!(error = %e, "workload API accept failed");
+                    tracing::warn!(error = %e, "agent socket accept failed");
                     tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
                     continue;
                 }
             },
         };
         // Pinning reads one small procfs file: cheap, and it must happen as early as possible.
-        let info = caller_info(&stream, &attestor);
+        let info = pin_peer(&stream, &attestor);
         let admitted = admitted.clone();
         tokio::spawn(async move {
             match read_preface(stream, preface_timeout).await {
                 Ok(stream) => {
                     let connection = CallerConnection {
-                        stream: AuthorityNormalizer::new(stream),
-                        replay: HTTP2_PREFACE,
+                        stream: Rewind::new(&HTTP2_PREFACE[..], AuthorityNormalizer::new(stream)),
                         info,
                         _permit: permit,
                     };
@@ -273,7 +171,7 @@ async fn accept_loop(
                     tracing::debug!(
                         reason,
                         uid = info.cred.map(|c| c.uid),
-                        "closed a workload API connection before HTTP/2"
+                        "closed an agent socket connection before HTTP/2"
                     );
                 }
             }
@@ -281,20 +179,20 @@ async fn accept_loop(
     }
 }
 
-fn caller_info(stream: &UnixStream, attestor: &WorkloadAttestor) -> CallerInfo {
+fn pin_peer(stream: &UnixStream, attestor: &WorkloadAttestor) -> PinnedPeer {
     let Ok(cred) = stream.peer_cred() else {
-        return CallerInfo {
+        return PinnedPeer {
             cred: None,
             pin_error: None,
         };
     };
     let cred = PeerCred::from(cred);
     match attestor.pin(cred) {
-        Ok(pinned) => CallerInfo {
+        Ok(pinned) => PinnedPeer {
             cred: Some(pinned),
             pin_error: None,
         },
-        Err(e) => CallerInfo {
+        Err(e) => PinnedPeer {
             cred: Some(cred),
             pin_error: Some(Arc::new(e)),
         },
@@ -317,14 +215,15 @@ async fn read_preface(
 
 #[cfg(test)]
 mod tests {
+    use super::super::bind::bind;
     use super::*;
     use tokio::io::AsyncWriteExt as _;
 
-    fn test_limits() -> Limits {
-        Limits {
+    fn test_limits() -> ConnectionLimits {
+        ConnectionLimits {
             max_connections: 2,
             preface_timeout: Duration::from_secs(5),
-            ..Limits::default()
+            ..ConnectionLimits::default()
         }
     }
 
@@ -368,7 +267,7 @@ mod tests {
         let mut incoming = Box::pin(incoming(
             listener,
             Arc::new(WorkloadAttestor::default()),
-            &Limits {
+            &ConnectionLimits {
                 max_connections: 8,
                 ..test_limits()
             },

@@ -1,0 +1,236 @@
+//! The one admission layer of the agent's socket: a tower layer on the tonic server that every
+//! call of every service mounted by [`super::serve`] goes through, before the service sees it.
+//!
+//! For a call to a mounted service's known method, in this order (as SPIRE's endpoint
+//! middleware does):
+//! 1. the `workload.spiffe.io: true` metadata, for a service that requires it (the SPIFFE
+//!    Workload API); missing or wrong is refused here;
+//! 2. the caller, from the connection's peer credentials (pinned at accept, see
+//!    [`super::accept`]), attested once for the call; a refused attestation is refused here;
+//! 3. the attested [`Caller`] is put in the request's extensions, where the service reads it
+//!    ([`Caller::of`]). Services never read peer credentials themselves.
+//!
+//! How a refusal is answered (its gRPC code, message, trailers and metrics) is the service's
+//! own: each mounted service describes itself with an [`AdmissionPolicy`]. Calls to a service
+//! or method nobody mounted pass through untouched (tonic answers `Unimplemented`), so an
+//! unknown name never becomes a metric label.
+
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use futures::future::BoxFuture;
+use http::HeaderMap;
+use lanyard_proto::WORKLOAD_API_HEADER;
+use tonic::Status;
+use tonic::body::Body;
+use tower::{Layer, Service};
+
+use super::accept::PinnedPeer;
+use super::caller::Caller;
+use crate::attest::{AttestError, PeerCred, WorkloadAttestor};
+
+/// Why the admission layer refused a call. Each service turns it into its own refusal.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum AdmissionRefusal {
+    #[error("missing_header")]
+    MissingHeader,
+    #[error("bad_header")]
+    BadHeader,
+    /// The kernel gave no credentials for the connection (or the call did not come through
+    /// the socket's accept loop).
+    #[error("no_peer_credentials")]
+    NoPeerCredentials,
+    /// Pinning at accept or attesting the call failed.
+    #[error("attestation_{}", .0.label())]
+    Attestation(Arc<AttestError>),
+}
+
+/// What the admission layer needs to know of a service mounted on the socket.
+pub trait AdmissionPolicy: Send + Sync + 'static {
+    /// The gRPC service name (the first segment of its paths), e.g. `SpiffeWorkloadAPI`.
+    fn service_name(&self) -> &'static str;
+    /// The method's name as the service labels it, when `name` is one of its methods.
+    fn method(&self, name: &str) -> Option<&'static str>;
+    /// Whether calls must carry `workload.spiffe.io: true`.
+    fn requires_header(&self) -> bool;
+    /// Whether `method` needs an attested caller (`false`: the header check only).
+    fn attests(&self, method: &'static str) -> bool;
+    /// The answer to a refused call of `method` (counting it, if the service counts).
+    fn refuse(&self, method: &'static str, refusal: AdmissionRefusal) -> Status;
+}
+
+/// The admission layer; see the module docs.
+#[derive(Clone)]
+pub struct AdmissionLayer {
+    attestor: Arc<WorkloadAttestor>,
+    policies: Arc<[Arc<dyn AdmissionPolicy>]>,
+}
+
+impl AdmissionLayer {
+    pub fn new(attestor: Arc<WorkloadAttestor>, policies: Vec<Arc<dyn AdmissionPolicy>>) -> Self {
+        Self {
+            attestor,
+            policies: policies.into(),
+        }
+    }
+}
+
+impl<S> Layer<S> for AdmissionLayer {
+    type Service = Admission<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Admission {
+            inner,
+            layer: self.clone(),
+        }
+    }
+}
+
+/// The admission layer around the services' router.
+#[derive(Clone)]
+pub struct Admission<S> {
+    inner: S,
+    layer: AdmissionLayer,
+}
+
+impl<S> Service<http::Request<Body>> for Admission<S>
+where
+    S: Service<http::Request<Body>, Response = http::Response<Body>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = http::Response<Body>;
+    type Error = S::Error;
+    type Future = BoxFuture<'static, Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: http::Request<Body>) -> Self::Future {
+        // The clone is not known to be ready; the one polled ready goes with this call.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let Some((policy, method)) = self.policy_of(request.uri().path()) else {
+            return Box::pin(inner.call(request));
+        };
+        // What the checks need is taken out first: the request body is not `Sync`, so the
+        // request itself cannot be borrowed across the attestation's await.
+        let checked = check(policy.as_ref(), method, &request);
+        let attestor = self.layer.attestor.clone();
+        Box::pin(async move {
+            let admitted = match checked {
+                Ok(Some(cred)) => attest(&attestor, cred).await.map(Some),
+                Ok(None) => Ok(None),
+                Err(refusal) => Err(refusal),
+            };
+            match admitted {
+                Ok(Some(caller)) => {
+                    request.extensions_mut().insert(caller);
+                }
+                Ok(None) => {}
+                Err(refusal) => return Ok(policy.refuse(method, refusal).into_http()),
+            }
+            inner.call(request).await
+        })
+    }
+}
+
+impl<S> Admission<S> {
+    fn policy_of(&self, path: &str) -> Option<(Arc<dyn AdmissionPolicy>, &'static str)> {
+        let (service, method) = path.strip_prefix('/')?.split_once('/')?;
+        let policy = self
+            .layer
+            .policies
+            .iter()
+            .find(|p| p.service_name() == service)?;
+        Some((policy.clone(), policy.method(method)?))
+    }
+}
+
+/// The header check, then the pinned credentials to attest; `None` for a method that needs
+/// no attested caller.
+fn check(
+    policy: &dyn AdmissionPolicy,
+    method: &'static str,
+    request: &http::Request<Body>,
+) -> Result<Option<PeerCred>, AdmissionRefusal> {
+    if policy.requires_header() {
+        check_header(request.headers())?;
+    }
+    if !policy.attests(method) {
+        return Ok(None);
+    }
+    let peer = request
+        .extensions()
+        .get::<PinnedPeer>()
+        .ok_or(AdmissionRefusal::NoPeerCredentials)?;
+    if let Some(e) = &peer.pin_error {
+        return Err(AdmissionRefusal::Attestation(e.clone()));
+    }
+    peer.cred
+        .map(Some)
+        .ok_or(AdmissionRefusal::NoPeerCredentials)
+}
+
+/// Attests the caller behind `cred`, once for this call.
+async fn attest(attestor: &WorkloadAttestor, cred: PeerCred) -> Result<Caller, AdmissionRefusal> {
+    let attested = attestor
+        .attest(cred)
+        .await
+        .map_err(|e| AdmissionRefusal::Attestation(Arc::new(e)))?;
+    Ok(Caller { cred, attested })
+}
+
+/// `workload.spiffe.io` must be present exactly once, with the value `true`.
+fn check_header(headers: &HeaderMap) -> Result<(), AdmissionRefusal> {
+    let mut values = headers.get_all(WORKLOAD_API_HEADER).iter();
+    match (values.next(), values.next()) {
+        (None, _) => Err(AdmissionRefusal::MissingHeader),
+        (Some(value), None) if value.as_bytes() == b"true" => Ok(()),
+        _ => Err(AdmissionRefusal::BadHeader),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers_with(values: &[&str]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for v in values {
+            headers.append(WORKLOAD_API_HEADER, v.parse().unwrap());
+        }
+        headers
+    }
+
+    #[test]
+    fn header_must_be_exactly_one_true() {
+        assert!(check_header(&headers_with(&["true"])).is_ok());
+        assert!(matches!(
+            check_header(&headers_with(&[])),
+            Err(AdmissionRefusal::MissingHeader)
+        ));
+        for bad in [&["false"][..], &["TRUE"], &["true", "true"], &["1"]] {
+            assert!(
+                matches!(
+                    check_header(&headers_with(bad)),
+                    Err(AdmissionRefusal::BadHeader)
+                ),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn refusal_labels() {
+        assert_eq!(
+            AdmissionRefusal::MissingHeader.to_string(),
+            "missing_header"
+        );
+        let gone = AdmissionRefusal::Attestation(Arc::new(AttestError::NoPid));
+        assert_eq!(
+            gone.to_string(),
+            format!("attestation_{}", AttestError::NoPid.label())
+        );
+    }
+}

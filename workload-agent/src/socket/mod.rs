@@ -1,0 +1,27 @@
+//! The agent's Unix socket, with one owner: everything between a connecting process and the
+//! services that answer it. The SPIFFE Workload API and `lanyard.discovery.v1` are plain gRPC
+//! services mounted here by [`serve`]; they read the attested [`Caller`] from each request.
+//!
+//! - [`bind`](mod@bind): binding (0755 parent, stale socket replaced, 0777 socket) and
+//!   removal when the server stops.
+//! - [`accept`]: the accept loop: caller pinned at accept, HTTP/2 preface within a timeout,
+//!   connection budget, the [`h2_authority`](crate::h2_authority) frame layer on every read.
+//! - [`limits`]: the connection-level bounds ([`ConnectionLimits`]) and the HTTP/2 server
+//!   built from them.
+//! - [`admission`]: the one admission layer: the `workload.spiffe.io` header check for the
+//!   SPIFFE service, the caller attested once per call and handed down as a [`Caller`].
+//! - [`caller`]: the typed [`Caller`], and the per-caller stream budget services count in.
+//! - [`serve`](mod@serve): the one [`serve`] function.
+
+pub mod accept;
+pub mod admission;
+pub mod bind;
+pub mod caller;
+pub mod limits;
+pub mod serve;
+
+pub use admission::{AdmissionPolicy, AdmissionRefusal};
+pub use bind::{SocketError, bind};
+pub use caller::{Caller, CallerKey, StreamLimiter, StreamSlot, TooManyStreams};
+pub use limits::{ConnectionLimits, server_builder};
+pub use serve::{LISTENER_ROLE, ServeError, Services, listener_line, serve};
