@@ -14,9 +14,14 @@
 pub const RECORD_HEADER_LEN: usize = 5;
 /// The largest plaintext record payload TLS allows (2^14).
 pub const MAX_RECORD_PAYLOAD: usize = 16 * 1024;
-/// The most bytes detection ever needs: one full-size record. A ClientHello that does not fit
-/// is not ours (rustls sends a few hundred bytes) and is treated as foreign TLS.
-pub const MAX_CLIENT_HELLO_BYTES: usize = RECORD_HEADER_LEN + MAX_RECORD_PAYLOAD;
+/// The longest ClientHello body we terminate: rustls's own limit on a handshake message
+/// (`MAX_HANDSHAKE_SIZE`, 0xffff), so a longer one could never be ours and is foreign TLS at
+/// once. Hellos over one record (16 KiB) are real: post-quantum key shares make them.
+pub const MAX_HELLO_LEN: usize = 0xffff;
+/// The most bytes detection ever reads: the longest hello, its 4-byte handshake header, and
+/// the headers of up to 200 records carrying it (clients fill records; 16 KiB ones need 5).
+/// A hello still undecided here is treated as foreign TLS.
+pub const MAX_CLIENT_HELLO_BYTES: usize = MAX_HELLO_LEN + 4 + 200 * RECORD_HEADER_LEN;
 
 const CONTENT_TYPE_HANDSHAKE: u8 = 0x16;
 const HANDSHAKE_CLIENT_HELLO: u8 = 0x01;
@@ -166,6 +171,10 @@ fn parse_client_hello(hs: &mut Handshake<'_>, alpn: &[u8]) -> Result<bool, Stop>
     // Version, random, and the session id, suites and compression fields at their smallest.
     if length < 2 + 32 + 1 + 4 + 2 {
         return Err(Stop::NotHello);
+    }
+    if length > MAX_HELLO_LEN {
+        // Longer than rustls accepts: a hello, but never one we terminate.
+        return Ok(false);
     }
     hs.message_left = length;
     let legacy_version = hs.u16()?;
@@ -432,8 +441,8 @@ mod tests {
     }
 
     #[test]
-    fn a_declared_oversized_hello_asks_for_a_full_record_at_most() {
-        // A record header announcing the largest payload: detection needs at most one record.
+    fn a_long_hello_asks_for_one_record_at_a_time() {
+        // A record header announcing the largest payload: the next step needs that record.
         let mut wire = vec![
             0x16,
             3,
@@ -447,9 +456,48 @@ mod tests {
         ];
         wire.extend([3, 3]);
         match inspect(&wire, ALPN) {
-            Inspection::NeedMore { at_least } => assert_eq!(at_least, MAX_CLIENT_HELLO_BYTES),
+            Inspection::NeedMore { at_least } => {
+                assert_eq!(at_least, RECORD_HEADER_LEN + MAX_RECORD_PAYLOAD)
+            }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn a_hello_over_one_record_offering_ours_is_found_in_its_last_record() {
+        // 40 KiB of another extension before ALPN, as large key shares put it there.
+        let body = hello_body(&[(0xfe0d, vec![0xab; 40 * 1024]), alpn_ext(&[ALPN])]);
+        let wire = records(&handshake(&body), MAX_RECORD_PAYLOAD);
+        assert!(wire.len() > 2 * MAX_RECORD_PAYLOAD && wire.len() <= MAX_CLIENT_HELLO_BYTES);
+        assert_eq!(
+            inspect(&wire, ALPN),
+            Inspection::ClientHello { offers_alpn: true }
+        );
+        // Every step asks for at most one more record.
+        let mut have = 0;
+        while let Inspection::NeedMore { at_least } = inspect(&wire[..have], ALPN) {
+            assert!(at_least > have && at_least - have <= RECORD_HEADER_LEN + MAX_RECORD_PAYLOAD);
+            have = at_least;
+        }
+    }
+
+    #[test]
+    fn a_hello_longer_than_rustls_accepts_is_foreign_at_once() {
+        let wire = [
+            0x16,
+            3,
+            1,
+            0x40,
+            0x00,
+            HANDSHAKE_CLIENT_HELLO,
+            0x01,
+            0x00,
+            0x00,
+        ];
+        assert_eq!(
+            inspect(&wire, ALPN),
+            Inspection::ClientHello { offers_alpn: false }
+        );
     }
 
     #[test]

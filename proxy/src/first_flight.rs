@@ -1,6 +1,7 @@
 //! Reading a client's first flight for detection: only as many bytes as [`crate::detect`]
-//! asks for (never more than one full TLS record), all under one deadline counted from the
-//! start, so the decision waits on nothing but the client's bytes and the timeout.
+//! asks for (one TLS record at a time, a ClientHello across records up to
+//! [`MAX_CLIENT_HELLO_BYTES`]), all under one deadline counted from the start, so the decision
+//! waits on nothing but the client's bytes and the timeout.
 //!
 //! The bytes are read, not peeked: a ClientHello may span several TCP segments, and reading
 //! exactly what the parser asks for (first a record header, then the record) needs no
@@ -21,8 +22,8 @@ use crate::detect::{Inspection, MAX_CLIENT_HELLO_BYTES, inspect};
 pub enum FirstFlight {
     /// A TLS ClientHello offering ALPN `lanyard/1`: ours to terminate.
     LanyardHello,
-    /// A TLS ClientHello without `lanyard/1` (the application's own TLS), or one too large
-    /// to be ours.
+    /// A TLS ClientHello without `lanyard/1` (the application's own TLS), or one longer than
+    /// rustls accepts.
     OtherTls,
     /// Bytes that do not start a TLS handshake.
     Plaintext,
@@ -134,21 +135,58 @@ mod tests {
         assert_eq!(sniffed.bytes, [0x16, 3]);
     }
 
+    /// A ClientHello carrying `filler` bytes of an unknown extension, then ALPN `lanyard/1`,
+    /// in handshake records of `chunk` bytes.
+    fn long_hello(filler: usize, chunk: usize) -> Vec<u8> {
+        let mut ext = vec![0xfe, 0x0d];
+        ext.extend((filler as u16).to_be_bytes());
+        ext.extend(vec![0xab; filler]);
+        ext.extend([0, 16, 0, 12, 0, 10, 9]);
+        ext.extend(LANYARD_ALPN);
+        let mut body = vec![3, 3];
+        body.extend([7u8; 32]);
+        body.extend([0, 0, 2, 0x13, 0x01, 1, 0]);
+        body.extend((ext.len() as u16).to_be_bytes());
+        body.extend(ext);
+        let mut hs = vec![1];
+        hs.extend(&(body.len() as u32).to_be_bytes()[1..]);
+        hs.extend(body);
+        let mut wire = Vec::new();
+        for part in hs.chunks(chunk) {
+            wire.extend([0x16, 3, 1]);
+            wire.extend((part.len() as u16).to_be_bytes());
+            wire.extend(part);
+        }
+        wire
+    }
+
     #[tokio::test]
-    async fn an_oversized_record_is_foreign_tls_after_one_record_at_most() {
-        let (mut far, mut near) = tokio::io::duplex(1 << 16);
-        // A ClientHello announcing 32 KiB whose cipher suite list runs past a full record.
-        let mut wire = vec![0x16, 3, 1, 0x40, 0x00, 1, 0x00, 0x80, 0x00, 3, 3];
-        wire.extend([0u8; 32]);
-        wire.extend([0, 0x7f, 0x00]);
-        wire.resize(MAX_CLIENT_HELLO_BYTES, 0);
-        wire.extend([0x16, 3, 1, 0x40, 0x00]);
-        wire.extend(vec![0u8; 100]);
+    async fn a_hello_over_several_records_offering_ours_is_ours() {
+        let (mut far, mut near) = tokio::io::duplex(1 << 17);
+        let wire = long_hello(40 * 1024, 16 * 1024);
+        assert!(wire.len() > 2 * 16 * 1024);
+        far.write_all(&wire).await.unwrap();
+        far.write_all(b"more").await.unwrap();
+        let sniffed = read_first_flight(&mut near, Duration::from_secs(3600))
+            .await
+            .unwrap();
+        assert_eq!(sniffed.kind, FirstFlight::LanyardHello);
+        // The whole hello, and nothing after it.
+        assert_eq!(sniffed.bytes, wire);
+    }
+
+    #[tokio::test]
+    async fn a_hello_undecided_within_the_bound_is_foreign_tls() {
+        let (mut far, mut near) = tokio::io::duplex(1 << 17);
+        // 64,000 filler bytes in 100-byte records: its ALPN lies past MAX_CLIENT_HELLO_BYTES.
+        let wire = long_hello(64_000, 100);
+        assert!(wire.len() > MAX_CLIENT_HELLO_BYTES);
         far.write_all(&wire).await.unwrap();
         let sniffed = read_first_flight(&mut near, Duration::from_secs(3600))
             .await
             .unwrap();
         assert_eq!(sniffed.kind, FirstFlight::OtherTls);
         assert!(sniffed.bytes.len() <= MAX_CLIENT_HELLO_BYTES);
+        assert_eq!(sniffed.bytes, wire[..sniffed.bytes.len()]);
     }
 }

@@ -222,3 +222,42 @@ async fn run_refuses_a_bad_configuration_with_a_message_naming_the_flag() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("--workload-socket is required"), "{stderr}");
 }
+
+/// Finding 15 of the hardening review: `--admin 0.0.0.0:P` served the unauthenticated tap to
+/// the network without a word. Now it is refused, naming the flag that allows it; with that
+/// flag (here from its environment variable) the tap is served on every address.
+#[tokio::test]
+async fn a_non_loopback_admin_address_is_refused_unless_explicitly_allowed() {
+    let api = FakeWorkloadApi::start().await;
+    let app = echo_app(None).await;
+    let run = || {
+        let mut cmd = command();
+        cmd.args(["run", "--workload-socket"])
+            .arg(&api.socket)
+            .args(["--inbound", &format!("127.0.0.1:0={}", app.addr)])
+            .args(["--admin", "0.0.0.0:0"]);
+        cmd
+    };
+    let out = run().stderr(Stdio::piped()).output().await.unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--admin: 0.0.0.0:0 is not a loopback address")
+            && stderr.contains("--admin-allow-remote"),
+        "{stderr}"
+    );
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("listening on"),
+        "nothing was bound"
+    );
+
+    let mut allowed = run();
+    allowed.env("LANYARD_ADMIN_ALLOW_REMOTE", "true");
+    let proxy = spawn_and_wait(allowed, &["inbound", "admin"]).await;
+    let admin = proxy.listeners["admin"];
+    assert!(admin.ip().is_unspecified(), "{admin}");
+    // The tap answers on the port it announced.
+    TcpStream::connect(("127.0.0.1", admin.port()))
+        .await
+        .unwrap();
+}
