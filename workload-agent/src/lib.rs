@@ -7,7 +7,7 @@
 //! - [`socket`]: the agent's Unix socket, its one owner: bind, accept (caller pinned,
 //!   preface timeout, connection budget, the [`h2_authority`] layer), the one admission
 //!   layer (header check, caller attested once per call and handed down as a typed
-//!   [`socket::Caller`]) and the one [`socket::serve`] that mounts the services below.
+//!   [`socket::Caller`]) and the one [`socket::serve()`] that mounts the services below.
 //! - [`workload_api`]: the SPIFFE Workload API, a plain service on that socket.
 //! - [`discovery`]: `lanyard.discovery.v1`, a plain service on the same socket: which
 //!   destinations are meshed, answered from the server-facing discovery cache.

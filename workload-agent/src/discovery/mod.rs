@@ -2,7 +2,7 @@
 //! the proxy, served on the agent's Unix socket next to the Workload API.
 //!
 //! - [`service`]: the `Discovery` service (`Resolve`, `Watch`) and who may call it, a plain
-//!   gRPC service mounted on the agent's socket by [`crate::socket::serve`] next to the
+//!   gRPC service mounted on the agent's socket by [`crate::socket::serve()`] next to the
 //!   Workload API.
 //!
 //! What it answers from is server-facing and lives with the other server-facing code: the

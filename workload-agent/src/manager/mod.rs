@@ -13,16 +13,16 @@
 //!   `idle_timeout` or read its current SVID since it arrived (open Workload API streams re-read
 //!   after every change, so they keep their identities alive without polling); otherwise it is
 //!   dropped. A slot without an SVID is dropped once nobody asked for it in `idle_timeout`.
-//! - [`CertificateManager::changes`] moves on every rotation, expiry, bundle change and node
+//! - [`changes`](crate::identities::WorkloadIdentities::changes) moves on every rotation, expiry, bundle change and node
 //!   view change, so every open stream re-reads at once (the Workload API reads each distinct
 //!   identity set once per change and shares the result); the view version moves just before
 //!   a view change, so streams re-resolve their caller only then.
 //!
 //! Timers use `tokio::time::Instant` (see [`renew`]), so tests run them on a paused clock.
 //!
-//! - [`slot`]: one identity: its SVID, workload claims and timers.
-//! - [`driver`]: the task that plans, mints and takes in renewals.
-//! - [`serving`]: [`WorkloadIdentities`] over the slots.
+//! - `slot`: one identity: its SVID, workload claims and timers.
+//! - `driver`: the task that plans, mints and takes in renewals.
+//! - `serving`: [`WorkloadIdentities`] over the slots.
 //! - [`backoff`], [`renew`]: retry backoff and renewal times; [`resolve`]: callers to
 //!   identities from the node view.
 //!
@@ -57,7 +57,7 @@ pub struct ManagerSettings {
     pub batch_size: usize,
     /// Most `MintX509SVIDs` calls in flight at once.
     pub max_in_flight: usize,
-    /// How long [`WorkloadIdentities::x509_svids`] waits for a first mint.
+    /// How long [`WorkloadIdentities::x509_svids`](crate::identities::WorkloadIdentities::x509_svids) waits for a first mint.
     pub first_mint_wait: Duration,
     /// Slots nobody asked for in this long are dropped.
     pub idle_timeout: Duration,

@@ -1,5 +1,5 @@
 //! The one admission layer of the agent's socket: a tower layer on the tonic server that every
-//! call of every service mounted by [`super::serve`] goes through, before the service sees it.
+//! call of every service mounted by [`super::serve()`] goes through, before the service sees it.
 //!
 //! For a call to a mounted service's known method, in this order (as SPIRE's endpoint
 //! middleware does):
@@ -218,6 +218,127 @@ mod tests {
                 ),
                 "{bad:?}"
             );
+        }
+    }
+
+    /// A policy like the Workload API's: header required, refusals as `InvalidArgument`
+    /// (header) or `Unavailable` (anything else).
+    struct HeaderPolicy;
+
+    impl AdmissionPolicy for HeaderPolicy {
+        fn service_name(&self) -> &'static str {
+            "Svc"
+        }
+        fn method(&self, name: &str) -> Option<&'static str> {
+            (name == "Call").then_some("Call")
+        }
+        fn requires_header(&self) -> bool {
+            true
+        }
+        fn attests(&self, _method: &'static str) -> bool {
+            true
+        }
+        fn refuse(&self, _method: &'static str, refusal: AdmissionRefusal) -> Status {
+            match refusal {
+                AdmissionRefusal::MissingHeader | AdmissionRefusal::BadHeader => {
+                    Status::invalid_argument(refusal.to_string())
+                }
+                other => Status::unavailable(other.to_string()),
+            }
+        }
+    }
+
+    /// Runs one call through the layer over a service that counts the calls reaching it and
+    /// records the caller it was handed.
+    async fn call(
+        path: &str,
+        header: bool,
+        peer: Option<PinnedPeer>,
+    ) -> (http::Response<Body>, usize, Option<Caller>) {
+        use std::sync::Mutex;
+        let reached = Arc::new(Mutex::new((0usize, None::<Caller>)));
+        let seen = reached.clone();
+        let inner = tower::service_fn(move |request: http::Request<Body>| {
+            let seen = seen.clone();
+            async move {
+                let mut seen = seen.lock().unwrap();
+                seen.0 += 1;
+                seen.1 = request.extensions().get::<Caller>().cloned();
+                Ok::<_, std::convert::Infallible>(http::Response::new(Body::empty()))
+            }
+        });
+        let layer = AdmissionLayer::new(
+            Arc::new(WorkloadAttestor::default()),
+            vec![Arc::new(HeaderPolicy)],
+        );
+        let mut request = http::Request::builder().uri(path);
+        if header {
+            request = request.header(WORKLOAD_API_HEADER, "true");
+        }
+        let mut request = request.body(Body::empty()).unwrap();
+        if let Some(peer) = peer {
+            request.extensions_mut().insert(peer);
+        }
+        let response = layer.layer(inner).call(request).await.unwrap();
+        let (count, caller) = reached.lock().unwrap().clone();
+        (response, count, caller)
+    }
+
+    fn grpc_status(response: &http::Response<Body>) -> Option<&str> {
+        response
+            .headers()
+            .get("grpc-status")
+            .and_then(|v| v.to_str().ok())
+    }
+
+    fn this_process() -> PinnedPeer {
+        // SAFETY: getpid, getuid and getgid have no preconditions.
+        let (pid, uid, gid) = unsafe { (libc::getpid(), libc::getuid(), libc::getgid()) };
+        let cred = WorkloadAttestor::default()
+            .pin(PeerCred::new(Some(pid), uid, gid))
+            .unwrap();
+        PinnedPeer {
+            cred: Some(cred),
+            pin_error: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn refused_calls_never_reach_the_service() {
+        let (response, reached, _) = call("/Svc/Call", false, Some(this_process())).await;
+        assert_eq!(grpc_status(&response), Some("3"), "InvalidArgument");
+        assert_eq!(reached, 0);
+
+        let (response, reached, _) = call("/Svc/Call", true, None).await;
+        assert_eq!(grpc_status(&response), Some("14"), "no peer: Unavailable");
+        assert_eq!(reached, 0);
+
+        let gone = PinnedPeer {
+            cred: None,
+            pin_error: Some(Arc::new(AttestError::NoPid)),
+        };
+        let (response, reached, _) = call("/Svc/Call", true, Some(gone)).await;
+        assert_eq!(grpc_status(&response), Some("14"));
+        assert_eq!(reached, 0);
+    }
+
+    #[tokio::test]
+    async fn an_admitted_call_carries_its_attested_caller() {
+        let peer = this_process();
+        let (response, reached, caller) = call("/Svc/Call", true, Some(peer.clone())).await;
+        assert_eq!(grpc_status(&response), None);
+        assert_eq!(reached, 1);
+        let caller = caller.expect("the caller is handed down");
+        assert_eq!(caller.cred, peer.cred.unwrap());
+        assert!(!caller.attested.selectors.is_empty());
+    }
+
+    #[tokio::test]
+    async fn unknown_services_and_methods_pass_through_unadmitted() {
+        for path in ["/Other/Call", "/Svc/Bogus", "/nonsense"] {
+            let (_, reached, caller) = call(path, false, None).await;
+            assert_eq!(reached, 1, "{path}");
+            assert!(caller.is_none(), "{path}");
         }
     }
 

@@ -23,7 +23,7 @@ pub struct Caller {
 
 impl Caller {
     /// The caller of `request`, as admitted; `None` when the request did not come through
-    /// the admission layer (the service is then not mounted by [`super::serve`]).
+    /// the admission layer (the service is then not mounted by [`super::serve()`]).
     pub fn of<T>(request: &tonic::Request<T>) -> Option<&Caller> {
         request.extensions().get::<Caller>()
     }

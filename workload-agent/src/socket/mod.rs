@@ -1,6 +1,6 @@
 //! The agent's Unix socket, with one owner: everything between a connecting process and the
 //! services that answer it. The SPIFFE Workload API and `lanyard.discovery.v1` are plain gRPC
-//! services mounted here by [`serve`]; they read the attested [`Caller`] from each request.
+//! services mounted here by [`serve()`]; they read the attested [`Caller`] from each request.
 //!
 //! - [`bind`](mod@bind): binding (0755 parent, stale socket replaced, 0777 socket) and
 //!   removal when the server stops.
@@ -11,7 +11,7 @@
 //! - [`admission`]: the one admission layer: the `workload.spiffe.io` header check for the
 //!   SPIFFE service, the caller attested once per call and handed down as a [`Caller`].
 //! - [`caller`]: the typed [`Caller`], and the per-caller stream budget services count in.
-//! - [`serve`](mod@serve): the one [`serve`] function.
+//! - [`serve`](mod@serve): the one [`serve()`] function.
 
 pub mod accept;
 pub mod admission;

@@ -1,5 +1,5 @@
 //! The SPIFFE Workload API: the part third-party workloads touch, as a plain gRPC service
-//! mounted on the agent's socket by [`crate::socket::serve`] (which binds, accepts, bounds
+//! mounted on the agent's socket by [`crate::socket::serve()`] (which binds, accepts, bounds
 //! connections and admits every call: header check and attestation).
 //!
 //! Wire contract: `spec/workload-api.md`, unchanged, so any SPIFFE client library works.

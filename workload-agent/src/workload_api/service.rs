@@ -75,7 +75,7 @@ struct Shared {
 }
 
 impl WorkloadApiService {
-    /// `stopping` turns `true` when the agent shuts down (see [`crate::socket::serve`]).
+    /// `stopping` turns `true` when the agent shuts down (see [`crate::socket::serve()`]).
     pub fn new(
         identities: Arc<dyn WorkloadIdentities>,
         limits: &Limits,

@@ -248,7 +248,7 @@ impl WorkloadIdentities for FakeIdentities {
     }
 }
 
-/// The Workload API served by [`socket::serve`] on a socket in a tempdir.
+/// The Workload API served by [`socket::serve()`] on a socket in a tempdir.
 pub struct Agent {
     pub dir: tempfile::TempDir,
     pub socket: PathBuf,
