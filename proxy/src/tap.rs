@@ -185,27 +185,8 @@ pub async fn serve_tap(listener: TcpListener, tap: Tap) {
     }
 }
 
-/// The tap's client side (`lanyard-proxy tap`, `lanyard tap`): copies the line stream of the
-/// proxy whose admin listener is at `admin` to `out` until the proxy closes it.
-pub async fn follow(
-    admin: SocketAddr,
-    out: &mut (impl tokio::io::AsyncWrite + Unpin),
-) -> std::io::Result<()> {
-    use tokio::io::AsyncBufReadExt;
-    let stream = tokio::net::TcpStream::connect(admin).await.map_err(|e| {
-        std::io::Error::new(
-            e.kind(),
-            format!("cannot connect to the proxy's admin address {admin}: {e}"),
-        )
-    })?;
-    let mut lines = tokio::io::BufReader::new(stream).lines();
-    while let Some(line) = lines.next_line().await? {
-        out.write_all(line.as_bytes()).await?;
-        out.write_all(b"\n").await?;
-        out.flush().await?;
-    }
-    Ok(())
-}
+/// The tap's client side (`lanyard-proxy tap`, `lanyard tap`) lives in lanyard-client.
+pub use lanyard_client::tap::follow;
 
 #[cfg(test)]
 mod tests {
