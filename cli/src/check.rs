@@ -11,9 +11,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use lanyard_proto::workload::X509svidRequest;
-use lanyard_proto::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient;
-use lanyard_svid::bundle::certificates_from_pem;
+use lanyard_client::fetch::{FetchError, WorkloadClient};
+use lanyard_svid::bundle::{certificates_from_pem, trust_domain_of};
 use lanyard_svid::reserved::server_id;
 use lanyard_svid::tls::{ExactId, SvidStore, client_config_optional_svid, unused_server_name};
 use lanyard_svid::{BundleSet, TrustBundle, X509Svid};
@@ -83,8 +82,7 @@ pub async fn run_checks(options: &CheckOptions) -> Vec<CheckResult> {
 async fn check_server(server: SocketAddr, bundle: &Path) -> Result<String, String> {
     let pem = std::fs::read(bundle).map_err(|e| format!("reading {}: {e}", bundle.display()))?;
     let roots = certificates_from_pem(&pem).map_err(|e| format!("{}: {e}", bundle.display()))?;
-    let td = lanyard_agent::run::trust_domain_of(&roots)
-        .map_err(|e| format!("{}: {e}", bundle.display()))?;
+    let td = trust_domain_of(&roots).map_err(|e| format!("{}: {e}", bundle.display()))?;
     let bundles = BundleSet::from(TrustBundle::from_x509_authorities(td.clone(), roots));
     let store = Arc::new(SvidStore::new(bundles));
     let expected = server_id(&td);
@@ -109,28 +107,23 @@ async fn check_server(server: SocketAddr, bundle: &Path) -> Result<String, Strin
 }
 
 async fn fetch_svids(socket: &Path) -> Result<Vec<X509Svid>, String> {
-    let channel = lanyard_agent::api_cli::connect(socket)
-        .await
-        .map_err(|e| format!("cannot reach the agent at {}: {e}", socket.display()))?;
-    let mut client = SpiffeWorkloadApiClient::new(channel);
-    let request = lanyard_agent::api_cli::request(X509svidRequest {}, CHECK_TIMEOUT);
     let fetch = async {
-        let mut stream = client.fetch_x509svid(request).await?.into_inner();
-        stream.message().await
+        let mut client = WorkloadClient::connect(socket, CHECK_TIMEOUT).await?;
+        client.x509_svids().await
     };
-    let response = tokio::time::timeout(CHECK_TIMEOUT, fetch)
-        .await
-        .map_err(|_| "the agent did not answer in time".to_owned())?
-        .map_err(|status| format!("the agent refused: {}", status.message()))?
-        .ok_or_else(|| "the agent closed the stream without an answer".to_owned())?;
-    response
-        .svids
-        .iter()
-        .map(|s| {
-            X509Svid::from_concat_der(&s.x509_svid, None)
-                .map_err(|e| format!("unusable SVID from the agent: {}", e.message()))
-        })
-        .collect()
+    match fetch.await {
+        Ok(svids) => Ok(svids.into_iter().map(|fetched| fetched.svid).collect()),
+        Err(FetchError::Connect(e)) => Err(format!("cannot reach the agent: {e}")),
+        Err(FetchError::Status { status, .. }) => {
+            Err(format!("the agent refused: {}", status.message()))
+        }
+        Err(FetchError::Timeout { .. }) => Err("the agent did not answer in time".to_owned()),
+        Err(FetchError::StreamEnded { .. }) => {
+            Err("the agent closed the stream without an answer".to_owned())
+        }
+        Err(FetchError::Empty { .. }) => Err("the agent returned no SVID".to_owned()),
+        Err(e @ FetchError::Unusable { .. }) => Err(format!("unusable SVID from the agent: {e}")),
+    }
 }
 
 /// Whether the default SVID is valid at `now` and for at least `min_validity` more.

@@ -244,7 +244,7 @@ fn runtime() -> tokio::runtime::Runtime {
 
 fn check(args: CheckArgs) -> ExitCode {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let socket = match lanyard_agent::api_cli::socket_path(args.socket.as_deref()) {
+    let socket = match lanyard_client::endpoint::socket_path(args.socket.as_deref()) {
         Ok(socket) => socket,
         Err(e) => {
             eprintln!("lanyard check: {e}");
@@ -269,7 +269,7 @@ fn check(args: CheckArgs) -> ExitCode {
 }
 
 fn tap(args: TapArgs) -> ExitCode {
-    match runtime().block_on(lanyard_proxy::tap::follow(
+    match runtime().block_on(lanyard_client::tap::follow(
         args.admin,
         &mut tokio::io::stdout(),
     )) {
