@@ -25,7 +25,7 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 /// enough for pooled database and RPC connections between their own keepalives.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 /// The standard variable SPIFFE clients read the Workload API address from.
-pub const SPIFFE_ENDPOINT_SOCKET: &str = "SPIFFE_ENDPOINT_SOCKET";
+pub use lanyard_proto::SPIFFE_ENDPOINT_SOCKET;
 /// Listeners per kind: far above any sidecar's needs.
 const MAX_LISTENERS: usize = 256;
 
@@ -325,23 +325,9 @@ fn split_items(values: &[String], join_id: bool) -> Vec<String> {
     items
 }
 
-/// A Workload API address: a path or a `unix:` URI (`unix:///path` or `unix:/path`).
+/// A Workload API address, by the one parser of them ([`lanyard_client::endpoint::parse`]).
 pub fn parse_socket(text: &str) -> Result<PathBuf, String> {
-    let path = if let Some(rest) = text.strip_prefix("unix://") {
-        rest
-    } else if let Some(rest) = text.strip_prefix("unix:") {
-        rest
-    } else if text.contains("://") {
-        return Err(format!(
-            "{text:?}: only Unix socket endpoints (a path or unix:///path) are supported"
-        ));
-    } else {
-        text
-    };
-    if !path.starts_with('/') {
-        return Err(format!("{text:?}: the socket path must be absolute"));
-    }
-    Ok(PathBuf::from(path))
+    lanyard_client::endpoint::parse(text).map_err(|e| e.to_string())
 }
 
 /// `HOST:PORT` with a non-zero port and a non-empty host (IPv6 in brackets).
