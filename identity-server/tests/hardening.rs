@@ -308,6 +308,8 @@ async fn out_of_descriptors_the_accept_loop_backs_off_and_recovers() {
     .await;
     let log_lines = |text: &str| text.matches("accept failed").count();
     let logged_before = log_lines(&server.process.stderr_text());
+    // The attack worked: the server did hit EMFILE (and said so once).
+    assert!(logged_before >= 1, "{}", server.process.stderr_text());
     let ticks_before = cpu_ticks(pid);
     let window = Instant::now();
     // A measurement window, not synchronisation: the CPU the server burns while starved.
