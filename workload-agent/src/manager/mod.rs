@@ -28,7 +28,7 @@
 //!
 //! [`WorkloadIdentities`]: crate::identities::WorkloadIdentities
 
-pub mod backoff;
+pub use lanyard_client::backoff;
 mod driver;
 pub mod renew;
 pub mod resolve;
