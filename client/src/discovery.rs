@@ -48,8 +48,14 @@ pub enum Answer {
 pub enum ResolveError {
     #[error("the agent did not answer Resolve within {0:?}")]
     TimedOut(Duration),
+    /// `refusal`: the agent's [`REFUSAL_TRAILER`] label (e.g. `too_many_destinations`), when
+    /// it sent one; `None` for a status without it (the socket gone, a proxy in between).
     #[error("the agent refused Resolve: {code:?}: {message}")]
-    Refused { code: tonic::Code, message: String },
+    Refused {
+        code: tonic::Code,
+        message: String,
+        refusal: Option<String>,
+    },
     #[error("unusable discovery answer: {0}")]
     BadAnswer(String),
 }
@@ -59,6 +65,7 @@ impl ResolveError {
         Self::Refused {
             code: status.code(),
             message: status.message().to_owned(),
+            refusal: refusal_label(status).map(str::to_owned),
         }
     }
 }
@@ -79,16 +86,22 @@ pub enum WatchEnd {
 impl WatchEnd {
     /// Reads the agent's [`REFUSAL_TRAILER`]; never the status message.
     pub fn from_status(status: &tonic::Status) -> Self {
-        let label = status
-            .metadata()
-            .get(REFUSAL_TRAILER)
-            .and_then(|v| v.to_str().ok());
-        if label == Some(REFUSAL_EXPIRED) {
+        if refusal_label(status) == Some(REFUSAL_EXPIRED) {
             Self::Expired
         } else {
             Self::Lost
         }
     }
+}
+
+/// The agent's [`REFUSAL_TRAILER`] label on `status`, if any (printable ASCII, at most 64
+/// bytes; anything else is treated as absent).
+pub fn refusal_label(status: &tonic::Status) -> Option<&str> {
+    status
+        .metadata()
+        .get(REFUSAL_TRAILER)
+        .and_then(|v| v.to_str().ok())
+        .filter(|label| label.len() <= 64)
 }
 
 /// A Discovery client on the agent's socket; cheap to clone.

@@ -10,9 +10,12 @@
 //! expecting its ID; a Service address gets one of its ready endpoints, chosen round-robin
 //! (endpoints that failed to connect recently are skipped), dialled directly with mTLS
 //! expecting that endpoint's ID, or plaintext `not_meshed` for an unmeshed endpoint; an
-//! unmeshed pod is plaintext `not_meshed`; an unknown address, or no answer at all, is
-//! plaintext `no_discovery`. Discovery's refusals (a meshed destination downgraded or gone)
-//! close the connection.
+//! unmeshed pod is plaintext `not_meshed`; an address discovery answers `Unknown` is plaintext
+//! `no_discovery`. Only those authoritative answers ever give plaintext: no answer at all (the
+//! agent unreachable, timed out, or refusing the lookup, e.g. `too_many_destinations`) closes
+//! the connection as `discovery_refused`, since the destination may well be meshed (issue
+//! 14, finding 8). Discovery's other refusals (a meshed destination downgraded or gone, an
+//! unusable answer) close the connection too.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -121,9 +124,10 @@ async fn discovered(
     let text = addr.to_string();
     let lookup = match discovery.lookup(addr).await {
         Ok(lookup) => lookup,
-        Err(DiscoveryError::Unavailable(why)) => {
-            tracing::debug!(dst = %addr, %why, "no discovery answer; plaintext");
-            return forward_plain(app, &text, NoTlsReason::NoDiscovery, ctx).await;
+        // No answer is not an answer: the destination may be meshed, so never plaintext.
+        Err(e @ (DiscoveryError::Unavailable(_) | DiscoveryError::Refused { .. })) => {
+            tracing::info!(dst = %addr, reason = %e, detail = %e.message(), "no discovery answer; refusing the connection");
+            return Done::refused(text, NoTlsReason::DiscoveryRefused);
         }
         Err(DiscoveryError::DowngradeRefused) => {
             return Done::refused(text, NoTlsReason::MeshedDowngradeRefused);

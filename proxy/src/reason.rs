@@ -10,7 +10,8 @@
 //! | `detect_timeout` | in | forwarded: no decision before the detection timeout (e.g. server speaks first) |
 //! | `opaque_port` | in | forwarded: `--opaque-port`, no detection |
 //! | `not_meshed` | out | forwarded: the destination is configured without `id=` |
-//! | `no_discovery` | out | forwarded: transparent destination whose identity is unknown |
+//! | `no_discovery` | out | forwarded: discovery answered `Unknown` (no pod or Service at that address), or discovery is off (`--no-discovery`) |
+//! | `discovery_refused` | out | closed: discovery gave no answer (the agent unreachable, timed out, or refused the lookup, e.g. `too_many_destinations`): the destination may be meshed, so never plaintext |
 //! | `meshed_downgrade_refused` | out | closed: discovery now answers unmeshed for a destination it answered meshed |
 //! | `meshed_destination_gone` | out | closed: a destination discovery answered meshed is gone (pod deleted) or its answer expired |
 //! | `no_ready_endpoint` | out | closed: a Service with no ready endpoint (or none reachable) |
@@ -47,6 +48,7 @@ pub enum NoTlsReason {
     OpaquePort,
     NotMeshed,
     NoDiscovery,
+    DiscoveryRefused,
     MeshedDowngradeRefused,
     MeshedDestinationGone,
     NoReadyEndpoint,
@@ -75,6 +77,7 @@ impl NoTlsReason {
             Self::OpaquePort => "opaque_port",
             Self::NotMeshed => "not_meshed",
             Self::NoDiscovery => "no_discovery",
+            Self::DiscoveryRefused => "discovery_refused",
             Self::MeshedDowngradeRefused => "meshed_downgrade_refused",
             Self::MeshedDestinationGone => "meshed_destination_gone",
             Self::NoReadyEndpoint => "no_ready_endpoint",
@@ -108,6 +111,10 @@ impl NoTlsReason {
             Self::OpaquePort => "opaque port: forwarded without detection".into(),
             Self::NotMeshed => "the destination has no expected identity (no id=)".into(),
             Self::NoDiscovery => "the destination's identity is unknown".into(),
+            Self::DiscoveryRefused => {
+                "discovery gave no answer (agent unreachable or refusing); not risking plaintext to a meshed destination"
+                    .into()
+            }
             Self::MeshedDowngradeRefused => {
                 "discovery answered a once-meshed destination unmeshed; not downgrading to plaintext"
                     .into()
@@ -192,6 +199,7 @@ mod tests {
             NoTlsReason::OpaquePort,
             NoTlsReason::NotMeshed,
             NoTlsReason::NoDiscovery,
+            NoTlsReason::DiscoveryRefused,
             NoTlsReason::MeshedDowngradeRefused,
             NoTlsReason::MeshedDestinationGone,
             NoTlsReason::NoReadyEndpoint,
@@ -223,6 +231,7 @@ mod tests {
         assert!(NoTlsReason::PlaintextRefused.is_refusal());
         assert!(NoTlsReason::MeshedDowngradeRefused.is_refusal());
         assert!(NoTlsReason::MeshedDestinationGone.is_refusal());
+        assert!(NoTlsReason::DiscoveryRefused.is_refusal());
     }
 
     #[test]

@@ -98,16 +98,17 @@ async fn the_expired_trailer_ends_the_cached_answers() {
         *a == Err(DiscoveryError::MeshedGone)
     })
     .await;
-    // Never meshed: forgotten, asked again, and the agent has no answer.
+    // Never meshed: forgotten, asked again, and the agent refuses (`expired`): a refusal,
+    // which the outbound path closes on (never plaintext).
     lookup_until(
         &client,
         plain_dst,
         "the plain answer forgotten",
-        |a| matches!(a, Err(DiscoveryError::Unavailable(why)) if why.contains("Unavailable")),
+        |a| matches!(a, Err(DiscoveryError::Refused { label, .. }) if label == "expired"),
     )
     .await;
     assert!(lookups(&registry, "meshed_destination_gone") >= 1);
-    assert!(lookups(&registry, "discovery_unavailable") >= 1);
+    assert!(lookups(&registry, "discovery_refused") >= 1);
 }
 
 #[tokio::test]

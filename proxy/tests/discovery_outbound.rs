@@ -416,14 +416,16 @@ async fn a_service_spreads_over_ready_endpoints_with_each_ones_identity() {
 }
 
 #[tokio::test]
-async fn unmeshed_unknown_and_undiscoverable_destinations_go_plaintext_with_their_reason() {
+async fn unmeshed_and_unknown_destinations_go_plaintext_and_undiscoverable_ones_are_refused() {
     let ca = Ca::new("example.org");
     let fake = FakeDiscovery::start().await;
     let client = fake.client(settings());
-    for (kind, reason) in [
-        (Some(unmeshed()), "not_meshed"),
-        (Some(unknown()), "no_discovery"),
-        (None, "no_discovery"),
+    // Only an authoritative answer gives plaintext; no answer (here the agent's `not_ready`)
+    // closes the connection (issue 14, finding 8).
+    for (kind, reason, forwarded) in [
+        (Some(unmeshed()), "not_meshed", true),
+        (Some(unknown()), "no_discovery", true),
+        (None, "discovery_refused", false),
     ] {
         let app = echo_app(None).await;
         if let Some(kind) = kind {
@@ -431,7 +433,7 @@ async fn unmeshed_unknown_and_undiscoverable_destinations_go_plaintext_with_thei
         }
         let (listen, tap) = outbound(&ca, app.addr, client.clone()).await;
         let mut lines = TapLines(tap.subscribe());
-        assert!(echo_through(listen).await);
+        assert_eq!(echo_through(listen).await, forwarded, "{reason}");
         let line = lines.next().await;
         assert_eq!(field(&line, "tls"), "false", "{line}");
         assert_eq!(field(&line, "reason"), reason, "{line}");

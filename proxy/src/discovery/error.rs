@@ -3,9 +3,15 @@
 /// Why a lookup gave no usable answer. `Display` is the metric label.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DiscoveryError {
-    /// The agent could not be asked or did not answer (no cached answer either).
+    /// The agent could not be asked or did not answer (no cached answer either). Fails
+    /// closed: the destination may be meshed.
     #[error("discovery_unavailable")]
     Unavailable(String),
+    /// The agent refused the lookup (its `lanyard-discovery-refusal` label, e.g.
+    /// `too_many_destinations`, `caller_destination_budget`, `not_ready`). Fails closed: a
+    /// refusal says nothing about whether the destination is meshed.
+    #[error("discovery_refused")]
+    Refused { label: String, message: String },
     /// A destination known as meshed was answered unmeshed: refused, not downgraded.
     #[error("meshed_downgrade_refused")]
     DowngradeRefused,
@@ -21,6 +27,9 @@ impl DiscoveryError {
     pub fn message(&self) -> String {
         match self {
             Self::Unavailable(why) => format!("discovery gave no answer: {why}"),
+            Self::Refused { label, message } => {
+                format!("discovery refused the lookup ({label}): {message}")
+            }
             Self::DowngradeRefused => {
                 "the destination was meshed and is now answered unmeshed; refusing plaintext".into()
             }
@@ -38,9 +47,19 @@ impl From<lanyard_client::discovery::ResolveError> for DiscoveryError {
         use lanyard_client::discovery::ResolveError;
         match e {
             ResolveError::TimedOut(_) => Self::Unavailable("resolve timed out".into()),
-            ResolveError::Refused { code, message } => {
-                Self::Unavailable(format!("{code:?}: {message}"))
-            }
+            ResolveError::Refused {
+                code,
+                message,
+                refusal: Some(label),
+            } => Self::Refused {
+                label,
+                message: format!("{code:?}: {message}"),
+            },
+            ResolveError::Refused {
+                code,
+                message,
+                refusal: None,
+            } => Self::Unavailable(format!("{code:?}: {message}")),
             ResolveError::BadAnswer(why) => Self::BadAnswer(why),
         }
     }
@@ -95,5 +114,15 @@ mod tests {
         );
         let bad = DiscoveryError::from(ResolveError::BadAnswer("x".into()));
         assert_eq!(bad.to_string(), "bad_discovery_answer");
+        let refused = DiscoveryError::from(ResolveError::Refused {
+            code: tonic::Code::ResourceExhausted,
+            message: "too_many_destinations: full".into(),
+            refusal: Some("too_many_destinations".into()),
+        });
+        assert!(
+            matches!(&refused, DiscoveryError::Refused { label, .. } if label == "too_many_destinations"),
+            "{refused:?}"
+        );
+        assert_eq!(refused.to_string(), "discovery_refused");
     }
 }

@@ -16,6 +16,11 @@
 //!   [`WatchEnd::from_status`]: `expired` drops the cached answer (refused if it was meshed);
 //!   any other end is a lost stream: the answer stays usable for the stale TTL while the watch
 //!   is reopened. The status message is never parsed.
+//! - No answer is never taken for "not meshed": a failed lookup (the agent unreachable or
+//!   timed out: [`DiscoveryError::Unavailable`]; a refusal carrying the agent's trailer, e.g.
+//!   `too_many_destinations`: [`DiscoveryError::Refused`]) makes the outbound path close the
+//!   connection (`discovery_refused`). Only an authoritative `UnmeshedPod` or `Unknown` answer
+//!   gives plaintext.
 //! - Service endpoints are picked round robin, skipping recent connect failures ([`endpoints`]).
 //! - Lookups are counted by [`LookupOutcome`] in `lanyard_proxy_discovery_lookups_total`.
 
