@@ -542,3 +542,88 @@ async fn refusals_and_bounds() {
     assert_eq!(err.code(), Code::PermissionDenied);
     assert_eq!(err.message(), "no identity issued");
 }
+
+/// Issue 14, finding 8: one workload resolving ever new destinations as fast as it can used
+/// to fill the agent's whole cache, and every other workload's `Resolve` then failed
+/// `too_many_destinations`. Now the flooding caller (this process, uid 0) is refused at its
+/// share, and another caller (another uid, the `lanyard-agent api` CLI run by `setpriv`)
+/// still resolves a destination nobody asked about before, over the same real socket.
+#[tokio::test]
+async fn a_caller_flooding_destinations_is_held_to_its_share_and_others_still_resolve() {
+    const SHARE: usize = 24;
+    const FLOOD: usize = 8 * SHARE;
+    let w = world(
+        CacheSettings {
+            max_entries: 4 * SHARE,
+            max_per_caller: SHARE,
+            ..fast_settings()
+        },
+        8,
+    )
+    .await;
+    let mut client = connect(&w.socket).await;
+    resolve_when_ready(&client, "10.1.0.9", 80).await;
+
+    // The flood: FLOOD distinct destinations (the first one above counts too).
+    let (mut admitted, mut over_share) = (1, 0);
+    for i in 0..FLOOD {
+        match resolve(&mut client, "192.0.2.7", 1000 + i as u32).await {
+            Err(s) if s.code() == Code::ResourceExhausted => {
+                let label = s
+                    .metadata()
+                    .get(lanyard_proto::discovery::REFUSAL_TRAILER)
+                    .and_then(|v| v.to_str().ok());
+                assert_eq!(label, Some("caller_destination_budget"), "{s:?}");
+                over_share += 1;
+            }
+            // Admitted: answered, or (a slow first answer) not_ready; both are followed.
+            Ok(_) => admitted += 1,
+            Err(s) if s.code() == Code::Unavailable => admitted += 1,
+            Err(s) => panic!("{s:?}"),
+        }
+    }
+    assert_eq!(admitted, SHARE, "admitted up to its share");
+    assert_eq!(over_share, FLOOD + 1 - SHARE, "refused beyond it");
+    assert_eq!(
+        w.cache.len(),
+        SHARE,
+        "the flood holds its share, not the cache"
+    );
+    // What it holds stays served.
+    let held = resolve(&mut client, "10.1.0.9", 80).await.unwrap();
+    assert!(matches!(held, Kind::UnmeshedPod(_)), "{held:?}");
+
+    // Another workload (uid 4242) on the same socket: a new destination resolves.
+    let dir = w.c.dir.path();
+    std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let socket = w.socket.clone();
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("setpriv")
+            .args(["--reuid=4242", "--regid=4242", "--clear-groups", "--"])
+            .arg(env!("CARGO_BIN_EXE_lanyard-agent"))
+            .args([
+                "api",
+                "resolve",
+                "10.1.0.1:443",
+                "--timeout",
+                "10s",
+                "--socket",
+            ])
+            .arg(&socket)
+            .env_remove("SPIFFE_ENDPOINT_SOCKET")
+            .env_remove("LANYARD_SOCKET")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stdout}{stderr}");
+    assert_eq!(
+        stdout.trim(),
+        format!("meshed_pod default/web-1 {WEB_ID}"),
+        "{stderr}"
+    );
+    assert_eq!(w.cache.len(), SHARE + 1);
+}

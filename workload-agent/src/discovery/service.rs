@@ -34,7 +34,7 @@ use tonic::{Code, Request, Response, Status};
 use super::Destination;
 use crate::attest::AttestError;
 use crate::identities::WorkloadIdentities;
-use crate::server_client::discovery_cache::{Cached, DiscoveryCache};
+use crate::server_client::discovery_cache::{Cached, DiscoveryCache, SubscribeError};
 use crate::socket::{
     AdmissionPolicy, AdmissionRefusal, Caller, CallerKey, StreamLimiter, StreamSlot,
 };
@@ -64,8 +64,13 @@ pub enum DiscoveryRefusal {
     BadDestination(&'static str),
     #[error("too_many_watches")]
     TooManyWatches { limit: usize },
+    /// The agent's cache is full of destinations in use.
     #[error("too_many_destinations")]
     TooManyDestinations { limit: usize },
+    /// This caller holds its share of the agent's cache already
+    /// ([`crate::server_client::discovery_cache::CacheSettings::max_per_caller`]).
+    #[error("caller_destination_budget")]
+    CallerDestinationBudget { limit: usize },
     /// No answer from the server within the first-answer timeout.
     #[error("not_ready")]
     NotReady,
@@ -82,9 +87,9 @@ impl DiscoveryRefusal {
             Self::NoIdentity => Code::PermissionDenied,
             Self::Attestation { .. } | Self::NoPeerCredentials => Code::Unavailable,
             Self::BadDestination(_) => Code::InvalidArgument,
-            Self::TooManyWatches { .. } | Self::TooManyDestinations { .. } => {
-                Code::ResourceExhausted
-            }
+            Self::TooManyWatches { .. }
+            | Self::TooManyDestinations { .. }
+            | Self::CallerDestinationBudget { .. } => Code::ResourceExhausted,
             Self::NotReady | Self::Expired | Self::ShuttingDown => Code::Unavailable,
         }
     }
@@ -105,6 +110,10 @@ impl DiscoveryRefusal {
             Self::TooManyDestinations { limit } => {
                 format!("the agent follows {limit} destinations already; retry later")
             }
+            Self::CallerDestinationBudget { limit } => format!(
+                "this caller looked up {limit} destinations recently, its share of the agent's \
+                 cache; retry later"
+            ),
             Self::NotReady => "no answer from the server yet; retry".into(),
             Self::Expired => {
                 "the cached answer expired while the server is unreachable; retry".into()
@@ -241,14 +250,22 @@ impl Shared {
 
     fn subscribe(
         &self,
+        caller: &CallerKey,
         request: &wire::ResolveRequest,
     ) -> Result<(Destination, watch::Receiver<Option<Cached>>), DiscoveryRefusal> {
         let destination = Destination::from_wire(request.destination.as_ref())
             .map_err(DiscoveryRefusal::BadDestination)?;
         let rx = self
             .cache
-            .subscribe(destination)
-            .map_err(|e| DiscoveryRefusal::TooManyDestinations { limit: e.limit })?;
+            .subscribe(destination, caller)
+            .map_err(|e| match e {
+                SubscribeError::CacheFull { limit } => {
+                    DiscoveryRefusal::TooManyDestinations { limit }
+                }
+                SubscribeError::CallerBudget { limit } => {
+                    DiscoveryRefusal::CallerDestinationBudget { limit }
+                }
+            })?;
         Ok((destination, rx))
     }
 
@@ -318,8 +335,8 @@ impl Discovery for DiscoveryService {
     ) -> Result<Response<wire::ResolveResponse>, Status> {
         let shared = &self.shared;
         let result = async {
-            shared.admit(&request)?;
-            let (destination, mut rx) = shared.subscribe(request.get_ref())?;
+            let caller = shared.admit(&request)?;
+            let (destination, mut rx) = shared.subscribe(&caller, request.get_ref())?;
             let cached = shared.first_answer(&mut rx).await?;
             Ok(response(destination, &cached))
         }
@@ -341,9 +358,9 @@ impl Discovery for DiscoveryService {
             let caller = shared.admit(&request)?;
             let slot = shared
                 .watches
-                .acquire(caller)
+                .acquire(caller.clone())
                 .map_err(|e| DiscoveryRefusal::TooManyWatches { limit: e.limit })?;
-            let (destination, mut rx) = shared.subscribe(request.get_ref())?;
+            let (destination, mut rx) = shared.subscribe(&caller, request.get_ref())?;
             let first = shared.first_answer(&mut rx).await?;
             Ok::<_, DiscoveryRefusal>((slot, destination, rx, first))
         };
@@ -463,6 +480,14 @@ mod tests {
             (DiscoveryRefusal::NotReady, "not_ready"),
             (DiscoveryRefusal::ShuttingDown, "shutting_down"),
             (DiscoveryRefusal::NoIdentity, "no_identity"),
+            (
+                DiscoveryRefusal::CallerDestinationBudget { limit: 2048 },
+                "caller_destination_budget",
+            ),
+            (
+                DiscoveryRefusal::TooManyDestinations { limit: 16_384 },
+                "too_many_destinations",
+            ),
         ] {
             assert_eq!(trailer(&refusal.to_status()), Some(label));
         }

@@ -11,6 +11,15 @@
 //! Bounds. At most [`CacheSettings::max_entries`] destinations; an entry nobody watches and
 //! nobody looked up for [`CacheSettings::idle`] is dropped (and unfollowed) by [`sweep`].
 //!
+//! Fairness. The cache is shared by every caller on the node, so each caller ([`CallerKey`]:
+//! uid, and pod UID in a pod) may hold at most [`CacheSettings::max_per_caller`] destinations
+//! (an eighth of the cache by default): a destination counts against every caller that looked
+//! it up, until that caller has not looked it up for [`CacheSettings::idle`]. A caller over
+//! its share is refused ([`SubscribeError::CallerBudget`], `caller_destination_budget`) and
+//! the others are unaffected: one workload can no longer fill the node's cache (issue 14,
+//! finding 8). Eight callers flooding at once still can; that needs eight distinct pods or
+//! uids holding an identity on the node.
+//!
 //! [`sweep`]: DiscoveryCache::sweep
 
 use std::collections::{HashMap, HashSet};
@@ -23,6 +32,7 @@ use tokio::time::Instant;
 
 use crate::discovery::Destination;
 use crate::metrics::DiscoveryMetrics;
+use crate::socket::CallerKey;
 
 /// Tunables of the cache. [`CacheSettings::default`] suits a node agent.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,6 +47,8 @@ pub struct CacheSettings {
     pub idle: Duration,
     /// Most destinations held.
     pub max_entries: usize,
+    /// Most destinations one caller may hold (see the module's "Fairness").
+    pub max_per_caller: usize,
 }
 
 impl Default for CacheSettings {
@@ -46,6 +58,10 @@ impl Default for CacheSettings {
             first_answer_timeout: Duration::from_secs(3),
             idle: Duration::from_secs(600),
             max_entries: 16_384,
+            // An eighth of the cache: twice the proxy's own cache of 1,024 destinations (so a
+            // proxy that cycles through its whole cache within the idle time still fits), while
+            // no single caller can take more than 1/8 of what the node can follow.
+            max_per_caller: 16_384 / 8,
         }
     }
 }
@@ -63,11 +79,15 @@ impl Cached {
     }
 }
 
-/// The cache is full of destinations in use.
+/// Why a destination cannot be followed now. `Display` is the refusal label.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("too_many_destinations")]
-pub struct CacheFull {
-    pub limit: usize,
+pub enum SubscribeError {
+    /// The cache is full of destinations in use.
+    #[error("too_many_destinations")]
+    CacheFull { limit: usize },
+    /// This caller holds its share of the cache already.
+    #[error("caller_destination_budget")]
+    CallerBudget { limit: usize },
 }
 
 struct Entry {
@@ -76,11 +96,15 @@ struct Entry {
     /// The feed stream that last answered (0: none).
     answered_by: u64,
     last_used: Instant,
+    /// The callers this entry counts against, and when each last looked it up.
+    holders: HashMap<CallerKey, Instant>,
 }
 
 #[derive(Default)]
 struct Inner {
     entries: HashMap<Destination, Entry>,
+    /// Entries counted against each caller (callers holding none are not kept).
+    held: HashMap<CallerKey, usize>,
     /// Changes not yet sent on the current stream.
     to_follow: HashSet<Destination>,
     to_unfollow: HashSet<Destination>,
@@ -129,21 +153,37 @@ impl DiscoveryCache {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// A receiver of `destination`'s answer, creating (and following) the entry if needed.
+    /// A receiver of `destination`'s answer for `caller`, creating (and following) the entry
+    /// if needed; the entry counts against `caller`'s share until it stops looking it up.
     pub fn subscribe(
         &self,
         destination: Destination,
-    ) -> Result<watch::Receiver<Option<Cached>>, CacheFull> {
+        caller: &CallerKey,
+    ) -> Result<watch::Receiver<Option<Cached>>, SubscribeError> {
         let now = Instant::now();
-        let mut inner = self.lock();
+        let mut guard = self.lock();
+        let inner = &mut *guard;
+        let over_budget =
+            inner.held.get(caller).copied().unwrap_or(0) >= self.settings.max_per_caller;
         if let Some(entry) = inner.entries.get_mut(&destination) {
+            if let Some(seen) = entry.holders.get_mut(caller) {
+                *seen = now;
+            } else if over_budget {
+                return Err(self.over_budget(caller));
+            } else {
+                entry.holders.insert(caller.clone(), now);
+                *inner.held.entry(caller.clone()).or_insert(0) += 1;
+            }
             entry.last_used = now;
             return Ok(entry.answer.subscribe());
         }
+        if over_budget {
+            return Err(self.over_budget(caller));
+        }
         if inner.entries.len() >= self.settings.max_entries {
-            self.evict_idle(&mut inner, now);
+            self.evict_idle(inner, now);
             if inner.entries.len() >= self.settings.max_entries {
-                return Err(CacheFull {
+                return Err(SubscribeError::CacheFull {
                     limit: self.settings.max_entries,
                 });
             }
@@ -155,14 +195,28 @@ impl DiscoveryCache {
                 answer,
                 answered_by: 0,
                 last_used: now,
+                holders: HashMap::from([(caller.clone(), now)]),
             },
         );
+        *inner.held.entry(caller.clone()).or_insert(0) += 1;
         inner.to_unfollow.remove(&destination);
         inner.to_follow.insert(destination);
         self.metrics.cached.set(inner.entries.len() as i64);
-        drop(inner);
+        drop(guard);
         self.pending.notify_one();
         Ok(rx)
+    }
+
+    fn over_budget(&self, caller: &CallerKey) -> SubscribeError {
+        tracing::debug!(uid = caller.uid, pod_uid = ?caller.pod_uid, "caller over its share of discovery destinations");
+        SubscribeError::CallerBudget {
+            limit: self.settings.max_per_caller,
+        }
+    }
+
+    /// Destinations counted against `caller` now.
+    pub fn held_by(&self, caller: &CallerKey) -> usize {
+        self.lock().held.get(caller).copied().unwrap_or(0)
     }
 
     /// Entries held now.
@@ -185,6 +239,16 @@ impl DiscoveryCache {
 
     fn evict_idle(&self, inner: &mut Inner, now: Instant) -> usize {
         let idle = self.settings.idle;
+        // Callers that stopped looking a destination up no longer pay for it.
+        for entry in inner.entries.values_mut() {
+            entry.holders.retain(|caller, seen| {
+                let keep = now < *seen + idle;
+                if !keep {
+                    release(&mut inner.held, caller);
+                }
+                keep
+            });
+        }
         let gone: Vec<Destination> = inner
             .entries
             .iter()
@@ -192,7 +256,11 @@ impl DiscoveryCache {
             .map(|(d, _)| *d)
             .collect();
         for d in &gone {
-            inner.entries.remove(d);
+            if let Some(entry) = inner.entries.remove(d) {
+                for caller in entry.holders.keys() {
+                    release(&mut inner.held, caller);
+                }
+            }
             inner.to_follow.remove(d);
             if inner.stream != 0 {
                 inner.to_unfollow.insert(*d);
@@ -304,6 +372,16 @@ impl DiscoveryCache {
     }
 }
 
+/// One entry fewer counted against `caller`.
+fn release(held: &mut HashMap<CallerKey, usize>, caller: &CallerKey) {
+    if let Some(count) = held.get_mut(caller) {
+        *count = count.saturating_sub(1);
+        if *count == 0 {
+            held.remove(caller);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -330,6 +408,10 @@ mod tests {
         }
     }
 
+    fn caller(uid: u32) -> CallerKey {
+        CallerKey { uid, pod_uid: None }
+    }
+
     fn settings() -> CacheSettings {
         CacheSettings {
             ttl: Duration::from_secs(60),
@@ -342,7 +424,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn answers_expire_ttl_after_their_stream_is_lost() {
         let cache = DiscoveryCache::new(settings());
-        let rx = cache.subscribe(d(80)).unwrap();
+        let rx = cache.subscribe(d(80), &caller(1)).unwrap();
         let stream = cache.stream_opened();
         let request = cache.take_pending(stream, 100).unwrap();
         assert_eq!(request.follow, [d(80).to_wire()]);
@@ -379,11 +461,11 @@ mod tests {
     async fn bounded_and_idle_entries_are_dropped_and_unfollowed() {
         let cache = DiscoveryCache::new(settings());
         let stream = cache.stream_opened();
-        let held = cache.subscribe(d(1)).unwrap();
-        drop(cache.subscribe(d(2)).unwrap());
+        let held = cache.subscribe(d(1), &caller(1)).unwrap();
+        drop(cache.subscribe(d(2), &caller(1)).unwrap());
         assert_eq!(
-            cache.subscribe(d(3)).unwrap_err(),
-            CacheFull { limit: 2 },
+            cache.subscribe(d(3), &caller(1)).unwrap_err(),
+            SubscribeError::CacheFull { limit: 2 },
             "full of entries in use"
         );
         let _ = cache.take_pending(stream, 100);
@@ -399,14 +481,14 @@ mod tests {
         );
         let request = cache.take_pending(stream, 100).unwrap();
         assert_eq!(request.unfollow, [d(2).to_wire()]);
-        assert!(cache.subscribe(d(3)).is_ok());
+        assert!(cache.subscribe(d(3), &caller(1)).is_ok());
         drop(held);
     }
 
     #[test]
     fn unusable_answers_are_ignored() {
         let cache = DiscoveryCache::new(settings());
-        let rx = cache.subscribe(d(80)).unwrap();
+        let rx = cache.subscribe(d(80), &caller(1)).unwrap();
         let stream = cache.stream_opened();
         let mut empty = update(80, "x");
         empty.updates[0].resolution = Some(wire::Resolution { kind: None });
@@ -419,5 +501,51 @@ mod tests {
         assert_eq!(cache.apply(stream, bad), 0);
         assert_eq!(cache.apply(stream, update(81, "x")), 0, "not followed");
         assert!(rx.borrow().is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_caller_over_its_share_is_refused_and_others_are_not() {
+        let cache = DiscoveryCache::new(CacheSettings {
+            idle: Duration::from_secs(300),
+            max_entries: 8,
+            max_per_caller: 3,
+            ..Default::default()
+        });
+        let (a, b) = (caller(1), caller(2));
+        for port in 1..=3 {
+            drop(cache.subscribe(d(port), &a).unwrap());
+        }
+        assert_eq!(
+            cache.subscribe(d(4), &a).unwrap_err(),
+            SubscribeError::CallerBudget { limit: 3 }
+        );
+        assert_eq!(
+            cache.subscribe(d(4), &a).unwrap_err().to_string(),
+            "caller_destination_budget"
+        );
+        assert!(
+            cache.subscribe(d(1), &a).is_ok(),
+            "what it holds stays usable"
+        );
+        assert_eq!(cache.held_by(&a), 3);
+        assert_eq!(cache.len(), 3, "refusals add nothing");
+        // B is unaffected, and a shared destination counts against B too.
+        assert!(cache.subscribe(d(4), &b).is_ok());
+        assert!(cache.subscribe(d(1), &b).is_ok());
+        assert_eq!(cache.held_by(&b), 2);
+        assert_eq!(
+            cache.subscribe(d(4), &a).unwrap_err(),
+            SubscribeError::CallerBudget { limit: 3 },
+            "another caller's entry still costs A a share"
+        );
+
+        // A stops using d(2) and d(3); B keeps d(1) in use: A's share comes back.
+        tokio::time::advance(Duration::from_secs(200)).await;
+        drop(cache.subscribe(d(1), &b).unwrap());
+        tokio::time::advance(Duration::from_secs(100)).await;
+        assert_eq!(cache.sweep(), 3, "d(2), d(3) and d(4) dropped");
+        assert_eq!(cache.held_by(&a), 0);
+        assert_eq!(cache.held_by(&b), 1, "B's looked-up d(1) stays counted");
+        assert!(cache.subscribe(d(5), &a).is_ok());
     }
 }
