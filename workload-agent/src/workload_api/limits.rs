@@ -11,6 +11,8 @@ pub struct Limits {
     pub max_request_bytes: usize,
     /// Largest response message (bundles of many federated trust domains).
     pub max_response_bytes: usize,
+    /// FetchJWTSVID's token cache and per-caller mint budget.
+    pub jwt: super::JwtLimits,
 }
 
 impl Default for Limits {
@@ -19,6 +21,7 @@ impl Default for Limits {
             streams_per_caller: 64,
             max_request_bytes: 128 * 1024,
             max_response_bytes: 16 * 1024 * 1024,
+            jwt: super::JwtLimits::default(),
         }
     }
 }

@@ -18,6 +18,7 @@
 //! [`WorkloadIdentities`]: crate::identities::WorkloadIdentities
 
 pub mod convert;
+pub mod jwt_cache;
 pub mod limits;
 pub mod metrics;
 pub mod refusal;
@@ -27,6 +28,7 @@ pub mod shared_responses;
 mod stream_sharing_tests;
 pub mod watch_stream;
 
+pub use jwt_cache::JwtLimits;
 pub use limits::Limits;
 pub use metrics::WorkloadApiMetrics;
 pub use refusal::Refusal;

@@ -6,6 +6,7 @@ use lanyard_svid::jwt::JwtError;
 use tonic::{Code, Status};
 
 use super::convert::ConvertError;
+use super::jwt_cache::RateLimited;
 use crate::attest::AttestError;
 use crate::identities::IdentityError;
 use crate::socket::{AdmissionRefusal, TooManyStreams};
@@ -41,6 +42,9 @@ pub enum Refusal {
     ServerRefused(String),
     #[error("too_many_streams")]
     TooManyStreams(TooManyStreams),
+    /// FetchJWTSVID: the caller used up its share of the node's mint budget.
+    #[error("rate_limited")]
+    RateLimited(RateLimited),
     #[error("missing_audience")]
     MissingAudience,
     #[error("bad_audience")]
@@ -85,7 +89,7 @@ impl Refusal {
             | Self::ShuttingDown
             | Self::SourceStopped
             | Self::Convert(_) => Code::Unavailable,
-            Self::TooManyStreams(_) => Code::ResourceExhausted,
+            Self::TooManyStreams(_) | Self::RateLimited(_) => Code::ResourceExhausted,
             Self::Unimplemented => Code::Unimplemented,
         }
     }
@@ -114,6 +118,7 @@ impl Refusal {
             Self::AgentNotAttested => IdentityError::AgentNotAttested.message(),
             Self::ServerRefused(why) => IdentityError::Refused(why.clone()).message(),
             Self::TooManyStreams(e) => e.message(),
+            Self::RateLimited(e) => e.message(),
             Self::MissingAudience => "audience is required".to_owned(),
             Self::BadAudience(why) => format!("bad audience: {why}"),
             Self::BadSpiffeId(why) => format!("spiffe_id is not a SPIFFE ID: {why}"),

@@ -44,6 +44,7 @@ use tonic::server::NamedService;
 use tonic::{Code, Request, Response, Status};
 
 use super::convert;
+use super::jwt_cache::{JwtCache, MintBudget};
 use super::limits::Limits;
 use super::metrics::WorkloadApiMetrics;
 use super::refusal::Refusal;
@@ -72,6 +73,10 @@ struct Shared {
     stopping: watch::Receiver<bool>,
     /// The stream responses of the current change, built once each.
     responses: SharedResponses,
+    /// FetchJWTSVID: minted tokens by (identity, audience set), and each caller's share of
+    /// the node's mint budget (see [`super::jwt_cache`]).
+    jwt_cache: JwtCache,
+    mint_budget: MintBudget,
 }
 
 impl WorkloadApiService {
@@ -89,6 +94,8 @@ impl WorkloadApiService {
                 metrics,
                 stopping,
                 responses: SharedResponses::new(),
+                jwt_cache: JwtCache::new(limits.jwt.cached_tokens),
+                mint_budget: MintBudget::new(limits.jwt.mints_per_second, limits.jwt.mint_burst),
             }),
         }
     }
@@ -178,6 +185,46 @@ impl AdmissionPolicy for WorkloadApiAdmission {
 }
 
 impl Shared {
+    /// JWT-SVIDs for `chosen` (entitlements `caller` holds) and `audience`: cached ones while
+    /// more than half their lifetime remains, the others minted by the server if the caller's
+    /// share of the node's mint budget allows all of them.
+    async fn jwt_svids(
+        &self,
+        caller: &Caller,
+        chosen: &[&Entitlement],
+        audience: &[String],
+    ) -> Result<Vec<String>, Refusal> {
+        let cached: Vec<Option<String>> = chosen
+            .iter()
+            .map(|e| self.jwt_cache.get(e, audience))
+            .collect();
+        let misses: Vec<&Entitlement> = chosen
+            .iter()
+            .zip(&cached)
+            .filter(|(_, t)| t.is_none())
+            .map(|(e, _)| *e)
+            .collect();
+        let key = caller.key();
+        self.mint_budget
+            .take(&key, u32::try_from(misses.len()).unwrap_or(u32::MAX))
+            .map_err(|e| {
+                tracing::info!(uid = key.uid, pod_uid = ?key.pod_uid, "JWT-SVID mints refused: caller over its share of the mint budget");
+                Refusal::RateLimited(e)
+            })?;
+        let identities = &self.identities;
+        let minted =
+            futures::future::try_join_all(misses.iter().map(|e| identities.jwt_svid(e, audience)))
+                .await?;
+        for (e, token) in misses.iter().zip(&minted) {
+            self.jwt_cache.insert(e, audience, token);
+        }
+        let mut minted = minted.into_iter();
+        Ok(cached
+            .into_iter()
+            .map(|t| t.or_else(|| minted.next()).unwrap_or_default())
+            .collect())
+    }
+
     /// The caller the admission layer attested for this call.
     fn caller<T>(&self, request: &Request<T>) -> Result<Caller, Refusal> {
         Caller::of(request)
@@ -419,13 +466,10 @@ impl SpiffeWorkloadApi for WorkloadApiService {
                     spiffe_id: body.spiffe_id.clone(),
                 });
             }
-            let identities = &self.shared.identities;
-            let tokens = futures::future::try_join_all(
-                chosen
-                    .iter()
-                    .map(|e| identities.jwt_svid(e, &body.audience)),
-            )
-            .await?;
+            let tokens = self
+                .shared
+                .jwt_svids(&caller, &chosen, &body.audience)
+                .await?;
             let svids = chosen
                 .iter()
                 .zip(tokens)
