@@ -161,6 +161,15 @@ impl Caller {
         addr: SocketAddr,
         expected: Arc<dyn Authorizer>,
     ) -> NodeIdentityClient<Channel> {
+        NodeIdentityClient::new(self.channel_expecting(addr, expected))
+    }
+
+    /// A channel to `addr` pinning the server's ID, for any of its services.
+    pub fn channel(&self, addr: SocketAddr) -> Channel {
+        self.channel_expecting(addr, Arc::new(ExactId(server_id(&td()))))
+    }
+
+    fn channel_expecting(&self, addr: SocketAddr, expected: Arc<dyn Authorizer>) -> Channel {
         let tls = Arc::new(client_config_optional_svid(
             self.store.clone(),
             expected,
@@ -177,10 +186,9 @@ impl Caller {
             }
         });
         // Lazy: a refused handshake then shows as the first call's status.
-        let channel = Endpoint::from_static("http://lanyard.invalid")
+        Endpoint::from_static("http://lanyard.invalid")
             .connect_timeout(DEADLINE)
-            .connect_with_connector_lazy(connector);
-        NodeIdentityClient::new(channel)
+            .connect_with_connector_lazy(connector)
     }
 
     /// Attests with `method`; on success installs the node SVID (and the bundle) in the store.
