@@ -1,4 +1,5 @@
-//! The real lanyard-server and lanyard-agent, in-process, against the wire-compatible
+//! `lanyard install` under RBAC (moved from lanyard-cli, which depends on no daemon crate):
+//! the real lanyard-server and lanyard-agent, in-process, against the wire-compatible
 //! Kubernetes API fixture loaded with exactly what `lanyard install` renders (namespace,
 //! ServiceAccounts, RBAC, generated CA Secret and bundle ConfigMap), the server started with
 //! the very argument list of its rendered Deployment (only the listen/health addresses and
@@ -17,7 +18,7 @@ use std::time::Duration;
 use clap::{Args, FromArgMatches};
 use hyper_util::rt::TokioIo;
 use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, PodSpec, PodStatus, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{ListParams, PostParams};
 use kube_fixture::{FixtureOptions, KubeFixture, TokenBinding};
@@ -26,6 +27,7 @@ use lanyard_cli::install::ca::GeneratedCa;
 use lanyard_cli::install::render::{agent_args, server_args};
 use lanyard_cli::install::{InstallOptions, Parts, render};
 use lanyard_cli::yaml::write_stream;
+use lanyard_e2e::cluster::pod;
 use lanyard_proto::identity::v1 as wire;
 use lanyard_proto::identity::v1::node_identity_client::NodeIdentityClient;
 use lanyard_svid::csr::KeyAndCsr;
@@ -49,26 +51,6 @@ struct Cluster {
     ca: GeneratedCa,
     agent_pod_uid: String,
     dir: tempfile::TempDir,
-}
-
-fn pod(ns: &str, name: &str, sa: &str, node: &str) -> Pod {
-    Pod {
-        metadata: ObjectMeta {
-            name: Some(name.into()),
-            namespace: Some(ns.into()),
-            ..Default::default()
-        },
-        spec: Some(PodSpec {
-            node_name: Some(node.into()),
-            service_account_name: Some(sa.into()),
-            containers: vec![],
-            ..Default::default()
-        }),
-        status: Some(PodStatus {
-            phase: Some("Running".into()),
-            ..Default::default()
-        }),
-    }
 }
 
 async fn cluster() -> Cluster {
@@ -109,10 +91,10 @@ async fn cluster() -> Cluster {
     assert_eq!(applied.skipped.len(), 3, "{:?}", applied.skipped);
     let store = fixture.store();
     let agent = store
-        .create(&pod(NS, "lanyard-agent-x", "lanyard-agent", "node-1"))
+        .create(&pod(NS, "lanyard-agent-x", "lanyard-agent", "node-1", None))
         .unwrap();
     store
-        .create(&pod("default", "web-1", "web", "node-1"))
+        .create(&pod("default", "web-1", "web", "node-1", None))
         .unwrap();
     Cluster {
         agent_pod_uid: agent.metadata.uid.unwrap(),
@@ -507,7 +489,7 @@ async fn what_they_do_not_need_is_refused() {
             default_pods
                 .create(
                     &PostParams::default(),
-                    &pod("default", "x", "web", "node-1")
+                    &pod("default", "x", "web", "node-1", None)
                 )
                 .await
         )
