@@ -264,3 +264,21 @@ fn options_reach_the_manifests() {
     assert!(text.contains("ident/lanyard-ca"));
     assert!(!text.contains("namespace: lanyard\n"));
 }
+
+/// The agent's socket (the client default, given to `--socket`), the hostPath directory the
+/// agent and the injected proxies mount, and the proxy's SPIFFE_ENDPOINT_SOCKET agree.
+#[test]
+fn the_socket_dir_holds_the_default_socket() {
+    use lanyard_client::endpoint::DEFAULT_SOCKET;
+    assert_eq!(
+        std::path::Path::new(DEFAULT_SOCKET).parent(),
+        Some(std::path::Path::new(lanyard_cli::install::SOCKET_DIR))
+    );
+    assert_eq!(
+        lanyard_cli::inject::SPIFFE_ENDPOINT_VALUE,
+        format!("unix://{DEFAULT_SOCKET}")
+    );
+    let args = lanyard_cli::install::render::agent_args(&InstallOptions::defaults());
+    let i = args.iter().position(|a| a == "--socket").unwrap();
+    assert_eq!(args[i + 1], DEFAULT_SOCKET);
+}

@@ -38,9 +38,9 @@ pub fn labels(component: &str) -> Value {
 pub const SERVER_GRPC_PORT: u16 = 8081;
 /// `/healthz`, `/readyz`, `/metrics` of the server and of the agent.
 pub const HEALTH_PORT: u16 = 9090;
-/// Where the agent serves the Workload API, on the node (a hostPath shared with pods).
+/// Where the agent serves the Workload API, on the node (a hostPath shared with pods): the
+/// directory of [`lanyard_client::endpoint::DEFAULT_SOCKET`], the socket itself.
 pub const SOCKET_DIR: &str = "/run/lanyard/sockets";
-pub const SOCKET_PATH: &str = "/run/lanyard/sockets/agent.sock";
 
 /// Why the options are refused.
 #[derive(Debug, thiserror::Error)]

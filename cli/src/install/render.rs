@@ -3,11 +3,12 @@
 //! flag given to a binary here is one of its real `run` flags (a test parses these argument
 //! lists with the binaries' own clap definitions).
 
+use lanyard_client::endpoint::DEFAULT_SOCKET;
 use serde_json::{Value, json};
 
 use super::{
     AGENT_NAME, AGENT_TOKEN_AUDIENCE, BUNDLE_CONFIGMAP_NAME, CA_SECRET_NAME, HEALTH_PORT,
-    InstallOptions, SERVER_GRPC_PORT, SERVER_NAME, SOCKET_DIR, SOCKET_PATH,
+    InstallOptions, SERVER_GRPC_PORT, SERVER_NAME, SOCKET_DIR,
 };
 use crate::install::{labels, rbac};
 use crate::yaml::Yaml;
@@ -112,7 +113,7 @@ pub fn agent_args(options: &InstallOptions) -> Vec<String> {
         "--k8s-token-path".into(),
         AGENT_TOKEN_PATH.into(),
         "--socket".into(),
-        SOCKET_PATH.into(),
+        DEFAULT_SOCKET.into(),
         "--data-dir".into(),
         DATA_DIR.into(),
         "--health".into(),
