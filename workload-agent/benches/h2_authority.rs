@@ -106,10 +106,7 @@ where
         loop {
             let (mut stream, _) = listener.accept().await.unwrap();
             let cred = PeerCred::from(stream.peer_cred().unwrap());
-            let info = PinnedPeer {
-                cred: Some(attestor.pin(cred).unwrap()),
-                pin_error: None,
-            };
+            let info = PinnedPeer::from_cred(Some(attestor.pin(cred).unwrap()));
             let tx = tx.clone();
             tokio::spawn(async move {
                 let mut preface = [0u8; 24];

@@ -301,6 +301,7 @@ async fn bench(dir: &Path, server: SocketAddr, nofile: u64) {
         },
         ConnectionLimits {
             max_connections: 20_000,
+            max_connections_per_uid: 20_000,
             ..ConnectionLimits::default()
         },
     );

@@ -7,26 +7,28 @@
 //! (namespace, service account, labels...) come from the server's pod feed, keyed by that pod
 //! UID, and are added by the caller.
 //!
-//! PID reuse. A PID names a process only while it lives, so the process start time (field 22
-//! of `/proc/<pid>/stat`) is read before and after the selectors are collected, and compared
-//! with the start time pinned at accept ([`WorkloadAttestor::pin`]) when there is one. A
-//! change or a vanished process refuses the attestation (`pid_reused`, `process_gone`): nothing
-//! read in between can then belong to another process. What remains open:
-//! - between the peer's `connect()` and the acceptor's [`WorkloadAttestor::pin`] (or, unpinned,
-//!   the first read here), the caller could exit and its PID be taken by another process; the
-//!   attacker then holds a socket that attests as the newcomer. Closing this needs a pidfd
-//!   taken by the kernel at connect time (`SO_PEERPIDFD`, Linux 6.5+), which tokio and tonic do
-//!   not expose; pinning at accept shrinks the window to microseconds, and without pinning it
-//!   is as long as the connection lives.
-//! - start times have clock-tick (10 ms) resolution, so a PID reused within one tick would
-//!   pass; that needs the whole PID space to wrap within 10 ms.
+//! PID reuse. A PID names a process only while it lives. A connection is pinned to the process
+//! that connected ([`WorkloadAttestor::pin_socket`], called at accept):
+//! - With `SO_PEERPIDFD` (Linux 6.5+, see [`pidfd`]) the kernel hands over a pidfd for the
+//!   process that called `connect()`, however late the agent accepts. Its fdinfo `Pid:` is
+//!   read before and *after* the selectors are collected from `/proc/<pid>`: while it still
+//!   shows the PID, that PID cannot have been given to another process, so everything read in
+//!   between was the connecting process's. An exited process refuses (`process_gone`). No PID
+//!   that can have been recycled is ever attested.
+//! - Without it (older kernels), the fallback: the process start time (field 22 of
+//!   `/proc/<pid>/stat`) pinned at accept and compared before and after the selectors are
+//!   collected (`pid_reused`, `process_gone`). The window between the peer's `connect()` and
+//!   the accept stays open there: the accept loop accepts at once, even when the connection
+//!   budget is full, to keep it short. Start times have clock-tick (10 ms) resolution.
 //!
-//! - `execve` keeps the PID and the start time, so a caller that execs while it is being
-//!   attested may get the path of one binary and the digest of the next; both are binaries it
-//!   chose to run, and selectors describe the process as it is, not as it connected.
-//!
-//! A pidfd opened here (`pidfd_open`) would add nothing: it can only be opened from the PID,
-//! after the same window, and the start-time comparison already detects a later reuse.
+//! Exec. `execve` keeps the PID (and the pidfd), so the binary is pinned too: its device,
+//! inode and path ([`process::BinaryId`]) at accept, compared before and after every
+//! attestation; a different binary refuses (`binary_changed`). This stops "connect, fork,
+//! exec the allowed binary in the parent, call from the child". It cannot stop a process that
+//! execs the allowed binary *before* the agent accepts (microseconds with a prompt accept), nor
+//! a same-uid attacker who ptraces or injects code into the allowed process: `unix:path` and
+//! `unix:sha256` prove what binary the connecting process ran when it connected, not what
+//! code runs in it (see docs/SECURITY.md).
 //!
 //! Blocking. One attestation reads five small `/proc` files, may hash a binary (the first
 //! time a version of it is seen; see [`digest`]) and asks NSS for names, which can mean a
@@ -37,6 +39,7 @@
 pub mod cgroup;
 pub mod digest;
 pub mod peer;
+pub mod pidfd;
 pub mod process;
 pub mod unix;
 
@@ -48,7 +51,8 @@ use lanyard_svid::selector::{SelectorError, SelectorSet};
 pub use cgroup::{CgroupError, PodContainer, parse_cgroup_file};
 pub use digest::DigestCache;
 pub use peer::PeerCred;
-pub use process::{ProcDir, ProcessError};
+pub use pidfd::{PeerPidfd, PeerPidfdResult};
+pub use process::{BinaryId, ProcDir, ProcessError};
 pub use unix::UnixError;
 
 /// Where procfs is mounted on a normal host.
@@ -76,6 +80,13 @@ pub enum AttestError {
     /// `/proc/<pid>` could not be read, or the process has exited.
     #[error("{}", .0.label())]
     Process(ProcessError),
+    /// The process runs another binary than when it connected (it called `execve`).
+    #[error("binary_changed")]
+    BinaryChanged {
+        pid: i32,
+        pinned: PathBuf,
+        now: PathBuf,
+    },
     /// The caller's binary could not be attested.
     #[error("{}", .0.label())]
     Unix(UnixError),
@@ -96,6 +107,7 @@ impl AttestError {
         match self {
             Self::NoPid => "no_pid",
             Self::PidReused { .. } => "pid_reused",
+            Self::BinaryChanged { .. } => "binary_changed",
             Self::Process(e) => e.label(),
             Self::Unix(e) => e.label(),
             Self::Cgroup(_, e) => e.label(),
@@ -117,6 +129,12 @@ impl AttestError {
             } => format!(
                 "PID {pid} now belongs to another process (start time {found}, expected \
                  {expected}); the caller exited"
+            ),
+            Self::BinaryChanged { pid, pinned, now } => format!(
+                "process {pid} runs {} but ran {} when it connected; a connection is attested \
+                 as the binary that opened it",
+                now.display(),
+                pinned.display()
             ),
             Self::Process(e) => e.to_string(),
             Self::Unix(e) => e.to_string(),
@@ -147,11 +165,29 @@ impl From<UnixError> for AttestError {
 #[derive(Clone)]
 pub struct WorkloadAttestor {
     inner: Arc<Inner>,
+    /// Ask sockets for `SO_PEERPIDFD` (off only to test the start-time fallback).
+    peer_pidfd: bool,
 }
 
 struct Inner {
     proc_root: PathBuf,
     digests: DigestCache,
+}
+
+/// A connection's caller as pinned at accept: its credentials (start time recorded), the
+/// binary it ran, and a pidfd for it when the kernel gave one.
+#[derive(Debug)]
+pub struct PinnedProcess {
+    pub cred: PeerCred,
+    pub binary: BinaryId,
+    pidfd: Option<PeerPidfd>,
+}
+
+impl PinnedProcess {
+    /// Whether the pin holds a pidfd (`SO_PEERPIDFD`), rather than the start time only.
+    pub fn has_pidfd(&self) -> bool {
+        self.pidfd.is_some()
+    }
 }
 
 impl Default for WorkloadAttestor {
@@ -168,6 +204,16 @@ impl WorkloadAttestor {
                 proc_root: proc_root.into(),
                 digests,
             }),
+            peer_pidfd: true,
+        }
+    }
+
+    /// This attestor, never asking for `SO_PEERPIDFD`: pins by start time only, as on a
+    /// kernel before 6.5 (to test the fallback).
+    pub fn without_peer_pidfd(self) -> Self {
+        Self {
+            peer_pidfd: false,
+            ..self
         }
     }
 
@@ -191,6 +237,83 @@ impl WorkloadAttestor {
         })
     }
 
+    /// Pins the process that connected `socket` (see the module docs): a pidfd from the
+    /// socket when the kernel has `SO_PEERPIDFD`, its start time and its binary. Reads two
+    /// small procfs entries; cheap enough to run inline at accept.
+    pub fn pin_socket(
+        &self,
+        socket: std::os::fd::BorrowedFd<'_>,
+        cred: PeerCred,
+    ) -> Result<PinnedProcess, AttestError> {
+        let pid = cred.pid.filter(|p| *p > 0).ok_or(AttestError::NoPid)?;
+        let pidfd = if self.peer_pidfd {
+            match PeerPidfd::of_socket(socket) {
+                Ok(PeerPidfdResult::Pidfd(pidfd)) => Some(pidfd),
+                Ok(PeerPidfdResult::Gone) => {
+                    return Err(ProcessError::Gone { pid }.into());
+                }
+                Ok(PeerPidfdResult::Unsupported) => None,
+                Err(e) => {
+                    tracing::debug!(error = %e, "SO_PEERPIDFD failed; pinning by start time");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let proc = ProcDir::new(&self.inner.proc_root, pid);
+        check_pidfd(pidfd.as_ref(), pid)?;
+        let start_time = proc.start_time()?;
+        let binary = proc.exe_id()?;
+        check_pidfd(pidfd.as_ref(), pid)?;
+        Ok(PinnedProcess {
+            cred: PeerCred {
+                start_time: Some(start_time),
+                ..cred
+            },
+            binary,
+            pidfd,
+        })
+    }
+
+    /// Attests a pinned caller (see [`WorkloadAttestor::pin_socket`]), on tokio's blocking
+    /// pool: refused unless it is still the process that connected, running the binary it
+    /// ran then.
+    pub async fn attest_pinned(
+        &self,
+        pinned: Arc<PinnedProcess>,
+    ) -> Result<Attested, AttestError> {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || this.attest_pinned_blocking(&pinned))
+            .await
+            .map_err(|e| AttestError::Internal(e.to_string()))?
+    }
+
+    /// [`WorkloadAttestor::attest_pinned`] on the current thread.
+    pub fn attest_pinned_blocking(&self, pinned: &PinnedProcess) -> Result<Attested, AttestError> {
+        let cred = &pinned.cred;
+        let pid = cred.pid.filter(|p| *p > 0).ok_or(AttestError::NoPid)?;
+        let proc = ProcDir::new(&self.inner.proc_root, pid);
+        let pidfd = pinned.pidfd.as_ref();
+
+        check_pidfd(pidfd, pid)?;
+        let before = proc.start_time()?;
+        if let Some(expected) = cred.start_time {
+            check_same_process(pid, expected, before)?;
+        }
+        check_same_binary(pid, &pinned.binary, &proc.exe_id()?)?;
+
+        let attested = self.collect(&proc, cred)?;
+
+        // Everything above was read while the process was this one only if it still is: the
+        // pidfd still names it (its PID cannot have been recycled), or at least the start
+        // time is unchanged; and it still runs the binary it connected with.
+        check_same_process(pid, before, proc.start_time()?)?;
+        check_same_binary(pid, &pinned.binary, &proc.exe_id()?)?;
+        check_pidfd(pidfd, pid)?;
+        Ok(attested)
+    }
+
     /// Attests a caller, on tokio's blocking pool.
     pub async fn attest(&self, cred: PeerCred) -> Result<Attested, AttestError> {
         let this = self.clone();
@@ -209,14 +332,22 @@ impl WorkloadAttestor {
             check_same_process(pid, expected, before)?;
         }
 
-        let mut selectors = unix::unix_selectors(&proc, cred.uid, cred.gid, &self.inner.digests)?;
+        let attested = self.collect(&proc, cred)?;
+
+        // Everything above was read while the process was this one only if it still is.
+        check_same_process(pid, before, proc.start_time()?)?;
+        Ok(attested)
+    }
+
+    /// Collects the selectors of the process behind `proc` (the caller checks it is the
+    /// right process before and after).
+    fn collect(&self, proc: &ProcDir, cred: &PeerCred) -> Result<Attested, AttestError> {
+        let pid = proc.pid();
+        let mut selectors = unix::unix_selectors(proc, cred.uid, cred.gid, &self.inner.digests)?;
         let pod = parse_cgroup_file(&proc.cgroup()?).map_err(|e| AttestError::Cgroup(pid, e))?;
         if let Some(pod) = &pod {
             selectors.extend(pod.selectors());
         }
-
-        // Everything above was read while the process was this one only if it still is.
-        check_same_process(pid, before, proc.start_time()?)?;
 
         let selectors = SelectorSet::try_from(selectors).map_err(AttestError::Selectors)?;
         tracing::debug!(
@@ -227,6 +358,36 @@ impl WorkloadAttestor {
             "attested caller"
         );
         Ok(Attested { selectors, pod })
+    }
+}
+
+/// The pidfd (when there is one) still names process `pid`: it has not exited, so its PID
+/// has not been recycled.
+fn check_pidfd(pidfd: Option<&PeerPidfd>, pid: i32) -> Result<(), AttestError> {
+    let Some(pidfd) = pidfd else {
+        return Ok(());
+    };
+    match pidfd.pid() {
+        Ok(Some(now)) if now == pid => Ok(()),
+        Ok(_) => Err(ProcessError::Gone { pid }.into()),
+        Err(e) => Err(ProcessError::Unreadable {
+            pid,
+            what: "pidfd fdinfo",
+            detail: e.to_string(),
+        }
+        .into()),
+    }
+}
+
+fn check_same_binary(pid: i32, pinned: &BinaryId, now: &BinaryId) -> Result<(), AttestError> {
+    if pinned == now {
+        Ok(())
+    } else {
+        Err(AttestError::BinaryChanged {
+            pid,
+            pinned: pinned.path.clone(),
+            now: now.path.clone(),
+        })
     }
 }
 

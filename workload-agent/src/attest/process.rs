@@ -117,6 +117,20 @@ impl ProcDir {
             .map_err(|e| ProcessError::from_io(self.pid, "exe", &e))
     }
 
+    /// What identifies the binary the process runs now: the executed file's device and inode
+    /// (through `exe`, which reaches the inode even if the path now names another file) and
+    /// its path. An `execve` changes it; nothing else does.
+    pub fn exe_id(&self) -> Result<BinaryId, ProcessError> {
+        use std::os::unix::fs::MetadataExt as _;
+        let meta = std::fs::metadata(self.dir.join("exe"))
+            .map_err(|e| ProcessError::from_io(self.pid, "exe", &e))?;
+        Ok(BinaryId {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            path: self.exe_path()?,
+        })
+    }
+
     /// Opens the binary the process actually runs. Opening `exe` reaches the inode the
     /// kernel executed even if its path now names another file.
     pub fn open_exe(&self) -> Result<File, ProcessError> {
@@ -139,6 +153,15 @@ impl ProcDir {
         }
         Ok(raw)
     }
+}
+
+/// The binary a process runs: device and inode of the executed file, and its path as
+/// `/proc/<pid>/exe` reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BinaryId {
+    pub dev: u64,
+    pub ino: u64,
+    pub path: PathBuf,
 }
 
 /// The fields of `/proc/<pid>/stat` we use.

@@ -1,16 +1,20 @@
-//! Accepting connections on the agent's socket: the caller pinned at accept, the HTTP/2
-//! preface within a timeout, the connection budget, and the `:authority` frame layer.
+//! Accepting connections on the agent's socket: the caller pinned at accept, the connection
+//! budget, the HTTP/2 preface within a timeout, the idle timeout, and the `:authority` frame
+//! layer.
 //!
-//! Each accepted connection gets its peer credentials read and, when the attestor can, the
-//! caller's process pinned (its start time recorded, see [`WorkloadAttestor::pin`]) at once,
-//! so a PID reused later on is caught by every attestation on that connection. The connection
-//! must then send the 24-byte HTTP/2 preface within [`ConnectionLimits::preface_timeout`];
-//! garbage or silence is closed there, before any HTTP/2 state is allocated, and without
-//! holding up other connections (each waits in its own task). The bytes read are replayed to
-//! the HTTP/2 server ([`Rewind`]), and every later read goes through [`AuthorityNormalizer`],
-//! so grpc-core clients' `:authority` reaches h2 valid. Open connections are bounded by
-//! [`ConnectionLimits::max_connections`]: past it, new ones wait in the kernel's listen
-//! backlog.
+//! The loop accepts at once, always: a connection must not wait in the kernel's backlog,
+//! where its caller could exit and its PID go to another process before the agent looks. Each
+//! accepted connection is checked against the [`ConnectionBudget`] (all callers, and the
+//! caller's uid's share); over budget, it is closed at once. Otherwise its caller is pinned
+//! ([`WorkloadAttestor::pin_socket`]: a pidfd from `SO_PEERPIDFD`, the start time, the binary),
+//! so every attestation on the connection refuses another process or another binary. The
+//! connection must then send the 24-byte HTTP/2 preface within
+//! [`ConnectionLimits::preface_timeout`]; garbage or silence is closed there, before any
+//! HTTP/2 state is allocated, and without holding up other connections (each waits in its own
+//! task). The bytes read are replayed to the HTTP/2 server ([`Rewind`]), and every later read
+//! goes through [`AuthorityNormalizer`], so grpc-core clients' `:authority` reaches h2 valid.
+//! A connection with no open stream for [`ConnectionLimits::idle_timeout`] is closed
+//! ([`super::idle`]).
 
 use std::io;
 use std::pin::Pin;
@@ -20,15 +24,17 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, ReadBuf};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::mpsc;
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::Connected;
 
 use lanyard_daemon::rewind::Rewind;
 
+use super::budget::{ConnectionBudget, ConnectionSlot};
+use super::idle::{ConnectionActivity, IdleTimer};
 use super::limits::ConnectionLimits;
-use crate::attest::{AttestError, PeerCred, WorkloadAttestor};
+use crate::attest::{AttestError, PeerCred, PinnedProcess, WorkloadAttestor};
 use crate::h2_authority::AuthorityNormalizer;
 
 /// The first bytes of every HTTP/2 connection (RFC 9113 section 3.4).
@@ -45,18 +51,37 @@ pub struct PinnedPeer {
     /// The kernel's credentials of the peer, with the start time pinned when that worked.
     /// `None`: the kernel would not say (attestation then refuses).
     pub cred: Option<PeerCred>,
+    /// The process that connected, pinned at accept (pidfd, start time, binary); calls are
+    /// attested against it. `None` with `cred` set: only the start time in `cred` is pinned.
+    pub pinned: Option<Arc<PinnedProcess>>,
     /// Why pinning failed at accept (e.g. the process already exited); every call on the
     /// connection is refused with it.
     pub pin_error: Option<Arc<AttestError>>,
+    /// The connection's open streams, counted by the admission layer for the idle timeout.
+    pub activity: Arc<ConnectionActivity>,
+}
+
+impl PinnedPeer {
+    /// A peer known by its credentials only (as pinned by [`WorkloadAttestor::pin`], if at
+    /// all), for servers built outside [`incoming`] (benchmarks, tests).
+    pub fn from_cred(cred: Option<PeerCred>) -> Self {
+        Self {
+            cred,
+            pinned: None,
+            pin_error: None,
+            activity: ConnectionActivity::new(),
+        }
+    }
 }
 
 /// An admitted connection: the stream (its preface replayed, reads through
-/// [`AuthorityNormalizer`]), its caller, and its slot in the connection budget (freed when the
-/// HTTP/2 server drops the connection).
+/// [`AuthorityNormalizer`]), its caller, its idle timer, and its slot in the connection budget
+/// (freed when the HTTP/2 server drops the connection).
 pub struct CallerConnection {
     stream: Rewind<AuthorityNormalizer<UnixStream>, &'static [u8]>,
     info: PinnedPeer,
-    _permit: OwnedSemaphorePermit,
+    idle: IdleTimer,
+    _slot: ConnectionSlot,
 }
 
 impl Connected for CallerConnection {
@@ -73,7 +98,18 @@ impl AsyncRead for CallerConnection {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_read(cx, buf)
+        match Pin::new(&mut self.stream).poll_read(cx, buf) {
+            Poll::Ready(read) => Poll::Ready(read),
+            // Idle for the timeout: end of file, and the HTTP/2 server closes the connection.
+            Poll::Pending if self.idle.poll_expired(cx) => {
+                tracing::debug!(
+                    uid = self.info.cred.map(|c| c.uid),
+                    "closed an idle agent socket connection"
+                );
+                Poll::Ready(Ok(()))
+            }
+            Poll::Pending => Poll::Pending,
+        }
     }
 }
 
@@ -107,41 +143,46 @@ impl AsyncWrite for CallerConnection {
     }
 }
 
-/// Accepts connections on `listener` (see the module docs), for tonic's `serve_with_incoming`. The accept loop runs in its own task and stops when the returned
+/// Accepts connections on `listener` (see the module docs), for tonic's
+/// `serve_with_incoming`. The accept loop runs in its own task and stops when the returned
 /// stream is dropped.
 pub fn incoming(
     listener: UnixListener,
     attestor: Arc<WorkloadAttestor>,
     limits: &ConnectionLimits,
 ) -> impl Stream<Item = io::Result<CallerConnection>> + Send + 'static {
+    incoming_with_budget(listener, attestor, limits).0
+}
+
+/// [`incoming`], and the connection budget it counts in (to watch it).
+pub fn incoming_with_budget(
+    listener: UnixListener,
+    attestor: Arc<WorkloadAttestor>,
+    limits: &ConnectionLimits,
+) -> (
+    impl Stream<Item = io::Result<CallerConnection>> + Send + 'static,
+    Arc<ConnectionBudget>,
+) {
     let (admitted, rx) = mpsc::channel(ADMITTED_QUEUE);
-    let budget = Arc::new(Semaphore::new(limits.max_connections.max(1)));
-    let preface_timeout = limits.preface_timeout;
+    let budget = ConnectionBudget::new(limits.max_connections, limits.max_connections_per_uid);
     tokio::spawn(accept_loop(
         listener,
         attestor,
-        budget,
-        preface_timeout,
+        budget.clone(),
+        limits.clone(),
         admitted,
     ));
-    ReceiverStream::new(rx)
+    (ReceiverStream::new(rx), budget)
 }
 
 async fn accept_loop(
     listener: UnixListener,
     attestor: Arc<WorkloadAttestor>,
-    budget: Arc<Semaphore>,
-    preface_timeout: Duration,
+    budget: Arc<ConnectionBudget>,
+    limits: ConnectionLimits,
     admitted: mpsc::Sender<io::Result<CallerConnection>>,
 ) {
     loop {
-        let permit = tokio::select! {
-            _ = admitted.closed() => return,
-            permit = budget.clone().acquire_owned() => match permit {
-                Ok(permit) => permit,
-                Err(_) => return,
-            },
-        };
         let stream = tokio::select! {
             _ = admitted.closed() => return,
             accepted = listener.accept() => match accepted {
@@ -153,16 +194,31 @@ async fn accept_loop(
                 }
             },
         };
-        // Pinning reads one small procfs file: cheap, and it must happen as early as possible.
-        let info = pin_peer(&stream, &attestor);
+        let cred = stream.peer_cred().ok().map(PeerCred::from);
+        let slot = match budget.try_admit(cred.map(|c| c.uid)) {
+            Ok(slot) => slot,
+            Err(why) => {
+                // Closed at once: the client sees its connection end and retries later.
+                tracing::debug!(
+                    reason = %why,
+                    uid = cred.map(|c| c.uid),
+                    "closed an agent socket connection over budget"
+                );
+                continue;
+            }
+        };
+        // Pinning reads two small procfs entries: cheap, and it must happen at once.
+        let info = pin_peer(&stream, cred, &attestor);
         let admitted = admitted.clone();
+        let (preface_timeout, idle_timeout) = (limits.preface_timeout, limits.idle_timeout);
         tokio::spawn(async move {
             match read_preface(stream, preface_timeout).await {
                 Ok(stream) => {
                     let connection = CallerConnection {
                         stream: Rewind::new(&HTTP2_PREFACE[..], AuthorityNormalizer::new(stream)),
+                        idle: IdleTimer::new(info.activity.clone(), idle_timeout),
                         info,
-                        _permit: permit,
+                        _slot: slot,
                     };
                     // Fails only when the server has stopped; the connection is then dropped.
                     let _ = admitted.send(Ok(connection)).await;
@@ -179,22 +235,25 @@ async fn accept_loop(
     }
 }
 
-fn pin_peer(stream: &UnixStream, attestor: &WorkloadAttestor) -> PinnedPeer {
-    let Ok(cred) = stream.peer_cred() else {
-        return PinnedPeer {
-            cred: None,
-            pin_error: None,
-        };
+fn pin_peer(
+    stream: &UnixStream,
+    cred: Option<PeerCred>,
+    attestor: &WorkloadAttestor,
+) -> PinnedPeer {
+    use std::os::fd::AsFd as _;
+    let Some(cred) = cred else {
+        return PinnedPeer::from_cred(None);
     };
-    let cred = PeerCred::from(cred);
-    match attestor.pin(cred) {
+    match attestor.pin_socket(stream.as_fd(), cred) {
         Ok(pinned) => PinnedPeer {
-            cred: Some(pinned),
-            pin_error: None,
+            cred: Some(pinned.cred),
+            pinned: Some(Arc::new(pinned)),
+            ..PinnedPeer::from_cred(None)
         },
         Err(e) => PinnedPeer {
             cred: Some(cred),
             pin_error: Some(Arc::new(e)),
+            ..PinnedPeer::from_cred(None)
         },
     }
 }
@@ -252,6 +311,12 @@ mod tests {
         assert_eq!(cred.pid, Some(std::process::id() as i32));
         assert!(cred.start_time.is_some(), "the caller is pinned at accept");
         assert!(conn.info.pin_error.is_none());
+        let pinned = conn.info.pinned.clone().expect("pinned");
+        assert!(pinned.has_pidfd(), "this kernel has SO_PEERPIDFD");
+        assert_eq!(
+            pinned.binary.path,
+            std::fs::read_link("/proc/self/exe").unwrap()
+        );
 
         let mut got = vec![0u8; HTTP2_PREFACE.len() + settings.len()];
         conn.read_exact(&mut got).await.unwrap();

@@ -10,6 +10,15 @@
 //! 3. the attested [`Caller`] is put in the request's extensions, where the service reads it
 //!    ([`Caller::of`]). Services never read peer credentials themselves.
 //!
+//! Every call (to any path) also counts as an open stream of its connection from the moment
+//! it reaches this layer until its response body is dropped ([`super::idle`]).
+//!
+//! Request bodies. A refused call is answered without polling its body; h2 holds what the
+//! client sent of it within the stream and connection receive windows
+//! ([`super::ConnectionLimits::stream_window_bytes`], `connection_window_bytes`, 64 KiB each)
+//! and frees it when the request is dropped. Nothing here or below decodes a body before the
+//! call is admitted.
+//!
 //! How a refusal is answered (its gRPC code, message, trailers and metrics) is the service's
 //! own: each mounted service describes itself with an [`AdmissionPolicy`]. Calls to a service
 //! or method nobody mounted pass through untouched (tonic answers `Unimplemented`), so an
@@ -20,6 +29,7 @@ use std::task::{Context, Poll};
 
 use futures::future::BoxFuture;
 use http::HeaderMap;
+use http_body_util::BodyExt as _;
 use lanyard_proto::WORKLOAD_API_HEADER;
 use tonic::Status;
 use tonic::body::Body;
@@ -27,7 +37,7 @@ use tower::{Layer, Service};
 
 use super::accept::PinnedPeer;
 use super::caller::Caller;
-use crate::attest::{AttestError, PeerCred, WorkloadAttestor};
+use crate::attest::{AttestError, PeerCred, PinnedProcess, WorkloadAttestor};
 
 /// Why the admission layer refused a call. Each service turns it into its own refusal.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -110,8 +120,14 @@ where
         // The clone is not known to be ready; the one polled ready goes with this call.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
+        // The stream is open (for the idle timeout) until its response body is dropped.
+        let open = request
+            .extensions()
+            .get::<PinnedPeer>()
+            .map(|peer| peer.activity.stream_opened());
         let Some((policy, method)) = self.policy_of(request.uri().path()) else {
-            return Box::pin(inner.call(request));
+            let call = inner.call(request);
+            return Box::pin(async move { Ok(counted(call.await?, open)) });
         };
         // What the checks need is taken out first: the request body is not `Sync`, so the
         // request itself cannot be borrowed across the attestation's await.
@@ -119,7 +135,7 @@ where
         let attestor = self.layer.attestor.clone();
         Box::pin(async move {
             let admitted = match checked {
-                Ok(Some(cred)) => attest(&attestor, cred).await.map(Some),
+                Ok(Some(peer)) => attest(&attestor, peer).await.map(Some),
                 Ok(None) => Ok(None),
                 Err(refusal) => Err(refusal),
             };
@@ -128,11 +144,38 @@ where
                     request.extensions_mut().insert(caller);
                 }
                 Ok(None) => {}
-                Err(refusal) => return Ok(policy.refuse(method, refusal).into_http()),
+                Err(refusal) => {
+                    // The request (and whatever h2 holds of its body) is dropped unread here.
+                    return Ok(counted(policy.refuse(method, refusal).into_http(), open));
+                }
             }
-            inner.call(request).await
+            Ok(counted(inner.call(request).await?, open))
         })
     }
+}
+
+/// `response`, holding `open` (the stream's count on its connection) until its body is
+/// dropped: the end of the call, or of the stream for a streaming one.
+fn counted(
+    response: http::Response<Body>,
+    open: Option<super::idle::OpenStream>,
+) -> http::Response<Body> {
+    let Some(open) = open else {
+        return response;
+    };
+    response.map(|body| {
+        Body::new(body.map_frame(move |frame| {
+            let _held = &open;
+            frame
+        }))
+    })
+}
+
+/// Whom the admission layer attests: the process pinned at accept, or (outside the socket's
+/// accept loop) credentials with a start time at most.
+enum ToAttest {
+    Pinned(Arc<PinnedProcess>),
+    Cred(PeerCred),
 }
 
 impl<S> Admission<S> {
@@ -147,13 +190,13 @@ impl<S> Admission<S> {
     }
 }
 
-/// The header check, then the pinned credentials to attest; `None` for a method that needs
-/// no attested caller.
+/// The header check, then the pinned caller to attest; `None` for a method that needs no
+/// attested caller.
 fn check(
     policy: &dyn AdmissionPolicy,
     method: &'static str,
     request: &http::Request<Body>,
-) -> Result<Option<PeerCred>, AdmissionRefusal> {
+) -> Result<Option<ToAttest>, AdmissionRefusal> {
     if policy.requires_header() {
         check_header(request.headers())?;
     }
@@ -167,17 +210,21 @@ fn check(
     if let Some(e) = &peer.pin_error {
         return Err(AdmissionRefusal::Attestation(e.clone()));
     }
+    if let Some(pinned) = &peer.pinned {
+        return Ok(Some(ToAttest::Pinned(pinned.clone())));
+    }
     peer.cred
-        .map(Some)
+        .map(|cred| Some(ToAttest::Cred(cred)))
         .ok_or(AdmissionRefusal::NoPeerCredentials)
 }
 
-/// Attests the caller behind `cred`, once for this call.
-async fn attest(attestor: &WorkloadAttestor, cred: PeerCred) -> Result<Caller, AdmissionRefusal> {
-    let attested = attestor
-        .attest(cred)
-        .await
-        .map_err(|e| AdmissionRefusal::Attestation(Arc::new(e)))?;
+/// Attests the caller, once for this call.
+async fn attest(attestor: &WorkloadAttestor, peer: ToAttest) -> Result<Caller, AdmissionRefusal> {
+    let (cred, attested) = match peer {
+        ToAttest::Pinned(pinned) => (pinned.cred, attestor.attest_pinned(pinned).await),
+        ToAttest::Cred(cred) => (cred, attestor.attest(cred).await),
+    };
+    let attested = attested.map_err(|e| AdmissionRefusal::Attestation(Arc::new(e)))?;
     Ok(Caller { cred, attested })
 }
 
@@ -297,10 +344,7 @@ mod tests {
         let cred = WorkloadAttestor::default()
             .pin(PeerCred::new(Some(pid), uid, gid))
             .unwrap();
-        PinnedPeer {
-            cred: Some(cred),
-            pin_error: None,
-        }
+        PinnedPeer::from_cred(Some(cred))
     }
 
     #[tokio::test]
@@ -314,8 +358,8 @@ mod tests {
         assert_eq!(reached, 0);
 
         let gone = PinnedPeer {
-            cred: None,
             pin_error: Some(Arc::new(AttestError::NoPid)),
+            ..PinnedPeer::from_cred(None)
         };
         let (response, reached, _) = call("/Svc/Call", true, Some(gone)).await;
         assert_eq!(grpc_status(&response), Some("14"));

@@ -13,9 +13,25 @@ use tonic::transport::Server;
 /// agent.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConnectionLimits {
-    /// Open connections on the socket, all callers together; beyond it, new connections wait
-    /// in the kernel's backlog until one closes.
+    /// Open connections on the socket, all callers together; beyond it, a new connection is
+    /// accepted and closed at once (never left waiting, unpinned, in the kernel's backlog).
     pub max_connections: usize,
+    /// Open connections of one uid: a quarter of [`ConnectionLimits::max_connections`], so one
+    /// local user (or every pod running as one uid) cannot take the socket from the others;
+    /// three more uids would have to join in to fill it, and idle ones are closed after
+    /// [`ConnectionLimits::idle_timeout`].
+    pub max_connections_per_uid: usize,
+    /// A connection with no open stream for this long is closed (keepalive pings do not
+    /// count). Long enough for a client calling every 30 s to keep its connection; a watch
+    /// (FetchX509SVID) is an open stream and keeps it forever.
+    pub idle_timeout: Duration,
+    /// HTTP/2 receive window of one stream, and of one connection (all its streams): what a
+    /// client may send before the agent reads it. Request bodies wait in these windows while
+    /// the header check and attestation run, so they bound what an unadmitted connection can
+    /// make the agent buffer. The largest legitimate request (a JWT to validate, at most
+    /// [`crate::workload_api::Limits::max_request_bytes`]) still passes, paced by flow control.
+    pub stream_window_bytes: u32,
+    pub connection_window_bytes: u32,
     /// HTTP/2 concurrent streams per connection.
     pub max_concurrent_streams_per_connection: u32,
     /// HTTP/2 header list size (all request headers of one call, decoded).
@@ -33,6 +49,10 @@ impl Default for ConnectionLimits {
     fn default() -> Self {
         Self {
             max_connections: 4096,
+            max_connections_per_uid: 1024,
+            idle_timeout: Duration::from_secs(60),
+            stream_window_bytes: 64 * 1024,
+            connection_window_bytes: 64 * 1024,
             max_concurrent_streams_per_connection: 64,
             max_header_list_bytes: 16 * 1024,
             preface_timeout: Duration::from_secs(10),
@@ -43,9 +63,12 @@ impl Default for ConnectionLimits {
 }
 
 /// A tonic server builder with the HTTP/2 bounds of `limits` (header list size, concurrent
-/// streams per connection, keepalive to find dead peers).
+/// streams per connection, receive windows, keepalive to find dead peers).
 pub fn server_builder(limits: &ConnectionLimits) -> Server {
     Server::builder()
+        .initial_stream_window_size(limits.stream_window_bytes)
+        .initial_connection_window_size(limits.connection_window_bytes)
+        .http2_adaptive_window(Some(false))
         .http2_max_header_list_size(limits.max_header_list_bytes)
         .max_concurrent_streams(limits.max_concurrent_streams_per_connection)
         .http2_keepalive_interval(Some(limits.keepalive_interval))

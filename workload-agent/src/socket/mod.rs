@@ -4,8 +4,10 @@
 //!
 //! - [`bind`](mod@bind): binding (0755 parent, stale socket replaced, 0777 socket) and
 //!   removal when the server stops.
-//! - [`accept`]: the accept loop: caller pinned at accept, HTTP/2 preface within a timeout,
-//!   connection budget, the [`h2_authority`](crate::h2_authority) frame layer on every read.
+//! - [`accept`]: the accept loop: accept at once, connection budget, caller pinned at accept
+//!   (pidfd, start time, binary), HTTP/2 preface within a timeout, idle timeout, the [`h2_authority`](crate::h2_authority) frame layer on every read.
+//! - [`budget`]: open connections, all callers and per uid, checked at accept.
+//! - [`idle`]: connections with no open stream closed after a timeout.
 //! - [`limits`]: the connection-level bounds ([`ConnectionLimits`]) and the HTTP/2 server
 //!   built from them.
 //! - [`admission`]: the one admission layer: the `workload.spiffe.io` header check for the
@@ -16,12 +18,15 @@
 pub mod accept;
 pub mod admission;
 pub mod bind;
+pub mod budget;
 pub mod caller;
+pub mod idle;
 pub mod limits;
 pub mod serve;
 
 pub use admission::{AdmissionPolicy, AdmissionRefusal};
 pub use bind::{SocketError, bind};
+pub use budget::{ConnectionBudget, OverBudget};
 pub use caller::{Caller, CallerKey, StreamLimiter, StreamSlot, TooManyStreams};
 pub use limits::{ConnectionLimits, server_builder};
 pub use serve::{LISTENER_ROLE, ServeError, Services, listener_line, serve};

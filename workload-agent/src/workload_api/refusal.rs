@@ -173,7 +173,10 @@ impl From<AdmissionRefusal> for Refusal {
 fn attestation_refusal(e: &AttestError) -> Refusal {
     // A different process behind the PID, or a cgroup claiming a pod it cannot prove, is a
     // denial; anything else (gone, unreadable) is a temporary failure the client may retry.
-    let denied = matches!(e, AttestError::PidReused { .. } | AttestError::Cgroup(..));
+    let denied = matches!(
+        e,
+        AttestError::PidReused { .. } | AttestError::BinaryChanged { .. } | AttestError::Cgroup(..)
+    );
     Refusal::Attestation {
         label: e.label(),
         message: e.message(),
