@@ -193,7 +193,22 @@ where
     }
 }
 
-/// Counts per source address, bounded by `limit` each.
+/// The "source" a peer counts against: its IPv4 address, or its IPv6 /64 (one host usually
+/// holds a whole /64, so per-address bounds would not bound it).
+fn source_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let prefix = u128::from(v6) & !((1u128 << 64) - 1);
+                IpAddr::V6(prefix.into())
+            }
+        },
+        v4 => v4,
+    }
+}
+
+/// Counts per source (see [`source_key`]), bounded by `limit` each.
 struct PerSource {
     limit: usize,
     counts: Mutex<HashMap<IpAddr, usize>>,
@@ -213,6 +228,7 @@ impl PerSource {
     }
 
     fn try_take(self: &Arc<Self>, ip: IpAddr) -> Option<SourceSlot> {
+        let ip = source_key(ip);
         let mut counts = self.counts.lock().expect("per-source lock");
         let count = counts.entry(ip).or_insert(0);
         if *count >= self.limit {
@@ -325,9 +341,13 @@ async fn connection_task(
     mut stop: watch::Receiver<bool>,
 ) {
     let limits = &shared.limits;
-    let tls = match tokio::time::timeout(limits.handshake_timeout, shared.acceptor.accept(tcp))
-        .await
-    {
+    let accept = tokio::time::timeout(limits.handshake_timeout, shared.acceptor.accept(tcp));
+    let accepted = tokio::select! {
+        result = accept => result,
+        // Shutting down: a half-done handshake is not worth waiting for.
+        _ = stop.wait_for(|stop| *stop) => return,
+    };
+    let tls = match accepted {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
             let reason = lanyard_svid::tls::refusal_from_io(&e).map_or("tls_error", |r| r.label());
@@ -581,5 +601,11 @@ mod tests {
         assert!(ps.try_take(other).is_some());
         drop(a);
         assert!(ps.try_take(ip).is_some());
+        // IPv6: one /64 is one source.
+        let v6 = |s: &str| s.parse::<IpAddr>().unwrap();
+        let _c = ps.try_take(v6("2001:db8::1")).unwrap();
+        let _d = ps.try_take(v6("2001:db8::ffff:1")).unwrap();
+        assert!(ps.try_take(v6("2001:db8::2")).is_none());
+        assert!(ps.try_take(v6("2001:db8:0:1::1")).is_some());
     }
 }
