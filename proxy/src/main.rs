@@ -58,6 +58,6 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
 }
 
 async fn tap(admin: SocketAddr) -> anyhow::Result<()> {
-    lanyard_proxy::tap::follow(admin, &mut tokio::io::stdout()).await?;
+    lanyard_client::tap::follow(admin, &mut tokio::io::stdout()).await?;
     Ok(())
 }

@@ -185,9 +185,6 @@ pub async fn serve_tap(listener: TcpListener, tap: Tap) {
     }
 }
 
-/// The tap's client side (`lanyard-proxy tap`, `lanyard tap`) lives in lanyard-client.
-pub use lanyard_client::tap::follow;
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -12,10 +12,11 @@
 //!   `endpoint IP:PORT meshed ID` or `endpoint IP:PORT not_meshed` line per ready endpoint.
 //!
 //! The socket: `--socket`, else `LANYARD_SOCKET`, else `SPIFFE_ENDPOINT_SOCKET`, else
-//! [`DEFAULT_SOCKET`]; an absolute path or a `unix:` URI (`unix:///abs/path`, `unix:/abs/path`),
-//! by [`lanyard_client::endpoint`]'s rules. This module is the command line and its printing;
-//! the calls, the socket channel and the file writing are [`lanyard_client`]'s. Discovery, like
-//! the proxy, answers only callers that hold an identity.
+//! [`lanyard_client::endpoint::DEFAULT_SOCKET`]; an absolute path or a `unix:` URI
+//! (`unix:///abs/path`, `unix:/abs/path`), by [`lanyard_client::endpoint`]'s rules. This
+//! module is the command line and its printing; the calls, the socket channel and the file
+//! writing are [`lanyard_client`]'s. Discovery, like the proxy, answers only callers that
+//! hold an identity.
 
 use std::io::Write as _;
 use std::net::SocketAddr;
@@ -24,16 +25,15 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::{Context as _, bail};
 use lanyard_client::discovery::Discovery;
+use lanyard_client::endpoint::socket_path;
 use lanyard_client::fetch::WorkloadClient;
 use lanyard_client::files::write_svid_files;
 use lanyard_proto::discovery::v1 as discovery;
 use lanyard_svid::pem::encode_certificates;
 
-/// The channel, request, endpoint and JSON helpers, from lanyard-client (kept here for the
-/// agent's tests and benches that reach them through this module).
+/// The channel and request helpers, from lanyard-client: kept here only for
+/// `benches/workload_api.rs`, which still reaches them through this module.
 pub use lanyard_client::channel::{connect, request};
-pub use lanyard_client::endpoint::{DEFAULT_SOCKET, parse as parse_socket, socket_path};
-pub use lanyard_client::struct_json::struct_to_json;
 
 /// Where the socket is and how long to wait for answers.
 #[derive(Debug, Clone, clap::Args)]

@@ -230,6 +230,7 @@ fn recorded_grpc_core_stream() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn recorded_tonic_stream_passes_byte_for_byte() {
+    use lanyard_client::channel::{connect, request};
     use lanyard_proto::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient;
     use lanyard_proto::workload::{JwtsvidRequest, X509BundlesRequest, X509svidRequest};
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -258,24 +259,21 @@ async fn recorded_tonic_stream_passes_byte_for_byte() {
             }
         }
     });
-    let channel = lanyard_agent::api_cli::connect(&path).await.unwrap();
+    let channel = connect(&path).await.unwrap();
     let timeout = std::time::Duration::from_secs(5);
     let calls = tokio::spawn(async move {
         let client = SpiffeWorkloadApiClient::new(channel);
         let (mut a, mut b, mut c) = (client.clone(), client.clone(), client);
         let _ = tokio::join!(
-            a.fetch_x509svid(lanyard_agent::api_cli::request(X509svidRequest {}, timeout)),
-            b.fetch_jwtsvid(lanyard_agent::api_cli::request(
+            a.fetch_x509svid(request(X509svidRequest {}, timeout)),
+            b.fetch_jwtsvid(request(
                 JwtsvidRequest {
                     audience: vec!["a".into()],
                     spiffe_id: String::new(),
                 },
                 timeout
             )),
-            c.fetch_x509_bundles(lanyard_agent::api_cli::request(
-                X509BundlesRequest {},
-                timeout
-            )),
+            c.fetch_x509_bundles(request(X509BundlesRequest {}, timeout)),
         );
     });
     let recorded = tokio::time::timeout(std::time::Duration::from_secs(20), recorder)

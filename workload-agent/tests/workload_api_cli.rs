@@ -7,6 +7,7 @@ use std::os::unix::fs::PermissionsExt as _;
 use clap::Parser as _;
 use lanyard_agent::api_cli::{self, ApiCommand};
 use lanyard_agent::workload_api::Limits;
+use lanyard_client::endpoint::{DEFAULT_SOCKET, socket_path};
 use lanyard_svid::bundle::certificates_from_pem;
 use workload_api_support::*;
 
@@ -145,18 +146,18 @@ async fn no_identity_and_no_agent_are_clear_errors() {
 fn socket_from_the_environment() {
     // `--socket` wins; then LANYARD_SOCKET (clap's env); then SPIFFE_ENDPOINT_SOCKET.
     assert_eq!(
-        api_cli::socket_path(Some("unix:///x/y.sock")).unwrap(),
+        socket_path(Some("unix:///x/y.sock")).unwrap(),
         std::path::PathBuf::from("/x/y.sock")
     );
     // SAFETY: this test binary's other tests do not read these variables.
     unsafe { std::env::set_var("SPIFFE_ENDPOINT_SOCKET", "unix:///from/env.sock") };
     assert_eq!(
-        api_cli::socket_path(None).unwrap(),
+        socket_path(None).unwrap(),
         std::path::PathBuf::from("/from/env.sock")
     );
     unsafe { std::env::remove_var("SPIFFE_ENDPOINT_SOCKET") };
     assert_eq!(
-        api_cli::socket_path(None).unwrap(),
-        std::path::PathBuf::from(api_cli::DEFAULT_SOCKET)
+        socket_path(None).unwrap(),
+        std::path::PathBuf::from(DEFAULT_SOCKET)
     );
 }

@@ -16,7 +16,7 @@ use std::path::Path;
 use std::time::{Duration, Instant, SystemTime};
 
 use futures::StreamExt;
-use lanyard_agent::api_cli;
+use lanyard_client::channel::{connect, request};
 use lanyard_e2e::DEADLINE;
 use lanyard_e2e::client::{RunAs, api, api_until};
 use lanyard_e2e::stack::{Agent, Server, TRUST_DOMAIN};
@@ -96,14 +96,14 @@ async fn retrying<T, E: std::fmt::Debug, F: std::future::Future<Output = Result<
 }
 
 async fn raw_client(socket: &Path) -> SpiffeWorkloadApiClient<Channel> {
-    let channel = within("connect", api_cli::connect(socket))
+    let channel = within("connect", connect(socket))
         .await
         .expect("connect to the agent's socket");
     SpiffeWorkloadApiClient::new(channel)
 }
 
 fn with_header<T>(message: T) -> tonic::Request<T> {
-    api_cli::request(message, DEADLINE)
+    request(message, DEADLINE)
 }
 
 /// Opens a FetchX509Bundles stream and reads its first message.

@@ -343,7 +343,7 @@ impl Agent {
 }
 
 pub async fn client_at(socket: &Path) -> SpiffeWorkloadApiClient<Channel> {
-    let channel = within("connect", lanyard_agent::api_cli::connect(socket))
+    let channel = within("connect", lanyard_client::channel::connect(socket))
         .await
         .unwrap();
     SpiffeWorkloadApiClient::new(channel)
@@ -351,7 +351,7 @@ pub async fn client_at(socket: &Path) -> SpiffeWorkloadApiClient<Channel> {
 
 /// A request carrying the Workload API header.
 pub fn req<T>(message: T) -> tonic::Request<T> {
-    lanyard_agent::api_cli::request(message, DEADLINE)
+    lanyard_client::channel::request(message, DEADLINE)
 }
 
 /// The unix uid selector of this test process.
