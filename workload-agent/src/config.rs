@@ -14,8 +14,8 @@ use zeroize::Zeroizing;
 
 use crate::node_svid::AttestMethod;
 
-/// Where the Workload API socket goes unless told otherwise.
-pub const DEFAULT_SOCKET: &str = "/run/lanyard/sockets/agent.sock";
+// Where the Workload API socket goes unless told otherwise: where clients look by default.
+use lanyard_client::endpoint::DEFAULT_SOCKET;
 
 /// Why a configuration is refused: the agent has no reasons beyond those all daemons share.
 pub type ConfigError = OptionError;
