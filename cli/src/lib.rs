@@ -3,6 +3,8 @@
 //! Lanyard, `lanyard tap` follows a proxy's connections. The binary (`src/main.rs`) is a thin
 //! clap layer over these modules, so tests drive the same code.
 
+#![forbid(unsafe_code)]
+
 pub mod check;
 pub mod images;
 pub mod inject;

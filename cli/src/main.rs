@@ -1,5 +1,7 @@
 //! `lanyard`: install Lanyard into a cluster and mesh workloads.
 
+#![forbid(unsafe_code)]
+
 use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -10,6 +10,8 @@
 //!   symlink), secrets with mode 0600, in directories only we can enter.
 //! - [`rewind`]: a stream that replays the bytes a listener read before choosing its server.
 
+#![forbid(unsafe_code)]
+
 pub mod config_file;
 pub mod config_merge;
 pub mod private_file;

@@ -1,5 +1,7 @@
 //! `lanyard-server`: the Lanyard certificate authority.
 
+#![forbid(unsafe_code)]
+
 use std::path::PathBuf;
 
 use anyhow::Context;

@@ -320,6 +320,7 @@ async fn out_of_descriptors_the_accept_loop_backs_off_and_recovers() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     let elapsed = window.elapsed().as_secs_f64();
     let ticks = cpu_ticks(pid) - ticks_before;
+    // SAFETY: sysconf reads a constant; no memory is passed.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
     let cpu_share = ticks as f64 / hz / elapsed;
     let logged = log_lines(&server.process.stderr_text()) - logged_before;

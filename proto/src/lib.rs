@@ -9,6 +9,8 @@
 //!   shared by `lanyard inject` and the server that reads pods.
 //! - [`convert`]: wire messages to and from `lanyard-svid` domain types.
 
+#![forbid(unsafe_code)]
+
 pub mod convert;
 pub mod inject;
 

@@ -1,5 +1,7 @@
 //! `lanyard-proxy`: the Lanyard sidecar proxy (per-connection mTLS or plaintext).
 
+#![forbid(unsafe_code)]
+
 use std::net::SocketAddr;
 
 use clap::{Parser, Subcommand};

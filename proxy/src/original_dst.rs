@@ -53,6 +53,8 @@ fn query(stream: &TcpStream, ipv6: bool) -> Result<SocketAddr, OriginalDstError>
         // `len` bytes into it and `len` is its size.
         let mut addr: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
         let mut len = std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t;
+        // SAFETY: `fd` is this stream's open socket; `addr` and `len` are live locals and
+        // `len` is `addr`'s size, so the kernel writes only inside `addr`.
         let rc = unsafe {
             libc::getsockopt(
                 fd,
@@ -75,6 +77,7 @@ fn query(stream: &TcpStream, ipv6: bool) -> Result<SocketAddr, OriginalDstError>
         // SAFETY: as above, for `sockaddr_in`.
         let mut addr: libc::sockaddr_in = unsafe { std::mem::zeroed() };
         let mut len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        // SAFETY: as for the IPv6 call above, with `sockaddr_in`.
         let rc = unsafe {
             libc::getsockopt(
                 fd,

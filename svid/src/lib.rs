@@ -18,6 +18,8 @@
 //! - [`tls`]: rustls mTLS configs over a live, swappable SVID and bundle store; authorizers.
 //! - `test_support` (tests, or feature `test-support`): rcgen-made good and bad certificates.
 
+#![forbid(unsafe_code)]
+
 pub mod bundle;
 pub mod ca;
 pub mod csr;

@@ -5,6 +5,8 @@
 //! - [`announce`]: the `listening on IP:PORT (role)` lines tests and scripts wait for.
 //! - [`health`]: the HTTP listener serving `/healthz`, `/readyz` and Prometheus `/metrics`.
 
+#![forbid(unsafe_code)]
+
 pub mod announce;
 pub mod health;
 pub mod logging;

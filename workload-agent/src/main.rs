@@ -1,5 +1,7 @@
 //! `lanyard-agent`: the Lanyard node agent: serves the SPIFFE Workload API on a Unix socket.
 
+#![forbid(unsafe_code)]
+
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use lanyard_agent::api_cli::{self, ApiCommand};

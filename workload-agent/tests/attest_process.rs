@@ -195,8 +195,9 @@ fn is_cgroup2(path: &Path) -> bool {
     let Ok(c_path) = CString::new(path.as_os_str().as_encoded_bytes()) else {
         return false;
     };
-    // SAFETY: `c_path` is a valid NUL-terminated string and `buf` a writable statfs.
+    // SAFETY: statfs is a plain C struct, valid when zeroed.
     let mut buf: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c_path` is a valid NUL-terminated string and `buf` a writable statfs.
     let rc = unsafe { libc::statfs(c_path.as_ptr(), &mut buf) };
     rc == 0 && buf.f_type as i64 == CGROUP2_SUPER_MAGIC
 }

@@ -155,6 +155,7 @@ fn socket_from_the_environment() {
         socket_path(None).unwrap(),
         std::path::PathBuf::from("/from/env.sock")
     );
+    // SAFETY: as above.
     unsafe { std::env::remove_var("SPIFFE_ENDPOINT_SOCKET") };
     assert_eq!(
         socket_path(None).unwrap(),

@@ -106,12 +106,20 @@ mod tests {
         tokio::time::advance(Duration::from_secs(10)).await;
         let mut both = [pick(&[]), pick(&[])];
         both.sort();
-        assert_eq!(both, [endpoints[0].addr, endpoints[1].addr], "cooldown over");
+        assert_eq!(
+            both,
+            [endpoints[0].addr, endpoints[1].addr],
+            "cooldown over"
+        );
         failures.failed(endpoints[1].addr);
         failures.succeeded(endpoints[1].addr);
         let mut both = [pick(&[]), pick(&[])];
         both.sort();
-        assert_eq!(both, [endpoints[0].addr, endpoints[1].addr], "success clears it");
+        assert_eq!(
+            both,
+            [endpoints[0].addr, endpoints[1].addr],
+            "success clears it"
+        );
         assert!(
             failures
                 .pick(&endpoints, &next, &[endpoints[0].addr, endpoints[1].addr])

@@ -56,6 +56,8 @@
 //! [`KubeFixture::issue_service_account_token`] / [`KubeFixture::issue_api_token`], which RBAC
 //! then governs. Tests may also seed and mutate objects directly through [`KubeFixture::store`].
 
+#![forbid(unsafe_code)]
+
 pub mod clock;
 mod ids;
 pub mod kubeconfig;

@@ -279,10 +279,7 @@ impl WorkloadAttestor {
     /// Attests a pinned caller (see [`WorkloadAttestor::pin_socket`]), on tokio's blocking
     /// pool: refused unless it is still the process that connected, running the binary it
     /// ran then.
-    pub async fn attest_pinned(
-        &self,
-        pinned: Arc<PinnedProcess>,
-    ) -> Result<Attested, AttestError> {
+    pub async fn attest_pinned(&self, pinned: Arc<PinnedProcess>) -> Result<Attested, AttestError> {
         let this = self.clone();
         tokio::task::spawn_blocking(move || this.attest_pinned_blocking(&pinned))
             .await
