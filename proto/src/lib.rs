@@ -5,6 +5,8 @@
 //! - [`identity::v1`]: `lanyard.identity.v1`, what lanyard-agent asks of lanyard-server.
 //! - [`discovery::v1`]: `lanyard.discovery.v1`, which destinations are meshed and as which
 //!   IDs (agent socket service `Discovery`, server feed `DiscoveryFeed`).
+//! - [`discovery_destination`]: a wire `Destination` checked into an IP and a TCP port, the
+//!   one check the agent and the server share.
 //! - [`inject`]: the injection contract (annotation, label, container and volume names)
 //!   shared by `lanyard inject` and the server that reads pods.
 //! - [`convert`]: wire messages to and from `lanyard-svid` domain types.
@@ -12,6 +14,7 @@
 #![forbid(unsafe_code)]
 
 pub mod convert;
+pub mod discovery_destination;
 pub mod inject;
 
 /// The SPIFFE Workload API. The `.proto` has no package, so the generated module is `_`.

@@ -32,7 +32,6 @@ use discovery_support::*;
 use hyper_util::rt::TokioIo;
 use lanyard_agent::attest::{Attested, WorkloadAttestor};
 use lanyard_agent::config::RunArgs;
-use lanyard_agent::discovery::Destination;
 use lanyard_agent::identities::{Entitlement, IdentityError, WorkloadIdentities};
 use lanyard_agent::metrics::AgentMetrics;
 use lanyard_agent::run::{Agent, Readiness};
@@ -41,6 +40,7 @@ use lanyard_agent::server_client::discovery_feed::{self as feed, FeedTarget};
 use lanyard_agent::socket::{self, ConnectionLimits, Services};
 use lanyard_proto::discovery::v1 as wire;
 use lanyard_proto::discovery::v1::discovery_client::DiscoveryClient;
+use lanyard_proto::discovery_destination::Destination;
 use lanyard_proto::identity::v1 as id_wire;
 use lanyard_server::discovery::DiscoverySources;
 use lanyard_server::k8s::endpoint_slices::{SliceEndpoint, SliceInfo};
@@ -169,17 +169,14 @@ fn build_sources(pods: usize) -> DiscoverySources {
     sources
 }
 
-fn dest(address: &str, port: u16) -> lanyard_server::discovery::Destination {
-    lanyard_server::discovery::Destination {
+fn dest(address: &str, port: u16) -> Destination {
+    Destination {
         address: address.parse().unwrap(),
         port,
     }
 }
 
-fn answer(
-    sources: &DiscoverySources,
-    d: lanyard_server::discovery::Destination,
-) -> wire::DestinationResolution {
+fn answer(sources: &DiscoverySources, d: Destination) -> wire::DestinationResolution {
     wire::DestinationResolution {
         destination: Some(d.to_wire()),
         resolution: Some(sources.resolve(d)),

@@ -27,12 +27,13 @@ use std::sync::Arc;
 use futures::Stream;
 use lanyard_proto::discovery::v1 as wire;
 use lanyard_proto::discovery::v1::discovery_feed_server::DiscoveryFeed;
+use lanyard_proto::discovery_destination::{Destination, DestinationError};
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::resolver::{AnswerKind, Destination, DiscoverySources, IndexChange};
+use super::resolver::{AnswerKind, DiscoverySources, IndexChange};
 use crate::metrics::ServerMetrics;
 use crate::service::IdentityService;
 
@@ -67,7 +68,7 @@ pub enum FeedRefusal {
     #[error("request_too_large")]
     RequestTooLarge { limit: usize },
     #[error("bad_destination")]
-    BadDestination(super::resolver::DestinationError),
+    BadDestination(DestinationError),
     #[error("shutting_down")]
     ShuttingDown,
 }

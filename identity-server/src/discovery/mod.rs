@@ -18,4 +18,4 @@ pub mod resolver;
 pub use lanyard_proto::inject::{INJECT_ANNOTATION, INJECT_ENABLED, PROXY_CONTAINER};
 
 pub use feed::{DiscoveryFeedService, FeedLimits};
-pub use resolver::{Destination, DiscoverySources};
+pub use resolver::DiscoverySources;

@@ -11,13 +11,15 @@
 //!    `Unknown`, never a guessed ID.
 //! 3. Anything else: `Unknown`.
 //!
-//! Answers are deterministic (endpoints sorted), so "changed" is plain equality.
+//! Answers are deterministic (endpoints sorted), so "changed" is plain equality. Destinations
+//! are checked by [`lanyard_proto::discovery_destination`], the check the agent makes too.
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::sync::Arc;
 
 use lanyard_proto::discovery::v1 as wire;
+use lanyard_proto::discovery_destination::Destination;
 use lanyard_svid::TrustDomain;
 use tokio::sync::watch;
 
@@ -29,60 +31,6 @@ use crate::pod_id;
 
 /// Most endpoints in one Service answer; more are cut and the answer says `truncated`.
 pub const MAX_ENDPOINTS_PER_ANSWER: usize = 2000;
-
-/// A destination: an IP and a TCP port.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Destination {
-    pub address: IpAddr,
-    pub port: u16,
-}
-
-/// Why a wire destination is refused. `Display` is a metric label.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum DestinationError {
-    #[error("missing_destination")]
-    Missing,
-    #[error("bad_address")]
-    BadAddress,
-    #[error("bad_port")]
-    BadPort,
-}
-
-impl DestinationError {
-    pub fn message(&self) -> &'static str {
-        match self {
-            Self::Missing => "a destination is required",
-            Self::BadAddress => "address must be an IPv4 or IPv6 literal (no brackets, no zone)",
-            Self::BadPort => "port must be 1..65535",
-        }
-    }
-}
-
-impl Destination {
-    pub fn from_wire(d: Option<&wire::Destination>) -> Result<Self, DestinationError> {
-        let d = d.ok_or(DestinationError::Missing)?;
-        // An address longer than any IP literal is refused before parsing.
-        if d.address.len() > 45 {
-            return Err(DestinationError::BadAddress);
-        }
-        let address = d
-            .address
-            .parse()
-            .map_err(|_| DestinationError::BadAddress)?;
-        let port = u16::try_from(d.port)
-            .ok()
-            .filter(|p| *p != 0)
-            .ok_or(DestinationError::BadPort)?;
-        Ok(Self { address, port })
-    }
-
-    pub fn to_wire(self) -> wire::Destination {
-        wire::Destination {
-            address: self.address.to_string(),
-            port: u32::from(self.port),
-        }
-    }
-}
 
 /// The three indexes discovery reads, and how to name a pod. Cheap to clone.
 #[derive(Clone)]
@@ -485,22 +433,5 @@ mod tests {
         assert_eq!(changes.changed().await, IndexChange::Pods);
         s.services.replace_all(vec![]);
         assert_eq!(changes.changed().await, IndexChange::Services);
-    }
-
-    #[test]
-    fn wire_destinations_are_checked() {
-        let d = |a: &str, p| {
-            Destination::from_wire(Some(&wire::Destination {
-                address: a.into(),
-                port: p,
-            }))
-        };
-        assert!(d("10.0.0.1", 80).is_ok());
-        assert!(d("fd00::1", 80).is_ok());
-        assert_eq!(d("[fd00::1]", 80), Err(DestinationError::BadAddress));
-        assert_eq!(d("web.default", 80), Err(DestinationError::BadAddress));
-        assert_eq!(d("10.0.0.1", 0), Err(DestinationError::BadPort));
-        assert_eq!(d("10.0.0.1", 70000), Err(DestinationError::BadPort));
-        assert_eq!(Destination::from_wire(None), Err(DestinationError::Missing));
     }
 }

@@ -24,6 +24,7 @@ use std::sync::Arc;
 use futures::Stream;
 use lanyard_proto::discovery::v1 as wire;
 use lanyard_proto::discovery::v1::discovery_server::{Discovery, DiscoveryServer};
+use lanyard_proto::discovery_destination::{Destination, DestinationError};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
@@ -31,7 +32,6 @@ use tonic::metadata::{MetadataMap, MetadataValue};
 use tonic::server::NamedService;
 use tonic::{Code, Request, Response, Status};
 
-use super::Destination;
 use crate::attest::AttestError;
 use crate::identities::WorkloadIdentities;
 use crate::server_client::discovery_cache::{Cached, DiscoveryCache, SubscribeError};
@@ -61,7 +61,7 @@ pub enum DiscoveryRefusal {
     #[error("no_identity")]
     NoIdentity,
     #[error("bad_destination")]
-    BadDestination(&'static str),
+    BadDestination(DestinationError),
     #[error("too_many_watches")]
     TooManyWatches { limit: usize },
     /// The agent's cache is full of destinations in use.
@@ -103,7 +103,7 @@ impl DiscoveryRefusal {
             Self::NoIdentity => {
                 "no identity issued: discovery answers only callers that hold an identity".into()
             }
-            Self::BadDestination(why) => (*why).into(),
+            Self::BadDestination(e) => e.message().into(),
             Self::TooManyWatches { limit } => {
                 format!("this caller already has {limit} open discovery watches")
             }

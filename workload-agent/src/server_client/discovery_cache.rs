@@ -27,10 +27,10 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use lanyard_proto::discovery::v1 as wire;
+use lanyard_proto::discovery_destination::Destination;
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
-use crate::discovery::Destination;
 use crate::metrics::DiscoveryMetrics;
 use crate::socket::CallerKey;
 
