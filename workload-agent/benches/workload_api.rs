@@ -27,7 +27,7 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use lanyard_agent::api_cli;
+use lanyard_client::channel::{connect, request};
 use lanyard_agent::attest::{PeerCred, WorkloadAttestor};
 use lanyard_agent::config::AgentConfig;
 use lanyard_agent::identities::WorkloadIdentities;
@@ -221,10 +221,10 @@ async fn this_process() -> lanyard_agent::attest::Attested {
 /// New connection + FetchX509SVID + its first message.
 async fn first_svid(socket: &Path) -> Duration {
     let start = Instant::now();
-    let channel = api_cli::connect(socket).await.expect("connect");
+    let channel = connect(socket).await.expect("connect");
     let mut client = SpiffeWorkloadApiClient::new(channel);
     let mut stream = client
-        .fetch_x509svid(api_cli::request(X509svidRequest {}, DEADLINE))
+        .fetch_x509svid(request(X509svidRequest {}, DEADLINE))
         .await
         .expect("FetchX509SVID")
         .into_inner();
@@ -532,11 +532,11 @@ fn client_main(spec: &str) {
             );
             tokio::spawn(async move {
                 let permit = slots.acquire_owned().await.unwrap();
-                let channel = api_cli::connect(&socket).await.expect("connect");
+                let channel = connect(&socket).await.expect("connect");
                 let mut client = SpiffeWorkloadApiClient::new(channel);
                 if svid {
                     let mut s = client
-                        .fetch_x509svid(api_cli::request(X509svidRequest {}, DEADLINE * 10))
+                        .fetch_x509svid(request(X509svidRequest {}, DEADLINE * 10))
                         .await
                         .expect("stream")
                         .into_inner();
@@ -551,7 +551,7 @@ fn client_main(spec: &str) {
                     }
                 } else {
                     let mut s = client
-                        .fetch_x509_bundles(api_cli::request(X509BundlesRequest {}, DEADLINE * 10))
+                        .fetch_x509_bundles(request(X509BundlesRequest {}, DEADLINE * 10))
                         .await
                         .expect("stream")
                         .into_inner();

@@ -31,10 +31,6 @@ use lanyard_client::files::write_svid_files;
 use lanyard_proto::discovery::v1 as discovery;
 use lanyard_svid::pem::encode_certificates;
 
-/// The channel and request helpers, from lanyard-client: kept here only for
-/// `benches/workload_api.rs`, which still reaches them through this module.
-pub use lanyard_client::channel::{connect, request};
-
 /// Where the socket is and how long to wait for answers.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Connection {

@@ -161,7 +161,7 @@ async fn bodies(socket: &Path, connections: usize, body: usize) {
     // All connections first, then the calls (connecting under the flood would be slow).
     let mut clients = Vec::new();
     for _ in 0..connections {
-        let channel = lanyard_agent::api_cli::connect(socket).await.unwrap();
+        let channel = lanyard_client::channel::connect(socket).await.unwrap();
         clients.push(SpiffeWorkloadApiClient::new(channel).max_encoding_message_size(usize::MAX));
     }
     let mut tasks = Vec::new();
