@@ -27,7 +27,6 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use lanyard_client::channel::{connect, request};
 use lanyard_agent::attest::{PeerCred, WorkloadAttestor};
 use lanyard_agent::config::AgentConfig;
 use lanyard_agent::identities::WorkloadIdentities;
@@ -37,6 +36,7 @@ use lanyard_agent::run::{Agent, Readiness};
 use lanyard_agent::server_client::MintApi;
 use lanyard_agent::socket::{self, ConnectionLimits, Services};
 use lanyard_agent::workload_api::{Limits, WorkloadApiMetrics};
+use lanyard_client::channel::{connect, request};
 use lanyard_proto::identity::v1 as wire;
 use lanyard_proto::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient;
 use lanyard_proto::workload::{X509BundlesRequest, X509svidRequest};
