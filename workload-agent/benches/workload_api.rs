@@ -73,11 +73,22 @@ fn raise_nofile() -> u64 {
         rlim_cur: 0,
         rlim_max: 0,
     };
+    // Each pinned connection holds two descriptors in the agent (the socket and the caller's
+    // pidfd), so 10,000 streams need more than 20,000: as root, raise the hard limit too.
+    const WANTED: libc::rlim_t = 65_536;
     // SAFETY: plain get/setrlimit on a valid struct.
     unsafe {
         libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
-        lim.rlim_cur = lim.rlim_max;
-        libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        let raised = libc::rlimit {
+            rlim_cur: lim.rlim_max.max(WANTED),
+            rlim_max: lim.rlim_max.max(WANTED),
+        };
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+            lim = raised;
+        } else {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
     }
     lim.rlim_cur
 }
