@@ -8,6 +8,7 @@
 //!   (pidfd, start time, binary), HTTP/2 preface within a timeout, idle timeout, the [`h2_authority`](crate::h2_authority) frame layer on every read.
 //! - [`budget`]: open connections, all callers and per uid, checked at accept.
 //! - [`idle`]: connections with no open stream closed after a timeout.
+//! - [`open_files`]: the open-files limit raised at start (two descriptors per connection).
 //! - [`limits`]: the connection-level bounds ([`ConnectionLimits`]) and the HTTP/2 server
 //!   built from them.
 //! - [`admission`]: the one admission layer: the `workload.spiffe.io` header check for the
@@ -22,6 +23,7 @@ pub mod budget;
 pub mod caller;
 pub mod idle;
 pub mod limits;
+pub mod open_files;
 pub mod serve;
 
 pub use admission::{AdmissionPolicy, AdmissionRefusal};
