@@ -10,20 +10,16 @@
 
 mod common;
 
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use common::discovery::FakeDiscovery;
+use common::discovery::{FakeDiscovery, discovered_outbound};
 use common::*;
-use lanyard_proxy::context::{ConnContext, ConnLimits};
 use lanyard_proxy::discovery::{DiscoveryClient, DiscoverySettings, REFUSAL_TRAILER};
-use lanyard_proxy::metrics::ProxyMetrics;
-use lanyard_proxy::outbound::{OutboundDestination, serve_outbound};
-use lanyard_proxy::tap::{TAP_QUEUE_LINES, Tap};
+use lanyard_proxy::tap::Tap;
 use prometheus_client::registry::Registry;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tonic::{Code, Status};
 
 const CLIENT: &str = "spiffe://example.org/client";
@@ -53,39 +49,15 @@ async fn outbound(
     app: &App,
     socket: std::path::PathBuf,
 ) -> (std::net::SocketAddr, Tap, Registry) {
-    let mut registry = Registry::default();
-    let metrics: Arc<ProxyMetrics> = ProxyMetrics::register(&mut registry);
-    let tap = Tap::new(TAP_QUEUE_LINES, metrics.tap_dropped.clone());
-    let discovery = DiscoveryClient::with_metrics(
-        socket,
-        DiscoverySettings {
-            resolve_timeout: Duration::from_secs(5),
-            ..DiscoverySettings::default()
-        },
-        metrics.clone(),
-    );
-    let td = lanyard_svid::TrustDomain::parse("example.org").unwrap();
-    let ctx = Arc::new(ConnContext::new(
-        client_store(&ca.issue(CLIENT), &[(&td, ca.root_der())]),
-        tap.clone(),
-        metrics,
-        ConnLimits {
-            max_connections: 64,
-            handshake_timeout: Duration::from_secs(5),
-            idle_timeout: Duration::from_secs(3600),
-        },
-    ));
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let listen = listener.local_addr().unwrap();
-    tokio::spawn(serve_outbound(
-        listener,
-        OutboundDestination::Discovered {
-            destination: app.addr,
-            discovery,
-        },
-        ctx,
-    ));
-    (listen, tap, registry)
+    let settings = DiscoverySettings {
+        resolve_timeout: Duration::from_secs(5),
+        ..DiscoverySettings::default()
+    };
+    let o = discovered_outbound(ca, CLIENT, app.addr, |metrics| {
+        DiscoveryClient::with_metrics(socket, settings, metrics)
+    })
+    .await;
+    (o.listen, o.tap, o.registry)
 }
 
 /// Sends a secret through `listen`; the bytes that came back before the proxy closed.

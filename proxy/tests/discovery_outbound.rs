@@ -9,17 +9,16 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::discovery::{FakeDiscovery, lookup_until, meshed, service, unknown, unmeshed};
+use common::discovery::{
+    FakeDiscovery, discovered_outbound, lookup_until, meshed, service, unknown, unmeshed,
+};
 use common::*;
-use lanyard_proxy::context::{ConnContext, ConnLimits};
+use lanyard_proxy::context::ConnContext;
 use lanyard_proxy::discovery::{
     Answer, DiscoveryClient, DiscoveryError, DiscoverySettings, ServiceEndpoint,
 };
-use lanyard_proxy::metrics::ProxyMetrics;
-use lanyard_proxy::outbound::{OutboundDestination, serve_outbound};
-use lanyard_proxy::tap::{TAP_QUEUE_LINES, Tap};
+use lanyard_proxy::tap::Tap;
 use lanyard_svid::SpiffeId;
-use prometheus_client::registry::Registry;
 use tokio::net::{TcpListener, TcpStream};
 use tonic::Status;
 
@@ -224,31 +223,8 @@ async fn outbound_ctx(
     dst: SocketAddr,
     discovery: DiscoveryClient,
 ) -> (SocketAddr, Tap, Arc<ConnContext>) {
-    let mut registry = Registry::default();
-    let metrics: Arc<ProxyMetrics> = ProxyMetrics::register(&mut registry);
-    let tap = Tap::new(TAP_QUEUE_LINES, metrics.tap_dropped.clone());
-    let td = lanyard_svid::TrustDomain::parse("example.org").unwrap();
-    let ctx = Arc::new(ConnContext::new(
-        client_store(&ca.issue(CLIENT), &[(&td, ca.root_der())]),
-        tap.clone(),
-        metrics,
-        ConnLimits {
-            max_connections: 64,
-            handshake_timeout: Duration::from_secs(5),
-            idle_timeout: Duration::from_secs(3600),
-        },
-    ));
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let listen = listener.local_addr().unwrap();
-    tokio::spawn(serve_outbound(
-        listener,
-        OutboundDestination::Discovered {
-            destination: dst,
-            discovery,
-        },
-        ctx.clone(),
-    ));
-    (listen, tap, ctx)
+    let o = discovered_outbound(ca, CLIENT, dst, |_| discovery).await;
+    (o.listen, o.tap, o.ctx)
 }
 
 /// An inbound proxy as `SERVER` in front of an echo app; its inbound address.

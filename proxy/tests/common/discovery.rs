@@ -18,7 +18,14 @@ use tokio_stream::wrappers::{ReceiverStream, UnixListenerStream};
 use tonic::{Request, Response, Status};
 pub use wire::resolution::Kind;
 
-use super::{wait_until, within};
+use lanyard_proxy::context::{ConnContext, ConnLimits};
+use lanyard_proxy::metrics::ProxyMetrics;
+use lanyard_proxy::outbound::{OutboundDestination, serve_outbound};
+use lanyard_proxy::tap::{TAP_QUEUE_LINES, Tap};
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+
+use super::{Ca, client_store, wait_until, within};
 
 type Answers = HashMap<SocketAddr, Kind>;
 
@@ -248,4 +255,56 @@ pub async fn lookup_until(
         }
     })
     .await
+}
+
+/// A discovered outbound listener and what its tests look at.
+pub struct DiscoveredOutbound {
+    /// Where the workload connects.
+    pub listen: SocketAddr,
+    pub tap: Tap,
+    pub ctx: Arc<ConnContext>,
+    /// The listener's metrics, lookups included.
+    pub registry: Registry,
+}
+
+/// An outbound listener holding `client`'s SVID (issued by `ca`) whose connections go to
+/// `destination` as discovery answers for it. `discovery` builds the discovery client from
+/// the listener's metrics, so its lookups are counted in [`DiscoveredOutbound::registry`].
+pub async fn discovered_outbound(
+    ca: &Ca,
+    client: &str,
+    destination: SocketAddr,
+    discovery: impl FnOnce(Arc<ProxyMetrics>) -> DiscoveryClient,
+) -> DiscoveredOutbound {
+    let mut registry = Registry::default();
+    let metrics: Arc<ProxyMetrics> = ProxyMetrics::register(&mut registry);
+    let tap = Tap::new(TAP_QUEUE_LINES, metrics.tap_dropped.clone());
+    let discovery = discovery(metrics.clone());
+    let td = lanyard_svid::TrustDomain::parse("example.org").unwrap();
+    let ctx = Arc::new(ConnContext::new(
+        client_store(&ca.issue(client), &[(&td, ca.root_der())]),
+        tap.clone(),
+        metrics,
+        ConnLimits {
+            max_connections: 64,
+            handshake_timeout: std::time::Duration::from_secs(5),
+            idle_timeout: std::time::Duration::from_secs(3600),
+        },
+    ));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let listen = listener.local_addr().unwrap();
+    tokio::spawn(serve_outbound(
+        listener,
+        OutboundDestination::Discovered {
+            destination,
+            discovery,
+        },
+        ctx.clone(),
+    ));
+    DiscoveredOutbound {
+        listen,
+        tap,
+        ctx,
+        registry,
+    }
 }
