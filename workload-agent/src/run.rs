@@ -196,21 +196,8 @@ pub async fn run(
     on_listening: impl Fn(&'static str, SocketAddr),
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), RunError> {
-    match crate::socket::open_files::raise_to_hard_limit() {
-        Ok(limit) => {
-            let needed =
-                crate::socket::open_files::needed_for(ConnectionLimits::default().max_connections);
-            if limit < needed {
-                tracing::warn!(
-                    limit,
-                    needed,
-                    "the open-files limit is below what the connection budget needs (two \
-                     descriptors per connection); raise LimitNOFILE / the container's nofile"
-                );
-            }
-        }
-        Err(e) => tracing::warn!(error = %e, "could not raise the open-files limit"),
-    }
+    let connection_limits = ConnectionLimits::default();
+    socket::open_files::raise_for(&connection_limits);
     let mut registry = Registry::default();
     let metrics = AgentMetrics::register(&mut registry);
     let api_metrics = WorkloadApiMetrics::register(&mut registry);
@@ -269,7 +256,7 @@ pub async fn run(
         let served = socket::serve(
             &config.socket,
             Arc::new(WorkloadAttestor::default()),
-            ConnectionLimits::default(),
+            connection_limits,
             services,
             shutdown,
         )

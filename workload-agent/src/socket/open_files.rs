@@ -4,6 +4,26 @@
 //! is raised to the hard limit at start, as Go's runtime does for every program, and the
 //! result is logged so an operator can see when the hard limit itself is too low.
 
+/// Raises the open-files limit at start ([`raise_to_hard_limit`]) and warns when it is still
+/// below what `limits` needs ([`needed_for`]): pinning then fails with `proc_unreadable`
+/// once descriptors run out, and callers are refused.
+pub fn raise_for(limits: &super::ConnectionLimits) {
+    match raise_to_hard_limit() {
+        Ok(limit) => {
+            let needed = needed_for(limits.max_connections);
+            if limit < needed {
+                tracing::warn!(
+                    limit,
+                    needed,
+                    "the open-files limit is below what the connection budget needs (two \
+                     descriptors per connection); raise LimitNOFILE / the container's nofile"
+                );
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "could not raise the open-files limit"),
+    }
+}
+
 /// Raises the soft `RLIMIT_NOFILE` to the hard limit; returns the soft limit now in force.
 pub fn raise_to_hard_limit() -> std::io::Result<u64> {
     let mut lim = libc::rlimit {
