@@ -24,6 +24,7 @@ FILES.tsv: one `IMAGE_PATH<TAB>HOST_PATH` per file copied from the build host.
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tomllib
@@ -118,13 +119,18 @@ def deb_package(host_path):
     """The Debian package (name without architecture) that ships `host_path`."""
     if host_path in GENERATED:
         return GENERATED[host_path]
-    out = subprocess.run(["dpkg", "-S", host_path], capture_output=True, text=True)
-    if out.returncode != 0:
-        sys.exit(f"sbom.py: no Debian package ships {host_path} ({out.stderr.strip()})")
-    # "libc6:amd64: /lib/x86_64-linux-gnu/libc.so.6"; diversions and several owners are
-    # listed on lines of their own, the first package is the owner.
-    first = out.stdout.splitlines()[0]
-    return first.split(": ", 1)[0].split(",")[0].split(":")[0]
+    # With merged /usr, ldd may name /lib/X where the package ships /usr/lib/X (or the
+    # reverse), or a symlink: dpkg knows only the path the package lists.
+    candidates = [host_path, os.path.realpath(host_path)]
+    for a, b in (("/lib/", "/usr/lib/"), ("/usr/lib/", "/lib/")):
+        candidates += [c.replace(a, b, 1) for c in candidates[:2] if c.startswith(a)]
+    for path in dict.fromkeys(candidates):
+        out = subprocess.run(["dpkg", "-S", path], capture_output=True, text=True)
+        if out.returncode == 0:
+            # "libc6:amd64: /lib/x86_64-linux-gnu/libc.so.6"; the first line names the owner.
+            first = out.stdout.splitlines()[0]
+            return first.split(": ", 1)[0].split(",")[0].split(":")[0]
+    sys.exit(f"sbom.py: no Debian package ships {host_path} (dpkg -S, tried {candidates})")
 
 
 def deb_components(files):
