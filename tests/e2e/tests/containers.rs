@@ -197,6 +197,8 @@ fn the_images_build_and_run_the_local_stack() {
         .expect("a binary directory")
         .to_owned();
     let build = workspace().join("deploy/images/build");
+    // Others may commit while the build runs: it records the HEAD it saw.
+    let head_before = head();
     run_ok(
         build.to_str().unwrap(),
         &[
@@ -209,14 +211,15 @@ fn the_images_build_and_run_the_local_stack() {
         ],
     );
 
-    let digests = check_digest_file(out.path(), &references);
+    let heads = [head_before, head()];
+    let (revision, digests) = check_digest_file(out.path(), &references, &heads);
     for (component, bin, package, uid) in IMAGES {
         let name = format!("lanyard-{component}");
         let reference = references.image(component);
         let digest = &digests[&name];
         check_archive(out.path(), &name, &reference, digest);
         check_sbom(out.path(), &name, package, digest);
-        check_config(&reference, &name, bin, uid);
+        check_config(&reference, &name, bin, uid, &revision);
         check_files(&reference, bin, uid);
     }
 
@@ -224,18 +227,20 @@ fn the_images_build_and_run_the_local_stack() {
     run_stack(&podman, &references, &app_image);
 }
 
-/// `image-digests.json`: version, revision, and for each image the reference `lanyard
-/// install` uses and a manifest digest. Returns name -> digest.
-fn check_digest_file(out: &Path, references: &Images) -> BTreeMap<String, String> {
+/// `image-digests.json`: version, revision (one of `heads`), and for each image the
+/// reference `lanyard install` uses and a manifest digest. Returns the revision and
+/// name -> digest.
+fn check_digest_file(
+    out: &Path,
+    references: &Images,
+    heads: &[String],
+) -> (String, BTreeMap<String, String>) {
     let path = out.join("image-digests.json");
     let text = std::fs::read_to_string(&path).expect("image-digests.json written");
     let file = json(&text, "image-digests.json");
     assert_eq!(file["version"], VERSION, "{text}");
-    let head = run_ok(
-        "git",
-        &["-C", workspace().to_str().unwrap(), "rev-parse", "HEAD"],
-    );
-    assert_eq!(file["revision"], head.trim(), "{text}");
+    let revision = file["revision"].as_str().unwrap_or("").to_owned();
+    assert!(heads.contains(&revision), "{text}\nvs HEAD {heads:?}");
     let images = file["images"].as_object().expect("an images object");
     let names: BTreeSet<String> = images.keys().cloned().collect();
     let expected: BTreeSet<String> = IMAGES
@@ -256,7 +261,7 @@ fn check_digest_file(out: &Path, references: &Images) -> BTreeMap<String, String
         );
         digests.insert(name, digest.to_owned());
     }
-    digests
+    (revision, digests)
 }
 
 /// The OCI archive: the manifest skopeo reads is the recorded digest, and the index names
@@ -328,7 +333,7 @@ fn check_sbom(out: &Path, name: &str, package: &str, digest: &str) {
 }
 
 /// `podman image inspect`: user, entrypoint and the OCI labels.
-fn check_config(reference: &str, name: &str, bin: &str, uid: u32) {
+fn check_config(reference: &str, name: &str, bin: &str, uid: u32, revision: &str) {
     let inspect = json(
         &run_ok("podman", &["image", "inspect", reference]),
         "podman image inspect",
@@ -351,15 +356,11 @@ fn check_config(reference: &str, name: &str, bin: &str, uid: u32) {
     assert_eq!(label("title"), name);
     assert!(!label("description").is_empty());
     assert_eq!(label("version"), VERSION);
-    let head = run_ok(
-        "git",
-        &["-C", workspace().to_str().unwrap(), "rev-parse", "HEAD"],
-    );
-    assert_eq!(label("revision"), head.trim());
+    assert_eq!(label("revision"), revision);
     assert_eq!(label("source"), workspace_repository());
     assert_eq!(label("licenses"), env!("CARGO_PKG_LICENSE"));
     // Created is the commit time, in the label and in the image itself.
-    let created = commit_time();
+    let created = commit_time(revision);
     assert_eq!(label("created"), created, "{name}: created");
     assert!(
         image["Created"]
@@ -370,10 +371,18 @@ fn check_config(reference: &str, name: &str, bin: &str, uid: u32) {
     );
 }
 
-/// The commit's time, RFC 3339 in UTC.
-fn commit_time() -> String {
+/// The checkout's HEAD commit.
+fn head() -> String {
+    let path = workspace();
+    run_ok("git", &["-C", path.to_str().unwrap(), "rev-parse", "HEAD"])
+        .trim()
+        .to_owned()
+}
+
+/// The time of `commit`, RFC 3339 in UTC.
+fn commit_time(commit: &str) -> String {
     let out = Command::new("git")
-        .args(["-C", workspace().to_str().unwrap(), "log", "-1"])
+        .args(["-C", workspace().to_str().unwrap(), "log", "-1", commit])
         .args(["--date=format-local:%Y-%m-%dT%H:%M:%SZ", "--format=%cd"])
         .env("TZ", "UTC")
         .output()
