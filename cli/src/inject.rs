@@ -2,8 +2,9 @@
 //!
 //! For each Pod, Deployment, StatefulSet, DaemonSet, ReplicaSet, Job and CronJob (and each
 //! item of a `List`), the pod template gets:
-//! - the `lanyard-init` init container, first: runs [`crate::redirect::REDIRECT_SCRIPT`]
-//!   (NET_ADMIN, NET_RAW) so the pod's TCP traffic goes through the proxy;
+//! - the `lanyard-init` init container, first: runs the image's `lanyard-redirect` binary
+//!   (the `lanyard-redirect` crate; no shell) with NET_ADMIN and NET_RAW, so the pod's TCP
+//!   traffic goes through the proxy;
 //! - the `lanyard-proxy` native sidecar right after it (an init container with
 //!   `restartPolicy: Always`, Kubernetes 1.29+): it starts before the app and the app's own
 //!   init containers, stops after them, and does not keep a Job from completing. Its
@@ -20,9 +21,11 @@
 //! byte (comments included); injected documents are re-emitted from their data, so their
 //! comments, anchors and quoting styles are lost. Skipped: templates annotated
 //! `lanyard.dev/inject: disabled` and `hostNetwork` pods (the redirect rules would apply to
-//! the node's own network). Empty documents are dropped. Any error (a document that does not
-//! parse, or a workload whose pod template is malformed) names the document and nothing is
-//! printed.
+//! the node's own network). Empty documents are dropped; a stream with no object at all is an
+//! error. Refused: a workload whose containers declare a TCP `containerPort` the injected proxy
+//! listens on (the pod shares one network namespace, so one of the two could not bind it).
+//! Any error (a document that does not parse, a workload whose pod template is malformed or
+//! refused) names the document and nothing is printed.
 
 use std::fmt;
 
@@ -31,9 +34,8 @@ use serde_json::json;
 use crate::images::Images;
 use crate::install::SOCKET_DIR;
 use crate::redirect::{
-    ENV_PROXY_INBOUND_PORT, ENV_PROXY_OUTBOUND_PORT, ENV_PROXY_UID, ENV_SKIP_INBOUND_PORTS,
-    ENV_SKIP_OUTBOUND_PORTS, PROXY_ADMIN_PORT, PROXY_INBOUND_PORT, PROXY_METRICS_PORT,
-    PROXY_OUTBOUND_PORT, PROXY_UID, REDIRECT_SCRIPT,
+    IMAGE_BINARY_PATH, PROXY_ADMIN_PORT, PROXY_INBOUND_PORT, PROXY_METRICS_PORT,
+    PROXY_OUTBOUND_PORT, PROXY_UID, RedirectConfig,
 };
 use crate::yaml::{Document, ReadError, Yaml, read_stream};
 
@@ -47,6 +49,8 @@ pub const XTABLES_VOLUME: &str = "lanyard-xtables";
 pub const SPIFFE_ENDPOINT_VALUE: &str = "unix:///run/lanyard/sockets/agent.sock";
 /// Ports per skip list: enough for any pod, small enough to bound the rules.
 pub const MAX_SKIP_PORTS: usize = 64;
+// The inbound list also carries the proxy's own ports; lanyard-redirect must accept it.
+const _: () = assert!(MAX_SKIP_PORTS + 2 <= lanyard_redirect::MAX_SKIP_PORTS);
 
 /// What injection adds beyond the fixed layout.
 #[derive(Clone, Debug, Default)]
@@ -110,8 +114,71 @@ pub enum InjectError {
     },
     #[error("--{flag}: at most {MAX_SKIP_PORTS} ports")]
     TooManyPorts { flag: &'static str },
+    #[error("document {number} ({what}): refused: {message}")]
+    Refused {
+        number: usize,
+        /// `Kind namespace/name`.
+        what: String,
+        message: String,
+    },
     #[error("--skip-inbound-ports: port 0 is not a port")]
     PortZero,
+    #[error("no Kubernetes objects in the input")]
+    Empty,
+}
+
+/// Why one document could not be injected, with the path to the fault.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DocumentError {
+    /// Not the shape its kind has.
+    Malformed(String),
+    /// Well-formed, but meshing it would break the pod.
+    Refused(String),
+}
+
+impl DocumentError {
+    fn prefixed(self, prefix: impl fmt::Display) -> Self {
+        match self {
+            Self::Malformed(m) => Self::Malformed(format!("{prefix}{m}")),
+            Self::Refused(m) => Self::Refused(format!("{prefix}{m}")),
+        }
+    }
+
+    fn into_inject_error(self, number: usize, what: String) -> InjectError {
+        match self {
+            Self::Malformed(message) => InjectError::Malformed {
+                number,
+                what,
+                message,
+            },
+            Self::Refused(message) => InjectError::Refused {
+                number,
+                what,
+                message,
+            },
+        }
+    }
+}
+
+impl fmt::Display for DocumentError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Malformed(m) => f.write_str(m),
+            Self::Refused(m) => write!(f, "refused: {m}"),
+        }
+    }
+}
+
+impl From<String> for DocumentError {
+    fn from(message: String) -> Self {
+        Self::Malformed(message)
+    }
+}
+
+impl From<&str> for DocumentError {
+    fn from(message: &str) -> Self {
+        Self::Malformed(message.to_owned())
+    }
 }
 
 /// The result of injecting a stream: the text to print and each document's outcome.
@@ -147,17 +214,18 @@ pub fn inject_stream(text: &str, options: &InjectOptions) -> Result<Injected, In
     {
         let Some(mut value) = value else { continue };
         let what = describe(&value);
-        let outcome =
-            inject_document(&mut value, options).map_err(|message| InjectError::Malformed {
-                number,
-                what: what.clone(),
-                message,
-            })?;
+        let outcome = inject_document(&mut value, options)
+            .map_err(|e| e.into_inject_error(number, what.clone()))?;
         pieces.push(match outcome {
             Outcome::Injected => crate::yaml::write_stream([&value]),
             _ => with_newline(text),
         });
         outcomes.push((number, what, outcome));
+    }
+    // An empty stream is more likely a wrong file or a failed pipe than a wish to apply
+    // nothing; printing nothing would hide that.
+    if outcomes.is_empty() {
+        return Err(InjectError::Empty);
     }
     Ok(Injected {
         output: pieces.join("---\n"),
@@ -199,8 +267,8 @@ fn template_path(api_version: &str, kind: &str) -> Option<&'static [&'static str
     }
 }
 
-/// Injects one document in place. `Err` is the reason it is malformed.
-pub fn inject_document(doc: &mut Yaml, options: &InjectOptions) -> Result<Outcome, String> {
+/// Injects one document in place. `Err` is why it is malformed or refused.
+pub fn inject_document(doc: &mut Yaml, options: &InjectOptions) -> Result<Outcome, DocumentError> {
     let api_version = doc
         .get("apiVersion")
         .and_then(Yaml::as_str)
@@ -220,25 +288,28 @@ pub fn inject_document(doc: &mut Yaml, options: &InjectOptions) -> Result<Outcom
     let template = doc
         .at_mut(path)
         .filter(|t| matches!(t, Yaml::Map(_)))
-        .ok_or_else(|| format!("{} is missing or not a map", dotted(path, "")))?;
-    inject_template(template, options).map_err(|e| format!("{}{e}", dotted(path, ".")))
+        .ok_or_else(|| format!("{} is missing or not a map", dotted(path)))?;
+    // A Pod's own fields need no prefix.
+    let prefix: String = path.iter().map(|p| format!("{p}.")).collect();
+    inject_template(template, options).map_err(|e| e.prefixed(prefix))
 }
 
-fn dotted(path: &[&str], suffix: &str) -> String {
+fn dotted(path: &[&str]) -> String {
     if path.is_empty() {
         "the document".to_owned()
     } else {
-        format!("{}{suffix}", path.join("."))
+        path.join(".")
     }
 }
 
-fn inject_list(doc: &mut Yaml, options: &InjectOptions) -> Result<Outcome, String> {
+fn inject_list(doc: &mut Yaml, options: &InjectOptions) -> Result<Outcome, DocumentError> {
     let Some(items) = doc.get_mut("items").and_then(Yaml::as_seq_mut) else {
         return Ok(Outcome::NotAWorkload);
     };
     let mut any = false;
     for (i, item) in items.iter_mut().enumerate() {
-        let outcome = inject_document(item, options).map_err(|e| format!("items[{i}]: {e}"))?;
+        let outcome =
+            inject_document(item, options).map_err(|e| e.prefixed(format_args!("items[{i}]: ")))?;
         any |= outcome == Outcome::Injected;
     }
     Ok(if any {
@@ -249,7 +320,7 @@ fn inject_list(doc: &mut Yaml, options: &InjectOptions) -> Result<Outcome, Strin
 }
 
 /// Injects a pod template (or a Pod): a map with `metadata` and `spec`.
-fn inject_template(template: &mut Yaml, options: &InjectOptions) -> Result<Outcome, String> {
+fn inject_template(template: &mut Yaml, options: &InjectOptions) -> Result<Outcome, DocumentError> {
     let opted_out = template
         .at(&["metadata", "annotations", INJECT_ANNOTATION])
         .and_then(Yaml::as_str)
@@ -267,6 +338,7 @@ fn inject_template(template: &mut Yaml, options: &InjectOptions) -> Result<Outco
     check_containers(spec, "containers", true)?;
     check_containers(spec, "initContainers", false)?;
     check_named_list(spec, "volumes")?;
+    check_proxy_ports(spec)?;
 
     // App containers: the socket and the standard variable for SPIFFE clients.
     for container in spec
@@ -324,6 +396,47 @@ fn check_containers(spec: &Yaml, field: &str, required: bool) -> Result<(), Stri
     }
 }
 
+/// Refuses an app container (or app init container) that declares a TCP port the proxy
+/// listens on: the pod's containers share one network namespace.
+fn check_proxy_ports(spec: &Yaml) -> Result<(), DocumentError> {
+    for field in ["initContainers", "containers"] {
+        let Some(Yaml::Seq(containers)) = spec.get(field) else {
+            continue;
+        };
+        for (i, container) in containers.iter().enumerate() {
+            let name = name_of(container).unwrap_or("");
+            // Ours, from an earlier injection.
+            if name == INIT_CONTAINER || name == PROXY_CONTAINER {
+                continue;
+            }
+            let Some(Yaml::Seq(ports)) = container.get("ports") else {
+                continue;
+            };
+            for port in ports {
+                let tcp = port
+                    .get("protocol")
+                    .and_then(Yaml::as_str)
+                    .is_none_or(|p| p == "TCP");
+                let Some(&Yaml::Int(number)) = port.get("containerPort") else {
+                    continue;
+                };
+                let used = proxy_ports()
+                    .into_iter()
+                    .find(|(p, _)| i64::from(*p) == number);
+                if let (true, Some((_, purpose))) = (tcp, used) {
+                    return Err(DocumentError::Refused(format!(
+                        "spec.{field}[{i}] (container {name}) declares containerPort {number}, \
+                         which the injected proxy uses for {purpose}; move the container to \
+                         another port, or opt the pod out with the annotation \
+                         {INJECT_ANNOTATION}: {INJECT_DISABLED}"
+                    )));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 fn check_named_list(spec: &Yaml, field: &str) -> Result<(), String> {
     match spec.get(field) {
         None | Some(Yaml::Null) => Ok(()),
@@ -370,37 +483,42 @@ fn xtables_volume() -> Yaml {
     Yaml::from_json(&json!({"name": XTABLES_VOLUME, "emptyDir": {"sizeLimit": "1Mi"}}))
 }
 
-fn ports_text(ports: impl IntoIterator<Item = u16>) -> String {
+fn sorted(ports: impl IntoIterator<Item = u16>) -> Vec<u16> {
     let mut ports: Vec<u16> = ports.into_iter().collect();
     ports.sort_unstable();
     ports.dedup();
     ports
-        .iter()
-        .map(u16::to_string)
-        .collect::<Vec<_>>()
-        .join(",")
 }
 
-/// The init container that installs the redirect rules, running the script verbatim.
+/// What the init container's `lanyard-redirect` is told: the proxy's uid and ports, and the
+/// skipped ports (inbound always includes the proxy's own listeners).
+pub fn redirect_config(options: &InjectOptions) -> RedirectConfig {
+    RedirectConfig {
+        proxy_uid: PROXY_UID,
+        inbound_port: PROXY_INBOUND_PORT,
+        outbound_port: PROXY_OUTBOUND_PORT,
+        skip_inbound_ports: sorted(
+            [PROXY_INBOUND_PORT, PROXY_METRICS_PORT]
+                .into_iter()
+                .chain(options.skip_inbound_ports.iter().copied()),
+        ),
+        skip_outbound_ports: sorted(options.skip_outbound_ports.iter().copied()),
+    }
+}
+
+/// The init container that installs the redirect rules: the image's `lanyard-redirect`
+/// binary (no shell), parameters in its environment.
 pub fn init_container(options: &InjectOptions) -> Yaml {
-    // The proxy's own listeners are never redirected inbound.
-    let skip_in = ports_text(
-        [PROXY_INBOUND_PORT, PROXY_METRICS_PORT]
-            .into_iter()
-            .chain(options.skip_inbound_ports.iter().copied()),
-    );
-    let skip_out = ports_text(options.skip_outbound_ports.iter().copied());
+    let env: Vec<_> = redirect_config(options)
+        .to_env()
+        .into_iter()
+        .map(|(name, value)| json!({"name": name, "value": value}))
+        .collect();
     Yaml::from_json(&json!({
         "name": INIT_CONTAINER,
         "image": options.images.proxy_init(),
-        "command": ["/bin/sh", "-c", REDIRECT_SCRIPT, "lanyard-redirect"],
-        "env": [
-            {"name": ENV_PROXY_UID, "value": PROXY_UID.to_string()},
-            {"name": ENV_PROXY_INBOUND_PORT, "value": PROXY_INBOUND_PORT.to_string()},
-            {"name": ENV_PROXY_OUTBOUND_PORT, "value": PROXY_OUTBOUND_PORT.to_string()},
-            {"name": ENV_SKIP_INBOUND_PORTS, "value": skip_in},
-            {"name": ENV_SKIP_OUTBOUND_PORTS, "value": skip_out},
-        ],
+        "command": [IMAGE_BINARY_PATH],
+        "env": env,
         "resources": {
             "requests": {"cpu": "10m", "memory": "16Mi"},
             "limits": {"cpu": "100m", "memory": "64Mi"},
@@ -414,6 +532,26 @@ pub fn init_container(options: &InjectOptions) -> Yaml {
         },
         "volumeMounts": [{"name": XTABLES_VOLUME, "mountPath": "/run"}],
     }))
+}
+
+/// Every port the injected proxy listens on in the pod's network namespace, and what for
+/// (the listeners of [`proxy_args`]).
+pub fn proxy_ports() -> [(u16, &'static str); 4] {
+    [
+        (
+            PROXY_INBOUND_PORT,
+            "its transparent inbound listener (every inbound TCP connection is redirected there)",
+        ),
+        (
+            PROXY_OUTBOUND_PORT,
+            "its transparent outbound listener (every outbound TCP connection is redirected there)",
+        ),
+        (PROXY_ADMIN_PORT, "its admin listener (the tap)"),
+        (
+            PROXY_METRICS_PORT,
+            "its metrics and health listener (the kubelet's probes)",
+        ),
+    ]
 }
 
 /// `lanyard-proxy run` in transparent mode (the Workload API from `SPIFFE_ENDPOINT_SOCKET`).

@@ -1,18 +1,16 @@
 //! `lanyard inject`: every kind it handles, pass-through of everything else (byte for byte),
-//! idempotence, opt-outs, bad input (an error naming the document, nothing printed), and the
-//! redirect init container running exactly `deploy/iptables/redirect.sh`.
+//! idempotence, opt-outs, bad input (an error naming the document, nothing printed), refusals
+//! (an app on the proxy's ports, an empty input), and the redirect init container running
+//! `lanyard-redirect` (no shell) with parameters that give the documented rules.
 
-use std::path::PathBuf;
+use std::ffi::OsString;
 use std::process::{Command, Stdio};
 
-use lanyard_cli::inject::{InjectError, InjectOptions, Outcome, inject_stream};
+use lanyard_cli::inject::{
+    InjectError, InjectOptions, Outcome, inject_stream, proxy_args, proxy_ports,
+};
 use lanyard_cli::yaml::{Yaml, read_stream};
-
-fn repo_path(relative: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("..")
-        .join(relative)
-}
+use lanyard_redirect::{RedirectConfig, steps};
 
 const POD_SPEC: &str = "
       initContainers:
@@ -288,6 +286,15 @@ fn a_malformed_workload_names_its_document() {
         .unwrap_err()
         .to_string();
     assert!(text.contains("spec.template is missing"), "{text}");
+    // A Pod's paths start at its own fields.
+    let no_spec = "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\n";
+    let text = inject_stream(no_spec, &InjectOptions::default())
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        text, "document 1 (Pod p): spec is missing or not a map",
+        "{text}"
+    );
     let dup = "apiVersion: v1\nkind: Pod\nkind: Pod\n";
     assert!(inject_stream(dup, &InjectOptions::default()).is_err());
 }
@@ -302,8 +309,43 @@ fn empty_documents_are_dropped_and_still_counted() {
     assert_eq!(result.outcomes.len(), 1);
     assert_eq!(result.outcomes[0].0, 3, "the Pod is the 3rd document");
     assert!(result.output.starts_with("apiVersion: v1\nkind: Pod\n"));
-    assert_eq!(inject(""), "");
-    assert_eq!(inject("---\n---\n"), "");
+}
+
+#[test]
+fn an_input_with_no_objects_is_an_error() {
+    for input in [
+        "",
+        "\n  \n",
+        "---\n---\n",
+        "# only a comment\n---\n  # another\n...\n",
+    ] {
+        let err = inject_stream(input, &InjectOptions::default()).unwrap_err();
+        assert!(matches!(err, InjectError::Empty), "{input:?}: {err}");
+        assert_eq!(err.to_string(), "no Kubernetes objects in the input");
+    }
+    // Through the binary: non-zero, the reason on stderr, nothing on stdout.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_lanyard"))
+        .args(["inject", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"# nothing\n---\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(!out.status.success());
+    assert!(out.stdout.is_empty());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("no Kubernetes objects in the input"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -360,98 +402,205 @@ fn standard_input_works_and_skip_ports_are_checked() {
     assert!(zero.is_err());
 }
 
-/// The init container runs the repository's script text verbatim with `sh -c`.
-#[test]
-fn the_init_container_runs_the_repository_script() {
-    let script = std::fs::read_to_string(repo_path("deploy/iptables/redirect.sh")).unwrap();
-    let out = inject(&workload("v1", "Pod"));
-    let doc = read_stream(&out).unwrap().remove(0).value.unwrap();
+fn init_container(output: &str) -> Yaml {
+    let doc = read_stream(output).unwrap().remove(0).value.unwrap();
     let Some(Yaml::Seq(init)) = doc.at(&["spec", "initContainers"]) else {
         panic!()
     };
-    let Some(Yaml::Seq(command)) = init[0].get("command") else {
+    init[0].clone()
+}
+
+/// The init container runs the image's `lanyard-redirect` binary: no shell, no arguments.
+#[test]
+fn the_init_container_runs_lanyard_redirect_without_a_shell() {
+    let init = init_container(&inject(&workload("v1", "Pod")));
+    assert_eq!(
+        init.get("name").and_then(Yaml::as_str),
+        Some("lanyard-init")
+    );
+    assert_eq!(
+        init.get("command"),
+        Some(&Yaml::Seq(vec!["/usr/local/bin/lanyard-redirect".into()]))
+    );
+    assert_eq!(init.get("args"), None);
+    let security = init.get("securityContext").unwrap();
+    assert_eq!(
+        security.at(&["capabilities", "add"]),
+        Some(&Yaml::Seq(vec!["NET_ADMIN".into(), "NET_RAW".into()]))
+    );
+    assert_eq!(
+        security.at(&["capabilities", "drop"]),
+        Some(&Yaml::Seq(vec!["ALL".into()]))
+    );
+    assert_eq!(
+        security.get("readOnlyRootFilesystem"),
+        Some(&Yaml::Bool(true))
+    );
+    assert_eq!(security.get("runAsUser"), Some(&Yaml::Int(0)));
+    // The xtables lock's /run is a writable emptyDir.
+    let Some(Yaml::Seq(mounts)) = init.get("volumeMounts") else {
         panic!()
     };
-    assert_eq!(command[0].as_str(), Some("/bin/sh"));
-    assert_eq!(command[1].as_str(), Some("-c"));
-    assert_eq!(command[2].as_str(), Some(script.as_str()));
-    let caps = init[0].at(&["securityContext", "capabilities", "add"]);
     assert_eq!(
-        caps,
-        Some(&Yaml::Seq(vec!["NET_ADMIN".into(), "NET_RAW".into()]))
+        mounts[0].get("name").and_then(Yaml::as_str),
+        Some("lanyard-xtables")
+    );
+    assert_eq!(
+        mounts[0].get("mountPath").and_then(Yaml::as_str),
+        Some("/run")
     );
 }
 
-/// Runs the script with a recording `iptables` and returns the rules it installed.
-fn run_script(env: &[(&str, &str)]) -> (bool, Vec<String>, String) {
-    let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("calls");
-    let fake = dir.path().join("iptables");
-    // Records every call; deleting what does not exist fails, as the real one does.
-    std::fs::write(
-        &fake,
-        format!(
-            "#!/bin/sh\necho \"$*\" >> '{}'\ncase \" $* \" in *' -D '*|*' -F '*|*' -X '*) exit 1 ;; esac\nexit 0\n",
-            log.display()
-        ),
-    )
-    .unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let out = Command::new("sh")
-        .arg(repo_path("deploy/iptables/redirect.sh"))
-        .env_clear()
-        .env("PATH", "/usr/bin:/bin")
-        .env("IPTABLES", &fake)
-        .envs(env.iter().copied())
-        .output()
-        .unwrap();
-    let calls = std::fs::read_to_string(&log).unwrap_or_default();
-    let rules = calls
-        .lines()
-        .filter(|l| l.contains(" -N ") || l.contains(" -A "))
-        .map(|l| l.trim_start_matches("-w -t nat ").to_owned())
+/// The init container's environment, read the way `lanyard-redirect` reads its own.
+fn redirect_config_of(init: &Yaml) -> RedirectConfig {
+    RedirectConfig::from_lookup(|var| env_value(init, var).map(OsString::from)).unwrap()
+}
+
+#[test]
+fn the_init_container_environment_gives_the_documented_rules() {
+    let options = InjectOptions {
+        skip_inbound_ports: vec![9000, 8443],
+        skip_outbound_ports: vec![5432],
+        ..Default::default()
+    };
+    let output = inject_stream(&workload("v1", "Pod"), &options)
+        .unwrap()
+        .output;
+    let init = init_container(&output);
+    assert_eq!(
+        env_value(&init, "SKIP_INBOUND_PORTS"),
+        Some("4143,4192,8443,9000")
+    );
+    assert_eq!(env_value(&init, "SKIP_OUTBOUND_PORTS"), Some("5432"));
+    let rules: Vec<String> = steps(&redirect_config_of(&init))
+        .unwrap()
+        .iter()
+        .filter(|s| !s.is_removal())
+        .map(|s| s.to_string())
         .collect();
-    (
-        out.status.success(),
+    assert_eq!(
         rules,
-        String::from_utf8_lossy(&out.stderr).into_owned(),
+        [
+            "iptables -t nat -N LANYARD_INBOUND",
+            "iptables -t nat -A LANYARD_INBOUND -p tcp --dport 4143 -j RETURN",
+            "iptables -t nat -A LANYARD_INBOUND -p tcp --dport 4192 -j RETURN",
+            "iptables -t nat -A LANYARD_INBOUND -p tcp --dport 8443 -j RETURN",
+            "iptables -t nat -A LANYARD_INBOUND -p tcp --dport 9000 -j RETURN",
+            "iptables -t nat -A LANYARD_INBOUND -p tcp -j REDIRECT --to-ports 4143",
+            "iptables -t nat -A PREROUTING -p tcp -j LANYARD_INBOUND",
+            "iptables -t nat -N LANYARD_OUTBOUND",
+            "iptables -t nat -A LANYARD_OUTBOUND -m owner --uid-owner 2102 -j RETURN",
+            "iptables -t nat -A LANYARD_OUTBOUND -o lo -j RETURN",
+            "iptables -t nat -A LANYARD_OUTBOUND -d 127.0.0.0/8 -j RETURN",
+            "iptables -t nat -A LANYARD_OUTBOUND -p tcp --dport 5432 -j RETURN",
+            "iptables -t nat -A LANYARD_OUTBOUND -p tcp -j REDIRECT --to-ports 4140",
+            "iptables -t nat -A OUTPUT -p tcp -j LANYARD_OUTBOUND",
+        ]
+    );
+    // The most skip ports the flags allow still make a configuration lanyard-redirect takes.
+    let most = InjectOptions {
+        skip_inbound_ports: (1..=64).collect(),
+        skip_outbound_ports: (1..=64).collect(),
+        ..Default::default()
+    };
+    let init = init_container(&inject_stream(&workload("v1", "Pod"), &most).unwrap().output);
+    assert_eq!(redirect_config_of(&init).skip_inbound_ports.len(), 66);
+}
+
+/// A Pod whose container `app` declares `ports`.
+fn pod_with_ports(ports: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: p, namespace: ns}}\nspec:\n  containers:\n  - name: side\n    image: s\n  - name: app\n    image: a\n    ports: {ports}\n"
     )
 }
 
 #[test]
-fn the_script_installs_the_documented_rules() {
-    let (ok, rules, stderr) = run_script(&[
-        ("PROXY_UID", "2102"),
-        ("PROXY_INBOUND_PORT", "4143"),
-        ("PROXY_OUTBOUND_PORT", "4140"),
-        ("SKIP_INBOUND_PORTS", "4143,4192"),
-        ("SKIP_OUTBOUND_PORTS", "5432"),
-    ]);
-    assert!(ok, "{stderr}");
-    assert_eq!(
-        rules,
-        [
-            "-N LANYARD_INBOUND",
-            "-A LANYARD_INBOUND -p tcp --dport 4143 -j RETURN",
-            "-A LANYARD_INBOUND -p tcp --dport 4192 -j RETURN",
-            "-A LANYARD_INBOUND -p tcp -j REDIRECT --to-ports 4143",
-            "-A PREROUTING -p tcp -j LANYARD_INBOUND",
-            "-N LANYARD_OUTBOUND",
-            "-A LANYARD_OUTBOUND -m owner --uid-owner 2102 -j RETURN",
-            "-A LANYARD_OUTBOUND -o lo -j RETURN",
-            "-A LANYARD_OUTBOUND -d 127.0.0.0/8 -j RETURN",
-            "-A LANYARD_OUTBOUND -p tcp --dport 5432 -j RETURN",
-            "-A LANYARD_OUTBOUND -p tcp -j REDIRECT --to-ports 4140",
-            "-A OUTPUT -p tcp -j LANYARD_OUTBOUND",
-        ]
+fn an_app_on_a_proxy_port_is_refused_naming_container_port_and_use() {
+    let cases = [
+        (4143, "transparent inbound listener"),
+        (4140, "transparent outbound listener"),
+        (4191, "admin listener"),
+        (4192, "metrics and health listener"),
+    ];
+    for (port, purpose) in cases {
+        let input = pod_with_ports(&format!(
+            "[{{containerPort: 8080}}, {{containerPort: {port}}}]"
+        ));
+        let err = inject_stream(&input, &InjectOptions::default()).unwrap_err();
+        assert!(
+            matches!(err, InjectError::Refused { number: 1, .. }),
+            "{err}"
+        );
+        let text = err.to_string();
+        assert!(
+            text.starts_with("document 1 (Pod ns/p): refused: spec.containers[1] (container app) declares containerPort "),
+            "{text}"
+        );
+        assert!(text.contains(&format!("containerPort {port},")), "{text}");
+        assert!(text.contains(purpose), "{text}");
+    }
+    // Inside a workload's template, and in an app init container.
+    let deployment = workload("apps/v1", "Deployment")
+        .replace("name: migrate\n        image: app:1", "name: migrate\n        image: app:1\n        ports: [{containerPort: 4192, protocol: TCP}]");
+    let text = inject_stream(&deployment, &InjectOptions::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        text.contains(
+            "spec.template.spec.initContainers[0] (container migrate) declares containerPort 4192"
+        ),
+        "{text}"
     );
-    // Bad parameters install nothing.
-    let (ok, rules, stderr) = run_script(&[("SKIP_INBOUND_PORTS", "80;reboot")]);
-    assert!(!ok);
-    assert!(rules.is_empty());
-    assert!(stderr.contains("not a port"), "{stderr}");
-    let (ok, rules, _) = run_script(&[("PROXY_UID", "root")]);
-    assert!(!ok);
-    assert!(rules.is_empty());
+    // UDP does not collide with the proxy's TCP listeners; other ports are fine.
+    for fine in [
+        "[{containerPort: 4143, protocol: UDP}]",
+        "[{containerPort: 8080}, {containerPort: 4144}]",
+    ] {
+        let result = inject_stream(&pod_with_ports(fine), &InjectOptions::default()).unwrap();
+        assert_eq!(result.outcomes[0].2, Outcome::Injected, "{fine}");
+    }
+    // An opted-out pod is not ours to refuse.
+    let opted = pod_with_ports("[{containerPort: 4143}]").replace(
+        "metadata: {name: p, namespace: ns}",
+        "metadata: {name: p, namespace: ns, annotations: {lanyard.dev/inject: disabled}}",
+    );
+    assert!(inject_stream(&opted, &InjectOptions::default()).is_ok());
+
+    // Through the binary: non-zero, the reason, nothing printed.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("app.yaml");
+    std::fs::write(&file, pod_with_ports("[{containerPort: 4140}]")).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_lanyard"))
+        .arg("inject")
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(out.stdout.is_empty());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("container app) declares containerPort 4140"),
+        "{stderr}"
+    );
+}
+
+/// Every port the proxy is told to listen on is one the refusal knows.
+#[test]
+fn proxy_ports_cover_every_listener_of_the_proxy() {
+    let known: Vec<u16> = proxy_ports().iter().map(|(p, _)| *p).collect();
+    let args = proxy_args();
+    let mut listeners = 0;
+    for pair in args.windows(2) {
+        if pair[0].starts_with("--") && pair[0] != "run" {
+            let port: u16 = pair[1].rsplit(':').next().unwrap().parse().unwrap();
+            assert!(
+                known.contains(&port),
+                "{} {} is not in proxy_ports()",
+                pair[0],
+                pair[1]
+            );
+            listeners += 1;
+        }
+    }
+    assert_eq!(listeners, known.len(), "{args:?}");
 }
