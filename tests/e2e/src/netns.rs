@@ -1,9 +1,9 @@
 //! Network namespaces for the transparent-proxy tests: a namespace per "pod", two of them
 //! joined by a veth pair, or any number plugged into a "node" namespace's bridge; the pod's
-//! redirect rules installed by running the very script the
-//! injected init container runs (`deploy/iptables/redirect.sh`), and sockets of this test
-//! process opened inside a namespace (`setns` on a short-lived thread, so no other thread of
-//! the test changes namespace).
+//! redirect rules installed by running the very binary the injected init container runs
+//! (`lanyard-redirect`, from `target/<profile>/`); and sockets of this test process opened
+//! inside a namespace (`setns` on a short-lived thread, so no other thread of the test changes
+//! namespace).
 //!
 //! Everything is removed on drop: deleting a namespace deletes its end of the veth pair (and
 //! so the pair) and its iptables rules. Processes started in a namespace must be dropped
@@ -22,9 +22,9 @@ use crate::DEADLINE;
 /// Set to `1` to skip the network-namespace tests where namespaces or iptables cannot work.
 pub const SKIP_ENV: &str = "LANYARD_SKIP_NETNS_TESTS";
 
-/// The redirect script of the injected init container.
-pub fn redirect_script() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/iptables/redirect.sh")
+/// The injected init container's program, as cargo built it.
+pub fn redirect_binary() -> PathBuf {
+    crate::binary("lanyard-redirect")
 }
 
 /// `true` when the namespace tests can run here; `false` (skip) only when
@@ -134,19 +134,20 @@ impl Netns {
         ip(&["-n", &pod.name, "route", "add", "default", "dev", "eth0"]);
     }
 
-    /// Runs the init container's redirect script in this namespace with `env` (e.g.
-    /// `PROXY_UID`); returns what it printed.
+    /// Runs the init container's `lanyard-redirect` in this namespace with `env` (e.g.
+    /// `PROXY_UID`), and the system's iptables; returns what it printed (the rules).
     pub fn install_redirect(&self, env: &[(&str, &str)]) -> String {
         let output = Command::new("ip")
-            .args(["netns", "exec", &self.name, "sh"])
-            .arg(redirect_script())
+            .args(["netns", "exec", &self.name])
+            .arg(redirect_binary())
+            .env_remove("IPTABLES")
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .output()
-            .expect("running the redirect script");
+            .expect("running lanyard-redirect");
         assert!(
             output.status.success(),
-            "the redirect script failed in {}: {}",
+            "lanyard-redirect failed in {}: {}",
             self.name,
             String::from_utf8_lossy(&output.stderr)
         );

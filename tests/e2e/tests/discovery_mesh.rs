@@ -15,7 +15,7 @@
 //! (10.96.0.20:80 -> `legacy-1`:8080); the node's own address 10.251.8.254:8080 runs an echo
 //! app no Kubernetes object names.
 //!
-//! Injected pods have the init container's redirect rules (`deploy/iptables/redirect.sh`) and a
+//! Injected pods have the init container's redirect rules (`lanyard-redirect`) and a
 //! `lanyard-proxy` process with only `--transparent-inbound`/`--transparent-outbound`, as
 //! `lanyard inject` configures it, running in the pod's proxy container cgroup, so the agent
 //! (a `lanyard-agent` process attested by a projected ServiceAccount token) gives it its pod's
@@ -60,7 +60,7 @@ const NODE_CIDR: &str = "10.251.8.254/24";
 const APP_PORT: u16 = 8080;
 const BACKEND_SERVICE: &str = "10.96.0.10:80";
 const LEGACY_SERVICE: &str = "10.96.0.20:80";
-/// The redirect script's default proxy ports.
+/// `lanyard-redirect`'s default proxy ports.
 const INBOUND_PORT: &str = "4143";
 const OUTBOUND_PORT: &str = "4140";
 

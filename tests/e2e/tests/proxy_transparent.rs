@@ -1,6 +1,6 @@
 //! Transparent proxying as an injected pod gets it: two network namespaces ("pods" A and B)
 //! joined by a veth pair (10.251.7.1/30 and .2), each with the redirect rules installed by
-//! running `deploy/iptables/redirect.sh` (the very script `lanyard inject`'s init container
+//! running `lanyard-redirect` (the very binary `lanyard inject`'s init container
 //! runs), each with a `lanyard-proxy` process inside it as the uid the rules exempt, getting
 //! its SVID from a real agent (whose socket is a path, reachable from any namespace):
 //!
@@ -27,7 +27,7 @@ use lanyard_e2e::stack::{Agent, Server, TRUST_DOMAIN};
 
 const A_UID: u32 = 2201;
 const B_UID: u32 = 2202;
-/// The redirect script's default proxy ports.
+/// `lanyard-redirect`'s default proxy ports.
 const INBOUND_PORT: &str = "4143";
 const OUTBOUND_PORT: &str = "4140";
 
