@@ -7,7 +7,11 @@
 //!   `skopeo inspect` reads from the archive;
 //! - each image has the configured user and entrypoint, the OCI labels, only root-owned files
 //!   nobody else can write, and nothing but its binary, the libraries it links, CA
-//!   certificates, passwd and group (no shell: running `/bin/sh` in it fails);
+//!   certificates, passwd and group, plus iptables for the init image (no shell: running
+//!   `/bin/sh` in it fails);
+//! - the init image, run in a fresh network namespace with only NET_ADMIN and NET_RAW,
+//!   installs the redirect rules (its own `iptables-save` reads them back), and again without
+//!   adding a copy;
 //! - server, agent, two proxies and two demo apps (`lanyard-demo-app`, in an image this test
 //!   builds) run as containers on the host network, on ports picked free by this test: the
 //!   server as its image's non-root user with its data dir bind-mounted, the agent (join
@@ -16,7 +20,7 @@
 //!   web proxy as the image's user, the client proxy as another); the client app's request
 //!   crosses both proxies and both taps show `tls=true` with the other side's SPIFFE ID.
 //!
-//! Needs root, podman, buildah, skopeo and runc; without them it is skipped, saying why
+//! Needs root, podman, buildah, skopeo, runc and `ip`; without them it is skipped, saying why
 //! (`LANYARD_SKIP_CONTAINER_TESTS=1` skips it too). Every container and image it made is
 //! removed when it ends, passed or failed.
 
@@ -32,6 +36,7 @@ use std::time::{Duration, Instant};
 use k8s_openapi::serde_json::{self, Value};
 use lanyard_cli::images::Images;
 use lanyard_cli::redirect::PROXY_UID;
+use lanyard_e2e::netns::Netns;
 use lanyard_e2e::process::Process;
 use lanyard_e2e::{DEADLINE, binary};
 
@@ -45,11 +50,14 @@ const CLIENT_PROXY_UID: u32 = 2103;
 const SERVER_UID: u32 = 65532;
 
 /// What `deploy/images/build` builds: component, binary, the crate of the binary, user.
-const IMAGES: [(&str, &str, &str, u32); 3] = [
+const IMAGES: [(&str, &str, &str, u32); 4] = [
     ("server", "lanyard-server", "lanyard-server", SERVER_UID),
     ("agent", "lanyard-agent", "lanyard-agent", 0),
     ("proxy", "lanyard-proxy", "lanyard-proxy", PROXY_UID),
+    ("proxy-init", "lanyard-redirect", "lanyard-redirect", 0),
 ];
+/// The init image's iptables: the two multi-call binaries every `iptables*` name links to.
+const XTABLES: [&str; 2] = ["xtables-legacy-multi", "xtables-nft-multi"];
 
 fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -64,16 +72,22 @@ fn skip_reason() -> Option<String> {
     if unsafe { libc::geteuid() } != 0 {
         return Some("not running as root (the images are built and run with root podman)".into());
     }
-    for tool in ["podman", "buildah", "skopeo", "runc"] {
+    for (tool, flag) in [
+        ("podman", "--version"),
+        ("buildah", "--version"),
+        ("skopeo", "--version"),
+        ("runc", "--version"),
+        ("ip", "-V"),
+    ] {
         let found = Command::new(tool)
-            .arg("--version")
+            .arg(flag)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status()
             .is_ok_and(|s| s.success());
         if !found {
             return Some(format!(
-                "`{tool}` is not installed (apt-get install podman buildah runc skopeo)"
+                "`{tool}` is not installed (apt-get install podman buildah runc skopeo iproute2)"
             ));
         }
     }
@@ -220,8 +234,9 @@ fn the_images_build_and_run_the_local_stack() {
         check_archive(out.path(), &name, &reference, digest);
         check_sbom(out.path(), &name, package, digest);
         check_config(&reference, &name, bin, uid, &revision);
-        check_files(&reference, bin, uid);
+        check_files(&reference, bin, uid, component == "proxy-init");
     }
+    check_init(&podman, &references.proxy_init());
 
     let app_image = build_demo_app_image(&podman);
     run_stack(&podman, &references, &app_image);
@@ -308,8 +323,15 @@ fn check_sbom(out: &Path, name: &str, package: &str, digest: &str) {
         purls.contains(format!("pkg:cargo/{package}@{VERSION}").as_str()),
         "{name}: its own crate missing from {purls:?}"
     );
+    // The daemons link rustls; the init binary links no TLS at all, and carries iptables.
+    let specific = if package == "lanyard-redirect" {
+        "pkg:deb/debian/iptables@"
+    } else {
+        "pkg:cargo/rustls@"
+    };
     for linked in [
-        "pkg:cargo/rustls@",
+        specific,
+        "pkg:cargo/clap@",
         "pkg:cargo/thiserror@",
         "pkg:deb/debian/libc6@",
     ] {
@@ -404,7 +426,7 @@ fn workspace_repository() -> String {
 
 /// The image's files: only what the binary needs, all root's and writable by root only,
 /// and no shell to run.
-fn check_files(reference: &str, bin: &str, uid: u32) {
+fn check_files(reference: &str, bin: &str, uid: u32, iptables: bool) {
     let root = PathBuf::from(run_ok("podman", &["image", "mount", reference]).trim());
     let mut found = Vec::new();
     let mut problems = Vec::new();
@@ -427,22 +449,22 @@ fn check_files(reference: &str, bin: &str, uid: u32) {
         "{reference}: /etc/group has no group {uid}:\n{group}"
     );
     let binary = format!("/usr/local/bin/{bin}");
-    for (path, mode, is_dir) in &found {
-        let allowed = *is_dir
-            || [
-                binary.as_str(),
-                "/etc/passwd",
-                "/etc/group",
-                "/etc/ssl/certs/ca-certificates.crt",
-            ]
-            .contains(&path.as_str())
-            || (["/lib/", "/lib64/", "/usr/lib/"]
-                .iter()
-                .any(|d| path.starts_with(d))
-                && path.contains(".so"));
+    for (path, mode, entry) in &found {
+        let xtables = |name: &str| XTABLES.iter().any(|x| name == format!("/usr/sbin/{x}"));
+        let allowed = match entry {
+            Entry::Dir => true,
+            // iptables, iptables-save, iptables-nft-restore, ... -> xtables-*-multi
+            Entry::Symlink(target) => {
+                iptables
+                    && path.starts_with("/usr/sbin/iptables")
+                    && XTABLES.contains(&target.as_str())
+            }
+            Entry::File => file_allowed(path, &binary) || (iptables && xtables(path)),
+        };
         if !allowed {
             problems.push(format!(
-                "{path}: not the binary, a library, a CA file or passwd/group"
+                "{path} ({entry:?}): not the binary, a library, a CA file, passwd/group{}",
+                if iptables { " or iptables" } else { "" }
             ));
         }
         if path == &binary && mode & 0o755 != 0o755 {
@@ -475,9 +497,39 @@ fn check_files(reference: &str, bin: &str, uid: u32) {
     );
 }
 
-/// Every entry under `dir`: (image path, mode, is a directory); anything not owned by root
-/// or writable by group or others goes to `problems`.
-fn walk(root: &Path, dir: &Path, found: &mut Vec<(String, u32, bool)>, problems: &mut Vec<String>) {
+/// What a path in an image is.
+#[derive(Debug)]
+enum Entry {
+    Dir,
+    File,
+    /// A symbolic link, with its target.
+    Symlink(String),
+}
+
+/// The files every image may hold: its binary, shared libraries, CA certificates, passwd and
+/// group.
+fn file_allowed(path: &str, binary: &str) -> bool {
+    [
+        binary,
+        "/etc/passwd",
+        "/etc/group",
+        "/etc/ssl/certs/ca-certificates.crt",
+    ]
+    .contains(&path)
+        || (["/lib/", "/lib64/", "/usr/lib/"]
+            .iter()
+            .any(|d| path.starts_with(d))
+            && path.contains(".so"))
+}
+
+/// Every entry under `dir`: (image path, mode, what it is); anything not owned by root or
+/// writable by group or others goes to `problems`.
+fn walk(
+    root: &Path,
+    dir: &Path,
+    found: &mut Vec<(String, u32, Entry)>,
+    problems: &mut Vec<String>,
+) {
     for entry in std::fs::read_dir(dir).unwrap() {
         let path = entry.unwrap().path();
         let meta = std::fs::symlink_metadata(&path).unwrap();
@@ -490,14 +542,88 @@ fn walk(root: &Path, dir: &Path, found: &mut Vec<(String, u32, bool)>, problems:
                 meta.gid()
             ));
         }
-        if !meta.file_type().is_symlink() && mode & 0o022 != 0 {
+        let kind = if meta.is_dir() {
+            Entry::Dir
+        } else if meta.file_type().is_symlink() {
+            let target = std::fs::read_link(&path).unwrap();
+            Entry::Symlink(target.to_string_lossy().into_owned())
+        } else {
+            Entry::File
+        };
+        if !matches!(kind, Entry::Symlink(_)) && mode & 0o022 != 0 {
             problems.push(format!("{image_path}: mode {mode:o} lets others write"));
         }
-        found.push((image_path, mode, meta.is_dir()));
+        found.push((image_path, mode, kind));
         if meta.is_dir() {
             walk(root, &path, found, problems);
         }
     }
+}
+
+/// The init image, run as the injected init container runs (root, only NET_ADMIN and
+/// NET_RAW, read-only root with a writable /run) in a fresh network namespace: it installs the
+/// redirect rules, which the image's own `iptables-save` reads back; a second run replaces
+/// them rather than adding a copy.
+fn check_init(podman: &Podman, reference: &str) {
+    let ns = Netns::create(&format!("{}-init", podman.prefix));
+    let network = format!("ns:/run/netns/{}", ns.name());
+    let in_namespace = |role: &str, entrypoint: Option<&str>, args: &[&str]| {
+        let name = podman.container(role);
+        let mut argv = vec![
+            "run",
+            "--rm",
+            "--name",
+            &name,
+            "--network",
+            &network,
+            "--cap-drop",
+            "ALL",
+            "--cap-add",
+            "NET_ADMIN",
+            "--cap-add",
+            "NET_RAW",
+            "--read-only",
+            "--env",
+            "SKIP_INBOUND_PORTS=4192",
+        ];
+        if let Some(entrypoint) = entrypoint {
+            argv.extend(["--entrypoint", entrypoint]);
+        }
+        argv.push(reference);
+        argv.extend_from_slice(args);
+        run_ok("podman", &argv)
+    };
+    let rules = || {
+        in_namespace("init-save", Some("/usr/sbin/iptables-save"), &["-t", "nat"])
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    let printed = in_namespace("init", None, &[]);
+    assert!(printed.contains("lanyard-redirect: done"), "{printed}");
+    let first = rules();
+    let uid = PROXY_UID.to_string();
+    for wanted in [
+        "-A PREROUTING -p tcp -j LANYARD_INBOUND",
+        "-A LANYARD_INBOUND -p tcp -m tcp --dport 4192 -j RETURN",
+        "-A LANYARD_INBOUND -p tcp -j REDIRECT --to-ports 4143",
+        "-A OUTPUT -p tcp -j LANYARD_OUTBOUND",
+        &format!("-A LANYARD_OUTBOUND -m owner --uid-owner {uid} -j RETURN"),
+        "-A LANYARD_OUTBOUND -p tcp -j REDIRECT --to-ports 4140",
+    ] {
+        assert!(
+            first.iter().any(|l| l == wanted),
+            "{reference}: no rule `{wanted}` in\n{}",
+            first.join("\n")
+        );
+    }
+    in_namespace("init-again", None, &[]);
+    assert_eq!(
+        rules(),
+        first,
+        "{reference}: a second run changed the rules"
+    );
 }
 
 /// The demo app's image: its binary and what it links, as `nonroot`.
