@@ -32,8 +32,19 @@ pub enum IdError {
         "trust domain has the character {0:?}; only lowercase letters, digits, '.', '-' and '_' are allowed"
     )]
     BadTrustDomainChar(char),
-    #[error("generated trust domain has uppercase letters; write it in lowercase")]
-    UppercaseTrustDomain,
+    /// A trust domain name given as a URI (`spiffe://example.org`) where a bare name is asked
+    /// for; holds the name to write instead when one can be made out.
+    #[error("give the trust domain name without the scheme{}", instead(.0))]
+    TrustDomainScheme(Option<String>),
+    /// Uppercase in a trust domain we are about to generate; holds the lowercase name.
+    #[error("trust domain names are lowercase: {0}")]
+    UppercaseTrustDomain(String),
+    /// A port, userinfo, path, query or fragment in a trust domain name (`what` says which).
+    #[error("a trust domain name has no {what}{}", instead(.suggestion))]
+    TrustDomainNameExtra {
+        what: &'static str,
+        suggestion: Option<String>,
+    },
     #[error("SPIFFE ID must not contain a port, userinfo, query or fragment")]
     Authority,
     #[error("path has an empty segment (\"//\" or a trailing \"/\")")]
@@ -63,14 +74,22 @@ impl TrustDomain {
             }
             return Ok(id.trust_domain);
         }
+        check_bare_name(input)?;
         Self::from_name(&input.to_ascii_lowercase())
     }
 
-    /// Builds a trust domain we are about to *generate* into certificates: uppercase is
-    /// refused, not folded.
+    /// Builds a trust domain we are about to *generate* into certificates, from a bare name
+    /// (`example.org`, as a `--trust-domain` flag gives it): uppercase is refused, not folded,
+    /// and so is a URI; each refusal names the trust domain to write instead.
     pub fn new(name: &str) -> Result<Self, IdError> {
+        if name.contains("://") {
+            return Err(IdError::TrustDomainScheme(suggest_name(name)));
+        }
+        check_bare_name(name)?;
         if name.bytes().any(|b| b.is_ascii_uppercase()) {
-            return Err(IdError::UppercaseTrustDomain);
+            // Another problem with the name comes first: lowercase alone would not fix it.
+            let lower = Self::from_name(&name.to_ascii_lowercase())?;
+            return Err(IdError::UppercaseTrustDomain(lower.0));
         }
         Self::from_name(name)
     }
@@ -235,6 +254,47 @@ impl<'de> serde::Deserialize<'de> for SpiffeId {
     }
 }
 
+/// Refuses what a URI has and a bare trust domain name does not (a port, userinfo, path, query
+/// or fragment), naming it: `from_name` alone would call them all an authority problem.
+fn check_bare_name(name: &str) -> Result<(), IdError> {
+    let what = if name.contains('/') {
+        "path"
+    } else if name.contains(['?', '#']) {
+        "query or fragment"
+    } else if name.contains('@') {
+        "userinfo"
+    } else if name.contains(':') {
+        "port"
+    } else {
+        return Ok(());
+    };
+    Err(IdError::TrustDomainNameExtra {
+        what,
+        suggestion: suggest_name(name),
+    })
+}
+
+/// The trust domain name a user most likely meant by `input` (`spiffe://Example.org:8443/x` →
+/// `example.org`), if what is left is a valid name.
+fn suggest_name(input: &str) -> Option<String> {
+    let rest = input.split_once("://").map_or(input, |(_, rest)| rest);
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let host = authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, host)| host);
+    let host = host.split_once(':').map_or(host, |(host, _)| host);
+    let name = host.to_ascii_lowercase();
+    TrustDomain::from_name(&name).ok().map(|td| td.0)
+}
+
+/// `": example.org"` when there is a name to suggest, else an example of the form.
+fn instead(suggestion: &Option<String>) -> String {
+    match suggestion {
+        Some(name) => format!(": {name}"),
+        None => " (e.g. example.org)".to_owned(),
+    }
+}
+
 /// Strips a case-insensitive `spiffe://`.
 fn strip_scheme(input: &str) -> Result<&str, IdError> {
     match input.get(..SCHEME.len()) {
@@ -314,9 +374,67 @@ mod tests {
 
     #[test]
     fn generated_trust_domain_refuses_uppercase() {
+        let err = TrustDomain::new("Example.ORG").unwrap_err();
+        assert_eq!(err, IdError::UppercaseTrustDomain("example.org".into()));
         assert_eq!(
-            TrustDomain::new("Example.org"),
-            Err(IdError::UppercaseTrustDomain)
+            err.to_string(),
+            "trust domain names are lowercase: example.org"
+        );
+    }
+
+    /// Each refusal of a bare name says what is wrong and what to write instead.
+    #[test]
+    fn a_refused_trust_domain_name_says_what_to_write() {
+        for (input, message) in [
+            (
+                "spiffe://example.org",
+                "give the trust domain name without the scheme: example.org",
+            ),
+            (
+                "SPIFFE://Example.org/",
+                "give the trust domain name without the scheme: example.org",
+            ),
+            (
+                "https://user@Example.org:8443/x?y",
+                "give the trust domain name without the scheme: example.org",
+            ),
+            (
+                "spiffe://",
+                "give the trust domain name without the scheme (e.g. example.org)",
+            ),
+            (
+                "example.org:8443",
+                "a trust domain name has no port: example.org",
+            ),
+            (
+                "admin@example.org",
+                "a trust domain name has no userinfo: example.org",
+            ),
+            (
+                "example.org/web",
+                "a trust domain name has no path: example.org",
+            ),
+            (
+                "example.org?x",
+                "a trust domain name has no query or fragment: example.org",
+            ),
+        ] {
+            let err = TrustDomain::new(input).unwrap_err();
+            assert_eq!(err.to_string(), message, "{input}");
+        }
+        // When lowercase alone would not do, the other problem is named.
+        assert_eq!(
+            TrustDomain::new("Ex ample.org"),
+            Err(IdError::BadTrustDomainChar(' '))
+        );
+        // Input parsing still folds case and takes the trust domain's ID, and names the problem.
+        assert_eq!(
+            TrustDomain::parse("spiffe://Example.org").unwrap(),
+            td("example.org")
+        );
+        assert_eq!(
+            TrustDomain::parse("Example.org:1").unwrap_err().to_string(),
+            "a trust domain name has no port: example.org"
         );
     }
 
@@ -365,7 +483,10 @@ mod tests {
         );
         assert_eq!(
             TrustDomain::parse("example.org/"),
-            Err(IdError::BadTrustDomainChar('/'))
+            Err(IdError::TrustDomainNameExtra {
+                what: "path",
+                suggestion: Some("example.org".into())
+            })
         );
         assert_eq!(
             TrustDomain::parse("spiffe://example.org/web"),
