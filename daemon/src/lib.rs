@@ -1,7 +1,10 @@
-//! What the Lanyard daemons share for their local files and their listeners, so the rules
-//! for them live in one place.
+//! What the Lanyard daemons share for their local files, their address options and their
+//! listeners, so the rules for them live in one place (the `lanyard` CLI uses the address
+//! parser too).
 //!
 //! Module map:
+//! - [`address`]: the one parser of address options: `HOST:PORT` to connect to (names
+//!   resolved when dialled), `IP:PORT` to listen on.
 //! - [`config_file`]: reading the `--config` TOML file (bounded, unknown keys refused by the
 //!   caller's serde type), the bottom layer under flags and `LANYARD_*` variables.
 //! - [`config_merge`]: filling options from that file under flags and variables, and the
@@ -12,6 +15,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod address;
 pub mod config_file;
 pub mod config_merge;
 pub mod private_file;
