@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
+use lanyard_daemon::address::{deserialize_listen, parse_listen};
 use lanyard_daemon::config_file;
 use lanyard_daemon::config_merge::{OptionError, Origin, Provenance, invalid};
 use lanyard_svid::TrustDomain;
@@ -50,11 +51,15 @@ pub struct RunArgs {
     #[arg(long, env = "LANYARD_TRUST_DOMAIN")]
     pub trust_domain: Option<String>,
 
-    /// Address of the gRPC (mTLS) listener, e.g. `0.0.0.0:8081`; port 0 picks a free port.
-    #[arg(long, env = "LANYARD_LISTEN")]
+    /// IP address and port of the gRPC (mTLS) listener, e.g. `0.0.0.0:8081`; port 0 picks a
+    /// free port.
+    #[arg(long, env = "LANYARD_LISTEN", value_parser = parse_listen)]
+    #[serde(default, deserialize_with = "deserialize_listen")]
     pub listen: Option<SocketAddr>,
 
-    /// Directory for CA material (data-dir mode) and the admin socket.
+    /// Directory for the CA material and the admin socket (`token generate`, `bundle show`,
+    /// `agent evict` talk to it). Required without --kube; with --kube it only holds the admin
+    /// socket, and without it there is none.
     #[arg(long, env = "LANYARD_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
 
@@ -76,36 +81,39 @@ pub struct RunArgs {
     #[serde(default)]
     pub agent_sa: Vec<String>,
 
-    /// Audience agents' projected tokens must carry.
+    /// Audience agents' projected tokens must carry [default: lanyard-server]
     #[arg(long, env = "LANYARD_K8S_AUDIENCE")]
     pub k8s_audience: Option<String>,
 
-    /// Lifetime of workload X.509-SVIDs (e.g. `1h`, `10m`).
+    /// Lifetime of workload X.509-SVIDs (e.g. `1h`, `10m`) [default: 1h]
     #[arg(long, env = "LANYARD_X509_TTL")]
     pub x509_ttl: Option<String>,
 
-    /// Lifetime of JWT-SVIDs.
+    /// Lifetime of JWT-SVIDs [default: 5m]
     #[arg(long, env = "LANYARD_JWT_TTL")]
     pub jwt_ttl: Option<String>,
 
-    /// Lifetime of node (agent) SVIDs.
+    /// Lifetime of node (agent) SVIDs [default: 1h]
     #[arg(long, env = "LANYARD_NODE_TTL")]
     pub node_ttl: Option<String>,
 
-    /// SPIFFE ID path for pods; `{namespace}`, `{service_account}`, `{pod_name}` expand.
+    /// SPIFFE ID path for pods; `{namespace}`, `{service_account}`, `{pod_name}` expand
+    /// [default: /ns/{namespace}/sa/{service_account}]
     #[arg(long, env = "LANYARD_POD_ID_TEMPLATE")]
     pub pod_id_template: Option<String>,
 
-    /// Address of the HTTP listener for /healthz, /readyz and /metrics.
-    #[arg(long, env = "LANYARD_HEALTH")]
+    /// IP address and port of the HTTP listener for /healthz, /readyz and /metrics
+    /// (e.g. `0.0.0.0:9090`); none without it.
+    #[arg(long, env = "LANYARD_HEALTH", value_parser = parse_listen)]
+    #[serde(default, deserialize_with = "deserialize_listen")]
     pub health: Option<SocketAddr>,
 
-    /// SVIDs per second each node may have signed (bursts of 4x are allowed).
+    /// SVIDs per second each node may have signed (bursts of 4x are allowed) [default: 500]
     #[arg(long, env = "LANYARD_MINT_RATE_LIMIT")]
     pub mint_rate_limit: Option<f64>,
 
     /// Node attestations per second from one source address (bursts of 4x are allowed);
-    /// raise it when many agents reach the server through one NAT address.
+    /// raise it when many agents reach the server through one NAT address [default: 5]
     #[arg(long, env = "LANYARD_ATTEST_RATE_LIMIT")]
     pub attest_rate_limit: Option<f64>,
 
@@ -158,7 +166,8 @@ impl std::fmt::Display for ObjectRef {
 pub struct ServerConfig {
     pub trust_domain: TrustDomain,
     pub listen: SocketAddr,
-    pub data_dir: PathBuf,
+    /// Always set in data-dir mode; in cluster mode only where the admin socket goes.
+    pub data_dir: Option<PathBuf>,
     pub mode: Mode,
     pub x509_ttl: Duration,
     pub jwt_ttl: Duration,
@@ -202,7 +211,11 @@ impl RunArgs {
         )
         .map_err(|e| invalid("trust-domain", e))?;
         let listen = self.listen.ok_or(OptionError::Missing("listen"))?;
-        let data_dir = self.data_dir.ok_or(OptionError::Missing("data-dir"))?;
+        // The CA lives in the data dir only in data-dir mode; cluster mode reads a Secret.
+        if !self.kube && self.data_dir.is_none() {
+            return Err(OptionError::Missing("data-dir").into());
+        }
+        let data_dir = self.data_dir;
 
         let mode = if self.kube {
             let agent_service_accounts = self
@@ -439,6 +452,110 @@ mod tests {
             cluster.agent_service_accounts,
             [("lanyard".to_owned(), "lanyard-agent".to_owned())]
         );
+    }
+
+    #[test]
+    fn only_data_dir_mode_needs_a_data_dir() {
+        let err = RunArgs {
+            data_dir: None,
+            ..args()
+        }
+        .resolve()
+        .unwrap_err();
+        assert!(
+            matches!(err, ConfigError::Option(OptionError::Missing("data-dir"))),
+            "{err}"
+        );
+        let c = RunArgs {
+            data_dir: None,
+            kube: true,
+            agent_sa: vec!["lanyard:lanyard-agent".into()],
+            ca_secret: Some("lanyard/lanyard-ca".into()),
+            bundle_configmap: Some("lanyard/lanyard-bundle".into()),
+            ..args()
+        }
+        .resolve()
+        .unwrap();
+        assert!(matches!(c.mode, Mode::Cluster(_)));
+        assert_eq!(c.data_dir, None);
+    }
+
+    #[test]
+    fn listen_addresses_are_parsed_by_the_shared_parser() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            run: RunArgs,
+        }
+        let err = Cli::try_parse_from(["x", "--listen", "localhost:8081"])
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains("give an IP address and port to listen on, e.g. 0.0.0.0:8081"),
+            "{err}"
+        );
+        let cli =
+            Cli::try_parse_from(["x", "--listen", "[::]:8081", "--health", "0.0.0.0:0"]).unwrap();
+        assert_eq!(cli.run.listen, Some("[::]:8081".parse().unwrap()));
+        // The same refusal from the file, naming the file.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "health = \"localhost:9090\"\n").unwrap();
+        let err = RunArgs {
+            config: Some(path),
+            ..args()
+        }
+        .resolve()
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("give an IP address and port to listen on") && err.contains("c.toml"),
+            "{err}"
+        );
+    }
+
+    /// Defaults applied after merging (so that the file can still set them) are not clap
+    /// defaults: the help states them, and says what the code applies.
+    #[test]
+    fn help_states_the_defaults_applied_after_parsing() {
+        use clap::CommandFactory;
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            run: RunArgs,
+        }
+        let help = Cli::command().render_help().to_string();
+        let rate = |r: f64| format!("{r}");
+        for (flag, default) in [
+            (
+                "--x509-ttl",
+                humantime::format_duration(DEFAULT_X509_TTL).to_string(),
+            ),
+            (
+                "--jwt-ttl",
+                humantime::format_duration(DEFAULT_JWT_TTL).to_string(),
+            ),
+            (
+                "--node-ttl",
+                humantime::format_duration(DEFAULT_NODE_TTL).to_string(),
+            ),
+            ("--k8s-audience", DEFAULT_K8S_AUDIENCE.to_owned()),
+            ("--pod-id-template", DEFAULT_POD_ID_TEMPLATE.to_owned()),
+            ("--mint-rate-limit", rate(DEFAULT_MINT_RATE_LIMIT)),
+            ("--attest-rate-limit", rate(DEFAULT_ATTEST_RATE_LIMIT)),
+        ] {
+            let start = help.find(&format!("{flag} <")).expect(flag);
+            let end = help[start + 2..]
+                .find("\n  -")
+                .map_or(help.len(), |i| i + start + 2);
+            let entry = &help[start..end];
+            assert!(
+                entry.contains(&format!("[default: {default}]")),
+                "{flag} must show [default: {default}]:\n{entry}"
+            );
+        }
     }
 
     #[test]

@@ -62,7 +62,7 @@ pub enum RunError {
     CaSource(#[from] crate::k8s::ca_source::CaSourceError),
     #[error("server SVID: {0}")]
     ServerSvid(#[from] server_svid::ServerSvidError),
-    #[error("binding {role} listener on {addr}: {source}")]
+    #[error("cannot listen on {addr} (--{flag}, the {role} listener): {source}", flag = listen_flag(role))]
     Bind {
         role: &'static str,
         addr: SocketAddr,
@@ -81,15 +81,28 @@ pub async fn run(
     on_listening: impl Fn(&'static str, SocketAddr),
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), RunError> {
+    // The listeners first: a start that cannot listen fails before it writes anything, so a
+    // port in use never leaves a new CA (or a lock file) in a data dir. They are announced
+    // below, when they serve.
+    let grpc_listener = bind("grpc", config.listen).await?;
+    let health_listener = match config.health {
+        Some(addr) => Some(bind("health", addr).await?),
+        None => None,
+    };
     // A data dir that does not exist yet is a first start: the only time a CA is created
     // without --init.
-    let first_start = !config.data_dir.exists();
-    ensure_dir(&config.data_dir, 0o700).map_err(|source| RunError::DataDir {
-        path: config.data_dir.clone(),
-        source,
-    })?;
+    let first_start = config.data_dir.as_ref().is_some_and(|dir| !dir.exists());
     // Held until this function returns: one server per data dir.
-    let _lock = lock_data_dir(&config.data_dir)?;
+    let _lock = match &config.data_dir {
+        Some(dir) => {
+            ensure_dir(dir, 0o700).map_err(|source| RunError::DataDir {
+                path: dir.clone(),
+                source,
+            })?;
+            Some(lock_data_dir(dir)?)
+        }
+        None => None,
+    };
     let mut registry = Registry::default();
     let metrics = ServerMetrics::register(&mut registry);
     let authority = Arc::new(Authority::new(config.trust_domain.clone()));
@@ -98,12 +111,15 @@ pub async fn run(
     let pod_id_template: Arc<str> = config.pod_id_template.as_str().into();
     let (attestor, pods, join_tokens, evictions, discovery) = match &config.mode {
         Mode::DataDir => {
+            let Some(data_dir) = &config.data_dir else {
+                unreachable!("the configuration requires --data-dir in data-dir mode")
+            };
             let now = SystemTime::now();
-            let had_ca = DataDirCa::exists(&config.data_dir);
+            let had_ca = DataDirCa::exists(data_dir);
             let ca = if first_start || config.init {
-                DataDirCa::load_or_create(&config.data_dir, &config.trust_domain, now)?
+                DataDirCa::load_or_create(data_dir, &config.trust_domain, now)?
             } else {
-                DataDirCa::load_existing(&config.data_dir, &config.trust_domain, now)?
+                DataDirCa::load_existing(data_dir, &config.trust_domain, now)?
             };
             authority.install(
                 SigningMaterial {
@@ -114,12 +130,12 @@ pub async fn run(
                 now,
             )?;
             tasks.push(crate::ca_rotation::spawn(
-                config.data_dir.clone(),
+                data_dir.clone(),
                 config.trust_domain.clone(),
                 authority.clone(),
             ));
             let tokens = Arc::new(JoinTokens::new());
-            let evictions = Arc::new(Evictions::load(&config.data_dir, !had_ca)?);
+            let evictions = Arc::new(Evictions::load(data_dir, !had_ca)?);
             let method = Method::JoinToken {
                 tokens: tokens.clone(),
                 evictions: evictions.clone(),
@@ -189,23 +205,20 @@ pub async fn run(
         not_after,
     ));
 
-    tasks.push(admin::serve(
-        &config.data_dir,
-        Arc::new(Admin {
-            authority: authority.clone(),
-            join_tokens,
-            evictions,
-        }),
-    )?);
+    // Without a data dir (cluster mode only) there is no admin socket: its commands are
+    // data-dir mode's, but `bundle show`, and the bundle is in the ConfigMap.
+    if let Some(data_dir) = &config.data_dir {
+        tasks.push(admin::serve(
+            data_dir,
+            Arc::new(Admin {
+                authority: authority.clone(),
+                join_tokens,
+                evictions,
+            }),
+        )?);
+    }
 
-    if let Some(addr) = config.health {
-        let listener = TcpListener::bind(addr)
-            .await
-            .map_err(|source| RunError::Bind {
-                role: "health",
-                addr,
-                source,
-            })?;
+    if let Some((listener, addr)) = health_listener {
         let ready_authority = authority.clone();
         let ready_pods = pods.clone();
         let readiness = move || -> Result<(), String> {
@@ -254,14 +267,8 @@ pub async fn run(
         metrics.clone(),
         feeds_stopping,
     );
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .map_err(|source| RunError::Bind {
-            role: "grpc",
-            addr: config.listen,
-            source,
-        })?;
-    on_listening("grpc", listener.local_addr().unwrap_or(config.listen));
+    let (listener, addr) = grpc_listener;
+    on_listening("grpc", listener.local_addr().unwrap_or(addr));
     let tls = Arc::new(server_config_optional_client_auth(
         store,
         vec![b"h2".to_vec()],
@@ -303,6 +310,22 @@ pub async fn run(
         task.abort();
     }
     Ok(())
+}
+
+/// The option that gives a listener's address.
+fn listen_flag(role: &str) -> &'static str {
+    match role {
+        "health" => "health",
+        _ => "listen",
+    }
+}
+
+/// A listener on `addr`, or the error naming its role and address.
+async fn bind(role: &'static str, addr: SocketAddr) -> Result<(TcpListener, SocketAddr), RunError> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| RunError::Bind { role, addr, source })?;
+    Ok((listener, addr))
 }
 
 /// The data dir's lock file, locked exclusively (released when the file is closed, so also

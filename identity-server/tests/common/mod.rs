@@ -70,7 +70,10 @@ pub async fn start_data_dir(data_dir: &Path, config: &str) -> TestServer {
 pub async fn start(args: RunArgs, kube: Option<kube::Client>) -> TestServer {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let config = args.resolve().expect("valid test config");
-    let data_dir = config.data_dir.clone();
+    let data_dir = config
+        .data_dir
+        .clone()
+        .expect("the test servers have a data dir");
     let (addr_tx, addr_rx) = oneshot::channel();
     let addr_tx = std::sync::Mutex::new(Some(addr_tx));
     let health = Arc::new(std::sync::Mutex::new(None));
