@@ -34,7 +34,8 @@ use lanyard_svid::pem::encode_certificates;
 /// Where the socket is and how long to wait for answers.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Connection {
-    /// The agent's Workload API socket: a path or a `unix:///abs/path` URI.
+    /// The agent's Workload API socket: a path or a `unix:///abs/path` URI [default:
+    /// SPIFFE_ENDPOINT_SOCKET, else /run/lanyard/sockets/agent.sock]
     #[arg(long, env = "LANYARD_SOCKET", global = true)]
     pub socket: Option<String>,
     /// How long to wait for the agent's answer.
@@ -62,6 +63,7 @@ pub enum ApiCommand {
     /// Ask discovery what is behind a destination (a pod IP or a Service's ClusterIP).
     Resolve {
         /// The destination as a connection sees it, e.g. 10.96.0.10:80.
+        #[arg(value_parser = parse_destination)]
         destination: SocketAddr,
         #[command(flatten)]
         connection: Connection,
@@ -81,7 +83,7 @@ pub enum FetchCommand {
         /// The audience (repeatable).
         #[arg(long, required = true)]
         audience: Vec<String>,
-        /// Which of the caller's identities (default: its default one).
+        /// Which of the caller's identities [default: the caller's default SVID's ID]
         #[arg(long)]
         spiffe_id: Option<String>,
     },
@@ -101,6 +103,16 @@ pub enum ValidateCommand {
         audience: String,
         token: String,
     },
+}
+
+/// A destination is an address, not a name: discovery knows pods and Services by IP.
+fn parse_destination(text: &str) -> Result<SocketAddr, String> {
+    text.parse().map_err(|_| {
+        format!(
+            "{text:?}: give the destination's IP address and port, e.g. 10.96.0.10:80 or \
+             [fd00::a]:80 (discovery knows pods and Services by address, not by name)"
+        )
+    })
 }
 
 /// Runs one `api` command, printing to stdout.
@@ -270,6 +282,19 @@ fn write_resolution(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_destination_is_an_ip_address_and_port() {
+        assert_eq!(
+            parse_destination("[fd00::a]:80").unwrap(),
+            "[fd00::a]:80".parse::<SocketAddr>().unwrap()
+        );
+        let err = parse_destination("web.shop.svc:80").unwrap_err();
+        assert!(
+            err.starts_with("\"web.shop.svc:80\": give the destination's IP address and port"),
+            "{err}"
+        );
+    }
 
     #[test]
     fn resolutions_print_one_keyword_line_per_fact() {

@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::Args;
+use lanyard_daemon::address::{HostPort, deserialize_listen, parse_listen};
 use lanyard_daemon::config_file;
 use lanyard_daemon::config_merge::{OptionError, Origin, Provenance, invalid};
 use lanyard_svid::TrustDomain;
@@ -30,7 +31,8 @@ pub struct RunArgs {
     #[serde(skip)]
     pub config: Option<PathBuf>,
 
-    /// lanyard-server's gRPC address, `HOST:PORT`.
+    /// lanyard-server's gRPC address, `HOST:PORT`: a name (resolved at each connect), an IP
+    /// address or `[IPv6]:PORT`, e.g. `lanyard-server.lanyard.svc:8081`.
     #[arg(long, env = "LANYARD_SERVER")]
     pub server: Option<String>,
 
@@ -39,7 +41,8 @@ pub struct RunArgs {
     #[arg(long, env = "LANYARD_TRUST_BUNDLE")]
     pub trust_bundle: Option<PathBuf>,
 
-    /// Trust domain; by default read from the roots' `spiffe://` URI SAN.
+    /// Trust domain [default: the one named by the trust bundle's roots (their `spiffe://` URI
+    /// SAN)]
     #[arg(long, env = "LANYARD_TRUST_DOMAIN")]
     pub trust_domain: Option<String>,
 
@@ -63,7 +66,7 @@ pub struct RunArgs {
     #[arg(long, env = "LANYARD_K8S_TOKEN_PATH")]
     pub k8s_token_path: Option<PathBuf>,
 
-    /// Path of the Workload API Unix socket.
+    /// Path of the Workload API Unix socket [default: /run/lanyard/sockets/agent.sock]
     #[arg(long, env = "LANYARD_SOCKET")]
     pub socket: Option<PathBuf>,
 
@@ -71,8 +74,10 @@ pub struct RunArgs {
     #[arg(long, env = "LANYARD_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
 
-    /// Address of the HTTP listener for /healthz, /readyz and /metrics.
-    #[arg(long, env = "LANYARD_HEALTH")]
+    /// IP address and port of the HTTP listener for /healthz, /readyz and /metrics
+    /// (e.g. `0.0.0.0:9090`); none without it.
+    #[arg(long, env = "LANYARD_HEALTH", value_parser = parse_listen)]
+    #[serde(default, deserialize_with = "deserialize_listen")]
     pub health: Option<SocketAddr>,
 
     /// The node this agent runs on (on Kubernetes, from the downward API's `spec.nodeName`).
@@ -105,6 +110,7 @@ impl std::fmt::Debug for RunArgs {
 /// A validated agent configuration.
 #[derive(Debug)]
 pub struct AgentConfig {
+    /// `HOST:PORT`, checked by [`HostPort`]; the name is resolved at each connect.
     pub server: String,
     pub trust_bundle: PathBuf,
     /// `None`: taken from the trust bundle's roots.
@@ -133,9 +139,15 @@ impl RunArgs {
 
     fn validate(self) -> Result<AgentConfig, ConfigError> {
         let server = self.server.ok_or(ConfigError::Missing("server"))?;
-        if server.is_empty() || server.len() > 1024 {
-            return Err(invalid("server", "give HOST:PORT"));
-        }
+        // The server client takes (and strips) an `https://` prefix and a trailing `/`.
+        let host_port = server
+            .strip_prefix("https://")
+            .unwrap_or(&server)
+            .trim_end_matches('/');
+        let server = host_port
+            .parse::<HostPort>()
+            .map_err(|e| invalid("server", e))?
+            .to_string();
         let trust_bundle = self
             .trust_bundle
             .ok_or(ConfigError::Missing("trust-bundle"))?;
@@ -387,6 +399,68 @@ mod tests {
         assert!(
             err.ends_with("(from the flag or LANYARD_TRUST_DOMAIN)"),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn the_server_is_host_port_and_health_an_ip_address() {
+        for (given, kept) in [
+            (
+                "lanyard-server.lanyard.svc:8081",
+                "lanyard-server.lanyard.svc:8081",
+            ),
+            ("https://server.example:8081/", "server.example:8081"),
+            ("[fd00::1]:8081", "[fd00::1]:8081"),
+        ] {
+            let c = RunArgs {
+                server: Some(given.into()),
+                ..args()
+            }
+            .resolve()
+            .unwrap();
+            assert_eq!(c.server, kept);
+        }
+        for bad in ["server", "server:0", "::1:8081", ""] {
+            let err = RunArgs {
+                server: Some(bad.into()),
+                ..args()
+            }
+            .resolve()
+            .unwrap_err()
+            .to_string();
+            assert!(
+                err.starts_with(&format!("--server: {bad:?} is not HOST:PORT")),
+                "{err}"
+            );
+        }
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            run: RunArgs,
+        }
+        let err = Cli::try_parse_from(["x", "--health", "localhost:9090"])
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains("give an IP address and port to listen on, e.g. 0.0.0.0:8081"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn help_states_the_default_socket() {
+        use clap::CommandFactory;
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            run: RunArgs,
+        }
+        let help = Cli::command().render_help().to_string();
+        assert!(
+            help.contains(&format!("[default: {DEFAULT_SOCKET}]")),
+            "{help}"
         );
     }
 
