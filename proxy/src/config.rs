@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
+use lanyard_daemon::address::{HostPort, deserialize_listen, parse_listen};
 use lanyard_daemon::config_file;
 use lanyard_daemon::config_merge::{OptionError, Origin, Provenance, invalid};
 use lanyard_svid::SpiffeId;
@@ -53,19 +54,20 @@ pub struct RunArgs {
     #[arg(long, env = "LANYARD_WORKLOAD_SOCKET")]
     pub workload_socket: Option<String>,
 
-    /// `LISTEN=TARGET`: accept on LISTEN, deliver to the app at TARGET; repeatable.
+    /// `LISTEN=TARGET`: accept on LISTEN (`IP:PORT`), deliver to the app at TARGET
+    /// (`HOST:PORT`); repeatable.
     #[arg(long, env = "LANYARD_INBOUND", value_delimiter = ',')]
     #[serde(default)]
     pub inbound: Vec<String>,
 
-    /// `LISTEN=DEST[,id=SPIFFE_ID]`: accept the app's connections on LISTEN and send them to
-    /// DEST, over mTLS expecting SPIFFE_ID when given; repeatable.
+    /// `LISTEN=DEST[,id=SPIFFE_ID]`: accept the app's connections on LISTEN (`IP:PORT`) and
+    /// send them to DEST (`HOST:PORT`), over mTLS expecting SPIFFE_ID when given; repeatable.
     #[arg(long, env = "LANYARD_OUTBOUND")]
     #[serde(default)]
     pub outbound: Vec<String>,
 
     /// Which client IDs inbound mTLS accepts: `any`, an ID, or `PREFIX*`. Anything but `any`
-    /// makes inbound listeners strict.
+    /// makes inbound listeners strict [default: any]
     #[arg(long, env = "LANYARD_ALLOW")]
     pub allow: Option<String>,
 
@@ -93,8 +95,10 @@ pub struct RunArgs {
     #[serde(default)]
     pub no_discovery: bool,
 
-    /// Address of the tap listener; loopback only unless --admin-allow-remote.
-    #[arg(long, env = "LANYARD_ADMIN")]
+    /// IP address and port of the tap listener; loopback only unless --admin-allow-remote
+    /// [default: 127.0.0.1:4191]
+    #[arg(long, env = "LANYARD_ADMIN", value_parser = parse_listen)]
+    #[serde(default, deserialize_with = "deserialize_listen")]
     pub admin: Option<SocketAddr>,
 
     /// Allow a non-loopback --admin address: the tap is unauthenticated, and shows every
@@ -103,25 +107,28 @@ pub struct RunArgs {
     #[serde(default)]
     pub admin_allow_remote: bool,
 
-    /// Address of the HTTP listener for /metrics, /healthz and /readyz.
-    #[arg(long, env = "LANYARD_METRICS")]
+    /// IP address and port of the HTTP listener for /metrics, /healthz and /readyz
+    /// (e.g. `127.0.0.1:4192`); none without it.
+    #[arg(long, env = "LANYARD_METRICS", value_parser = parse_listen)]
+    #[serde(default, deserialize_with = "deserialize_listen")]
     pub metrics: Option<SocketAddr>,
 
-    /// How long inbound detection waits for the client's first bytes (e.g. `1s`, `300ms`).
+    /// How long inbound detection waits for the client's first bytes (e.g. `1s`, `300ms`)
+    /// [default: 1s]
     #[arg(long, env = "LANYARD_DETECT_TIMEOUT")]
     pub detect_timeout: Option<String>,
 
-    /// Limit on each TLS handshake and on each connect to a target.
+    /// Limit on each TLS handshake and on each connect to a target [default: 10s]
     #[arg(long, env = "LANYARD_HANDSHAKE_TIMEOUT")]
     pub handshake_timeout: Option<String>,
 
     /// Connections handled at once, all listeners together; more are closed at accept. One
-    /// inbound source address (an IPv6 /64) may hold a quarter of them.
+    /// inbound source address (an IPv6 /64) may hold a quarter of them [default: 10000]
     #[arg(long, env = "LANYARD_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
 
     /// Close a proxied connection after this long without a byte either way (e.g. `1h`,
-    /// `90s`); it closes between one and two of these after its last byte.
+    /// `90s`); it closes between one and two of these after its last byte [default: 1h]
     #[arg(long, env = "LANYARD_IDLE_TIMEOUT")]
     pub idle_timeout: Option<String>,
 }
@@ -330,40 +337,26 @@ pub fn parse_socket(text: &str) -> Result<PathBuf, String> {
     lanyard_client::endpoint::parse(text).map_err(|e| e.to_string())
 }
 
-/// `HOST:PORT` with a non-zero port and a non-empty host (IPv6 in brackets).
-fn check_host_port(text: &str) -> Result<(), String> {
-    if text.parse::<SocketAddr>().is_ok() {
-        return Ok(());
-    }
-    match text.rsplit_once(':') {
-        Some((host, port))
-            if !host.is_empty()
-                && !host.contains(':')
-                && host.len() <= 253
-                && port.parse::<u16>().is_ok_and(|p| p != 0) =>
-        {
-            Ok(())
-        }
-        _ => Err(format!("{text:?} is not HOST:PORT")),
-    }
+/// `HOST:PORT` to dial, by the shared parser; kept in its written form (`[v6]:port`).
+fn check_host_port(text: &str) -> Result<String, String> {
+    text.parse::<HostPort>()
+        .map(|hp| hp.to_string())
+        .map_err(|e| e.to_string())
 }
 
 fn parse_listen_pair(item: &str) -> Result<(SocketAddr, &str), String> {
     let (listen, rest) = item
         .split_once('=')
         .ok_or_else(|| format!("{item:?} is not LISTEN=TARGET"))?;
-    let listen: SocketAddr = listen
-        .parse()
-        .map_err(|_| format!("{listen:?} is not IP:PORT"))?;
+    let listen = parse_listen(listen).map_err(|e| e.to_string())?;
     Ok((listen, rest))
 }
 
 fn parse_inbound(item: &str) -> Result<InboundListener, String> {
     let (listen, target) = parse_listen_pair(item)?;
-    check_host_port(target)?;
     Ok(InboundListener {
         listen,
-        target: target.to_owned(),
+        target: check_host_port(target)?,
     })
 }
 
@@ -382,10 +375,9 @@ fn parse_outbound(item: &str) -> Result<OutboundListener, String> {
             (dest, Some(id))
         }
     };
-    check_host_port(destination)?;
     Ok(OutboundListener {
         listen,
-        destination: destination.to_owned(),
+        destination: check_host_port(destination)?,
         expected_id,
     })
 }
@@ -501,6 +493,90 @@ mod tests {
         .resolve(None)
         .unwrap();
         assert!(!c.admin.ip().is_loopback());
+    }
+
+    #[test]
+    fn listen_and_target_addresses_use_the_shared_parsers() {
+        let c = RunArgs {
+            inbound: vec!["[::]:4143=localhost:8080".into()],
+            outbound: vec!["127.0.0.1:0=web.shop.svc.cluster.local:80".into()],
+            ..args()
+        }
+        .resolve(None)
+        .unwrap();
+        assert_eq!(c.inbound[0].target, "localhost:8080");
+        assert_eq!(c.outbound[0].destination, "web.shop.svc.cluster.local:80");
+        for (inbound, message) in [
+            (
+                "localhost:4143=127.0.0.1:8080",
+                "give an IP address and port to listen on, e.g. 0.0.0.0:8081",
+            ),
+            (
+                "127.0.0.1:0=web",
+                "\"web\" is not HOST:PORT: there is no port",
+            ),
+            ("127.0.0.1:0=::1:80", "an IPv6 address goes in brackets"),
+        ] {
+            let err = RunArgs {
+                inbound: vec![inbound.into()],
+                ..args()
+            }
+            .resolve(None)
+            .unwrap_err()
+            .to_string();
+            assert!(
+                err.starts_with("--inbound: ") && err.contains(message),
+                "{err}"
+            );
+        }
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            run: RunArgs,
+        }
+        for flag in ["--admin", "--metrics"] {
+            let err = Cli::try_parse_from(["x", flag, "localhost:4191"])
+                .err()
+                .unwrap()
+                .to_string();
+            assert!(
+                err.contains("give an IP address and port to listen on"),
+                "{flag}: {err}"
+            );
+        }
+    }
+
+    /// Defaults applied after merging (so that the file can still set them) are stated in
+    /// the help, and they are the ones the code applies.
+    #[test]
+    fn help_states_the_defaults_applied_after_parsing() {
+        use clap::CommandFactory;
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            run: RunArgs,
+        }
+        let help = Cli::command().render_help().to_string();
+        let duration = |d: Duration| humantime::format_duration(d).to_string();
+        for (flag, default) in [
+            ("--admin", DEFAULT_ADMIN.to_string()),
+            ("--detect-timeout", duration(DEFAULT_DETECT_TIMEOUT)),
+            ("--handshake-timeout", duration(DEFAULT_HANDSHAKE_TIMEOUT)),
+            ("--idle-timeout", duration(DEFAULT_IDLE_TIMEOUT)),
+            ("--max-connections", DEFAULT_MAX_CONNECTIONS.to_string()),
+            ("--allow", AllowPolicy::Any.to_string()),
+        ] {
+            let start = help.find(&format!("{flag} <")).expect(flag);
+            let end = help[start + 2..]
+                .find("\n  -")
+                .map_or(help.len(), |i| i + start + 2);
+            let entry = &help[start..end];
+            assert!(
+                entry.contains(&format!("[default: {default}]")),
+                "{flag} must show [default: {default}]:\n{entry}"
+            );
+        }
     }
 
     #[test]

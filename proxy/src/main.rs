@@ -2,9 +2,9 @@
 
 #![forbid(unsafe_code)]
 
-use std::net::SocketAddr;
-
 use clap::{Parser, Subcommand};
+use lanyard_client::tap::TapError;
+use lanyard_daemon::address::HostPort;
 use lanyard_proxy::config::{DEFAULT_ADMIN, RunArgs, SPIFFE_ENDPOINT_SOCKET};
 
 /// The Lanyard sidecar proxy: per-connection mTLS or plaintext.
@@ -21,9 +21,9 @@ enum Command {
     Run(Box<RunArgs>),
     /// Print the tap of a running proxy: one line per finished connection.
     Tap {
-        /// The proxy's `--admin` address.
-        #[arg(long, env = "LANYARD_ADMIN", default_value_t = DEFAULT_ADMIN)]
-        admin: SocketAddr,
+        /// The proxy's `--admin` address, `HOST:PORT` (e.g. `localhost:4191`).
+        #[arg(long, env = "LANYARD_ADMIN", default_value_t = HostPort::from(DEFAULT_ADMIN))]
+        admin: HostPort,
     },
 }
 
@@ -59,7 +59,82 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     }
 }
 
-async fn tap(admin: SocketAddr) -> anyhow::Result<()> {
-    lanyard_client::tap::follow(admin, &mut tokio::io::stdout()).await?;
-    Ok(())
+/// Follows the tap at the first of `admin`'s addresses that accepts (`localhost` may resolve
+/// to `::1` before the `127.0.0.1` the proxy listens on).
+async fn tap(admin: HostPort) -> anyhow::Result<()> {
+    let addrs = admin
+        .resolve()
+        .await
+        .map_err(|e| anyhow::anyhow!("resolving --admin {admin}: {e}"))?;
+    let mut last = None;
+    for addr in addrs {
+        match lanyard_client::tap::follow(addr, &mut tokio::io::stdout()).await {
+            Err(e @ TapError::Connect { .. }) => last = Some(e),
+            other => return Ok(other?),
+        }
+    }
+    Err(last.expect("resolve returns at least one address").into())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::Cli;
+
+    /// Options of every subcommand that take a value, are optional and have no default: each
+    /// is either off without it, or required after merging the flags, variables and file.
+    const WITHOUT_DEFAULT: &[&str] = &[
+        "run --config",
+        "run --workload-socket",
+        "run --inbound",
+        "run --outbound",
+        "run --opaque-port",
+        "run --transparent-inbound",
+        "run --transparent-outbound",
+        "run --metrics",
+    ];
+
+    /// Every optional option with a value shows its default in `--help`: clap's own, or
+    /// `[default: ...]` in the help text where the default is applied after parsing.
+    #[test]
+    fn help_shows_every_default() {
+        let mut missing = Vec::new();
+        walk(&Cli::command(), "", &mut missing);
+        assert!(
+            missing.is_empty(),
+            "no default shown in --help: {missing:?}"
+        );
+    }
+
+    fn walk(command: &clap::Command, path: &str, missing: &mut Vec<String>) {
+        for arg in command.get_arguments() {
+            let help = arg.get_help().map(ToString::to_string).unwrap_or_default();
+            let Some(long) = arg.get_long() else { continue };
+            let name = format!("{path} --{long}").trim().to_owned();
+            if arg.get_action().takes_values()
+                && !arg.is_required_set()
+                && arg.get_default_values().is_empty()
+                && !help.contains("[default: ")
+                && !WITHOUT_DEFAULT.contains(&name.as_str())
+            {
+                missing.push(name);
+            }
+        }
+        for sub in command.get_subcommands() {
+            walk(sub, &format!("{path} {}", sub.get_name()), missing);
+        }
+    }
+
+    #[test]
+    fn tap_takes_a_host_name() {
+        use clap::Parser;
+        let cli = Cli::try_parse_from(["lanyard-proxy", "tap", "--admin", "localhost:4191"]);
+        assert!(cli.is_ok());
+        let cli = Cli::try_parse_from(["lanyard-proxy", "tap"]).unwrap();
+        let super::Command::Tap { admin } = cli.command else {
+            panic!("not tap")
+        };
+        assert_eq!(admin.to_string(), "127.0.0.1:4191");
+    }
 }
