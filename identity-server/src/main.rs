@@ -46,7 +46,7 @@ enum TokenCommand {
         /// Data dir of the running server (its admin socket lives there).
         #[arg(long, env = "LANYARD_DATA_DIR")]
         data_dir: PathBuf,
-        /// Node name the token is bound to; default a random name.
+        /// Node name the token is bound to [default: a random name, node-<12 hex digits>]
         #[arg(long, env = "LANYARD_NODE")]
         node: Option<String>,
         /// How long the token stays valid.
@@ -132,5 +132,56 @@ fn fail(response: AdminResponse) -> anyhow::Result<()> {
     match response {
         AdminResponse::Error { message } => anyhow::bail!("{message}"),
         other => anyhow::bail!("unexpected answer from the server: {other:?}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::Cli;
+
+    /// Options of every subcommand that take a value, are optional and have no default: each
+    /// is either off without it, or required after merging the flags, variables and file.
+    const WITHOUT_DEFAULT: &[&str] = &[
+        "run --config",
+        "run --trust-domain",
+        "run --listen",
+        "run --data-dir",
+        "run --ca-secret",
+        "run --bundle-configmap",
+        "run --agent-sa",
+        "run --health",
+    ];
+
+    /// Every optional option with a value shows its default in `--help`: clap's own, or
+    /// `[default: ...]` in the help text where the default is applied after parsing.
+    #[test]
+    fn help_shows_every_default() {
+        let mut missing = Vec::new();
+        walk(&Cli::command(), "", &mut missing);
+        assert!(
+            missing.is_empty(),
+            "no default shown in --help: {missing:?}"
+        );
+    }
+
+    fn walk(command: &clap::Command, path: &str, missing: &mut Vec<String>) {
+        for arg in command.get_arguments() {
+            let help = arg.get_help().map(ToString::to_string).unwrap_or_default();
+            let Some(long) = arg.get_long() else { continue };
+            let name = format!("{path} --{long}").trim().to_owned();
+            if arg.get_action().takes_values()
+                && !arg.is_required_set()
+                && arg.get_default_values().is_empty()
+                && !help.contains("[default: ")
+                && !WITHOUT_DEFAULT.contains(&name.as_str())
+            {
+                missing.push(name);
+            }
+        }
+        for sub in command.get_subcommands() {
+            walk(sub, &format!("{path} {}", sub.get_name()), missing);
+        }
     }
 }
