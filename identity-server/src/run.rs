@@ -299,12 +299,18 @@ pub async fn run(
         metrics.clone(),
         shutdown,
     );
+    // The grace period runs beside the drain (a select on `stopping_rx` alone would drop
+    // `serve` at the first signal and always wait out the whole grace period).
+    let grace = async move {
+        if stopping_rx.await.is_err() {
+            return std::future::pending().await;
+        }
+        tokio::time::sleep(SHUTDOWN_GRACE).await;
+        tracing::info!("grace period over; closing the remaining streams");
+    };
     tokio::select! {
         () = serve => {}
-        Ok(()) = stopping_rx => {
-            tokio::time::sleep(SHUTDOWN_GRACE).await;
-            tracing::info!("grace period over; closing the remaining streams");
-        }
+        () = grace => {}
     }
     for task in tasks {
         task.abort();
