@@ -6,17 +6,24 @@
 //! web proxy's SPIFFE ID). The two proxies get different identities from one agent because
 //! they run from two copies of the proxy binary, selected by `unix:path`. The sample apps run
 //! inside this process. Every connection's tap line from both proxies is printed, and a
-//! plaintext client shows what unmeshed traffic looks like.
+//! plaintext client shows what unmeshed traffic looks like. The first request waits until both
+//! proxies hold their SVIDs (each proxy's `/readyz`), so it does not race their start.
+//!
+//! Ctrl-C (SIGINT) or SIGTERM stops every child with SIGTERM, reports how each one ended
+//! (`stopped NAME: exit status: 0 ...`, or `killed NAME ...` after the grace period) and
+//! removes the temporary directory.
 //!
 //! `--check` runs until both proxies have reported an mTLS connection with the right peer and
 //! the plaintext one, then exits 0 (used by the end-to-end test); it fails after a deadline.
 
+use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::FromRawFd;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -45,12 +52,30 @@ struct Cli {
     interval: u64,
 }
 
-/// Children started so far; all killed (process groups) on exit or Ctrl-C.
+/// Children started so far; all stopped (process groups) on exit or Ctrl-C.
 #[derive(Default, Clone)]
-struct Children(Arc<Mutex<Vec<Child>>>);
+struct Children(Arc<Mutex<ChildList>>);
+
+#[derive(Default)]
+struct ChildList {
+    /// Each running child with the name its stop is reported under.
+    running: Vec<(&'static str, Child)>,
+    /// Set by the first stop: nothing is started after it.
+    stopped: bool,
+}
 
 impl Children {
-    fn spawn(&self, program: &Path, args: &[&str]) -> anyhow::Result<ChildOutput> {
+    fn spawn(
+        &self,
+        name: &'static str,
+        program: &Path,
+        args: &[&str],
+    ) -> anyhow::Result<ChildOutput> {
+        // Held across the spawn so a concurrent stop either sees this child or prevents it.
+        let mut list = self.0.lock().unwrap();
+        if list.stopped {
+            bail!("not starting {name}: stopping");
+        }
         let mut child = Command::new(program)
             .args(args)
             .env(
@@ -72,36 +97,54 @@ impl Children {
                 }
             }
         });
-        self.0.lock().unwrap().push(child);
+        list.running.push((name, child));
         Ok(ChildOutput { lines: rx })
     }
 
-    /// Asks every child to stop (SIGTERM to its process group), waits up to a grace period,
-    /// then kills whatever is left.
-    fn kill_all(&self) {
-        let mut children = self.0.lock().unwrap();
-        let signal_all = |children: &mut Vec<Child>, signal| {
-            for child in children.iter_mut() {
-                if matches!(child.try_wait(), Ok(None)) {
-                    // SAFETY: kill(2) on the process group of a child we started.
-                    unsafe {
-                        libc::kill(-(child.id() as i32), signal);
-                    }
-                }
+    /// Asks every child to stop (SIGTERM to its process group), kills whatever is left after
+    /// a grace period, and prints how each one ended. Later calls find nothing to stop.
+    fn stop_all(&self) {
+        let mut list = self.0.lock().unwrap();
+        list.stopped = true;
+        let mut running = std::mem::take(&mut list.running);
+        if running.is_empty() {
+            return;
+        }
+        let signal = |child: &Child, signal| {
+            // SAFETY: kill(2) on the process group of a child we started and have not reaped
+            // (its pid, the group's id, cannot have been reused).
+            unsafe {
+                libc::kill(-(child.id() as i32), signal);
             }
         };
-        signal_all(&mut children, libc::SIGTERM);
-        let deadline = Instant::now() + STOP_GRACE;
-        while Instant::now() < deadline
-            && children
-                .iter_mut()
-                .any(|c| matches!(c.try_wait(), Ok(None)))
-        {
-            std::thread::sleep(Duration::from_millis(50));
+        let start = Instant::now();
+        for (_, child) in &running {
+            signal(child, libc::SIGTERM);
         }
-        signal_all(&mut children, libc::SIGKILL);
-        for child in children.iter_mut() {
-            let _ = child.wait();
+        let mut pending: Vec<(&'static str, Child)> = Vec::new();
+        while !running.is_empty() {
+            for (name, mut child) in running.drain(..) {
+                match child.try_wait() {
+                    Ok(Some(status)) => println!(
+                        "stopped {name}: {status} ({} ms after SIGTERM)",
+                        start.elapsed().as_millis()
+                    ),
+                    Ok(None) if start.elapsed() >= STOP_GRACE => {
+                        signal(&child, libc::SIGKILL);
+                        let status = child.wait().map(|s| s.to_string()).unwrap_or_default();
+                        println!(
+                            "killed {name}: still running {} s after SIGTERM ({status})",
+                            STOP_GRACE.as_secs()
+                        );
+                    }
+                    Ok(None) => pending.push((name, child)),
+                    Err(e) => println!("stopped {name}: cannot wait for it ({e})"),
+                }
+            }
+            std::mem::swap(&mut running, &mut pending);
+            if !running.is_empty() {
+                std::thread::sleep(Duration::from_millis(20));
+            }
         }
     }
 }
@@ -182,35 +225,82 @@ fn start_web_app() -> anyhow::Result<SocketAddr> {
     Ok(addr)
 }
 
-/// One HTTP GET over a plain TCP connection to `addr`; returns the body's first line.
-fn get(addr: &str) -> anyhow::Result<String> {
+/// One HTTP GET of `path` over a plain TCP connection to `addr`; returns the status line and
+/// the body, trimmed.
+fn http_get(addr: &str, path: &str) -> anyhow::Result<(String, String)> {
     let mut stream = TcpStream::connect(addr)?;
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    stream.write_all(b"GET / HTTP/1.1\r\nhost: web\r\nconnection: close\r\n\r\n")?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nhost: web\r\nconnection: close\r\n\r\n"
+    )?;
     let mut response = String::new();
     stream.read_to_string(&mut response)?;
-    Ok(response
-        .rsplit("\r\n\r\n")
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_owned())
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    let status = head.lines().next().unwrap_or("").to_owned();
+    Ok((status, body.trim().to_owned()))
 }
 
-/// Streams a proxy's tap lines (tagged with `who`) into `tx`, reconnecting until the proxy is up.
-fn follow_tap(who: &'static str, admin: String, tx: mpsc::Sender<(&'static str, String)>) {
+/// One HTTP GET of `/` (the sample apps' request); returns the body.
+fn get(addr: &str) -> anyhow::Result<String> {
+    Ok(http_get(addr, "/")?.1)
+}
+
+/// Waits until every proxy's `/readyz` (on its metrics listener) answers 200, i.e. it holds
+/// an X.509-SVID and the trust bundle: before that, a connection through it fails
+/// (`no_svid`). Polled, with the step deadline; a stop ends the wait.
+fn wait_ready(proxies: &[(&str, &str)], stopping: &AtomicBool) -> anyhow::Result<()> {
+    let deadline = Instant::now() + STEP_DEADLINE;
+    for (who, metrics) in proxies {
+        loop {
+            let answer = http_get(metrics, "/readyz");
+            if matches!(&answer, Ok((status, _)) if status.starts_with("HTTP/1.1 200")) {
+                break;
+            }
+            if stopping.load(Ordering::SeqCst) {
+                bail!("stopped while waiting for the {who} to be ready");
+            }
+            if Instant::now() >= deadline {
+                let why = match answer {
+                    Ok((status, body)) => format!("{status}: {body}"),
+                    Err(e) => e.to_string(),
+                };
+                bail!(
+                    "the {who} was not ready within {} s: {why}",
+                    STEP_DEADLINE.as_secs()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    Ok(())
+}
+
+/// Streams a proxy's tap lines (tagged with `who`) into `tx`. The first connection is made
+/// here, so no connection through the proxy goes untapped; if the tap ends, it reconnects.
+fn follow_tap(
+    who: &'static str,
+    admin: String,
+    tx: mpsc::Sender<(&'static str, String)>,
+) -> anyhow::Result<()> {
+    let mut stream = TcpStream::connect(&admin)
+        .with_context(|| format!("connecting to the {who} tap at {admin}"))?;
     std::thread::spawn(move || {
         loop {
-            if let Ok(stream) = TcpStream::connect(&admin) {
-                for line in BufReader::new(stream).lines().map_while(Result::ok) {
-                    if tx.send((who, line)).is_err() {
-                        return;
-                    }
+            for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                if tx.send((who, line)).is_err() {
+                    return;
                 }
             }
-            std::thread::sleep(Duration::from_millis(200));
+            stream = loop {
+                std::thread::sleep(Duration::from_millis(200));
+                if let Ok(stream) = TcpStream::connect(&admin) {
+                    break stream;
+                }
+            };
         }
     });
+    Ok(())
 }
 
 fn main() -> anyhow::Result<()> {
@@ -220,15 +310,21 @@ fn main() -> anyhow::Result<()> {
     {
         let children = children.clone();
         let stopping = stopping.clone();
-        ctrlc_handler(move || {
+        on_stop_signal(move || {
             stopping.store(true, Ordering::SeqCst);
-            children.kill_all();
-        });
+            children.stop_all();
+        })?;
     }
-    let result = run(&cli, &children, &stopping);
-    children.kill_all();
-    // Ctrl-C ends the run by killing the children, which makes whatever step was waiting
-    // fail: that is a normal stop, not an error. The temp dir is removed as `run` returns.
+    let dir = tempfile::Builder::new()
+        .prefix("lanyard-local-")
+        .tempdir()?;
+    let result = run(&cli, dir.path(), &children, &stopping);
+    // Every child is gone before their directory is removed (a no-op after a signal's stop:
+    // this waits for that stop to finish, under the children lock).
+    children.stop_all();
+    drop(dir);
+    // Ctrl-C ends the run by stopping the children, which makes whatever step was waiting
+    // fail: that is a normal stop, not an error.
     if stopping.load(Ordering::SeqCst) {
         println!("stopped; every process is gone and the temporary directory removed");
         return Ok(());
@@ -236,14 +332,10 @@ fn main() -> anyhow::Result<()> {
     result
 }
 
-fn run(cli: &Cli, children: &Children, stopping: &AtomicBool) -> anyhow::Result<()> {
+fn run(cli: &Cli, root: &Path, children: &Children, stopping: &AtomicBool) -> anyhow::Result<()> {
     let server_bin = sibling("lanyard-server")?;
     let agent_bin = sibling("lanyard-agent")?;
     let proxy_bin = sibling("lanyard-proxy")?;
-    let dir = tempfile::Builder::new()
-        .prefix("lanyard-local-")
-        .tempdir()?;
-    let root = dir.path();
 
     // Two copies of the proxy, so the agent can tell them apart by binary path.
     let mut proxies = Vec::new();
@@ -272,6 +364,7 @@ fn run(cli: &Cli, children: &Children, stopping: &AtomicBool) -> anyhow::Result<
         server_data.display()
     );
     let server = children.spawn(
+        "lanyard-server",
         &server_bin,
         &[
             "run",
@@ -321,6 +414,7 @@ fn run(cli: &Cli, children: &Children, stopping: &AtomicBool) -> anyhow::Result<
     let socket = root.join("sockets").join("agent.sock");
     println!("starting lanyard-agent (node `local`, join token)");
     let agent = children.spawn(
+        "lanyard-agent",
         &agent_bin,
         &[
             "run",
@@ -341,6 +435,7 @@ fn run(cli: &Cli, children: &Children, stopping: &AtomicBool) -> anyhow::Result<
     let web_app = start_web_app()?;
     println!("starting the web app on {web_app} behind a proxy ({WEB_ID})");
     let web = children.spawn(
+        "web proxy",
         web_proxy,
         &[
             "run",
@@ -350,12 +445,16 @@ fn run(cli: &Cli, children: &Children, stopping: &AtomicBool) -> anyhow::Result<
             &format!("127.0.0.1:0={web_app}"),
             "--admin",
             "127.0.0.1:0",
+            "--metrics",
+            "127.0.0.1:0",
         ],
     )?;
     let web_inbound = web.listener("inbound")?;
     let web_admin = web.listener("admin")?;
+    let web_metrics = web.listener("metrics")?;
     println!("starting the client app's proxy ({CLIENT_ID}), sending to {web_inbound} as {WEB_ID}");
     let client = children.spawn(
+        "client proxy",
         client_proxy,
         &[
             "run",
@@ -365,10 +464,21 @@ fn run(cli: &Cli, children: &Children, stopping: &AtomicBool) -> anyhow::Result<
             &format!("127.0.0.1:0={web_inbound},id={WEB_ID}"),
             "--admin",
             "127.0.0.1:0",
+            "--metrics",
+            "127.0.0.1:0",
         ],
     )?;
     let client_outbound = client.listener("outbound")?;
     let client_admin = client.listener("admin")?;
+    let client_metrics = client.listener("metrics")?;
+    println!("waiting until both proxies hold their SVIDs (their /readyz)");
+    wait_ready(
+        &[
+            ("web proxy", &web_metrics),
+            ("client proxy", &client_metrics),
+        ],
+        stopping,
+    )?;
 
     println!();
     println!(
@@ -384,8 +494,8 @@ fn run(cli: &Cli, children: &Children, stopping: &AtomicBool) -> anyhow::Result<
     println!();
 
     let (tx, taps) = mpsc::channel();
-    follow_tap("web proxy   ", web_admin, tx.clone());
-    follow_tap("client proxy", client_admin, tx);
+    follow_tap("web proxy   ", web_admin, tx.clone())?;
+    follow_tap("client proxy", client_admin, tx)?;
 
     let mut seen_out = false;
     let mut seen_in = false;
@@ -399,9 +509,7 @@ fn run(cli: &Cli, children: &Children, stopping: &AtomicBool) -> anyhow::Result<
             // The sample client app talks to its outbound proxy in plaintext; the proxies do mTLS.
             match get(&client_outbound) {
                 Ok(body) => println!("client app got: {body}"),
-                Err(e) => {
-                    println!("client app: request failed ({e}); the proxies may still be starting")
-                }
+                Err(e) => println!("client app: request failed ({e})"),
             }
             // Every third round, an unmeshed client talks to the web proxy directly.
             if requests % 3 == 1 {
@@ -439,21 +547,60 @@ fn run(cli: &Cli, children: &Children, stopping: &AtomicBool) -> anyhow::Result<
     Ok(())
 }
 
-/// Runs `on_signal` when SIGINT or SIGTERM arrives (a thread waits for them with sigwait).
-fn ctrlc_handler(on_signal: impl FnOnce() + Send + 'static) {
-    // SAFETY: plain libc signal-mask calls on a local sigset; blocking the signals in this
-    // (main) thread before any other thread starts makes every thread inherit the mask, so
-    // only the waiting thread below receives them.
+/// Write end of the self-pipe that [`on_signal_byte`] writes to; -1 until installed.
+static SIGNAL_PIPE: AtomicI32 = AtomicI32::new(-1);
+
+extern "C" fn on_signal_byte(_: libc::c_int) {
+    // SAFETY: only async-signal-safe calls (write(2) on a non-blocking pipe, errno saved and
+    // restored so the interrupted code does not see ours). A full pipe already holds a byte.
     unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGINT);
-        libc::sigaddset(&mut set, libc::SIGTERM);
-        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-        std::thread::spawn(move || {
-            let mut signal = 0;
-            libc::sigwait(&set, &mut signal);
-            on_signal();
-        });
+        let errno = *libc::__errno_location();
+        let fd = SIGNAL_PIPE.load(Ordering::Relaxed);
+        libc::write(fd, [1u8].as_ptr().cast(), 1);
+        *libc::__errno_location() = errno;
     }
+}
+
+/// Runs `on_signal` on a thread of its own when SIGINT or SIGTERM arrives.
+///
+/// A handler that writes to a self-pipe, not a blocked mask read by sigwait: the signal mask
+/// is inherited by every child through fork and exec (std does not reset it), so blocking
+/// SIGINT and SIGTERM here made the children deaf to the SIGTERM that stops them and each
+/// stop waited out the grace period and SIGKILLed them. Handlers, unlike the mask, are reset
+/// to the default by exec, so the children start as any other process.
+fn on_stop_signal(on_signal: impl FnOnce() + Send + 'static) -> anyhow::Result<()> {
+    let mut fds = [0 as libc::c_int; 2];
+    // SAFETY: pipe2 fills the two-element array; close-on-exec so no child inherits either
+    // end. The write end is made non-blocking so the handler never waits; fcntl on a
+    // descriptor just created.
+    unsafe {
+        if libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) != 0
+            || libc::fcntl(fds[1], libc::F_SETFL, libc::O_NONBLOCK) != 0
+        {
+            return Err(std::io::Error::last_os_error()).context("creating the signal pipe");
+        }
+    }
+    // SAFETY: fds[0] is a pipe end just created and owned by nothing else.
+    let mut reader = File::from(unsafe { std::os::fd::OwnedFd::from_raw_fd(fds[0]) });
+    SIGNAL_PIPE.store(fds[1], Ordering::Relaxed);
+    std::thread::spawn(move || {
+        let mut byte = [0u8; 1];
+        while !matches!(reader.read(&mut byte), Ok(1)) {}
+        on_signal();
+    });
+    for signal in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: a zeroed sigaction with our handler, an empty mask and SA_RESTART (so
+        // blocking calls in other threads resume rather than fail with EINTR).
+        let installed = unsafe {
+            let mut action: libc::sigaction = std::mem::zeroed();
+            action.sa_sigaction = on_signal_byte as *const () as libc::sighandler_t;
+            action.sa_flags = libc::SA_RESTART;
+            libc::sigemptyset(&mut action.sa_mask);
+            libc::sigaction(signal, &action, std::ptr::null_mut())
+        };
+        if installed != 0 {
+            return Err(std::io::Error::last_os_error()).context("installing a signal handler");
+        }
+    }
+    Ok(())
 }

@@ -1,6 +1,8 @@
 //! The README's run command and the operator tools over real processes: `lanyard-local
 //! --check` (what `./deploy/local/run` starts) shows mTLS with the right peer IDs on both proxies
-//! and plaintext; `lanyard check` passes on a working node and names what fails otherwise.
+//! and plaintext, its first request already through (no start-up race); `lanyard check` passes
+//! on a working node and names what fails otherwise. The local stack's Ctrl-C is tested in
+//! local_stack_shutdown.rs.
 
 use std::process::Command;
 
@@ -30,6 +32,10 @@ fn the_local_stack_shows_mtls_and_plaintext() {
         "check passed",
     ] {
         assert!(out.contains(wanted), "missing {wanted:?} in:\n{out}");
+    }
+    // The first request waits until both proxies hold their SVIDs: none loses that race.
+    for unwanted in ["request failed", "reason=no_svid"] {
+        assert!(!out.contains(unwanted), "{unwanted:?} in:\n{out}");
     }
 }
 
