@@ -6,12 +6,12 @@
 //! - the socket: a Workload API `FetchX509SVID` on the agent's socket answers;
 //! - the local SVID: the caller's SVID is valid now and for at least `--min-validity`.
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use lanyard_client::fetch::{FetchError, WorkloadClient};
+use lanyard_daemon::address::HostPort;
 use lanyard_svid::bundle::{certificates_from_pem, trust_domain_of};
 use lanyard_svid::reserved::server_id;
 use lanyard_svid::tls::{ExactId, SvidStore, client_config_optional_svid, unused_server_name};
@@ -38,7 +38,8 @@ impl std::fmt::Display for CheckResult {
 
 /// What to check.
 pub struct CheckOptions {
-    pub server: Option<SocketAddr>,
+    /// `HOST:PORT`; a name is resolved, and each of its addresses tried in turn.
+    pub server: Option<HostPort>,
     pub trust_bundle: Option<PathBuf>,
     pub socket: PathBuf,
     pub min_validity: Duration,
@@ -47,7 +48,7 @@ pub struct CheckOptions {
 /// Runs every applicable check.
 pub async fn run_checks(options: &CheckOptions) -> Vec<CheckResult> {
     let mut results = Vec::new();
-    if let Some(server) = options.server {
+    if let Some(server) = &options.server {
         let outcome = match &options.trust_bundle {
             Some(bundle) => check_server(server, bundle).await,
             None => Err("--server needs --trust-bundle to verify the server".to_owned()),
@@ -79,7 +80,7 @@ pub async fn run_checks(options: &CheckOptions) -> Vec<CheckResult> {
     results
 }
 
-async fn check_server(server: SocketAddr, bundle: &Path) -> Result<String, String> {
+async fn check_server(server: &HostPort, bundle: &Path) -> Result<String, String> {
     let pem = std::fs::read(bundle).map_err(|e| format!("reading {}: {e}", bundle.display()))?;
     let roots = certificates_from_pem(&pem).map_err(|e| format!("{}: {e}", bundle.display()))?;
     let td = trust_domain_of(&roots).map_err(|e| format!("{}: {e}", bundle.display()))?;
@@ -92,7 +93,7 @@ async fn check_server(server: SocketAddr, bundle: &Path) -> Result<String, Strin
         vec![b"h2".to_vec()],
     );
     let handshake = async {
-        let tcp = tokio::net::TcpStream::connect(server)
+        let tcp = tokio::net::TcpStream::connect((server.host(), server.port()))
             .await
             .map_err(|e| format!("cannot connect to {server}: {e}"))?;
         tokio_rustls::TlsConnector::from(Arc::new(config))

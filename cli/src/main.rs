@@ -8,13 +8,18 @@ use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
 
 use clap::{Args, Parser, Subcommand};
-use lanyard_cli::images::{DEFAULT_REGISTRY, Images};
+use lanyard_cli::images::{
+    COMPONENTS, DEFAULT_REGISTRY, DigestFile, INJECT_COMPONENTS, INSTALL_COMPONENTS, Images,
+    VERSION,
+};
 use lanyard_cli::inject::{InjectOptions, Outcome, inject_stream};
 use lanyard_cli::install::ca::GeneratedCa;
 use lanyard_cli::install::{
     DEFAULT_NAMESPACE, DEFAULT_REPLICAS, DEFAULT_TRUST_DOMAIN, InstallOptions, Parts, render,
 };
 use lanyard_cli::yaml::{MAX_STREAM_BYTES, write_stream};
+use lanyard_client::tap::TapError;
+use lanyard_daemon::address::HostPort;
 
 /// Lanyard: SPIFFE identities and mTLS for every workload.
 #[derive(Parser)]
@@ -31,6 +36,9 @@ enum Command {
     /// Add the Lanyard proxy to every workload in a YAML stream
     /// (`lanyard inject app.yml | kubectl apply -f -`).
     Inject(InjectArgs),
+    /// Print the image references `install` and `inject` use, one per line (server, agent,
+    /// proxy, proxy-init): the names `deploy/images/build` builds.
+    Images(ImageArgs),
     /// Check this node: server reachable, agent socket serving, local SVID valid.
     Check(CheckArgs),
     /// Print a proxy's connections as they finish, one line each.
@@ -39,12 +47,14 @@ enum Command {
 
 #[derive(Args)]
 struct CheckArgs {
-    /// The agent's Workload API socket (a path or `unix:///path`; else `SPIFFE_ENDPOINT_SOCKET`).
+    /// The agent's Workload API socket (a path or `unix:///path`) [default:
+    /// SPIFFE_ENDPOINT_SOCKET, else /run/lanyard/sockets/agent.sock]
     #[arg(long, env = "LANYARD_SOCKET")]
     socket: Option<String>,
-    /// The server to check (`HOST:PORT`); needs `--trust-bundle`.
+    /// The server to check, `HOST:PORT` (e.g. `lanyard-server.lanyard.svc:8081`); needs
+    /// `--trust-bundle`. Not checked without it.
     #[arg(long, env = "LANYARD_SERVER")]
-    server: Option<std::net::SocketAddr>,
+    server: Option<HostPort>,
     /// The roots (PEM) the server's certificate must chain to.
     #[arg(long, env = "LANYARD_TRUST_BUNDLE")]
     trust_bundle: Option<PathBuf>,
@@ -55,19 +65,33 @@ struct CheckArgs {
 
 #[derive(Args)]
 struct TapArgs {
-    /// The proxy's admin address (its `--admin`).
+    /// The proxy's admin address (its `--admin`), `HOST:PORT`, e.g. `localhost:4191`.
     #[arg(long, env = "LANYARD_ADMIN")]
-    admin: std::net::SocketAddr,
+    admin: HostPort,
 }
 
 #[derive(Args)]
 struct ImageArgs {
-    /// Registry prefix of the images (`REGISTRY/lanyard-server:TAG`, ...).
-    #[arg(long, env = "LANYARD_IMAGE_REGISTRY", default_value = DEFAULT_REGISTRY)]
-    image_registry: String,
+    /// Registry prefix of the images (`REGISTRY/lanyard-server:TAG`, ...) [default:
+    /// ghcr.io/lanyard-dev; with --image-digests, the repositories the file names]
+    #[arg(long, env = "LANYARD_IMAGE_REGISTRY")]
+    image_registry: Option<String>,
     /// Tag of the images.
-    #[arg(long, env = "LANYARD_IMAGE_TAG", default_value = env!("CARGO_PKG_VERSION"))]
+    #[arg(long, env = "LANYARD_IMAGE_TAG", default_value = VERSION, conflicts_with = "image_digests")]
     image_tag: String,
+    /// Pin the images by digest: FILE is the `image-digests.json` that `deploy/images/build`
+    /// writes, and each image becomes `REPOSITORY@sha256:...` (REPOSITORY as the file names it,
+    /// or under --image-registry).
+    #[arg(long, env = "LANYARD_IMAGE_DIGESTS", value_name = "FILE")]
+    image_digests: Option<PathBuf>,
+    /// Pin images whose digest file is of another lanyard version (refused otherwise: their
+    /// flags may not be the ones these manifests give them).
+    #[arg(
+        long,
+        env = "LANYARD_IMAGE_DIGESTS_ANY_VERSION",
+        requires = "image_digests"
+    )]
+    image_digests_any_version: bool,
 }
 
 #[derive(Args)]
@@ -129,6 +153,9 @@ fn main() -> ExitCode {
     let result = match Cli::parse().command {
         Command::Install(args) => install(args),
         Command::Inject(args) => inject(args),
+        Command::Images(args) => {
+            images(&args, &COMPONENTS).map(|images| images.all().join("\n") + "\n")
+        }
         Command::Check(args) => return check(args),
         Command::Tap(args) => return tap(args),
     };
@@ -154,8 +181,18 @@ fn main() -> ExitCode {
     }
 }
 
-fn images(args: &ImageArgs) -> Result<Images, String> {
-    Images::new(&args.image_registry, &args.image_tag).map_err(|e| e.to_string())
+/// The images, pinned by `--image-digests` when given; pinning needs `components` in the file.
+fn images(args: &ImageArgs, components: &[&str]) -> Result<Images, String> {
+    let registry = args.image_registry.as_deref();
+    let Some(path) = &args.image_digests else {
+        return Images::new(registry.unwrap_or(DEFAULT_REGISTRY), &args.image_tag)
+            .map_err(|e| e.to_string());
+    };
+    let file = DigestFile::read(path).map_err(|e| e.to_string())?;
+    if !args.image_digests_any_version {
+        file.check_version(VERSION).map_err(|e| e.to_string())?;
+    }
+    Images::pinned(&file, registry, components).map_err(|e| e.to_string())
 }
 
 fn install(args: InstallArgs) -> Result<String, String> {
@@ -163,7 +200,7 @@ fn install(args: InstallArgs) -> Result<String, String> {
         &args.trust_domain,
         &args.namespace,
         args.replicas,
-        images(&args.images)?,
+        images(&args.images, &INSTALL_COMPONENTS)?,
     )
     .map_err(|e| e.to_string())?;
     let parts = if args.without_ca {
@@ -196,7 +233,7 @@ fn install(args: InstallArgs) -> Result<String, String> {
 
 fn inject(args: InjectArgs) -> Result<String, String> {
     let options = InjectOptions {
-        images: images(&args.images)?,
+        images: images(&args.images, &INJECT_COMPONENTS)?,
         skip_inbound_ports: args.skip_inbound_ports,
         skip_outbound_ports: args.skip_outbound_ports,
     };
@@ -271,14 +308,82 @@ fn check(args: CheckArgs) -> ExitCode {
 }
 
 fn tap(args: TapArgs) -> ExitCode {
-    match runtime().block_on(lanyard_client::tap::follow(
-        args.admin,
-        &mut tokio::io::stdout(),
-    )) {
+    match runtime().block_on(follow_tap(&args.admin)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("lanyard tap: {e}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// Follows the tap at the first of `admin`'s addresses that accepts (`localhost` may resolve
+/// to `::1` before the `127.0.0.1` a proxy listens on by default).
+async fn follow_tap(admin: &HostPort) -> Result<(), String> {
+    let addrs = admin
+        .resolve()
+        .await
+        .map_err(|e| format!("resolving --admin {admin}: {e}"))?;
+    let mut last = None;
+    for addr in addrs {
+        match lanyard_client::tap::follow(addr, &mut tokio::io::stdout()).await {
+            Err(e @ TapError::Connect { .. }) => last = Some(e),
+            other => return other.map_err(|e| e.to_string()),
+        }
+    }
+    Err(last.map_or_else(
+        || format!("{admin} resolves to no address"),
+        |e| e.to_string(),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::Cli;
+
+    /// Options of every subcommand that take a value, are optional and have no default: each
+    /// is either off without it, or its absence is the behaviour the help describes.
+    const WITHOUT_DEFAULT: &[&str] = &[
+        "install --write-root-key",
+        "install --image-digests",
+        "inject --image-digests",
+        "inject --skip-inbound-ports",
+        "inject --skip-outbound-ports",
+        "images --image-digests",
+        "check --server",
+        "check --trust-bundle",
+    ];
+
+    /// Every optional option with a value shows its default in `--help`: clap's own, or
+    /// `[default: ...]` in the help text where the default is applied after parsing.
+    #[test]
+    fn help_shows_every_default() {
+        let mut missing = Vec::new();
+        walk(&Cli::command(), "", &mut missing);
+        assert!(
+            missing.is_empty(),
+            "no default shown in --help: {missing:?}"
+        );
+    }
+
+    fn walk(command: &clap::Command, path: &str, missing: &mut Vec<String>) {
+        for arg in command.get_arguments() {
+            let help = arg.get_help().map(ToString::to_string).unwrap_or_default();
+            let Some(long) = arg.get_long() else { continue };
+            let name = format!("{path} --{long}").trim().to_owned();
+            if arg.get_action().takes_values()
+                && !arg.is_required_set()
+                && arg.get_default_values().is_empty()
+                && !help.contains("[default: ")
+                && !WITHOUT_DEFAULT.contains(&name.as_str())
+            {
+                missing.push(name);
+            }
+        }
+        for sub in command.get_subcommands() {
+            walk(sub, &format!("{path} {}", sub.get_name()), missing);
         }
     }
 }

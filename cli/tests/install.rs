@@ -282,3 +282,285 @@ fn the_socket_dir_holds_the_default_socket() {
     let i = args.iter().position(|a| a == "--socket").unwrap();
     assert_eq!(args[i + 1], DEFAULT_SOCKET);
 }
+
+const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// A digest file as deploy/images/build writes it, for images under `registry` of `version`;
+/// each image has its own digest (one hex digit repeated 64 times). Returns the text and
+/// (component, digest) pairs.
+fn digest_file(registry: &str, version: &str) -> (String, Vec<(String, String)>) {
+    let mut images = serde_json::Map::new();
+    let mut expected = Vec::new();
+    for (i, component) in lanyard_cli::images::COMPONENTS.iter().enumerate() {
+        let name = format!("lanyard-{component}");
+        let digest = format!("sha256:{}", format!("{:x}", i + 10).repeat(64));
+        images.insert(
+            name.clone(),
+            serde_json::json!({
+                "reference": format!("{registry}/{name}:{version}"),
+                "digest": digest,
+            }),
+        );
+        expected.push((component.to_string(), digest));
+    }
+    let text = serde_json::json!({"version": version, "revision": "abc123", "images": images});
+    (text.to_string(), expected)
+}
+
+fn lanyard_in(dir: &std::path::Path, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_lanyard"))
+        .args(args)
+        .current_dir(dir)
+        // No LANYARD_* settings from the environment.
+        .env_clear()
+        .output()
+        .unwrap()
+}
+
+/// Every `image` value in a YAML stream, in document order (depth first).
+fn image_lines(text: &str) -> Vec<String> {
+    fn walk(value: &Yaml, out: &mut Vec<String>) {
+        match value {
+            Yaml::Map(entries) => {
+                for (key, v) in entries {
+                    match (key.as_str(), v.as_str()) {
+                        ("image", Some(image)) => out.push(image.to_owned()),
+                        _ => walk(v, out),
+                    }
+                }
+            }
+            Yaml::Seq(items) => items.iter().for_each(|v| walk(v, out)),
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    for doc in read_stream(text).unwrap() {
+        if let Some(value) = &doc.value {
+            walk(value, &mut out);
+        }
+    }
+    out
+}
+
+#[test]
+fn install_inject_and_images_pin_the_digest_files_images() {
+    let dir = tempfile::tempdir().unwrap();
+    let (text, digests) = digest_file("registry.example:5000/team", VERSION);
+    std::fs::write(dir.path().join("d.json"), text).unwrap();
+    let pinned = |component: &str, repo: &str| {
+        let digest = &digests.iter().find(|(c, _)| c == component).unwrap().1;
+        format!("{repo}/lanyard-{component}@{digest}")
+    };
+    let ok = |args: &[&str]| {
+        let out = lanyard_in(dir.path(), args);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let repo = "registry.example:5000/team";
+
+    // `lanyard images`: the four references, one per line; the build script's source of names.
+    let all: Vec<String> = ["server", "agent", "proxy", "proxy-init"]
+        .iter()
+        .map(|c| pinned(c, repo))
+        .collect();
+    assert_eq!(
+        ok(&["images", "--image-digests", "d.json"]),
+        all.join("\n") + "\n"
+    );
+    assert_eq!(
+        ok(&["images"]),
+        ["server", "agent", "proxy", "proxy-init"]
+            .map(|c| format!("ghcr.io/lanyard-dev/lanyard-{c}:{VERSION}"))
+            .join("\n")
+            + "\n"
+    );
+
+    // install names exactly the server and agent digest references.
+    let install = ok(&["install", "--without-ca", "--image-digests", "d.json"]);
+    assert_eq!(
+        image_lines(&install),
+        [pinned("server", repo), pinned("agent", repo)]
+    );
+    // With --image-registry: that registry's repositories, the same digests.
+    let moved = ok(&[
+        "install",
+        "--without-ca",
+        "--image-digests",
+        "d.json",
+        "--image-registry",
+        "mirror.local/lanyard",
+    ]);
+    assert_eq!(
+        image_lines(&moved),
+        [
+            pinned("server", "mirror.local/lanyard"),
+            pinned("agent", "mirror.local/lanyard")
+        ]
+    );
+    // The rest of the rendering is unchanged.
+    let plain = ok(&["install", "--without-ca"]);
+    let unpinned = install
+        .replace(
+            &pinned("server", repo),
+            &format!("ghcr.io/lanyard-dev/lanyard-server:{VERSION}"),
+        )
+        .replace(
+            &pinned("agent", repo),
+            &format!("ghcr.io/lanyard-dev/lanyard-agent:{VERSION}"),
+        );
+    let values = |t: &str| -> Vec<Option<Yaml>> {
+        read_stream(t)
+            .unwrap()
+            .into_iter()
+            .map(|d| d.value)
+            .collect()
+    };
+    assert!(
+        values(&unpinned) == values(&plain),
+        "pinning changed more than the images"
+    );
+
+    // inject names the proxy and init digest references.
+    std::fs::write(
+        dir.path().join("pod.yaml"),
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec:\n  containers: [{name: a, image: app:1}]\n",
+    )
+    .unwrap();
+    let injected = ok(&["inject", "pod.yaml", "--image-digests", "d.json"]);
+    let mut images = image_lines(&injected);
+    images.sort();
+    let mut expected = vec![
+        "app:1".to_owned(),
+        pinned("proxy", repo),
+        pinned("proxy-init", repo),
+    ];
+    expected.sort();
+    assert_eq!(images, expected);
+}
+
+#[test]
+fn bad_digest_files_are_refused_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, text: &str| std::fs::write(dir.path().join(name), text).unwrap();
+    let (good, _) = digest_file("ghcr.io/lanyard-dev", VERSION);
+    let mut value: serde_json::Value = serde_json::from_str(&good).unwrap();
+    let edit = |f: &dyn Fn(&mut serde_json::Value)| {
+        let mut v = value.clone();
+        f(&mut v);
+        v.to_string()
+    };
+    write("good.json", &good);
+    write("bad.json", "{\"version\": ");
+    write(
+        "upper.json",
+        &edit(&|v| {
+            let d = v["images"]["lanyard-agent"]["digest"]
+                .as_str()
+                .unwrap()
+                .to_uppercase();
+            v["images"]["lanyard-agent"]["digest"] = d.replace("SHA256:", "sha256:").into();
+        }),
+    );
+    write(
+        "short.json",
+        &edit(&|v| v["images"]["lanyard-server"]["digest"] = "sha256:abc".into()),
+    );
+    write(
+        "md5.json",
+        &edit(&|v| {
+            v["images"]["lanyard-server"]["digest"] = format!("md5:{}", "a".repeat(64)).into()
+        }),
+    );
+    write(
+        "no-agent.json",
+        &edit(&|v| {
+            v["images"].as_object_mut().unwrap().remove("lanyard-agent");
+        }),
+    );
+    write(
+        "swapped.json",
+        &edit(&|v| {
+            v["images"]["lanyard-server"]["reference"] =
+                "ghcr.io/lanyard-dev/lanyard-agent:0.1.0".into()
+        }),
+    );
+    write("old.json", &digest_file("ghcr.io/lanyard-dev", "0.0.9").0);
+    value["images"]
+        .as_object_mut()
+        .unwrap()
+        .remove("lanyard-proxy-init");
+    write("no-init.json", &value.to_string());
+
+    for (args, message) in [
+        (
+            vec!["install", "--image-digests", "missing.json"],
+            "--image-digests missing.json: No such file or directory".to_owned(),
+        ),
+        (
+            vec!["install", "--image-digests", "bad.json"],
+            "--image-digests bad.json: not the image-digests.json that deploy/images/build writes: EOF".to_owned(),
+        ),
+        (
+            vec!["install", "--image-digests", "upper.json"],
+            "--image-digests upper.json: lanyard-agent: digest \"sha256:BBBB".to_owned(),
+        ),
+        (
+            vec!["install", "--image-digests", "short.json"],
+            "--image-digests short.json: lanyard-server: digest \"sha256:abc\" is not \"sha256:\" followed by 64 lowercase hex digits".to_owned(),
+        ),
+        (
+            vec!["install", "--image-digests", "md5.json"],
+            "lanyard-server: digest \"md5:".to_owned(),
+        ),
+        (
+            vec!["install", "--image-digests", "no-agent.json"],
+            "--image-digests no-agent.json: no entry for lanyard-agent, which this command needs; the file lists lanyard-proxy, lanyard-proxy-init, lanyard-server".to_owned(),
+        ),
+        (
+            vec!["inject", "-", "--image-digests", "no-init.json"],
+            "no entry for lanyard-proxy-init, which this command needs".to_owned(),
+        ),
+        (
+            vec!["images", "--image-digests", "no-init.json"],
+            "no entry for lanyard-proxy-init".to_owned(),
+        ),
+        (
+            vec!["install", "--image-digests", "swapped.json"],
+            "lanyard-server: reference \"ghcr.io/lanyard-dev/lanyard-agent:0.1.0\" does not name a lanyard-server repository".to_owned(),
+        ),
+        (
+            vec!["install", "--image-digests", "old.json"],
+            format!("--image-digests old.json: the images are lanyard 0.0.9's, this lanyard is {VERSION}"),
+        ),
+        (
+            vec!["install", "--image-digests", "good.json", "--image-tag", "v2"],
+            "cannot be used with".to_owned(),
+        ),
+    ] {
+        let out = lanyard_in(dir.path(), &args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        assert!(out.stdout.is_empty(), "{args:?} printed output");
+        assert!(stderr.contains(&message), "{args:?}: expected {message:?} in {stderr}");
+    }
+    // Another version's images only when asked for.
+    let out = lanyard_in(
+        dir.path(),
+        &[
+            "images",
+            "--image-digests",
+            "old.json",
+            "--image-digests-any-version",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("lanyard-server@sha256:"));
+}

@@ -123,6 +123,23 @@ spec:
   ports: [{port: 80, targetPort: 8080}]
 ";
 
+/// A digest file as deploy/images/build writes it, for this version's images.
+fn digest_file() -> String {
+    let images: serde_json::Map<String, serde_json::Value> = lanyard_cli::images::COMPONENTS
+        .iter()
+        .map(|c| {
+            let name = format!("lanyard-{c}");
+            let entry = serde_json::json!({
+                "reference": format!("ghcr.io/lanyard-dev/{name}:{}", lanyard_cli::images::VERSION),
+                "digest": format!("sha256:{}", "0123456789abcdef".repeat(4)),
+            });
+            (name, entry)
+        })
+        .collect();
+    serde_json::json!({"version": lanyard_cli::images::VERSION, "revision": "x", "images": images})
+        .to_string()
+}
+
 #[test]
 fn install_and_inject_output_pass_schema_validation() {
     let dir = tempfile::tempdir().unwrap();
@@ -132,8 +149,17 @@ fn install_and_inject_output_pass_schema_validation() {
         path
     };
     let app = write("app.yaml", APP);
+    let digests = write("image-digests.json", &digest_file());
     let files = vec![
         write("install.yaml", &lanyard(&["install"], None)),
+        // Pinned by digest: `image: REPOSITORY@sha256:...`.
+        write(
+            "install-pinned.yaml",
+            &lanyard(
+                &["install", "--image-digests", digests.to_str().unwrap()],
+                None,
+            ),
+        ),
         write(
             "install-custom.yaml",
             &lanyard(
@@ -170,9 +196,10 @@ fn install_and_inject_output_pass_schema_validation() {
     for version in KUBERNETES_VERSIONS {
         let (ok, output) = validate(&files, version);
         assert!(ok, "kubernetes-validate {version} failed:\n{output}");
-        // Every object was checked (13 from install, 11 without the CA, 7 + 7 injected).
+        // Every object was checked (13 from install, 13 pinned, 11 without the CA, 7 + 7
+        // injected).
         let passed = output.matches(" passed for resource ").count();
-        assert_eq!(passed, 13 + 11 + 7 + 7, "{output}");
+        assert_eq!(passed, 13 + 13 + 11 + 7 + 7, "{output}");
     }
 }
 
