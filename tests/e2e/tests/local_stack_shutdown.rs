@@ -45,6 +45,30 @@ fn signal_bit(signal: i32) -> u64 {
     1 << (signal - 1)
 }
 
+/// SIGKILLs the stack's children when the test fails before lanyard-local stopped them: they
+/// have process groups of their own, which dropping the `Process` does not reach.
+struct KillLeftovers(Vec<u32>);
+
+impl Drop for KillLeftovers {
+    fn drop(&mut self) {
+        for &pid in &self.0 {
+            // Only a pid that still runs one of our binaries (a reaped child's pid may be
+            // reused; a zombie has no exe).
+            let ours = std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|exe| {
+                exe.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with("lanyard-"))
+            });
+            if ours {
+                // SAFETY: kill(2) on a live process running a lanyard binary; no memory is
+                // touched.
+                unsafe {
+                    libc::kill(pid as i32, libc::SIGKILL);
+                }
+            }
+        }
+    }
+}
+
 #[test]
 fn ctrl_c_stops_the_local_stack_and_every_child_cleanly() {
     let mut local = Process::start(&binary("lanyard-local"), &["--interval", "1"], &[]);
@@ -53,12 +77,12 @@ fn ctrl_c_stops_the_local_stack_and_every_child_cleanly() {
     let first = local.wait_for_line("the client app's first request", |line| {
         line.starts_with("client app").then(|| line.to_owned())
     });
+    let children = child_pids(local.pid());
+    let _leftovers = KillLeftovers(children.clone());
     assert!(
         first.starts_with("client app got: hello"),
         "the first request failed: {first}"
     );
-
-    let children = child_pids(local.pid());
     let mut names = Vec::new();
     for &pid in &children {
         let (name, blocked) = name_and_blocked(pid);
@@ -123,7 +147,7 @@ fn ctrl_c_stops_the_local_stack_and_every_child_cleanly() {
         "no final report:\n{out}"
     );
     // Reaped by lanyard-local, not left running or reparented.
-    for pid in children {
+    for &pid in &children {
         assert!(
             !std::path::Path::new(&format!("/proc/{pid}")).exists(),
             "child {pid} is still there after lanyard-local exited"
