@@ -360,30 +360,13 @@ mod tests {
     /// `[default: ...]` in the help text where the default is applied after parsing.
     #[test]
     fn help_shows_every_default() {
-        let mut missing = Vec::new();
-        walk(&Cli::command(), "", &mut missing);
+        let missing = lanyard_daemon::help_defaults::options_missing_default(
+            &Cli::command(),
+            WITHOUT_DEFAULT,
+        );
         assert!(
             missing.is_empty(),
             "no default shown in --help: {missing:?}"
         );
-    }
-
-    fn walk(command: &clap::Command, path: &str, missing: &mut Vec<String>) {
-        for arg in command.get_arguments() {
-            let help = arg.get_help().map(ToString::to_string).unwrap_or_default();
-            let Some(long) = arg.get_long() else { continue };
-            let name = format!("{path} --{long}").trim().to_owned();
-            if arg.get_action().takes_values()
-                && !arg.is_required_set()
-                && arg.get_default_values().is_empty()
-                && !help.contains("[default: ")
-                && !WITHOUT_DEFAULT.contains(&name.as_str())
-            {
-                missing.push(name);
-            }
-        }
-        for sub in command.get_subcommands() {
-            walk(sub, &format!("{path} {}", sub.get_name()), missing);
-        }
     }
 }

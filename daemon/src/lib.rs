@@ -9,6 +9,7 @@
 //!   caller's serde type), the bottom layer under flags and `LANYARD_*` variables.
 //! - [`config_merge`]: filling options from that file under flags and variables, and the
 //!   refusals every daemon shares (a missing option, a bad value named with its source).
+//! - [`help_defaults`]: the check that every optional option shows its default in `--help`.
 //! - [`private_file`]: files written atomically as new files (never through an existing file or
 //!   symlink), secrets with mode 0600, in directories only we can enter.
 //! - [`rewind`]: a stream that replays the bytes a listener read before choosing its server.
@@ -18,5 +19,6 @@
 pub mod address;
 pub mod config_file;
 pub mod config_merge;
+pub mod help_defaults;
 pub mod private_file;
 pub mod rewind;
