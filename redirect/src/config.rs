@@ -5,8 +5,10 @@
 use std::ffi::OsString;
 
 use crate::{
-    ENV_PROXY_INBOUND_PORT, ENV_PROXY_OUTBOUND_PORT, ENV_PROXY_UID, ENV_SKIP_INBOUND_PORTS,
-    ENV_SKIP_OUTBOUND_PORTS, MAX_SKIP_PORTS, PROXY_INBOUND_PORT, PROXY_OUTBOUND_PORT, PROXY_UID,
+    ANNOTATION_PROXY_INBOUND_PORT, ANNOTATION_PROXY_OUTBOUND_PORT, ANNOTATION_PROXY_UID,
+    ANNOTATION_SKIP_INBOUND_PORTS, ANNOTATION_SKIP_OUTBOUND_PORTS, ENV_PROXY_INBOUND_PORT,
+    ENV_PROXY_OUTBOUND_PORT, ENV_PROXY_UID, ENV_SKIP_INBOUND_PORTS, ENV_SKIP_OUTBOUND_PORTS,
+    MAX_SKIP_PORTS, PROXY_INBOUND_PORT, PROXY_OUTBOUND_PORT, PROXY_UID,
 };
 
 /// The parameters of one pod's redirect rules.
@@ -64,6 +66,29 @@ impl RedirectConfig {
     /// default; lists are separated by commas (or whitespace, as the shell script split
     /// them) and empty items are ignored.
     pub fn from_lookup(
+        lookup: impl FnMut(&'static str) -> Option<OsString>,
+    ) -> Result<Self, ConfigError> {
+        Self::from_named(&ENV_NAMES, lookup)
+    }
+
+    /// Reads a pod's annotations ([`crate::ANNOTATION_PROXY_UID`] and the rest), as the CNI
+    /// plugin does: the same values and rules as the environment, and an error names the
+    /// annotation at fault.
+    pub fn from_annotations<'a>(
+        mut annotation: impl FnMut(&str) -> Option<&'a str>,
+    ) -> Result<Self, ConfigError> {
+        Self::from_named(&ANNOTATION_NAMES, |key| annotation(key).map(OsString::from))
+    }
+
+    /// The annotations that make [`RedirectConfig::from_annotations`] read back this
+    /// configuration, for a pod template.
+    pub fn to_annotations(&self) -> [(&'static str, String); 5] {
+        self.to_env()
+            .map(|(var, value)| (ANNOTATION_NAMES.for_env(var), value))
+    }
+
+    fn from_named(
+        names: &Names,
         mut lookup: impl FnMut(&'static str) -> Option<OsString>,
     ) -> Result<Self, ConfigError> {
         let mut text = |var: &'static str| -> Result<Option<String>, ConfigError> {
@@ -77,25 +102,25 @@ impl RedirectConfig {
         };
         let defaults = Self::default();
         let config = Self {
-            proxy_uid: match text(ENV_PROXY_UID)? {
-                Some(v) => parse_uid(ENV_PROXY_UID, &v)?,
+            proxy_uid: match text(names.proxy_uid)? {
+                Some(v) => parse_uid(names.proxy_uid, &v)?,
                 None => defaults.proxy_uid,
             },
-            inbound_port: match text(ENV_PROXY_INBOUND_PORT)? {
-                Some(v) => parse_port(ENV_PROXY_INBOUND_PORT, &v)?,
+            inbound_port: match text(names.inbound_port)? {
+                Some(v) => parse_port(names.inbound_port, &v)?,
                 None => defaults.inbound_port,
             },
-            outbound_port: match text(ENV_PROXY_OUTBOUND_PORT)? {
-                Some(v) => parse_port(ENV_PROXY_OUTBOUND_PORT, &v)?,
+            outbound_port: match text(names.outbound_port)? {
+                Some(v) => parse_port(names.outbound_port, &v)?,
                 None => defaults.outbound_port,
             },
             skip_inbound_ports: parse_ports(
-                ENV_SKIP_INBOUND_PORTS,
-                &text(ENV_SKIP_INBOUND_PORTS)?.unwrap_or_default(),
+                names.skip_inbound_ports,
+                &text(names.skip_inbound_ports)?.unwrap_or_default(),
             )?,
             skip_outbound_ports: parse_ports(
-                ENV_SKIP_OUTBOUND_PORTS,
-                &text(ENV_SKIP_OUTBOUND_PORTS)?.unwrap_or_default(),
+                names.skip_outbound_ports,
+                &text(names.skip_outbound_ports)?.unwrap_or_default(),
             )?,
         };
         config.validate()?;
@@ -147,6 +172,48 @@ impl RedirectConfig {
             (ENV_SKIP_INBOUND_PORTS, join(&self.skip_inbound_ports)),
             (ENV_SKIP_OUTBOUND_PORTS, join(&self.skip_outbound_ports)),
         ]
+    }
+}
+
+/// The five names a configuration is read under: environment variables or annotations.
+struct Names {
+    proxy_uid: &'static str,
+    inbound_port: &'static str,
+    outbound_port: &'static str,
+    skip_inbound_ports: &'static str,
+    skip_outbound_ports: &'static str,
+}
+
+const ENV_NAMES: Names = Names {
+    proxy_uid: ENV_PROXY_UID,
+    inbound_port: ENV_PROXY_INBOUND_PORT,
+    outbound_port: ENV_PROXY_OUTBOUND_PORT,
+    skip_inbound_ports: ENV_SKIP_INBOUND_PORTS,
+    skip_outbound_ports: ENV_SKIP_OUTBOUND_PORTS,
+};
+
+const ANNOTATION_NAMES: Names = Names {
+    proxy_uid: ANNOTATION_PROXY_UID,
+    inbound_port: ANNOTATION_PROXY_INBOUND_PORT,
+    outbound_port: ANNOTATION_PROXY_OUTBOUND_PORT,
+    skip_inbound_ports: ANNOTATION_SKIP_INBOUND_PORTS,
+    skip_outbound_ports: ANNOTATION_SKIP_OUTBOUND_PORTS,
+};
+
+impl Names {
+    /// The annotation that carries what environment variable `var` carries.
+    fn for_env(&self, var: &str) -> &'static str {
+        [
+            (ENV_NAMES.proxy_uid, self.proxy_uid),
+            (ENV_NAMES.inbound_port, self.inbound_port),
+            (ENV_NAMES.outbound_port, self.outbound_port),
+            (ENV_NAMES.skip_inbound_ports, self.skip_inbound_ports),
+            (ENV_NAMES.skip_outbound_ports, self.skip_outbound_ports),
+        ]
+        .into_iter()
+        .find(|(env, _)| *env == var)
+        .map(|(_, name)| name)
+        .expect("to_env names only the five variables")
     }
 }
 
@@ -208,6 +275,43 @@ mod tests {
                 .find(|(name, _)| *name == var)
                 .map(|(_, value)| OsString::from(value))
         })
+    }
+
+    #[test]
+    fn annotations_round_trip_and_errors_name_the_annotation() {
+        let config = RedirectConfig {
+            proxy_uid: 2200,
+            inbound_port: 5143,
+            outbound_port: 5140,
+            skip_inbound_ports: vec![22, 8081],
+            skip_outbound_ports: vec![5432],
+        };
+        let annotations = config.to_annotations();
+        assert!(
+            annotations
+                .iter()
+                .all(|(key, _)| key.starts_with("lanyard.dev/"))
+        );
+        let read = RedirectConfig::from_annotations(|key| {
+            annotations
+                .iter()
+                .find(|(k, _)| *k == key)
+                .map(|(_, v)| v.as_str())
+        })
+        .unwrap();
+        assert_eq!(read, config);
+        assert_eq!(
+            RedirectConfig::from_annotations(|_| None).unwrap(),
+            RedirectConfig::default()
+        );
+        let err = RedirectConfig::from_annotations(|key| {
+            (key == crate::ANNOTATION_SKIP_OUTBOUND_PORTS).then_some("80,http")
+        })
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "lanyard.dev/skip-outbound-ports: not a port: \"http\" (a number from 1 to 65535)"
+        );
     }
 
     #[test]

@@ -18,7 +18,8 @@
 //! Running it again replaces the rules instead of adding a second copy.
 //!
 //! Module map:
-//! - [`config`]: [`RedirectConfig`], its defaults and its environment variables.
+//! - [`config`]: [`RedirectConfig`], its defaults, its environment variables and its pod
+//!   annotations.
 //! - [`rules`]: [`steps`], the ordered iptables argument vectors.
 //! - [`iptables`]: [`Iptables`], which runs them.
 
@@ -49,6 +50,23 @@ pub const ENV_PROXY_INBOUND_PORT: &str = "PROXY_INBOUND_PORT";
 pub const ENV_PROXY_OUTBOUND_PORT: &str = "PROXY_OUTBOUND_PORT";
 pub const ENV_SKIP_INBOUND_PORTS: &str = "SKIP_INBOUND_PORTS";
 pub const ENV_SKIP_OUTBOUND_PORTS: &str = "SKIP_OUTBOUND_PORTS";
+/// On a pod template: which mechanism installs the pod's redirect, [`REDIRECT_CNI`] or
+/// [`REDIRECT_INIT`]. The CNI plugin acts only on injected pods that say [`REDIRECT_CNI`], so
+/// the rules are never installed twice.
+pub const REDIRECT_ANNOTATION: &str = "lanyard.dev/redirect";
+/// [`REDIRECT_ANNOTATION`]: the node's CNI plugin installs the rules.
+pub const REDIRECT_CNI: &str = "cni";
+/// [`REDIRECT_ANNOTATION`]: the `lanyard-init` container installs the rules.
+pub const REDIRECT_INIT: &str = "init";
+
+/// The pod annotations [`RedirectConfig::from_annotations`] reads (the CNI plugin's view of
+/// what the environment variables say to the init container); absent means the default.
+pub const ANNOTATION_PROXY_UID: &str = "lanyard.dev/proxy-uid";
+pub const ANNOTATION_PROXY_INBOUND_PORT: &str = "lanyard.dev/proxy-inbound-port";
+pub const ANNOTATION_PROXY_OUTBOUND_PORT: &str = "lanyard.dev/proxy-outbound-port";
+pub const ANNOTATION_SKIP_INBOUND_PORTS: &str = "lanyard.dev/skip-inbound-ports";
+pub const ANNOTATION_SKIP_OUTBOUND_PORTS: &str = "lanyard.dev/skip-outbound-ports";
+
 /// The iptables command ([`Iptables::from_env`]); tests substitute a recorder.
 pub const ENV_IPTABLES: &str = "IPTABLES";
 /// The iptables command when [`ENV_IPTABLES`] is unset or empty: found on `PATH`.
