@@ -39,7 +39,7 @@ pub fn available_or_skip() -> bool {
         }
         (Some(why), false) => panic!(
             "the network-namespace tests cannot run here: {why}. Run as root with `ip` \
-             (iproute2) and `iptables` installed (.ci/run installs them), or set {SKIP_ENV}=1 \
+             (iproute2) and `iptables` installed (`./scripts/test` installs them as root on Debian; `scripts/prerequisites` lists them), or set {SKIP_ENV}=1 \
              to skip them"
         ),
     }

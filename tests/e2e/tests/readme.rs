@@ -31,7 +31,7 @@ const HELPS: &[(&str, &[&[&str]])] = &[
     ("lanyard-proxy", &[&["run"], &["tap"]]),
     (
         "lanyard",
-        &[&["install"], &["inject"], &["check"], &["tap"]],
+        &[&["install"], &["images"], &["inject"], &["check"], &["tap"]],
     ),
 ];
 
