@@ -6,6 +6,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/workload.proto",
         "proto/lanyard/identity/v1/identity.proto",
         "proto/lanyard/discovery/v1/discovery.proto",
+        // The CSI spec v1.12.0, vendored verbatim (see proto/csi/v1/README.md).
+        "proto/csi/v1/csi.proto",
     ];
     for file in files {
         println!("cargo:rerun-if-changed={file}");

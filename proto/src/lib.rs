@@ -5,6 +5,9 @@
 //! - [`identity::v1`]: `lanyard.identity.v1`, what lanyard-agent asks of lanyard-server.
 //! - [`discovery::v1`]: `lanyard.discovery.v1`, which destinations are meshed and as which
 //!   IDs (agent socket service `Discovery`, server feed `DiscoveryFeed`).
+//! - [`csi::v1`]: `csi.v1`, the Container Storage Interface (spec v1.12.0, vendored verbatim
+//!   in `proto/csi/v1/`), whose `Identity` and `Node` services lanyard-agent serves as the
+//!   `csi.lanyard.dev` node plugin.
 //! - [`discovery_destination`]: a wire `Destination` checked into an IP and a TCP port, the
 //!   one check the agent and the server share.
 //! - [`inject`]: the injection contract (annotation, label, container and volume names)
@@ -44,6 +47,13 @@ pub mod discovery {
     /// The [`REFUSAL_TRAILER`] value of an answer that expired at the agent (the server was
     /// unreachable for longer than the agent's TTL).
     pub const REFUSAL_EXPIRED: &str = "expired";
+}
+
+/// The Container Storage Interface, spec v1.12.0 (`proto/csi/v1/csi.proto`, unchanged).
+pub mod csi {
+    pub mod v1 {
+        tonic::include_proto!("csi.v1");
+    }
 }
 
 /// The metadata key every Workload API call must carry with the value `true`.
