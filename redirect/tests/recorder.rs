@@ -1,13 +1,15 @@
-//! The `lanyard-redirect` binary against a recording `IPTABLES`: a small script that appends
-//! its arguments and exit code to a file and keeps which chains exist, so removals fail on a
-//! first run (nothing to remove) and succeed on a second, as the real iptables does. Checks
-//! the exact commands, the idempotent re-run, what is printed, and every refusal.
+//! The `lanyard-redirect` binary against a recording `IPTABLES` and `IP6TABLES`: one small
+//! script under both names that appends its name, arguments and exit code to a file and keeps
+//! which chains exist (per name), so removals fail on a first run (nothing to remove) and
+//! succeed on a second, as the real commands do. Checks the exact commands, the idempotent
+//! re-run, what is printed, IPv4 only where `ip6tables -t nat -S` fails (`NO_IPV6=1`), and
+//! every refusal.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use lanyard_redirect::{Iptables, RedirectConfig, steps};
+use lanyard_redirect::{Coverage, Iptables, RedirectConfig, removal_steps, steps};
 
 struct Recorder {
     dir: tempfile::TempDir,
@@ -18,9 +20,12 @@ impl Recorder {
         let dir = tempfile::tempdir().unwrap();
         let script = format!(
             r#"#!/bin/sh
-# Records "ARGS => RC". Chains live as files; -D/-F/-X of a missing chain fails like iptables.
-state='{state}'
+# Records "NAME ARGS => RC". Chains live as files, per NAME; -D/-F/-X of a missing chain fails
+# like iptables. NO_IPV6=1: ip6tables finds no nat table.
+name=$(basename "$0")
+state='{state}'/"$name"
 log='{log}'
+mkdir -p "$state"
 rc=0
 chain=""
 prev=""
@@ -35,10 +40,14 @@ case " $* " in
     *" -X "*) if [ -e "$state/$chain" ]; then rm "$state/$chain"; else rc=1; fi ;;
     *" -N "*) if [ -e "$state/$chain" ]; then rc=1; else : > "$state/$chain"; fi ;;
 esac
+if [ "$name" = ip6tables ] && [ "${{NO_IPV6:-}}" = 1 ]; then
+    rc=3
+    echo "ip6tables v1.8.9 (legacy): can't initialize ip6tables table \`nat': Table does not exist" >&2
+fi
 if [ -n "${{FAIL_ON:-}}" ]; then
     case " $* " in *" $FAIL_ON "*) rc=4 ;; esac
 fi
-echo "$* => $rc" >> "$log"
+echo "$name $* => $rc" >> "$log"
 [ "$rc" = 0 ] || echo "iptables: recorder says no ($rc)" >&2
 exit "$rc"
 "#,
@@ -46,14 +55,24 @@ exit "$rc"
             log = dir.path().join("log").display(),
         );
         std::fs::create_dir(dir.path().join("state")).unwrap();
-        let program = dir.path().join("iptables");
-        std::fs::write(&program, script).unwrap();
-        std::fs::set_permissions(&program, std::fs::Permissions::from_mode(0o755)).unwrap();
+        for name in ["iptables", "ip6tables"] {
+            let program = dir.path().join(name);
+            std::fs::write(&program, &script).unwrap();
+            std::fs::set_permissions(&program, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
         Self { dir }
     }
 
     fn program(&self) -> PathBuf {
         self.dir.path().join("iptables")
+    }
+
+    fn program6(&self) -> PathBuf {
+        self.dir.path().join("ip6tables")
+    }
+
+    fn iptables(&self) -> Iptables {
+        Iptables::new(self.program(), self.program6())
     }
 
     /// Every call so far, then forgets them.
@@ -65,16 +84,17 @@ exit "$rc"
     }
 
     fn run(&self, env: &[(&str, &str)], args: &[&str]) -> Output {
-        redirect(&self.program(), env, args)
+        redirect(&self.program(), &self.program6(), env, args)
     }
 }
 
-fn redirect(iptables: &Path, env: &[(&str, &str)], args: &[&str]) -> Output {
+fn redirect(iptables: &Path, ip6tables: &Path, env: &[(&str, &str)], args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_lanyard-redirect"))
         .args(args)
         .env_clear()
         .env("PATH", "/usr/bin:/bin")
         .env("IPTABLES", iptables)
+        .env("IP6TABLES", ip6tables)
         .envs(env.iter().copied())
         .output()
         .unwrap()
@@ -84,30 +104,39 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
-/// The calls of one run with `skip_in`/`skip_out`, given whether an earlier run's chains exist.
-fn expected_calls(earlier: bool) -> Vec<String> {
+/// One family's calls of a run with the skip ports of [`ENV`], given whether an earlier run's
+/// chains exist.
+fn family_calls(cmd: &str, loopback: &str, earlier: bool) -> Vec<String> {
     let gone = if earlier { "0" } else { "1" };
     [
-        format!("-w -t nat -D PREROUTING -p tcp -j LANYARD_INBOUND => {gone}"),
-        format!("-w -t nat -D OUTPUT -p tcp -j LANYARD_OUTBOUND => {gone}"),
-        format!("-w -t nat -F LANYARD_INBOUND => {gone}"),
-        format!("-w -t nat -X LANYARD_INBOUND => {gone}"),
-        format!("-w -t nat -F LANYARD_OUTBOUND => {gone}"),
-        format!("-w -t nat -X LANYARD_OUTBOUND => {gone}"),
-        "-w -t nat -N LANYARD_INBOUND => 0".into(),
-        "-w -t nat -A LANYARD_INBOUND -p tcp --dport 4143 -j RETURN => 0".into(),
-        "-w -t nat -A LANYARD_INBOUND -p tcp --dport 4192 -j RETURN => 0".into(),
-        "-w -t nat -A LANYARD_INBOUND -p tcp -j REDIRECT --to-ports 4143 => 0".into(),
-        "-w -t nat -A PREROUTING -p tcp -j LANYARD_INBOUND => 0".into(),
-        "-w -t nat -N LANYARD_OUTBOUND => 0".into(),
-        "-w -t nat -A LANYARD_OUTBOUND -m owner --uid-owner 2102 -j RETURN => 0".into(),
-        "-w -t nat -A LANYARD_OUTBOUND -o lo -j RETURN => 0".into(),
-        "-w -t nat -A LANYARD_OUTBOUND -d 127.0.0.0/8 -j RETURN => 0".into(),
-        "-w -t nat -A LANYARD_OUTBOUND -p tcp --dport 5432 -j RETURN => 0".into(),
-        "-w -t nat -A LANYARD_OUTBOUND -p tcp -j REDIRECT --to-ports 4140 => 0".into(),
-        "-w -t nat -A OUTPUT -p tcp -j LANYARD_OUTBOUND => 0".into(),
+        format!("{cmd} -w -t nat -D PREROUTING -p tcp -j LANYARD_INBOUND => {gone}"),
+        format!("{cmd} -w -t nat -D OUTPUT -p tcp -j LANYARD_OUTBOUND => {gone}"),
+        format!("{cmd} -w -t nat -F LANYARD_INBOUND => {gone}"),
+        format!("{cmd} -w -t nat -X LANYARD_INBOUND => {gone}"),
+        format!("{cmd} -w -t nat -F LANYARD_OUTBOUND => {gone}"),
+        format!("{cmd} -w -t nat -X LANYARD_OUTBOUND => {gone}"),
+        format!("{cmd} -w -t nat -N LANYARD_INBOUND => 0"),
+        format!("{cmd} -w -t nat -A LANYARD_INBOUND -p tcp --dport 4143 -j RETURN => 0"),
+        format!("{cmd} -w -t nat -A LANYARD_INBOUND -p tcp --dport 4192 -j RETURN => 0"),
+        format!("{cmd} -w -t nat -A LANYARD_INBOUND -p tcp -j REDIRECT --to-ports 4143 => 0"),
+        format!("{cmd} -w -t nat -A PREROUTING -p tcp -j LANYARD_INBOUND => 0"),
+        format!("{cmd} -w -t nat -N LANYARD_OUTBOUND => 0"),
+        format!("{cmd} -w -t nat -A LANYARD_OUTBOUND -m owner --uid-owner 2102 -j RETURN => 0"),
+        format!("{cmd} -w -t nat -A LANYARD_OUTBOUND -o lo -j RETURN => 0"),
+        format!("{cmd} -w -t nat -A LANYARD_OUTBOUND -d {loopback} -j RETURN => 0"),
+        format!("{cmd} -w -t nat -A LANYARD_OUTBOUND -p tcp --dport 5432 -j RETURN => 0"),
+        format!("{cmd} -w -t nat -A LANYARD_OUTBOUND -p tcp -j REDIRECT --to-ports 4140 => 0"),
+        format!("{cmd} -w -t nat -A OUTPUT -p tcp -j LANYARD_OUTBOUND => 0"),
     ]
     .to_vec()
+}
+
+/// The calls of one run: IPv4's, the IPv6 probe, IPv6's.
+fn expected_calls(earlier: bool) -> Vec<String> {
+    let mut calls = family_calls("iptables", "127.0.0.0/8", earlier);
+    calls.push("ip6tables -w -t nat -S => 0".into());
+    calls.extend(family_calls("ip6tables", "::1/128", earlier));
+    calls
 }
 
 const ENV: [(&str, &str); 5] = [
@@ -124,22 +153,57 @@ fn the_exact_commands_and_an_idempotent_rerun() {
     let first = recorder.run(&ENV, &[]);
     assert!(first.status.success(), "{}", text(&first.stderr));
     assert_eq!(recorder.take_calls(), expected_calls(false));
-    // It prints each rule it installed (without -w), then done.
+    // It prints each rule it installed (without -w), IPv4's then IPv6's, then done.
     let printed = text(&first.stdout);
     let lines: Vec<&str> = printed.lines().collect();
-    assert_eq!(lines.len(), 13, "{printed}");
+    assert_eq!(lines.len(), 25, "{printed}");
     assert_eq!(lines[0], "iptables -t nat -N LANYARD_INBOUND");
     assert_eq!(
         lines[3],
         "iptables -t nat -A LANYARD_INBOUND -p tcp -j REDIRECT --to-ports 4143"
     );
-    assert_eq!(lines[12], "lanyard-redirect: done");
+    assert_eq!(lines[12], "ip6tables -t nat -N LANYARD_INBOUND");
+    assert_eq!(
+        lines[20],
+        "ip6tables -t nat -A LANYARD_OUTBOUND -d ::1/128 -j RETURN"
+    );
+    assert_eq!(lines[24], "lanyard-redirect: done (ipv4_ipv6)");
 
     // Again: the same commands, and this time the removals find the earlier rules.
     let second = recorder.run(&ENV, &[]);
     assert!(second.status.success(), "{}", text(&second.stderr));
     assert_eq!(recorder.take_calls(), expected_calls(true));
     assert_eq!(second.stdout, first.stdout);
+}
+
+/// A namespace without an IPv6 nat table: the IPv4 rules, the probe, nothing more for IPv6,
+/// success, and a line saying IPv6 was left alone with ip6tables' words.
+#[test]
+fn without_ipv6_only_ipv4_is_redirected_and_it_says_so() {
+    let recorder = Recorder::new();
+    let mut env = ENV.to_vec();
+    env.push(("NO_IPV6", "1"));
+    let out = recorder.run(&env, &[]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let mut expected = family_calls("iptables", "127.0.0.0/8", false);
+    expected.push("ip6tables -w -t nat -S => 3".into());
+    assert_eq!(recorder.take_calls(), expected);
+    let printed = text(&out.stdout);
+    let lines: Vec<&str> = printed.lines().collect();
+    assert_eq!(lines.len(), 14, "{printed}");
+    assert!(lines[..12].iter().all(|l| l.starts_with("iptables ")));
+    let program6 = recorder.program6();
+    assert_eq!(
+        lines[12],
+        format!(
+            "lanyard-redirect: IPv4 only, IPv6 left alone: this network namespace has no IPv6 \
+             nat table (`{} -w -t nat -S` failed (exit status: 3): ip6tables v1.8.9 (legacy): \
+             can't initialize ip6tables table `nat': Table does not exist; iptables: recorder \
+             says no (3))",
+            program6.display()
+        )
+    );
+    assert_eq!(lines[13], "lanyard-redirect: done (ipv4_only)");
 }
 
 #[test]
@@ -151,11 +215,34 @@ fn the_library_runs_the_same_commands() {
         ..Default::default()
     };
     let mut installed = Vec::new();
-    Iptables::new(recorder.program())
+    let coverage = recorder
+        .iptables()
         .apply(&steps(&config).unwrap(), |s| installed.push(s.to_string()))
         .unwrap();
+    assert_eq!(coverage, Coverage::Both);
     assert_eq!(recorder.take_calls(), expected_calls(false));
-    assert_eq!(installed.len(), 12);
+    assert_eq!(installed.len(), 24);
+
+    // The removal steps alone (the CNI plugin's DEL) undo both families.
+    recorder.iptables().apply(&removal_steps(), |_| {}).unwrap();
+    let calls = recorder.take_calls();
+    assert_eq!(calls.len(), 13, "{calls:#?}");
+    assert!(
+        calls.iter().all(|c| c.ends_with(" => 0")
+            && (c.contains(" -D ")
+                || c.contains(" -F ")
+                || c.contains(" -X ")
+                || c.contains(" -S"))),
+        "{calls:#?}"
+    );
+    // Removing again finds nothing, and succeeds.
+    recorder.iptables().apply(&removal_steps(), |_| {}).unwrap();
+    let calls = recorder.take_calls();
+    assert_eq!(
+        calls.iter().filter(|c| c.ends_with(" => 1")).count(),
+        12,
+        "{calls:#?}"
+    );
 }
 
 #[test]
@@ -167,13 +254,18 @@ fn flags_win_over_the_environment() {
     );
     assert!(out.status.success(), "{}", text(&out.stderr));
     let calls = recorder.take_calls();
-    assert!(calls.contains(
-        &"-w -t nat -A LANYARD_OUTBOUND -m owner --uid-owner 7 -j RETURN => 0".to_owned()
-    ));
+    for cmd in ["iptables", "ip6tables"] {
+        assert!(calls.contains(&format!(
+            "{cmd} -w -t nat -A LANYARD_OUTBOUND -m owner --uid-owner 7 -j RETURN => 0"
+        )));
+    }
     let skips: Vec<_> = calls.iter().filter(|c| c.contains("--dport")).collect();
     assert_eq!(
         skips,
-        ["-w -t nat -A LANYARD_OUTBOUND -p tcp --dport 5432 -j RETURN => 0"]
+        [
+            "iptables -w -t nat -A LANYARD_OUTBOUND -p tcp --dport 5432 -j RETURN => 0",
+            "ip6tables -w -t nat -A LANYARD_OUTBOUND -p tcp --dport 5432 -j RETURN => 0"
+        ]
     );
 }
 
@@ -197,7 +289,7 @@ fn a_failing_rule_stops_the_run_with_the_command_and_its_stderr() {
     assert!(!text(&out.stdout).contains("done"));
     assert_eq!(
         recorder.take_calls().last().unwrap(),
-        "-w -t nat -A OUTPUT -p tcp -j LANYARD_OUTBOUND => 4"
+        "iptables -w -t nat -A OUTPUT -p tcp -j LANYARD_OUTBOUND => 4"
     );
 
     // A failure of an install step in the middle: nothing after it runs.
@@ -211,8 +303,14 @@ fn a_failing_rule_stops_the_run_with_the_command_and_its_stderr() {
 }
 
 #[test]
-fn a_missing_iptables_is_an_error_even_for_removals() {
-    let out = redirect(Path::new("/nonexistent/iptables"), &[], &[]);
+fn a_missing_iptables_or_ip6tables_is_an_error_even_for_removals() {
+    let recorder = Recorder::new();
+    let out = redirect(
+        Path::new("/nonexistent/iptables"),
+        &recorder.program6(),
+        &[],
+        &[],
+    );
     assert_eq!(out.status.code(), Some(1));
     let stderr = text(&out.stderr);
     assert!(
@@ -221,6 +319,23 @@ fn a_missing_iptables_is_an_error_even_for_removals() {
         ),
         "{stderr}"
     );
+    assert!(stderr.contains("(is iptables installed?)"), "{stderr}");
+
+    // Without ip6tables the IPv4 rules go in, then the run fails: a namespace that may carry
+    // IPv6 is not left with IPv6 passing in plaintext.
+    let out = redirect(
+        &recorder.program(),
+        Path::new("/nonexistent/ip6tables"),
+        &[],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("running `/nonexistent/ip6tables -w -t nat -S`"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("(is ip6tables installed?)"), "{stderr}");
 }
 
 #[test]
@@ -253,17 +368,14 @@ fn dry_run_prints_every_command_and_runs_none() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(recorder.take_calls().is_empty());
     let printed = text(&out.stdout);
-    let program = recorder.program().display().to_string();
-    let lines: Vec<String> = printed
-        .lines()
-        .map(|l| l.replace(&program, "IPT"))
-        .collect();
+    let dir = format!("{}/", recorder.dir.path().display());
+    let lines: Vec<String> = printed.lines().map(|l| l.replace(&dir, "")).collect();
     let expected: Vec<String> = expected_calls(false)
         .iter()
-        .enumerate()
-        .map(|(i, call)| {
-            let command = format!("IPT {}", call.rsplit_once(" => ").unwrap().0);
-            if i < 6 {
+        .filter(|call| !call.ends_with(" -S => 0"))
+        .map(|call| {
+            let command = call.rsplit_once(" => ").unwrap().0.to_owned();
+            if call.ends_with(" => 1") {
                 format!("{command}  # removes an earlier run's rules; may find nothing")
             } else {
                 command
