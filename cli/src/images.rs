@@ -3,6 +3,11 @@
 //! digest file `deploy/images/build` writes (`--image-digests`),
 //! `REPOSITORY/lanyard-<component>@sha256:...`. This module is the one place that names them.
 //!
+//! One image is not Lanyard's: the CSI node-driver-registrar sidecar of the agent DaemonSet
+//! ([`CSI_REGISTRAR_IMAGE`], Kubernetes SIG Storage's). It is named by its upstream tag unless
+//! `--csi-registrar-image` replaces it; `deploy/images/build` does not build it and the digest
+//! file does not pin it (that file records the images the build made).
+//!
 //! The digest file (`image-digests.json`):
 //! ```json
 //! {"version": "0.1.0", "revision": "<git commit>", "images": {
@@ -20,15 +25,24 @@ use std::path::{Path, PathBuf};
 /// Default registry prefix.
 pub const DEFAULT_REGISTRY: &str = "ghcr.io/lanyard-dev";
 
-/// Every image a Lanyard cluster runs, by component: `lanyard-<component>`.
-pub const COMPONENTS: [&str; 4] = ["server", "agent", "proxy", "proxy-init"];
-/// The images `lanyard install`'s manifests name.
+/// Every Lanyard image, by component: `lanyard-<component>`, all built by
+/// `deploy/images/build`.
+pub const COMPONENTS: [&str; 5] = ["server", "agent", "proxy", "proxy-init", "cni"];
+/// The images `lanyard install`'s manifests always name.
 pub const INSTALL_COMPONENTS: [&str; 2] = ["server", "agent"];
+/// The images `lanyard install --cni` names: the CNI plugin's installer as well.
+pub const INSTALL_CNI_COMPONENTS: [&str; 3] = ["server", "agent", "cni"];
 /// The images `lanyard inject` adds to workloads.
 pub const INJECT_COMPONENTS: [&str; 2] = ["proxy", "proxy-init"];
 
 /// This lanyard's version: the tag of the images it names by default.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// The upstream CSI node-driver-registrar the agent DaemonSet runs beside the agent: it tells
+/// the kubelet where the agent's CSI socket is (`--csi-registrar-image` replaces it, e.g. with
+/// a mirror's copy or a `@sha256:` reference).
+pub const CSI_REGISTRAR_IMAGE: &str =
+    "registry.k8s.io/sig-storage/csi-node-driver-registrar:v2.13.0";
 
 /// A digest file is a few hundred bytes; anything this large is not one.
 const MAX_DIGEST_FILE_BYTES: u64 = 1024 * 1024;
@@ -41,6 +55,10 @@ pub enum ImageError {
         "--image-tag {0:?}: letters, digits, '_', '.', '-', at most 128, not starting with '.' or '-'"
     )]
     Tag(String),
+    #[error(
+        "--csi-registrar-image {0:?}: give an image reference, REPOSITORY:TAG or REPOSITORY@sha256:<64 hex>, e.g. {CSI_REGISTRAR_IMAGE}"
+    )]
+    Registrar(String),
     #[error("--image-digests {}: {source}", .path.display())]
     DigestFileRead {
         path: PathBuf,
@@ -103,6 +121,8 @@ pub struct Images {
     tag: String,
     /// Component -> pinned image, when pinned by a digest file.
     pinned: BTreeMap<String, Pinned>,
+    /// The upstream registrar's reference (never pinned by the digest file).
+    registrar: String,
 }
 
 impl Default for Images {
@@ -111,6 +131,7 @@ impl Default for Images {
             registry: DEFAULT_REGISTRY.to_owned(),
             tag: VERSION.to_owned(),
             pinned: BTreeMap::new(),
+            registrar: CSI_REGISTRAR_IMAGE.to_owned(),
         }
     }
 }
@@ -121,21 +142,33 @@ impl Images {
         if !is_repository(registry) {
             return Err(ImageError::Registry(registry.to_owned()));
         }
-        // The reference grammar's tag rule.
-        let tag_ok = !tag.is_empty()
-            && tag.len() <= 128
-            && !tag.starts_with(['.', '-'])
-            && tag
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
-        if !tag_ok {
+        if !is_tag(tag) {
             return Err(ImageError::Tag(tag.to_owned()));
         }
         Ok(Self {
             registry: registry.to_owned(),
             tag: tag.to_owned(),
             pinned: BTreeMap::new(),
+            registrar: CSI_REGISTRAR_IMAGE.to_owned(),
         })
+    }
+
+    /// These images with `reference` as the CSI node-driver-registrar: `REPOSITORY:TAG` or
+    /// `REPOSITORY@sha256:<64 hex>` (an untagged name would mean `:latest`, which moves).
+    pub fn with_registrar(mut self, reference: &str) -> Result<Self, ImageError> {
+        let refused = || ImageError::Registrar(reference.to_owned());
+        let repository = repository_of(reference).ok_or_else(refused)?;
+        let rest = &reference[repository.len()..];
+        let ok = match (rest.strip_prefix(':'), rest.strip_prefix('@')) {
+            (Some(tag), _) => is_tag(tag),
+            (_, Some(digest)) => is_sha256_digest(digest),
+            _ => false,
+        };
+        if !ok {
+            return Err(refused());
+        }
+        self.registrar = reference.to_owned();
+        Ok(self)
     }
 
     /// Pins `components` to the digests of `file`: each becomes `REPOSITORY@sha256:...`, the
@@ -200,11 +233,38 @@ impl Images {
     pub fn proxy_init(&self) -> String {
         self.image("proxy-init")
     }
+    /// The CNI plugin's installer DaemonSet (`lanyard install --cni`): `lanyard-cni`.
+    pub fn cni(&self) -> String {
+        self.image("cni")
+    }
+    /// The upstream CSI node-driver-registrar sidecar of the agent DaemonSet.
+    pub fn csi_registrar(&self) -> &str {
+        &self.registrar
+    }
 
-    /// Every image, in [`COMPONENTS`] order: what `lanyard images` prints.
+    /// Every Lanyard image, in [`COMPONENTS`] order: the first lines `lanyard images` prints.
     pub fn all(&self) -> Vec<String> {
         COMPONENTS.iter().map(|c| self.image(c)).collect()
     }
+
+    /// The images a cluster runs that are not Lanyard's: (reference, what it is). `lanyard
+    /// images` prints them after [`Images::all`] and says on stderr that they are upstream's.
+    pub fn upstream(&self) -> Vec<(String, &'static str)> {
+        vec![(
+            self.registrar.clone(),
+            "the CSI node-driver-registrar (Kubernetes SIG Storage)",
+        )]
+    }
+}
+
+/// The reference grammar's tag rule.
+fn is_tag(tag: &str) -> bool {
+    !tag.is_empty()
+        && tag.len() <= 128
+        && !tag.starts_with(['.', '-'])
+        && tag
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
 }
 
 /// A registry/repository path: lowercase letters, digits, `._-/:` (a registry port).
@@ -418,5 +478,36 @@ mod tests {
             Images::default().agent(),
             format!("ghcr.io/lanyard-dev/lanyard-agent:{VERSION}")
         );
+    }
+
+    #[test]
+    fn the_registrar_is_upstreams_unless_replaced_by_a_tag_or_digest_reference() {
+        let images = Images::default();
+        assert_eq!(images.csi_registrar(), CSI_REGISTRAR_IMAGE);
+        assert_eq!(images.upstream()[0].0, CSI_REGISTRAR_IMAGE);
+        assert!(!images.all().iter().any(|i| i == CSI_REGISTRAR_IMAGE));
+        for good in [
+            "mirror.local:5000/k8s/csi-node-driver-registrar:v2.13.0",
+            &format!("registry.k8s.io/sig-storage/csi-node-driver-registrar@{D1}"),
+        ] {
+            let replaced = Images::default().with_registrar(good).unwrap();
+            assert_eq!(replaced.csi_registrar(), good);
+            assert_eq!(replaced.agent(), images.agent());
+        }
+        for bad in [
+            "",
+            "registry.k8s.io/sig-storage/csi-node-driver-registrar",
+            "registry.k8s.io/sig-storage/csi-node-driver-registrar:",
+            "registry.k8s.io/sig-storage/csi-node-driver-registrar@sha256:abc",
+            "Registry.k8s.io/x:v1",
+            "x:v1 --privileged",
+        ] {
+            let err = Images::default().with_registrar(bad).unwrap_err();
+            assert!(
+                err.to_string()
+                    .starts_with(&format!("--csi-registrar-image {bad:?}: ")),
+                "{err}"
+            );
+        }
     }
 }

@@ -9,8 +9,8 @@ use std::time::{Duration, SystemTime};
 
 use clap::{Args, Parser, Subcommand};
 use lanyard_cli::images::{
-    COMPONENTS, DEFAULT_REGISTRY, DigestFile, INJECT_COMPONENTS, INSTALL_COMPONENTS, Images,
-    VERSION,
+    COMPONENTS, CSI_REGISTRAR_IMAGE, DEFAULT_REGISTRY, DigestFile, INJECT_COMPONENTS,
+    INSTALL_CNI_COMPONENTS, INSTALL_COMPONENTS, Images, VERSION,
 };
 use lanyard_cli::inject::{InjectOptions, Outcome, inject_stream};
 use lanyard_cli::install::ca::GeneratedCa;
@@ -36,9 +36,10 @@ enum Command {
     /// Add the Lanyard proxy to every workload in a YAML stream
     /// (`lanyard inject app.yml | kubectl apply -f -`).
     Inject(InjectArgs),
-    /// Print the image references `install` and `inject` use, one per line (server, agent,
-    /// proxy, proxy-init): the names `deploy/images/build` builds.
-    Images(ImageArgs),
+    /// Print the image references `install` and `inject` use, one per line: Lanyard's own
+    /// (server, agent, proxy, proxy-init, cni: the names `deploy/images/build` builds and
+    /// `--image-digests` pins), then the upstream CSI node-driver-registrar (stderr says so).
+    Images(ImagesArgs),
     /// Check this node: server reachable, agent socket serving, local SVID valid.
     Check(CheckArgs),
     /// Print a proxy's connections as they finish, one line each.
@@ -95,6 +96,27 @@ struct ImageArgs {
 }
 
 #[derive(Args)]
+struct ImagesArgs {
+    #[command(flatten)]
+    images: ImageArgs,
+    #[command(flatten)]
+    upstream: UpstreamImageArgs,
+    /// Print only Lanyard's own images (what deploy/images/build builds), not the upstream
+    /// ones.
+    #[arg(long, env = "LANYARD_LANYARD_ONLY")]
+    lanyard_only: bool,
+}
+
+/// The images a cluster runs that are not Lanyard's; `--image-digests` does not pin them.
+#[derive(Args)]
+struct UpstreamImageArgs {
+    /// The CSI node-driver-registrar sidecar of the agent DaemonSet (upstream's, not built
+    /// by deploy/images/build): REPOSITORY:TAG, or REPOSITORY@sha256:... to pin it.
+    #[arg(long, env = "LANYARD_CSI_REGISTRAR_IMAGE", value_name = "IMAGE", default_value = CSI_REGISTRAR_IMAGE)]
+    csi_registrar_image: String,
+}
+
+#[derive(Args)]
 struct InstallArgs {
     /// Trust domain of the SPIFFE IDs.
     #[arg(long, env = "LANYARD_TRUST_DOMAIN", default_value = DEFAULT_TRUST_DOMAIN)]
@@ -107,6 +129,13 @@ struct InstallArgs {
     replicas: u16,
     #[command(flatten)]
     images: ImageArgs,
+    #[command(flatten)]
+    upstream: UpstreamImageArgs,
+    /// Install the CNI plugin (the `lanyard-cni` installer DaemonSet, its ServiceAccount and
+    /// RBAC) and make `redirect: cni` the cluster's default for `lanyard inject` (in the
+    /// `lanyard-config` ConfigMap); without it injected pods use the init container.
+    #[arg(long, env = "LANYARD_CNI")]
+    cni: bool,
     /// Leave out the CA Secret and bundle ConfigMap (your PKI provides them); this is what
     /// deploy/kubernetes/ holds.
     #[arg(long, env = "LANYARD_WITHOUT_CA", conflicts_with_all = ["ca_only", "write_root_key"])]
@@ -153,9 +182,7 @@ fn main() -> ExitCode {
     let result = match Cli::parse().command {
         Command::Install(args) => install(args),
         Command::Inject(args) => inject(args),
-        Command::Images(args) => {
-            images(&args, &COMPONENTS).map(|images| images.all().join("\n") + "\n")
-        }
+        Command::Images(args) => list_images(&args),
         Command::Check(args) => return check(args),
         Command::Tap(args) => return tap(args),
     };
@@ -195,14 +222,40 @@ fn images(args: &ImageArgs, components: &[&str]) -> Result<Images, String> {
     Images::pinned(&file, registry, components).map_err(|e| e.to_string())
 }
 
+/// `lanyard images`: Lanyard's images, then (unless `--lanyard-only`) the upstream ones,
+/// one reference per line; stderr names the upstream ones as such.
+fn list_images(args: &ImagesArgs) -> Result<String, String> {
+    let images = images(&args.images, &COMPONENTS)?
+        .with_registrar(&args.upstream.csi_registrar_image)
+        .map_err(|e| e.to_string())?;
+    let mut lines = images.all();
+    if !args.lanyard_only {
+        for (reference, what) in images.upstream() {
+            eprintln!(
+                "lanyard: {reference} is upstream's, {what}: not built by deploy/images/build, \
+                 not pinned by --image-digests"
+            );
+            lines.push(reference);
+        }
+    }
+    Ok(lines.join("\n") + "\n")
+}
+
 fn install(args: InstallArgs) -> Result<String, String> {
-    let options = InstallOptions::new(
-        &args.trust_domain,
-        &args.namespace,
-        args.replicas,
-        images(&args.images, &INSTALL_COMPONENTS)?,
-    )
-    .map_err(|e| e.to_string())?;
+    let components: &[&str] = if args.cni {
+        &INSTALL_CNI_COMPONENTS
+    } else {
+        &INSTALL_COMPONENTS
+    };
+    let images = images(&args.images, components)?
+        .with_registrar(&args.upstream.csi_registrar_image)
+        .map_err(|e| e.to_string())?;
+    let mut options =
+        InstallOptions::new(&args.trust_domain, &args.namespace, args.replicas, images)
+            .map_err(|e| e.to_string())?;
+    if args.cni {
+        options = options.with_cni();
+    }
     let parts = if args.without_ca {
         Parts::WithoutCa
     } else if args.ca_only {

@@ -1,6 +1,8 @@
-//! `lanyard install`: deploy/kubernetes/ is the deterministic rendering, the generated CA is
-//! what the server accepts, the root key is written only when asked (0600, never over a
-//! file) and options are validated. That every flag in the manifests is a real flag of the
+//! `lanyard install`: deploy/kubernetes/ is the deterministic rendering (and its cni/ file
+//! what `--cni` adds), the CSIDriver and the agent DaemonSet have the shape the kubelet needs
+//! for the CSI volumes, `--cni` and only `--cni` adds the installer DaemonSet and its RBAC,
+//! the generated CA is what the server accepts, the root key is written only when asked
+//! (0600, never over a file) and options are validated. That every flag in the manifests is a real flag of the
 //! binary it is given to is checked with the daemons' own parsers in the end-to-end crate
 //! (tests/e2e/tests/install_flags.rs), so that this crate depends on no daemon.
 
@@ -18,6 +20,8 @@ use lanyard_svid::TrustDomain;
 use lanyard_svid::ca::{Issuer, RootCa};
 
 const DEPLOY_FILE: &str = "deploy/kubernetes/lanyard.yaml";
+/// What `--cni` adds to, or changes in, [`DEPLOY_FILE`]: applied after it.
+const DEPLOY_CNI_FILE: &str = "deploy/kubernetes/cni/lanyard-cni.yaml";
 
 fn repo_path(relative: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -31,20 +35,43 @@ fn kinds(docs: &[Yaml]) -> Vec<String> {
         .collect()
 }
 
-/// The committed file is exactly `lanyard install --without-ca`. To refresh it after a
-/// deliberate change: `LANYARD_UPDATE_MANIFESTS=1 cargo test -p lanyard-cli --test install`.
-#[test]
-fn deploy_kubernetes_is_the_rendering() {
-    let rendered = write_stream(&render(&InstallOptions::defaults(), Parts::WithoutCa, None));
-    let path = repo_path(DEPLOY_FILE);
+/// (kind, namespace, name) of a document.
+fn identity(doc: &Yaml) -> (String, String, String) {
+    let text = |path: &[&str]| doc.at(path).and_then(Yaml::as_str).unwrap_or("").to_owned();
+    (
+        text(&["kind"]),
+        text(&["metadata", "namespace"]),
+        text(&["metadata", "name"]),
+    )
+}
+
+/// Compares `rendered` with the committed `relative`, rewriting it first when
+/// `LANYARD_UPDATE_MANIFESTS` is set; returns the committed text.
+fn check_committed(relative: &str, rendered: &str, what: &str) -> String {
+    let path = repo_path(relative);
     if std::env::var_os("LANYARD_UPDATE_MANIFESTS").is_some() {
-        std::fs::write(&path, &rendered).unwrap();
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, rendered).unwrap();
     }
     let committed = std::fs::read_to_string(&path).unwrap();
     assert!(
         committed == rendered,
-        "{DEPLOY_FILE} differs from `lanyard install --without-ca`; refresh it with \
+        "{relative} differs from {what}; refresh it with \
          LANYARD_UPDATE_MANIFESTS=1 cargo test -p lanyard-cli --test install"
+    );
+    committed
+}
+
+/// The committed files are exactly `lanyard install --without-ca`, and the objects `lanyard
+/// install --without-ca --cni` prints that differ from it. To refresh them after a deliberate
+/// change: `LANYARD_UPDATE_MANIFESTS=1 cargo test -p lanyard-cli --test install`.
+#[test]
+fn deploy_kubernetes_is_the_rendering() {
+    let base = render(&InstallOptions::defaults(), Parts::WithoutCa, None);
+    let committed = check_committed(
+        DEPLOY_FILE,
+        &write_stream(&base),
+        "`lanyard install --without-ca`",
     );
     // And the binary prints the same.
     let out = Command::new(env!("CARGO_BIN_EXE_lanyard"))
@@ -55,6 +82,63 @@ fn deploy_kubernetes_is_the_rendering() {
         .unwrap();
     assert!(out.status.success());
     assert_eq!(String::from_utf8(out.stdout).unwrap(), committed);
+
+    // The CNI file: what --cni adds or changes, so that applying it after lanyard.yaml gives
+    // exactly the --cni rendering.
+    let with_cni = render(
+        &InstallOptions::defaults().with_cni(),
+        Parts::WithoutCa,
+        None,
+    );
+    let extra: Vec<Yaml> = with_cni
+        .iter()
+        .filter(|d| !base.contains(d))
+        .cloned()
+        .collect();
+    check_committed(
+        DEPLOY_CNI_FILE,
+        &write_stream(&extra),
+        "what `lanyard install --without-ca --cni` adds to `lanyard install --without-ca`",
+    );
+    let mut applied: Vec<Yaml> = base
+        .iter()
+        .filter(|d| !extra.iter().any(|e| identity(e) == identity(d)))
+        .cloned()
+        .collect();
+    applied.extend(extra.iter().cloned());
+    let sorted = |docs: &[Yaml]| {
+        let mut ids: Vec<_> = docs.iter().map(|d| (identity(d), d.clone())).collect();
+        ids.sort_by(|a, b| a.0.cmp(&b.0));
+        ids.into_iter().map(|(_, d)| d).collect::<Vec<_>>()
+    };
+    assert!(
+        sorted(&applied) == sorted(&with_cni),
+        "lanyard.yaml then cni/lanyard-cni.yaml is not the --cni rendering"
+    );
+    let changed: Vec<_> = extra
+        .iter()
+        .filter(|e| base.iter().any(|d| identity(d) == identity(e)))
+        .map(identity)
+        .collect();
+    assert_eq!(
+        changed,
+        [(
+            "ConfigMap".to_owned(),
+            "lanyard".to_owned(),
+            "lanyard-config".to_owned()
+        )],
+        "--cni changes only lanyard-config of the base objects"
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_lanyard"))
+        .args(["install", "--without-ca", "--cni"])
+        .env_clear()
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap(),
+        write_stream(&with_cni)
+    );
 }
 
 #[test]
@@ -84,11 +168,13 @@ fn full_install_is_the_base_plus_the_ca() {
             "ClusterRoleBinding",
             "Role",
             "RoleBinding",
+            "ConfigMap",
             "Secret",
             "ConfigMap",
             "Service",
             "Deployment",
             "PodDisruptionBudget",
+            "CSIDriver",
             "DaemonSet",
         ]
     );
@@ -284,6 +370,7 @@ fn the_socket_dir_holds_the_default_socket() {
 }
 
 const VERSION: &str = env!("CARGO_PKG_VERSION");
+const REGISTRAR: &str = lanyard_cli::images::CSI_REGISTRAR_IMAGE;
 
 /// A digest file as deploy/images/build writes it, for images under `registry` of `version`;
 /// each image has its own digest (one hex digit repeated 64 times). Returns the text and
@@ -362,28 +449,54 @@ fn install_inject_and_images_pin_the_digest_files_images() {
     };
     let repo = "registry.example:5000/team";
 
-    // `lanyard images`: the four references, one per line; the build script's source of names.
-    let all: Vec<String> = ["server", "agent", "proxy", "proxy-init"]
-        .iter()
-        .map(|c| pinned(c, repo))
-        .collect();
+    // `lanyard images`: Lanyard's five references, then the upstream registrar, one per
+    // line; --lanyard-only leaves the registrar out. The digest file pins Lanyard's only.
+    let ours = ["server", "agent", "proxy", "proxy-init", "cni"];
+    let all: Vec<String> = ours.iter().map(|c| pinned(c, repo)).collect();
     assert_eq!(
         ok(&["images", "--image-digests", "d.json"]),
+        all.join("\n") + "\n" + REGISTRAR + "\n"
+    );
+    assert_eq!(
+        ok(&["images", "--image-digests", "d.json", "--lanyard-only"]),
         all.join("\n") + "\n"
     );
     assert_eq!(
         ok(&["images"]),
-        ["server", "agent", "proxy", "proxy-init"]
-            .map(|c| format!("ghcr.io/lanyard-dev/lanyard-{c}:{VERSION}"))
+        ours.map(|c| format!("ghcr.io/lanyard-dev/lanyard-{c}:{VERSION}"))
             .join("\n")
+            + "\n"
+            + REGISTRAR
             + "\n"
     );
 
-    // install names exactly the server and agent digest references.
+    // install names exactly the server and agent digest references, and the registrar by
+    // its upstream tag.
     let install = ok(&["install", "--without-ca", "--image-digests", "d.json"]);
     assert_eq!(
         image_lines(&install),
-        [pinned("server", repo), pinned("agent", repo)]
+        [
+            pinned("server", repo),
+            pinned("agent", repo),
+            REGISTRAR.to_owned()
+        ]
+    );
+    // --cni: the installer's too.
+    let with_cni = ok(&[
+        "install",
+        "--without-ca",
+        "--cni",
+        "--image-digests",
+        "d.json",
+    ]);
+    assert_eq!(
+        image_lines(&with_cni),
+        [
+            pinned("server", repo),
+            pinned("agent", repo),
+            REGISTRAR.to_owned(),
+            pinned("cni", repo)
+        ]
     );
     // With --image-registry: that registry's repositories, the same digests.
     let moved = ok(&[
@@ -398,7 +511,8 @@ fn install_inject_and_images_pin_the_digest_files_images() {
         image_lines(&moved),
         [
             pinned("server", "mirror.local/lanyard"),
-            pinned("agent", "mirror.local/lanyard")
+            pinned("agent", "mirror.local/lanyard"),
+            REGISTRAR.to_owned()
         ]
     );
     // The rest of the rendering is unchanged.
@@ -489,6 +603,12 @@ fn bad_digest_files_are_refused_with_the_reason() {
         }),
     );
     write("old.json", &digest_file("ghcr.io/lanyard-dev", "0.0.9").0);
+    write(
+        "no-cni.json",
+        &edit(&|v| {
+            v["images"].as_object_mut().unwrap().remove("lanyard-cni");
+        }),
+    );
     value["images"]
         .as_object_mut()
         .unwrap()
@@ -518,7 +638,7 @@ fn bad_digest_files_are_refused_with_the_reason() {
         ),
         (
             vec!["install", "--image-digests", "no-agent.json"],
-            "--image-digests no-agent.json: no entry for lanyard-agent, which this command needs; the file lists lanyard-proxy, lanyard-proxy-init, lanyard-server".to_owned(),
+            "--image-digests no-agent.json: no entry for lanyard-agent, which this command needs; the file lists lanyard-cni, lanyard-proxy, lanyard-proxy-init, lanyard-server".to_owned(),
         ),
         (
             vec!["inject", "-", "--image-digests", "no-init.json"],
@@ -539,6 +659,22 @@ fn bad_digest_files_are_refused_with_the_reason() {
         (
             vec!["install", "--image-digests", "good.json", "--image-tag", "v2"],
             "cannot be used with".to_owned(),
+        ),
+        (
+            vec!["install", "--cni", "--image-digests", "no-cni.json"],
+            "--image-digests no-cni.json: no entry for lanyard-cni, which this command needs".to_owned(),
+        ),
+        (
+            vec!["images", "--image-digests", "no-cni.json"],
+            "no entry for lanyard-cni".to_owned(),
+        ),
+        (
+            vec!["install", "--csi-registrar-image", "registry.k8s.io/sig-storage/csi-node-driver-registrar"],
+            "--csi-registrar-image \"registry.k8s.io/sig-storage/csi-node-driver-registrar\": give an image reference".to_owned(),
+        ),
+        (
+            vec!["images", "--csi-registrar-image", "x:v1 --privileged"],
+            "--csi-registrar-image \"x:v1 --privileged\"".to_owned(),
         ),
     ] {
         let out = lanyard_in(dir.path(), &args);
@@ -563,4 +699,323 @@ fn bad_digest_files_are_refused_with_the_reason() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("lanyard-server@sha256:"));
+    // Without --cni the file needs no lanyard-cni.
+    let out = lanyard_in(
+        dir.path(),
+        &["install", "--without-ca", "--image-digests", "no-cni.json"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `lanyard images` says on stderr which line is not Lanyard's; --csi-registrar-image
+/// replaces the registrar in `images` and `install` (a mirror, or a digest reference).
+#[test]
+fn the_registrar_is_marked_upstream_and_replaceable() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = lanyard_in(dir.path(), &["images"]);
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains(&format!("{REGISTRAR} is upstream's"))
+            && stderr.contains("not built by deploy/images/build")
+            && stderr.contains("not pinned by --image-digests"),
+        "{stderr}"
+    );
+    let only = lanyard_in(dir.path(), &["images", "--lanyard-only"]);
+    assert!(only.status.success() && only.stderr.is_empty());
+    assert!(!String::from_utf8_lossy(&only.stdout).contains("registrar"));
+
+    let mirror = format!(
+        "mirror.local:5000/k8s/csi-node-driver-registrar@sha256:{}",
+        "ab".repeat(32)
+    );
+    let images = lanyard_in(dir.path(), &["images", "--csi-registrar-image", &mirror]);
+    let stdout = String::from_utf8(images.stdout).unwrap();
+    assert_eq!(stdout.lines().last(), Some(mirror.as_str()));
+    let install = lanyard_in(
+        dir.path(),
+        &["install", "--without-ca", "--csi-registrar-image", &mirror],
+    );
+    assert!(install.status.success());
+    let lines = image_lines(&String::from_utf8(install.stdout).unwrap());
+    assert!(lines.contains(&mirror), "{lines:?}");
+    assert!(!lines.iter().any(|l| l == REGISTRAR), "{lines:?}");
+}
+
+fn json_docs(options: &InstallOptions) -> Vec<serde_json::Value> {
+    render(options, Parts::WithoutCa, None)
+        .iter()
+        .map(|d| serde_json::to_value(d).unwrap())
+        .collect()
+}
+
+fn find<'a>(docs: &'a [serde_json::Value], kind: &str, name: &str) -> &'a serde_json::Value {
+    docs.iter()
+        .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("no {kind} {name}"))
+}
+
+fn strings(value: &serde_json::Value) -> Vec<String> {
+    value
+        .as_array()
+        .unwrap_or_else(|| panic!("not a list: {value}"))
+        .iter()
+        .map(|v| v.as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// The value after `flag` in `args`.
+fn flag_value<'a>(args: &'a [String], flag: &str) -> &'a str {
+    let i = args
+        .iter()
+        .position(|a| a == flag)
+        .unwrap_or_else(|| panic!("no {flag} in {args:?}"));
+    &args[i + 1]
+}
+
+/// The pieces the kubelet needs to call the agent's CSI node plugin for inline volumes, and
+/// that `lanyard inject` relies on: the CSIDriver, the agent serving the socket the registrar
+/// registers, the kubelet's pods directory at its own path with Bidirectional propagation
+/// (hence privileged), and `redirect: init` in lanyard-config without --cni.
+#[test]
+fn the_csi_driver_and_the_agent_daemonset_have_the_kubelets_shape() {
+    let docs = json_docs(&InstallOptions::defaults());
+    let driver = find(&docs, "CSIDriver", "csi.lanyard.dev");
+    assert_eq!(driver["apiVersion"], "storage.k8s.io/v1");
+    assert_eq!(driver["metadata"].get("namespace"), None, "cluster-scoped");
+    assert_eq!(
+        driver["spec"],
+        serde_json::json!({
+            "attachRequired": false,
+            "podInfoOnMount": true,
+            "volumeLifecycleModes": ["Ephemeral"],
+            "fsGroupPolicy": "None",
+        })
+    );
+    assert_eq!(lanyard_cli::install::CSI_DRIVER_NAME, "csi.lanyard.dev");
+
+    let config = find(&docs, "ConfigMap", "lanyard-config");
+    assert_eq!(config["metadata"]["namespace"], "lanyard");
+    assert_eq!(config["data"], serde_json::json!({"redirect": "init"}));
+
+    let ds = find(&docs, "DaemonSet", "lanyard-agent");
+    let pod = &ds["spec"]["template"]["spec"];
+    let containers = pod["containers"].as_array().unwrap();
+    assert_eq!(containers.len(), 2);
+    let (agent, registrar) = (&containers[0], &containers[1]);
+    let volume_path = |name: &str| -> String {
+        let v = pod["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == name)
+            .unwrap_or_else(|| panic!("no volume {name}"));
+        v["hostPath"]["path"].as_str().unwrap().to_owned()
+    };
+    // mountPath -> (host path, propagation) for a container.
+    let mounts = |c: &serde_json::Value| -> Vec<(String, String, String)> {
+        c["volumeMounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|m| {
+                pod["volumes"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|v| v["name"] == m["name"] && v.get("hostPath").is_some())
+            })
+            .map(|m| {
+                (
+                    m["mountPath"].as_str().unwrap().to_owned(),
+                    volume_path(m["name"].as_str().unwrap()),
+                    m["mountPropagation"].as_str().unwrap_or("None").to_owned(),
+                )
+            })
+            .collect()
+    };
+    let mount = |m: &str, h: &str, p: &str| (m.to_owned(), h.to_owned(), p.to_owned());
+
+    let args = strings(&agent["args"]);
+    assert_eq!(flag_value(&args, "--csi-socket"), "/csi/csi.sock");
+    assert_eq!(flag_value(&args, "--csi-pods-dir"), "/var/lib/kubelet/pods");
+    assert_eq!(
+        mounts(agent),
+        [
+            mount("/run/lanyard/sockets", "/run/lanyard/sockets", "None"),
+            mount("/csi", "/var/lib/kubelet/plugins/csi.lanyard.dev", "None"),
+            mount(
+                "/var/lib/kubelet/pods",
+                "/var/lib/kubelet/pods",
+                "Bidirectional"
+            ),
+        ]
+    );
+    // Bidirectional propagation is refused by the API server unless privileged (and
+    // privileged with allowPrivilegeEscalation false is refused too).
+    assert_eq!(agent["securityContext"]["privileged"], true);
+    assert_eq!(
+        agent["securityContext"].get("allowPrivilegeEscalation"),
+        None
+    );
+    assert_eq!(agent["securityContext"]["readOnlyRootFilesystem"], true);
+
+    assert_eq!(registrar["name"], "node-driver-registrar");
+    assert_eq!(
+        registrar["image"],
+        "registry.k8s.io/sig-storage/csi-node-driver-registrar:v2.13.0"
+    );
+    let registrar_args = strings(&registrar["args"]);
+    assert_eq!(
+        registrar_args[..2],
+        [
+            "--csi-address=/csi/csi.sock",
+            "--kubelet-registration-path=/var/lib/kubelet/plugins/csi.lanyard.dev/csi.sock",
+        ]
+    );
+    // The registrar's /healthz is its liveness probe, on the port it serves.
+    assert_eq!(registrar_args[2], "--http-endpoint=:9809");
+    assert_eq!(registrar["ports"][0]["containerPort"], 9809);
+    assert_eq!(
+        registrar["livenessProbe"]["httpGet"]["port"],
+        registrar["ports"][0]["name"]
+    );
+    assert_eq!(
+        mounts(registrar),
+        [
+            mount("/csi", "/var/lib/kubelet/plugins/csi.lanyard.dev", "None"),
+            mount("/registration", "/var/lib/kubelet/plugins_registry", "None"),
+        ]
+    );
+    assert_eq!(registrar["securityContext"].get("privileged"), None);
+    // The socket the registrar hands the kubelet is the agent's, seen from the node.
+    let on_node = flag_value(&args, "--csi-socket").replacen(
+        "/csi",
+        "/var/lib/kubelet/plugins/csi.lanyard.dev",
+        1,
+    );
+    assert_eq!(
+        registrar_args[1],
+        format!("--kubelet-registration-path={on_node}")
+    );
+    assert_eq!(pod["automountServiceAccountToken"], false);
+
+    // The namespace admits it.
+    let ns = find(&docs, "Namespace", "lanyard");
+    assert_eq!(
+        ns["metadata"]["labels"]["pod-security.kubernetes.io/enforce"],
+        "privileged"
+    );
+}
+
+/// Without --cni nothing of the CNI plugin is rendered; with it, the installer DaemonSet,
+/// its ServiceAccount, a ClusterRole with get on pods only and its binding, and
+/// `redirect: cni` in lanyard-config.
+#[test]
+fn cni_objects_only_with_cni() {
+    let options = InstallOptions::new(
+        "example.org",
+        "mesh",
+        1,
+        Images::new("registry.local/x", "v9").unwrap(),
+    )
+    .unwrap();
+    let without = json_docs(&options);
+    let text = serde_json::to_string(&without).unwrap();
+    assert!(!text.contains("lanyard-cni"), "{text}");
+    assert!(!text.contains("/etc/cni"), "{text}");
+
+    let docs = json_docs(&options.clone().with_cni());
+    let added: Vec<_> = docs
+        .iter()
+        .filter(|d| !without.contains(d))
+        .map(|d| {
+            (
+                d["kind"].as_str().unwrap().to_owned(),
+                d["metadata"]["name"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let pair = |k: &str, n: &str| (k.to_owned(), n.to_owned());
+    assert_eq!(
+        added,
+        [
+            pair("ServiceAccount", "lanyard-cni"),
+            pair("ClusterRole", "lanyard-cni-mesh"),
+            pair("ClusterRoleBinding", "lanyard-cni-mesh"),
+            pair("ConfigMap", "lanyard-config"),
+            pair("DaemonSet", "lanyard-cni"),
+        ]
+    );
+    assert_eq!(
+        find(&docs, "ConfigMap", "lanyard-config")["data"],
+        serde_json::json!({"redirect": "cni"})
+    );
+    let sa = find(&docs, "ServiceAccount", "lanyard-cni");
+    assert_eq!(sa["metadata"]["namespace"], "mesh");
+    assert_eq!(
+        sa.get("automountServiceAccountToken"),
+        None,
+        "the installer hands its token to the plugin"
+    );
+    assert_eq!(
+        find(&docs, "ClusterRole", "lanyard-cni-mesh")["rules"],
+        serde_json::json!([{"apiGroups": [""], "resources": ["pods"], "verbs": ["get"]}])
+    );
+    let binding = find(&docs, "ClusterRoleBinding", "lanyard-cni-mesh");
+    assert_eq!(binding["roleRef"]["name"], "lanyard-cni-mesh");
+    assert_eq!(
+        binding["subjects"],
+        serde_json::json!([{"kind": "ServiceAccount", "name": "lanyard-cni", "namespace": "mesh"}])
+    );
+
+    let ds = find(&docs, "DaemonSet", "lanyard-cni");
+    assert_eq!(ds["metadata"]["namespace"], "mesh");
+    let pod = &ds["spec"]["template"]["spec"];
+    assert_eq!(pod["serviceAccountName"], "lanyard-cni");
+    let agent_pod = &find(&docs, "DaemonSet", "lanyard-agent")["spec"]["template"]["spec"];
+    assert_eq!(pod["tolerations"], agent_pod["tolerations"]);
+    assert!(pod["terminationGracePeriodSeconds"].as_u64().unwrap() >= 10);
+    let containers = pod["containers"].as_array().unwrap();
+    assert_eq!(containers.len(), 1);
+    let c = &containers[0];
+    assert_eq!(c["image"], "registry.local/x/lanyard-cni:v9");
+    assert_eq!(
+        strings(&c["args"]),
+        [
+            "install",
+            "--host-bin-dir",
+            "/host/opt/cni/bin",
+            "--host-conf-dir",
+            "/host/etc/cni/net.d"
+        ]
+    );
+    assert_eq!(c["securityContext"]["runAsUser"], 0);
+    assert_eq!(c["securityContext"].get("privileged"), None);
+    let host_path = |mount: &str| -> String {
+        let m = c["volumeMounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["mountPath"] == mount)
+            .unwrap_or_else(|| panic!("no mount at {mount}"));
+        let v = pod["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == m["name"])
+            .unwrap();
+        v["hostPath"]["path"].as_str().unwrap().to_owned()
+    };
+    assert_eq!(host_path("/host/opt/cni/bin"), "/opt/cni/bin");
+    assert_eq!(host_path("/host/etc/cni/net.d"), "/etc/cni/net.d");
+    assert_eq!(
+        lanyard_cli::install::render::cni_args(),
+        strings(&c["args"])
+    );
 }

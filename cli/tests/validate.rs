@@ -1,4 +1,5 @@
-//! Kubernetes schema validation of what `lanyard install` and `lanyard inject` print, with
+//! Kubernetes schema validation of what `lanyard install` (with and without `--cni`: the
+//! CSIDriver, both DaemonSets, the RBAC) and `lanyard inject` print, with
 //! PyPI `kubernetes-validate` (it ships the API schemas: no cluster, no kubectl, no network),
 //! in strict mode (unknown fields are errors), against the oldest Kubernetes Lanyard supports
 //! and the API version the project's own Kubernetes types use.
@@ -160,6 +161,25 @@ fn install_and_inject_output_pass_schema_validation() {
                 None,
             ),
         ),
+        // The CNI plugin's installer, its ServiceAccount and RBAC; pinned, and with a
+        // registrar pinned by digest.
+        write(
+            "install-cni.yaml",
+            &lanyard(
+                &[
+                    "install",
+                    "--cni",
+                    "--image-digests",
+                    digests.to_str().unwrap(),
+                    "--csi-registrar-image",
+                    &format!(
+                        "registry.k8s.io/sig-storage/csi-node-driver-registrar@sha256:{}",
+                        "0123456789abcdef".repeat(4)
+                    ),
+                ],
+                None,
+            ),
+        ),
         write(
             "install-custom.yaml",
             &lanyard(
@@ -196,10 +216,24 @@ fn install_and_inject_output_pass_schema_validation() {
     for version in KUBERNETES_VERSIONS {
         let (ok, output) = validate(&files, version);
         assert!(ok, "kubernetes-validate {version} failed:\n{output}");
-        // Every object was checked (13 from install, 13 pinned, 11 without the CA, 7 + 7
-        // injected).
+        // Every object was checked (15 from install, 15 pinned, 19 with --cni, 13 without
+        // the CA, 7 + 7 injected).
         let passed = output.matches(" passed for resource ").count();
-        assert_eq!(passed, 13 + 13 + 11 + 7 + 7, "{output}");
+        assert_eq!(passed, 15 + 15 + 19 + 13 + 7 + 7, "{output}");
+        for resource in [
+            "csidriver/csi.lanyard.dev",
+            "daemonset/lanyard-agent",
+            "daemonset/lanyard-cni",
+            "serviceaccount/lanyard-cni",
+            "clusterrole/lanyard-cni-lanyard",
+            "clusterrolebinding/lanyard-cni-lanyard",
+            "configmap/lanyard-config",
+        ] {
+            assert!(
+                output.contains(&format!("passed for resource {resource} ")),
+                "{resource} not validated:\n{output}"
+            );
+        }
     }
 }
 

@@ -1,9 +1,15 @@
 //! `lanyard install`: the cluster manifests for a Lanyard control plane.
 //!
-//! The rendering has two parts. [`render::base_manifests`] is deterministic (namespace,
-//! ServiceAccounts, RBAC, Service, server Deployment, PodDisruptionBudget, agent DaemonSet):
+//! - [`render`]: the deterministic objects (namespace, ServiceAccounts, RBAC, the
+//!   `lanyard-config` ConfigMap, Service, server Deployment, PodDisruptionBudget, CSIDriver,
+//!   agent DaemonSet with its CSI registrar, and with `--cni` the CNI installer DaemonSet);
+//! - [`rbac`]: ServiceAccounts and the RBAC of the server and of the CNI plugin;
+//! - [`ca`]: the generated CA Secret and bundle ConfigMap.
+//!
+//! The rendering has two parts. [`render::base_manifests`] is deterministic:
 //! `deploy/kubernetes/lanyard.yaml` is exactly that part with the defaults (`lanyard install
-//! --without-ca`), and a test keeps the two identical. The CA ([`ca`]) is generated fresh on
+//! --without-ca`), `deploy/kubernetes/cni/lanyard-cni.yaml` what `--cni` adds or changes, and
+//! a test keeps them identical to the rendering. The CA ([`ca`]) is generated fresh on
 //! every run, so it is never in the repository: `lanyard install` adds its Secret and bundle
 //! ConfigMap, `--ca-only` prints just those (for `kubectl apply -f deploy/kubernetes/`
 //! users), and `--without-ca` leaves them out (for users whose own PKI writes the Secret).
@@ -41,6 +47,16 @@ pub const HEALTH_PORT: u16 = 9090;
 /// Where the agent serves the Workload API, on the node (a hostPath shared with pods): the
 /// directory of [`lanyard_client::endpoint::DEFAULT_SOCKET`], the socket itself.
 pub const SOCKET_DIR: &str = "/run/lanyard/sockets";
+/// The CSI driver the agent serves (DESIGN §5): the `CSIDriver` object's name, the `driver`
+/// of injected pods' inline volumes, the kubelet's plugin directory name.
+pub const CSI_DRIVER_NAME: &str = "csi.lanyard.dev";
+/// The ConfigMap of install-time settings `lanyard inject` reads from the install namespace.
+pub const CONFIG_MAP_NAME: &str = "lanyard-config";
+/// Its key naming how injected pods get their redirect rules: `cni` or `init`
+/// ([`lanyard_redirect::REDIRECT_CNI`], [`lanyard_redirect::REDIRECT_INIT`]).
+pub const CONFIG_REDIRECT_KEY: &str = "redirect";
+/// The CNI plugin's installer DaemonSet, its ServiceAccount and its binary.
+pub const CNI_NAME: &str = "lanyard-cni";
 
 /// Why the options are refused.
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +75,24 @@ pub enum InstallError {
     Ca(#[from] ca::CaError),
 }
 
+/// How injected pods get their redirect rules, cluster-wide: what `lanyard-config` says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Redirect {
+    /// The `lanyard-redirect` init container (NET_ADMIN, NET_RAW): needs no node plugin.
+    Init,
+    /// The `lanyard-cni` plugin in the pod's network namespace (`lanyard install --cni`).
+    Cni,
+}
+
+impl std::fmt::Display for Redirect {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Init => lanyard_redirect::REDIRECT_INIT,
+            Self::Cni => lanyard_redirect::REDIRECT_CNI,
+        })
+    }
+}
+
 /// What the rendering depends on, validated.
 #[derive(Clone, Debug)]
 pub struct InstallOptions {
@@ -66,6 +100,8 @@ pub struct InstallOptions {
     pub namespace: String,
     pub replicas: u16,
     pub images: Images,
+    /// [`Redirect::Cni`] adds the CNI installer DaemonSet and its RBAC.
+    pub redirect: Redirect,
 }
 
 impl InstallOptions {
@@ -88,7 +124,16 @@ impl InstallOptions {
             namespace: namespace.to_owned(),
             replicas,
             images,
+            redirect: Redirect::Init,
         })
+    }
+
+    /// These options with the CNI plugin installed (`--cni`): the installer DaemonSet, its
+    /// ServiceAccount and RBAC, and `redirect: cni` in `lanyard-config`. The images should
+    /// then include [`crate::images::INSTALL_CNI_COMPONENTS`] when pinned.
+    pub fn with_cni(mut self) -> Self {
+        self.redirect = Redirect::Cni;
+        self
     }
 
     /// The defaults: what `deploy/kubernetes/` holds.

@@ -1,12 +1,18 @@
-//! The server's RBAC, and nothing for the agent: only the server talks to the Kubernetes API
-//! (DESIGN §1). Cluster-wide it may create TokenReviews (node attestation) and read Pods,
-//! Services and EndpointSlices (pod identities, node feeds, discovery); in its own namespace
-//! it may read exactly its CA Secret and bundle ConfigMap, by name. `list`/`watch` on a named
-//! object work because the server watches it with a `metadata.name` field selector.
+//! The server's RBAC, the CNI plugin's (with `--cni`), and nothing for the agent: of the
+//! control plane only the server talks to the Kubernetes API (DESIGN §1). Cluster-wide it may
+//! create TokenReviews (node attestation) and read Pods, Services and EndpointSlices (pod
+//! identities, node feeds, discovery); in its own namespace it may read exactly its CA Secret
+//! and bundle ConfigMap, by name. `list`/`watch` on a named object work because the server
+//! watches it with a `metadata.name` field selector. The CNI plugin, run by the container
+//! runtime with the kubeconfig its installer writes from the `lanyard-cni` ServiceAccount, may
+//! `get` a pod (its annotations say whether and how to redirect) and nothing else.
 
 use serde_json::json;
 
-use super::{AGENT_NAME, BUNDLE_CONFIGMAP_NAME, CA_SECRET_NAME, InstallOptions, SERVER_NAME};
+use super::{
+    AGENT_NAME, BUNDLE_CONFIGMAP_NAME, CA_SECRET_NAME, CNI_NAME, InstallOptions, Redirect,
+    SERVER_NAME,
+};
 use crate::install::labels;
 use crate::yaml::Yaml;
 
@@ -58,10 +64,47 @@ pub fn server_rbac(options: &InstallOptions) -> Vec<Yaml> {
     .collect()
 }
 
-/// The two ServiceAccounts. The agent's gets no API token mounted and no binding: its
-/// projected token (audience [`super::AGENT_TOKEN_AUDIENCE`]) is only for the server.
+/// With `--cni`: the ClusterRole and ClusterRoleBinding of the `lanyard-cni` ServiceAccount,
+/// `get` on pods cluster-wide (the plugin looks up the pod being created by namespace and
+/// name); nothing otherwise.
+pub fn cni_rbac(options: &InstallOptions) -> Vec<Yaml> {
+    if options.redirect != Redirect::Cni {
+        return Vec::new();
+    }
+    let ns = &options.namespace;
+    let cluster_name = format!("{CNI_NAME}-{ns}");
+    [
+        json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRole",
+            "metadata": {"name": cluster_name, "labels": labels(CNI_NAME)},
+            "rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get"]}],
+        }),
+        json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRoleBinding",
+            "metadata": {"name": cluster_name, "labels": labels(CNI_NAME)},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": cluster_name},
+            "subjects": [{"kind": "ServiceAccount", "name": CNI_NAME, "namespace": ns}],
+        }),
+    ]
+    .iter()
+    .map(Yaml::from_json)
+    .collect()
+}
+
+/// The ServiceAccounts. The agent's gets no API token mounted and no binding: its projected
+/// token (audience [`super::AGENT_TOKEN_AUDIENCE`]) is only for the server. With `--cni`,
+/// `lanyard-cni`'s, whose token the installer hands to the plugin.
 pub fn service_accounts(options: &InstallOptions) -> Vec<Yaml> {
     let ns = &options.namespace;
+    let cni = (options.redirect == Redirect::Cni).then(|| {
+        json!({
+            "apiVersion": "v1",
+            "kind": "ServiceAccount",
+            "metadata": {"name": CNI_NAME, "namespace": ns, "labels": labels(CNI_NAME)},
+        })
+    });
     [
         json!({
             "apiVersion": "v1",
@@ -75,7 +118,8 @@ pub fn service_accounts(options: &InstallOptions) -> Vec<Yaml> {
             "automountServiceAccountToken": false,
         }),
     ]
-    .iter()
-    .map(Yaml::from_json)
+    .into_iter()
+    .chain(cni)
+    .map(|v| Yaml::from_json(&v))
     .collect()
 }
