@@ -2,32 +2,59 @@
 //!
 //! For each Pod, Deployment, StatefulSet, DaemonSet, ReplicaSet, Job and CronJob (and each
 //! item of a `List`), the pod template gets:
-//! - the `lanyard-init` init container, first: runs the image's `lanyard-redirect` binary
-//!   (the `lanyard-redirect` crate; no shell) with NET_ADMIN and NET_RAW, so the pod's TCP
-//!   traffic goes through the proxy;
+//! - the traffic redirect, by one of two [`RedirectMode`]s:
+//!   - `cni` (the node's `lanyard-cni` plugin installs the rules when the pod's network is set
+//!     up): the annotations [`REDIRECT_ANNOTATION`]` = cni` and the rules' parameters
+//!     ([`RedirectConfig::to_annotations`]), and the `lanyard-validate` init container, first:
+//!     the proxy image's `lanyard-proxy validate-redirect`, as uid [`VALIDATOR_UID`] with no
+//!     capabilities, which fails the pod at once when the rules are missing (no silent
+//!     plaintext);
+//!   - `init`: the `lanyard-init` init container, first: runs the image's `lanyard-redirect`
+//!     binary (the `lanyard-redirect` crate; no shell) as root with NET_ADMIN and NET_RAW,
+//!     which Pod Security `baseline` forbids (the namespace must be `privileged`), and the
+//!     annotation [`REDIRECT_ANNOTATION`]` = init`;
 //! - the `lanyard-proxy` native sidecar right after it (an init container with
 //!   `restartPolicy: Always`, Kubernetes 1.29+): it starts before the app and the app's own
 //!   init containers, stops after them, and does not keep a Job from completing. Its
-//!   startup probe is `/readyz`, so the app starts once the proxy holds its SVID;
-//! - the `lanyard-sockets` hostPath volume (the agent's socket directory), mounted read-only
-//!   into the proxy and every app container, with `SPIFFE_ENDPOINT_SOCKET` set for any
-//!   SPIFFE client in the app (unless the container sets it already);
+//!   startup probe is `/readyz`, so the app starts once the proxy holds its SVID. Its
+//!   `/metrics` answer loopback callers only, unless the template is annotated
+//!   [`METRICS_ANNOTATION`]` = expose` (the kubelet's probes reach `/healthz` and `/readyz`);
+//! - the `lanyard-sockets` volume (the agent's Workload API), by one of two [`SocketVolume`]s:
+//!   a CSI inline ephemeral volume of driver [`CSI_DRIVER`] (the default), or the node's socket
+//!   directory as a hostPath (which Pod Security `baseline` forbids); mounted read-only into
+//!   the proxy and every app container, with `SPIFFE_ENDPOINT_SOCKET` set for any SPIFFE
+//!   client in the app (unless the container sets it already);
 //! - the annotation [`INJECT_ANNOTATION`]` = enabled` and the label [`MESHED_LABEL`]` = "true"`,
 //!   by which the server's discovery tells meshed pods (and their addresses) from others.
 //!
+//! Every container Lanyard adds, except `lanyard-init`, meets Pod Security `restricted`
+//! (non-root uid, no privilege escalation, every capability dropped, seccomp `RuntimeDefault`,
+//! read-only root filesystem). The user's own containers are not rewritten: where the pod's
+//! own spec breaks `restricted`, the outcome carries each violation ([`pod_security`]) for the
+//! command to warn about.
+//!
 //! Injecting is idempotent: Lanyard's containers, volumes and mounts are matched by name and
-//! replaced in place, so injecting an injected stream changes nothing (and re-injecting with
-//! other options updates it). Documents that are not workloads are printed as given, byte for
-//! byte (comments included); injected documents are re-emitted from their data, so their
-//! comments, anchors and quoting styles are lost. Skipped: templates annotated
-//! `lanyard.dev/inject: disabled` and `hostNetwork` pods (the redirect rules would apply to
-//! the node's own network). Empty documents are dropped; a stream with no object at all is an
-//! error. Refused: a workload whose containers declare a TCP `containerPort` the injected proxy
-//! listens on (the pod shares one network namespace, so one of the two could not bind it).
-//! Any error (a document that does not parse, a workload whose pod template is malformed or
-//! refused) names the document and nothing is printed.
+//! replaced in place (those of the other redirect mode removed), so injecting an injected
+//! stream changes nothing (and re-injecting with other options updates it). Documents that are
+//! not workloads are printed as given, byte for byte (comments included); injected documents
+//! are re-emitted from their data, so their comments, anchors and quoting styles are lost.
+//! Skipped: templates annotated `lanyard.dev/inject: disabled` and `hostNetwork` pods (the
+//! redirect rules would apply to the node's own network). Empty documents are dropped; a
+//! stream with no object at all is an error. Refused: a workload whose containers declare a
+//! TCP `containerPort` the injected proxy listens on (the pod shares one network namespace, so
+//! one of the two could not bind it), and an unknown [`METRICS_ANNOTATION`] value. Any error
+//! (a document that does not parse, a workload whose pod template is malformed or refused)
+//! names the document and nothing is printed.
+//!
+//! Module map:
+//! - [`pod_security`]: the Pod Security Standards' controls (version 1.30).
+//! - [`cluster`]: the default redirect mode, read from the installed `lanyard-config`.
+
+pub mod cluster;
+pub mod pod_security;
 
 use std::fmt;
+use std::str::FromStr;
 
 use serde_json::json;
 
@@ -44,6 +71,10 @@ use lanyard_proto::inject::{
     INIT_CONTAINER, INJECT_ANNOTATION, INJECT_DISABLED, INJECT_ENABLED, MESHED_LABEL,
     PROXY_CONTAINER, SOCKET_VOLUME,
 };
+pub use lanyard_redirect::{REDIRECT_ANNOTATION, REDIRECT_CNI, REDIRECT_INIT};
+
+use pod_security::Violation;
+
 /// iptables-legacy's lock file lives in /run; the init container's root is read-only.
 pub const XTABLES_VOLUME: &str = "lanyard-xtables";
 pub const SPIFFE_ENDPOINT_VALUE: &str = "unix:///run/lanyard/sockets/agent.sock";
@@ -51,6 +82,88 @@ pub const SPIFFE_ENDPOINT_VALUE: &str = "unix:///run/lanyard/sockets/agent.sock"
 pub const MAX_SKIP_PORTS: usize = 64;
 // The inbound list also carries the proxy's own ports; lanyard-redirect must accept it.
 const _: () = assert!(MAX_SKIP_PORTS + 2 <= lanyard_redirect::MAX_SKIP_PORTS);
+/// The init container that checks the CNI plugin's redirect (cni mode).
+pub const VALIDATE_CONTAINER: &str = "lanyard-validate";
+/// The uid `lanyard-validate` runs as: not root, and not the proxy's [`PROXY_UID`], whose
+/// connections the redirect exempts (its probe would never be redirected).
+pub const VALIDATOR_UID: u32 = 2103;
+const _: () = assert!(VALIDATOR_UID != PROXY_UID && VALIDATOR_UID != 0);
+/// The `lanyard-proxy` subcommand `lanyard-validate` runs (the image's entrypoint is the
+/// proxy binary).
+pub const VALIDATE_SUBCOMMAND: &str = "validate-redirect";
+/// The CSI driver that serves the Workload API into pods (`lanyard install` registers it).
+pub const CSI_DRIVER: &str = "csi.lanyard.dev";
+/// On a pod template: [`METRICS_EXPOSE`] serves the proxy's `/metrics` to other pods too
+/// (plaintext); [`METRICS_LOOPBACK`], the default, to the pod's own containers only.
+pub const METRICS_ANNOTATION: &str = "lanyard.dev/proxy-metrics";
+pub const METRICS_EXPOSE: &str = "expose";
+pub const METRICS_LOOPBACK: &str = "loopback";
+/// The proxy flag that serves `/metrics` to non-loopback callers.
+pub const METRICS_ALLOW_REMOTE_FLAG: &str = "--metrics-allow-remote";
+
+/// Which mechanism installs the pod's redirect rules; its text is the annotation's value.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum RedirectMode {
+    /// The node's CNI plugin; the pod gets the `lanyard-validate` check instead of privileges.
+    Cni,
+    /// The `lanyard-init` init container (NET_ADMIN, NET_RAW: Pod Security `privileged`).
+    #[default]
+    Init,
+}
+
+impl fmt::Display for RedirectMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            RedirectMode::Cni => REDIRECT_CNI,
+            RedirectMode::Init => REDIRECT_INIT,
+        })
+    }
+}
+
+impl FromStr for RedirectMode {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text {
+            REDIRECT_CNI => Ok(RedirectMode::Cni),
+            REDIRECT_INIT => Ok(RedirectMode::Init),
+            other => Err(format!(
+                "{other:?} is not a redirect mode: give {REDIRECT_CNI} or {REDIRECT_INIT}"
+            )),
+        }
+    }
+}
+
+/// How the agent's Workload API socket reaches the pod; the text is the flag's value.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SocketVolume {
+    /// A CSI inline ephemeral volume of [`CSI_DRIVER`] (allowed by Pod Security `restricted`).
+    #[default]
+    Csi,
+    /// The node's socket directory as a hostPath volume (forbidden by `baseline`).
+    HostPath,
+}
+
+impl fmt::Display for SocketVolume {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            SocketVolume::Csi => "csi",
+            SocketVolume::HostPath => "hostpath",
+        })
+    }
+}
+
+impl FromStr for SocketVolume {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text {
+            "csi" => Ok(SocketVolume::Csi),
+            "hostpath" => Ok(SocketVolume::HostPath),
+            other => Err(format!(
+                "{other:?} is not a socket volume: give csi or hostpath"
+            )),
+        }
+    }
+}
 
 /// What injection adds beyond the fixed layout.
 #[derive(Clone, Debug, Default)]
@@ -60,6 +173,10 @@ pub struct InjectOptions {
     pub skip_inbound_ports: Vec<u16>,
     /// Outbound destination ports left alone.
     pub skip_outbound_ports: Vec<u16>,
+    /// Who installs the redirect rules.
+    pub redirect: RedirectMode,
+    /// How the Workload API socket reaches the pod.
+    pub socket_volume: SocketVolume,
 }
 
 /// What happened to one document.
@@ -127,6 +244,16 @@ pub enum InjectError {
     Empty,
 }
 
+/// A workload whose own pod spec (before injection) breaks Pod Security `restricted`: a
+/// namespace that enforces it refuses the pod, meshed or not.
+#[derive(Clone, Debug)]
+pub struct Warning {
+    pub number: usize,
+    /// `Kind namespace/name` (and `items[i]` within a `List`).
+    pub what: String,
+    pub violations: Vec<Violation>,
+}
+
 /// Why one document could not be injected, with the path to the fault.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum DocumentError {
@@ -187,6 +314,8 @@ pub struct Injected {
     pub output: String,
     /// `(document number, Kind namespace/name, outcome)` of every non-empty document.
     pub outcomes: Vec<(usize, String, Outcome)>,
+    /// The injected workloads whose own pod spec breaks Pod Security `restricted`.
+    pub warnings: Vec<Warning>,
 }
 
 /// Injects every workload of `text`. Nothing is returned unless every document succeeded.
@@ -205,6 +334,7 @@ pub fn inject_stream(text: &str, options: &InjectOptions) -> Result<Injected, In
     let documents = read_stream(text)?;
     let mut pieces = Vec::new();
     let mut outcomes = Vec::new();
+    let mut warnings = Vec::new();
     for Document {
         number,
         text,
@@ -214,8 +344,14 @@ pub fn inject_stream(text: &str, options: &InjectOptions) -> Result<Injected, In
     {
         let Some(mut value) = value else { continue };
         let what = describe(&value);
-        let outcome = inject_document(&mut value, options)
+        let mut found = Vec::new();
+        let outcome = inject_document(&mut value, options, &mut found)
             .map_err(|e| e.into_inject_error(number, what.clone()))?;
+        warnings.extend(found.into_iter().map(|(place, violations)| Warning {
+            number,
+            what: format!("{what}{place}"),
+            violations,
+        }));
         pieces.push(match outcome {
             Outcome::Injected => crate::yaml::write_stream([&value]),
             _ => with_newline(text),
@@ -230,6 +366,7 @@ pub fn inject_stream(text: &str, options: &InjectOptions) -> Result<Injected, In
     Ok(Injected {
         output: pieces.join("---\n"),
         outcomes,
+        warnings,
     })
 }
 
@@ -267,8 +404,17 @@ fn template_path(api_version: &str, kind: &str) -> Option<&'static [&'static str
     }
 }
 
-/// Injects one document in place. `Err` is why it is malformed or refused.
-pub fn inject_document(doc: &mut Yaml, options: &InjectOptions) -> Result<Outcome, DocumentError> {
+/// What a document's pod templates break of Pod Security `restricted`: `(where within the
+/// document, e.g. ` items[2]`, violations)`.
+pub type Found = Vec<(String, Vec<Violation>)>;
+
+/// Injects one document in place, adding to `found` what its own pod specs break of Pod
+/// Security `restricted`. `Err` is why it is malformed or refused.
+pub fn inject_document(
+    doc: &mut Yaml,
+    options: &InjectOptions,
+    found: &mut Found,
+) -> Result<Outcome, DocumentError> {
     let api_version = doc
         .get("apiVersion")
         .and_then(Yaml::as_str)
@@ -280,7 +426,7 @@ pub fn inject_document(doc: &mut Yaml, options: &InjectOptions) -> Result<Outcom
         .unwrap_or("")
         .to_owned();
     if api_version == "v1" && kind == "List" {
-        return inject_list(doc, options);
+        return inject_list(doc, options, found);
     }
     let Some(path) = template_path(&api_version, &kind) else {
         return Ok(Outcome::NotAWorkload);
@@ -291,7 +437,13 @@ pub fn inject_document(doc: &mut Yaml, options: &InjectOptions) -> Result<Outcom
         .ok_or_else(|| format!("{} is missing or not a map", dotted(path)))?;
     // A Pod's own fields need no prefix.
     let prefix: String = path.iter().map(|p| format!("{p}.")).collect();
-    inject_template(template, options).map_err(|e| e.prefixed(prefix))
+    let mut violations = Vec::new();
+    let outcome =
+        inject_template(template, options, &mut violations).map_err(|e| e.prefixed(prefix))?;
+    if !violations.is_empty() {
+        found.push((String::new(), violations));
+    }
+    Ok(outcome)
 }
 
 fn dotted(path: &[&str]) -> String {
@@ -302,14 +454,25 @@ fn dotted(path: &[&str]) -> String {
     }
 }
 
-fn inject_list(doc: &mut Yaml, options: &InjectOptions) -> Result<Outcome, DocumentError> {
+fn inject_list(
+    doc: &mut Yaml,
+    options: &InjectOptions,
+    found: &mut Found,
+) -> Result<Outcome, DocumentError> {
     let Some(items) = doc.get_mut("items").and_then(Yaml::as_seq_mut) else {
         return Ok(Outcome::NotAWorkload);
     };
     let mut any = false;
     for (i, item) in items.iter_mut().enumerate() {
-        let outcome =
-            inject_document(item, options).map_err(|e| e.prefixed(format_args!("items[{i}]: ")))?;
+        let mut item_found = Vec::new();
+        let outcome = inject_document(item, options, &mut item_found)
+            .map_err(|e| e.prefixed(format_args!("items[{i}]: ")))?;
+        let what = describe(item);
+        found.extend(
+            item_found
+                .into_iter()
+                .map(|(place, v)| (format!(" items[{i}] ({what}){place}"), v)),
+        );
         any |= outcome == Outcome::Injected;
     }
     Ok(if any {
@@ -319,8 +482,13 @@ fn inject_list(doc: &mut Yaml, options: &InjectOptions) -> Result<Outcome, Docum
     })
 }
 
-/// Injects a pod template (or a Pod): a map with `metadata` and `spec`.
-fn inject_template(template: &mut Yaml, options: &InjectOptions) -> Result<Outcome, DocumentError> {
+/// Injects a pod template (or a Pod): a map with `metadata` and `spec`. `violations`: what
+/// the template's own spec breaks of Pod Security `restricted`.
+fn inject_template(
+    template: &mut Yaml,
+    options: &InjectOptions,
+    violations: &mut Vec<Violation>,
+) -> Result<Outcome, DocumentError> {
     let opted_out = template
         .at(&["metadata", "annotations", INJECT_ANNOTATION])
         .and_then(Yaml::as_str)
@@ -328,6 +496,20 @@ fn inject_template(template: &mut Yaml, options: &InjectOptions) -> Result<Outco
     if opted_out {
         return Ok(Outcome::OptedOut);
     }
+    let expose_metrics = match template
+        .at(&["metadata", "annotations", METRICS_ANNOTATION])
+        .and_then(Yaml::as_str)
+    {
+        None | Some(METRICS_LOOPBACK) => false,
+        Some(METRICS_EXPOSE) => true,
+        Some(other) => {
+            return Err(DocumentError::Refused(format!(
+                "metadata.annotations.{METRICS_ANNOTATION} is {other:?}: give {METRICS_EXPOSE} \
+                 (serve the proxy's /metrics to other pods, plaintext) or {METRICS_LOOPBACK} \
+                 (the default: the pod's own containers only)"
+            )));
+        }
+    };
     let spec = template
         .get_mut("spec")
         .filter(|s| matches!(s, Yaml::Map(_)))
@@ -339,6 +521,8 @@ fn inject_template(template: &mut Yaml, options: &InjectOptions) -> Result<Outco
     check_containers(spec, "initContainers", false)?;
     check_named_list(spec, "volumes")?;
     check_proxy_ports(spec)?;
+    *violations = own_violations(template);
+    let spec = template.get_mut("spec").expect("checked above");
 
     // App containers: the socket and the standard variable for SPIFFE clients.
     for container in spec
@@ -359,27 +543,82 @@ fn inject_template(template: &mut Yaml, options: &InjectOptions) -> Result<Outco
             ));
         }
     }
-    // Init containers: the redirect first, then the proxy.
+    // Init containers: the redirect (or its check) first, then the proxy.
     let init = list(spec, "initContainers")?;
-    let at = upsert_named(init, init_container(options), Some(0));
-    upsert_named(init, proxy_container(options), Some(at + 1));
+    let first = match options.redirect {
+        RedirectMode::Cni => {
+            remove_named(init, INIT_CONTAINER);
+            validate_container(options)
+        }
+        RedirectMode::Init => {
+            remove_named(init, VALIDATE_CONTAINER);
+            init_container(options)
+        }
+    };
+    let at = upsert_named(init, first, Some(0));
+    upsert_named(init, proxy_container(options, expose_metrics), Some(at + 1));
     let volumes = list(spec, "volumes")?;
-    upsert_named(volumes, socket_volume(), None);
-    upsert_named(volumes, xtables_volume(), None);
+    upsert_named(volumes, socket_volume(options.socket_volume), None);
+    match options.redirect {
+        RedirectMode::Cni => remove_named(volumes, XTABLES_VOLUME),
+        RedirectMode::Init => {
+            upsert_named(volumes, xtables_volume(), None);
+        }
+    }
 
     let metadata = template
         .entry("metadata", Yaml::map)
         .filter(|m| matches!(m, Yaml::Map(_)))
         .ok_or("metadata is not a map")?;
-    metadata
+    let annotations = metadata
         .entry("annotations", Yaml::map)
-        .ok_or("metadata is not a map")?
-        .set(INJECT_ANNOTATION, INJECT_ENABLED.into());
+        .filter(|m| matches!(m, Yaml::Map(_)))
+        .ok_or("metadata.annotations is not a map")?;
+    annotations.set(INJECT_ANNOTATION, INJECT_ENABLED.into());
+    annotations.set(
+        REDIRECT_ANNOTATION,
+        options.redirect.to_string().as_str().into(),
+    );
+    for (key, value) in redirect_config(options).to_annotations() {
+        match options.redirect {
+            // What the CNI plugin reads.
+            RedirectMode::Cni => annotations.set(key, value.as_str().into()),
+            // The init container has them in its environment; stale ones would mislead.
+            RedirectMode::Init => remove_key(annotations, key),
+        }
+    }
     metadata
         .entry("labels", Yaml::map)
         .ok_or("metadata is not a map")?
         .set(MESHED_LABEL, "true".into());
     Ok(Outcome::Injected)
+}
+
+/// What the template's own spec breaks of Pod Security `restricted`: Lanyard's containers and
+/// volumes from an earlier injection are left out (they are this command's to answer for).
+fn own_violations(template: &Yaml) -> Vec<Violation> {
+    let Ok(mut json) = serde_json::to_value(template) else {
+        return Vec::new();
+    };
+    if let Some(spec) = json.get_mut("spec") {
+        for (field, ours) in [
+            (
+                "initContainers",
+                &[INIT_CONTAINER, VALIDATE_CONTAINER, PROXY_CONTAINER][..],
+            ),
+            ("volumes", &[SOCKET_VOLUME, XTABLES_VOLUME][..]),
+        ] {
+            if let Some(serde_json::Value::Array(items)) = spec.get_mut(field) {
+                items.retain(|item| {
+                    !item
+                        .get("name")
+                        .and_then(serde_json::Value::as_str)
+                        .is_some_and(|name| ours.contains(&name))
+                });
+            }
+        }
+    }
+    pod_security::check(&json)
 }
 
 fn check_containers(spec: &Yaml, field: &str, required: bool) -> Result<(), String> {
@@ -406,7 +645,7 @@ fn check_proxy_ports(spec: &Yaml) -> Result<(), DocumentError> {
         for (i, container) in containers.iter().enumerate() {
             let name = name_of(container).unwrap_or("");
             // Ours, from an earlier injection.
-            if name == INIT_CONTAINER || name == PROXY_CONTAINER {
+            if [INIT_CONTAINER, VALIDATE_CONTAINER, PROXY_CONTAINER].contains(&name) {
                 continue;
             }
             let Some(Yaml::Seq(ports)) = container.get("ports") else {
@@ -456,6 +695,18 @@ fn name_of(item: &Yaml) -> Option<&str> {
     item.get("name").and_then(Yaml::as_str)
 }
 
+/// Removes `key` from a map, if there.
+fn remove_key(map: &mut Yaml, key: &str) {
+    if let Yaml::Map(entries) = map {
+        entries.retain(|(k, _)| k != key);
+    }
+}
+
+/// Removes the item named `name`, if any.
+fn remove_named(items: &mut Vec<Yaml>, name: &str) {
+    items.retain(|item| name_of(item) != Some(name));
+}
+
 /// Replaces the item with `item`'s name in place, or inserts it at `at` (else at the end);
 /// returns its index.
 fn upsert_named(items: &mut Vec<Yaml>, item: Yaml, at: Option<usize>) -> usize {
@@ -473,10 +724,17 @@ fn socket_mount() -> Yaml {
     Yaml::from_json(&json!({"name": SOCKET_VOLUME, "mountPath": SOCKET_DIR, "readOnly": true}))
 }
 
-fn socket_volume() -> Yaml {
-    Yaml::from_json(
-        &json!({"name": SOCKET_VOLUME, "hostPath": {"path": SOCKET_DIR, "type": "DirectoryOrCreate"}}),
-    )
+/// The Workload API volume: the CSI driver's inline ephemeral volume (the driver serves the
+/// socket `agent.sock` in it), or the node's socket directory.
+pub fn socket_volume(kind: SocketVolume) -> Yaml {
+    Yaml::from_json(&match kind {
+        SocketVolume::Csi => {
+            json!({"name": SOCKET_VOLUME, "csi": {"driver": CSI_DRIVER, "readOnly": true}})
+        }
+        SocketVolume::HostPath => {
+            json!({"name": SOCKET_VOLUME, "hostPath": {"path": SOCKET_DIR, "type": "DirectoryOrCreate"}})
+        }
+    })
 }
 
 fn xtables_volume() -> Yaml {
@@ -555,8 +813,10 @@ pub fn proxy_ports() -> [(u16, &'static str); 4] {
 }
 
 /// `lanyard-proxy run` in transparent mode (the Workload API from `SPIFFE_ENDPOINT_SOCKET`).
-pub fn proxy_args() -> Vec<String> {
-    [
+/// The metrics listener is on every address for the kubelet's probes; the proxy answers
+/// `/metrics` there to loopback callers only, unless `expose_metrics`.
+pub fn proxy_args(expose_metrics: bool) -> Vec<String> {
+    let mut args: Vec<String> = [
         "run".to_owned(),
         "--transparent-inbound".into(),
         PROXY_INBOUND_PORT.to_string(),
@@ -567,17 +827,55 @@ pub fn proxy_args() -> Vec<String> {
         "--metrics".into(),
         format!("0.0.0.0:{PROXY_METRICS_PORT}"),
     ]
-    .to_vec()
+    .to_vec();
+    if expose_metrics {
+        args.push(METRICS_ALLOW_REMOTE_FLAG.into());
+    }
+    args
+}
+
+/// What Pod Security `restricted` asks of a container, for uid `uid`.
+fn restricted_security_context(uid: u32) -> serde_json::Value {
+    json!({
+        "runAsUser": uid,
+        "runAsGroup": uid,
+        "runAsNonRoot": true,
+        "readOnlyRootFilesystem": true,
+        "allowPrivilegeEscalation": false,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    })
+}
+
+/// The cni mode's check: `lanyard-proxy validate-redirect` with the rules' parameters in its
+/// environment (as `lanyard-init` has them), as an unprivileged uid the rules do redirect.
+pub fn validate_container(options: &InjectOptions) -> Yaml {
+    let env: Vec<_> = redirect_config(options)
+        .to_env()
+        .into_iter()
+        .map(|(name, value)| json!({"name": name, "value": value}))
+        .collect();
+    Yaml::from_json(&json!({
+        "name": VALIDATE_CONTAINER,
+        "image": options.images.proxy(),
+        "args": [VALIDATE_SUBCOMMAND],
+        "env": env,
+        "resources": {
+            "requests": {"cpu": "10m", "memory": "16Mi"},
+            "limits": {"cpu": "100m", "memory": "32Mi"},
+        },
+        "securityContext": restricted_security_context(VALIDATOR_UID),
+    }))
 }
 
 /// The proxy as a native sidecar.
-pub fn proxy_container(options: &InjectOptions) -> Yaml {
+pub fn proxy_container(options: &InjectOptions, expose_metrics: bool) -> Yaml {
     let probe = |path: &str, period: u32, failures: u32| json!({"httpGet": {"path": path, "port": PROXY_METRICS_PORT}, "periodSeconds": period, "failureThreshold": failures});
     Yaml::from_json(&json!({
         "name": PROXY_CONTAINER,
         "image": options.images.proxy(),
         "restartPolicy": "Always",
-        "args": proxy_args(),
+        "args": proxy_args(expose_metrics),
         "env": [{"name": SPIFFE_ENDPOINT_SOCKET, "value": SPIFFE_ENDPOINT_VALUE}],
         "ports": [{"name": "lanyard-metrics", "containerPort": PROXY_METRICS_PORT, "protocol": "TCP"}],
         // Up to two minutes for the first SVID before the app starts.
@@ -588,15 +886,7 @@ pub fn proxy_container(options: &InjectOptions) -> Yaml {
             "requests": {"cpu": "10m", "memory": "32Mi"},
             "limits": {"cpu": "1", "memory": "128Mi"},
         },
-        "securityContext": {
-            "runAsUser": PROXY_UID,
-            "runAsGroup": PROXY_UID,
-            "runAsNonRoot": true,
-            "readOnlyRootFilesystem": true,
-            "allowPrivilegeEscalation": false,
-            "capabilities": {"drop": ["ALL"]},
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
+        "securityContext": restricted_security_context(PROXY_UID),
         "volumeMounts": [socket_mount_json()],
     }))
 }

@@ -12,7 +12,10 @@ use lanyard_cli::images::{
     COMPONENTS, CSI_REGISTRAR_IMAGE, DEFAULT_REGISTRY, DigestFile, INJECT_COMPONENTS,
     INSTALL_CNI_COMPONENTS, INSTALL_COMPONENTS, Images, VERSION,
 };
-use lanyard_cli::inject::{InjectOptions, Outcome, inject_stream};
+use lanyard_cli::inject::pod_security::{Level, satisfied_level};
+use lanyard_cli::inject::{
+    InjectOptions, Outcome, RedirectMode, SocketVolume, cluster, inject_stream,
+};
 use lanyard_cli::install::ca::GeneratedCa;
 use lanyard_cli::install::{
     DEFAULT_NAMESPACE, DEFAULT_REPLICAS, DEFAULT_TRUST_DOMAIN, InstallOptions, Parts, render,
@@ -168,6 +171,32 @@ struct InjectArgs {
     /// Outbound destination ports the proxy leaves alone; repeatable or comma separated.
     #[arg(long, env = "LANYARD_SKIP_OUTBOUND_PORTS", value_delimiter = ',')]
     skip_outbound_ports: Vec<u16>,
+    /// Who installs the pod's redirect rules: `cni` (the node's lanyard-cni plugin; pods need
+    /// no privileges and get a check that fails them when the rules are missing) or `init`
+    /// (an init container with NET_ADMIN and NET_RAW: Pod Security `privileged`) [default:
+    /// the installed Lanyard's, from ConfigMap lanyard-config in --namespace; `init` without a
+    /// reachable cluster or with --ignore-cluster]
+    #[arg(long, env = "LANYARD_REDIRECT", value_name = "cni|init")]
+    redirect: Option<RedirectMode>,
+    /// Do not ask the cluster for the default --redirect (use `init`).
+    #[arg(long, env = "LANYARD_IGNORE_CLUSTER")]
+    ignore_cluster: bool,
+    /// The namespace Lanyard is installed in, where the default --redirect is read.
+    #[arg(long, env = "LANYARD_NAMESPACE", default_value = DEFAULT_NAMESPACE)]
+    namespace: String,
+    /// How long reading the default --redirect from the cluster may take.
+    #[arg(long, env = "LANYARD_CLUSTER_TIMEOUT", value_parser = humantime::parse_duration, default_value = "5s")]
+    cluster_timeout: Duration,
+    /// How the agent's Workload API reaches the pod: `csi` (an inline volume of the
+    /// csi.lanyard.dev driver) or `hostpath` (the node's socket directory: Pod Security
+    /// `privileged`).
+    #[arg(
+        long,
+        env = "LANYARD_SOCKET_VOLUME",
+        value_name = "csi|hostpath",
+        default_value = "csi"
+    )]
+    socket_volume: SocketVolume,
 }
 
 fn parse_ttl(text: &str) -> Result<Duration, String> {
@@ -285,10 +314,21 @@ fn install(args: InstallArgs) -> Result<String, String> {
 }
 
 fn inject(args: InjectArgs) -> Result<String, String> {
+    let redirect = match args.redirect {
+        Some(mode) => mode,
+        None => default_redirect(&args)?,
+    };
+    // The cni mode runs no lanyard-init: its image need not be pinned.
+    let components: &[&str] = match redirect {
+        RedirectMode::Cni => &["proxy"],
+        RedirectMode::Init => &INJECT_COMPONENTS,
+    };
     let options = InjectOptions {
-        images: images(&args.images, &INJECT_COMPONENTS)?,
+        images: images(&args.images, components)?,
         skip_inbound_ports: args.skip_inbound_ports,
         skip_outbound_ports: args.skip_outbound_ports,
+        redirect,
+        socket_volume: args.socket_volume,
     };
     let (name, text) = read_input(&args.input)?;
     let injected = inject_stream(&text, &options).map_err(|e| format!("{name}: {e}"))?;
@@ -300,7 +340,44 @@ fn inject(args: InjectArgs) -> Result<String, String> {
             );
         }
     }
+    // The user's own pod specs: a namespace enforcing `restricted` would refuse them anyway.
+    for warning in &injected.warnings {
+        let level = satisfied_level(&warning.violations);
+        let needs = match level {
+            Level::Baseline => "baseline",
+            _ => "privileged",
+        };
+        eprintln!(
+            "lanyard: warning: {name}: document {} ({}): the pod's own spec breaks Pod Security \
+             restricted (it needs {needs}; a namespace labelled \
+             pod-security.kubernetes.io/enforce=restricted refuses it):",
+            warning.number, warning.what
+        );
+        for violation in &warning.violations {
+            eprintln!("lanyard: warning:   {violation}");
+        }
+    }
     Ok(injected.output)
+}
+
+/// The installed Lanyard's redirect mode, else `init` with one line on stderr saying why.
+fn default_redirect(args: &InjectArgs) -> Result<RedirectMode, String> {
+    if args.ignore_cluster {
+        eprintln!("lanyard: --ignore-cluster: using --redirect init");
+        return Ok(RedirectMode::Init);
+    }
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    match runtime().block_on(cluster::redirect_mode(
+        &args.namespace,
+        args.cluster_timeout,
+    )) {
+        Ok(mode) => Ok(mode),
+        Err(e) if e.is_fatal() => Err(e.to_string()),
+        Err(e) => {
+            eprintln!("lanyard: using --redirect init: {e}");
+            Ok(RedirectMode::Init)
+        }
+    }
 }
 
 /// Reads `-` (standard input) or a file, at most [`MAX_STREAM_BYTES`].

@@ -7,7 +7,8 @@ use std::ffi::OsString;
 use std::process::{Command, Stdio};
 
 use lanyard_cli::inject::{
-    InjectError, InjectOptions, Outcome, inject_stream, proxy_args, proxy_ports,
+    InjectError, InjectOptions, Outcome, REDIRECT_ANNOTATION, RedirectMode, SocketVolume,
+    VALIDATOR_UID, inject_stream, proxy_args, proxy_container, proxy_ports, validate_container,
 };
 use lanyard_cli::yaml::{Yaml, read_stream};
 use lanyard_redirect::{RedirectConfig, steps};
@@ -261,7 +262,7 @@ fn bad_yaml_names_its_document_and_prints_nothing() {
     let file = dir.path().join("app.yaml");
     std::fs::write(&file, &input).unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_lanyard"))
-        .arg("inject")
+        .args(["inject", "--ignore-cluster"])
         .arg(&file)
         .output()
         .unwrap();
@@ -325,7 +326,7 @@ fn an_input_with_no_objects_is_an_error() {
     }
     // Through the binary: non-zero, the reason on stderr, nothing on stdout.
     let mut child = Command::new(env!("CARGO_BIN_EXE_lanyard"))
-        .args(["inject", "-"])
+        .args(["inject", "-", "--ignore-cluster"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -376,7 +377,13 @@ fn lists_are_injected_item_by_item() {
 #[test]
 fn standard_input_works_and_skip_ports_are_checked() {
     let mut child = Command::new(env!("CARGO_BIN_EXE_lanyard"))
-        .args(["inject", "-", "--skip-inbound-ports", "8443,9000"])
+        .args([
+            "inject",
+            "-",
+            "--ignore-cluster",
+            "--skip-inbound-ports",
+            "8443,9000",
+        ])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
@@ -477,6 +484,8 @@ fn the_init_container_environment_gives_the_documented_rules() {
         .iter()
         .filter(|s| !s.is_removal())
         .map(|s| s.to_string())
+        // The IPv4 rules; the redirect crate's own tests check that IPv6 mirrors them.
+        .filter(|s| s.starts_with("iptables "))
         .collect();
     assert_eq!(
         rules,
@@ -571,7 +580,7 @@ fn an_app_on_a_proxy_port_is_refused_naming_container_port_and_use() {
     let file = dir.path().join("app.yaml");
     std::fs::write(&file, pod_with_ports("[{containerPort: 4140}]")).unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_lanyard"))
-        .arg("inject")
+        .args(["inject", "--ignore-cluster"])
         .arg(&file)
         .output()
         .unwrap();
@@ -588,10 +597,10 @@ fn an_app_on_a_proxy_port_is_refused_naming_container_port_and_use() {
 #[test]
 fn proxy_ports_cover_every_listener_of_the_proxy() {
     let known: Vec<u16> = proxy_ports().iter().map(|(p, _)| *p).collect();
-    let args = proxy_args();
+    let args = proxy_args(false);
     let mut listeners = 0;
     for pair in args.windows(2) {
-        if pair[0].starts_with("--") && pair[0] != "run" {
+        if pair[0].starts_with("--") && !pair[1].starts_with("--") {
             let port: u16 = pair[1].rsplit(':').next().unwrap().parse().unwrap();
             assert!(
                 known.contains(&port),
@@ -603,4 +612,230 @@ fn proxy_ports_cover_every_listener_of_the_proxy() {
         }
     }
     assert_eq!(listeners, known.len(), "{args:?}");
+}
+
+fn cni(skip_outbound: &[u16]) -> InjectOptions {
+    InjectOptions {
+        redirect: RedirectMode::Cni,
+        skip_inbound_ports: vec![8443],
+        skip_outbound_ports: skip_outbound.to_vec(),
+        ..Default::default()
+    }
+}
+
+fn annotation<'a>(template: &'a Yaml, key: &str) -> Option<&'a str> {
+    template
+        .at(&["metadata", "annotations", key])
+        .and_then(Yaml::as_str)
+}
+
+/// cni mode: the CNI plugin's annotations (read back by its own reader), the validation
+/// container first (the proxy image's validate-redirect, as a uid the rules redirect, with
+/// the rules' parameters), no NET_ADMIN container and no xtables volume; the CSI volume.
+#[test]
+fn cni_mode_annotates_the_rules_and_validates_them() {
+    let output = inject_stream(&workload("apps/v1", "Deployment"), &cni(&[5432]))
+        .unwrap()
+        .output;
+    let doc = read_stream(&output).unwrap().remove(0).value.unwrap();
+    let template = doc.at(&["spec", "template"]).unwrap();
+    assert_eq!(annotation(template, REDIRECT_ANNOTATION), Some("cni"));
+    assert_eq!(annotation(template, "lanyard.dev/inject"), Some("enabled"));
+    let read = RedirectConfig::from_annotations(|key| annotation(template, key)).unwrap();
+    assert_eq!(read.skip_inbound_ports, [4143, 4192, 8443]);
+    assert_eq!(read.skip_outbound_ports, [5432]);
+    assert_eq!(read.proxy_uid, 2102);
+    let spec = template.get("spec").unwrap();
+    assert_eq!(
+        names(spec.get("initContainers")),
+        ["lanyard-validate", "lanyard-proxy", "migrate"]
+    );
+    assert_eq!(names(spec.get("volumes")), ["cfg", "lanyard-sockets"]);
+    let Some(Yaml::Seq(init)) = spec.get("initContainers") else {
+        unreachable!()
+    };
+    let validate = &init[0];
+    assert_eq!(
+        validate.get("image").and_then(Yaml::as_str),
+        Some(lanyard_cli::images::Images::default().proxy().as_str())
+    );
+    assert_eq!(
+        validate.get("args"),
+        Some(&Yaml::Seq(vec!["validate-redirect".into()]))
+    );
+    assert_eq!(validate.get("command"), None, "the image's entrypoint");
+    assert_eq!(redirect_config_of(validate), read, "the same parameters");
+    let uid = validate.at(&["securityContext", "runAsUser"]);
+    assert_eq!(uid, Some(&Yaml::Int(i64::from(VALIDATOR_UID))));
+    assert_ne!(VALIDATOR_UID, read.proxy_uid);
+    assert!(!output.contains("NET_ADMIN") && !output.contains("lanyard-xtables"));
+    let volume = spec
+        .get("volumes")
+        .and_then(|v| match v {
+            Yaml::Seq(items) => items
+                .iter()
+                .find(|i| i.get("name") == Some(&"lanyard-sockets".into())),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(
+        volume.at(&["csi", "driver"]).and_then(Yaml::as_str),
+        Some("csi.lanyard.dev")
+    );
+    assert_eq!(volume.at(&["csi", "readOnly"]), Some(&Yaml::Bool(true)));
+    assert_eq!(volume.get("hostPath"), None);
+}
+
+/// Switching modes replaces one mode's pieces with the other's, and init mode drops the CNI
+/// annotations; each mode is idempotent.
+#[test]
+fn switching_redirect_modes_leaves_nothing_of_the_other() {
+    let input = workload("v1", "Pod");
+    let as_cni = inject_stream(&input, &cni(&[])).unwrap().output;
+    let as_init = inject_stream(&as_cni, &InjectOptions::default())
+        .unwrap()
+        .output;
+    assert_eq!(as_init, inject(&input), "cni then init equals init");
+    assert!(!as_init.contains("lanyard.dev/skip-inbound-ports"));
+    assert!(as_init.contains("lanyard.dev/redirect: init"));
+    let back = inject_stream(&as_init, &cni(&[])).unwrap().output;
+    assert_eq!(back, as_cni, "init then cni equals cni");
+    assert_eq!(inject_stream(&as_cni, &cni(&[])).unwrap().output, as_cni);
+    // The socket volume kind switches in place too.
+    let hostpath = inject_stream(
+        &as_cni,
+        &InjectOptions {
+            socket_volume: SocketVolume::HostPath,
+            ..cni(&[])
+        },
+    )
+    .unwrap()
+    .output;
+    assert!(hostpath.contains("hostPath") && !hostpath.contains("csi.lanyard.dev"));
+}
+
+/// `/metrics` is loopback-only unless the template asks; an unknown value is refused.
+#[test]
+fn the_metrics_annotation_exposes_metrics_only_when_asked() {
+    let proxy_args_of = |input: &str| -> Vec<String> {
+        let output = inject_stream(input, &cni(&[])).unwrap().output;
+        let doc = read_stream(&output).unwrap().remove(0).value.unwrap();
+        let Some(Yaml::Seq(init)) = doc.at(&["spec", "initContainers"]) else {
+            panic!()
+        };
+        match init[1].get("args") {
+            Some(Yaml::Seq(args)) => args
+                .iter()
+                .map(|a| a.as_str().unwrap().to_owned())
+                .collect(),
+            other => panic!("{other:?}"),
+        }
+    };
+    let pod = workload("v1", "Pod");
+    assert_eq!(proxy_args_of(&pod), proxy_args(false));
+    assert!(!proxy_args(false).contains(&"--metrics-allow-remote".to_owned()));
+    let annotated = |value: &str| {
+        pod.replace(
+            "metadata:\n  name: p\n",
+            &format!(
+                "metadata:\n  name: p\n  annotations: {{lanyard.dev/proxy-metrics: {value}}}\n"
+            ),
+        )
+    };
+    let exposed = proxy_args_of(&annotated("expose"));
+    assert_eq!(exposed, proxy_args(true));
+    assert_eq!(
+        exposed.last().map(String::as_str),
+        Some("--metrics-allow-remote")
+    );
+    assert_eq!(proxy_args_of(&annotated("loopback")), proxy_args(false));
+    let err = inject_stream(&annotated("public"), &cni(&[])).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("refused: metadata.annotations.lanyard.dev/proxy-metrics is \"public\""),
+        "{err}"
+    );
+}
+
+/// Every container Lanyard adds in cni mode meets what `restricted` asks of a container.
+#[test]
+fn lanyard_containers_are_restricted() {
+    let options = cni(&[]);
+    for container in [
+        validate_container(&options),
+        proxy_container(&options, false),
+    ] {
+        let context = container.get("securityContext").unwrap();
+        let uid = context.get("runAsUser");
+        assert!(matches!(uid, Some(Yaml::Int(n)) if *n > 0), "{uid:?}");
+        assert_eq!(context.get("runAsNonRoot"), Some(&Yaml::Bool(true)));
+        assert_eq!(
+            context.get("allowPrivilegeEscalation"),
+            Some(&Yaml::Bool(false))
+        );
+        assert_eq!(
+            context.get("readOnlyRootFilesystem"),
+            Some(&Yaml::Bool(true))
+        );
+        assert_eq!(
+            context.at(&["capabilities", "drop"]),
+            Some(&Yaml::Seq(vec!["ALL".into()]))
+        );
+        assert_eq!(context.at(&["capabilities", "add"]), None);
+        assert_eq!(
+            context
+                .at(&["seccompProfile", "type"])
+                .and_then(Yaml::as_str),
+            Some("RuntimeDefault")
+        );
+    }
+}
+
+/// Without a cluster (no kubeconfig anywhere) the binary falls back to init and says why in
+/// one line; --ignore-cluster says so; --redirect cni needs no cluster.
+#[test]
+fn the_default_mode_without_a_cluster_is_init() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        let file = dir.path().join("pod.yaml");
+        std::fs::write(&file, workload("v1", "Pod")).unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_lanyard"))
+            .arg("inject")
+            .arg(&file)
+            .args(args)
+            .env("HOME", dir.path())
+            .env("KUBECONFIG", dir.path().join("missing"))
+            .env_remove("KUBERNETES_SERVICE_HOST")
+            .env_remove("KUBERNETES_SERVICE_PORT")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{args:?}");
+        (
+            String::from_utf8(out.stdout).unwrap(),
+            String::from_utf8(out.stderr).unwrap(),
+        )
+    };
+    // The app is not restricted-compliant: the warnings about it are not what is counted.
+    let said = |err: &str| -> Vec<String> {
+        err.lines()
+            .filter(|l| !l.starts_with("lanyard: warning: "))
+            .map(str::to_owned)
+            .collect()
+    };
+    let (out, err) = run(&[]);
+    assert!(out.contains("lanyard.dev/redirect: init") && out.contains("lanyard-init"));
+    let lines = said(&err);
+    assert_eq!(lines.len(), 1, "{err}");
+    assert!(
+        lines[0].starts_with("lanyard: using --redirect init: no cluster configured"),
+        "{err}"
+    );
+    let (_, err) = run(&["--ignore-cluster"]);
+    assert_eq!(
+        said(&err),
+        ["lanyard: --ignore-cluster: using --redirect init"]
+    );
+    let (out, err) = run(&["--redirect", "cni"]);
+    assert!(out.contains("lanyard.dev/redirect: cni"), "{out}");
+    assert!(said(&err).is_empty(), "{err}");
 }
