@@ -8,7 +8,10 @@
 //! - the real agent, with the rendered agent arguments and no Kubernetes client at all,
 //!   attests with its projected token and becomes ready;
 //! - what they do not need is refused: other Secrets and ConfigMaps, writes, listing every
-//!   Secret for the server; everything for the agent's ServiceAccount.
+//!   Secret for the server; everything for the agent's ServiceAccount; the same with
+//!   `--cni`, whose objects change nothing for them;
+//! - the CNI plugin's ServiceAccount (`lanyard install --cni`) may get any pod and nothing
+//!   else (no list or watch, no writes, no other resource); without `--cni` it may do nothing.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -25,7 +28,7 @@ use kube_fixture::{FixtureOptions, KubeFixture, TokenBinding};
 use lanyard_cli::images::Images;
 use lanyard_cli::install::ca::GeneratedCa;
 use lanyard_cli::install::render::{agent_args, server_args};
-use lanyard_cli::install::{InstallOptions, Parts, render};
+use lanyard_cli::install::{InstallOptions, Parts, Redirect, render};
 use lanyard_cli::yaml::write_stream;
 use lanyard_e2e::cluster::pod;
 use lanyard_proto::identity::v1 as wire;
@@ -53,10 +56,13 @@ struct Cluster {
     dir: tempfile::TempDir,
 }
 
-async fn cluster() -> Cluster {
+async fn cluster(redirect: Redirect) -> Cluster {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let fixture = KubeFixture::start(FixtureOptions::default()).await.unwrap();
-    let options = InstallOptions::new(TD, NS, 2, Images::default()).unwrap();
+    let mut options = InstallOptions::new(TD, NS, 2, Images::default()).unwrap();
+    if redirect == Redirect::Cni {
+        options = options.with_cni();
+    }
     let ca = GeneratedCa::generate(
         &options,
         Duration::from_secs(30 * 86400),
@@ -73,22 +79,29 @@ async fn cluster() -> Cluster {
         .map(|a| a.split(' ').next().unwrap().to_owned())
         .collect();
     applied_kinds.sort();
-    assert_eq!(
-        applied_kinds,
-        [
-            "ClusterRole",
-            "ClusterRoleBinding",
-            "ConfigMap",
-            "Namespace",
-            "Role",
-            "RoleBinding",
-            "Secret",
-            "Service",
-            "ServiceAccount",
-            "ServiceAccount"
-        ]
-    );
-    assert_eq!(applied.skipped.len(), 3, "{:?}", applied.skipped);
+    let mut expected = vec![
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "ConfigMap",
+        "ConfigMap",
+        "Namespace",
+        "Role",
+        "RoleBinding",
+        "Secret",
+        "Service",
+        "ServiceAccount",
+        "ServiceAccount",
+    ];
+    // The fixture serves neither workloads nor CSIDrivers: Deployment, PodDisruptionBudget,
+    // CSIDriver, the agent's DaemonSet (and the CNI installer's).
+    let mut skipped = 4;
+    if redirect == Redirect::Cni {
+        expected.extend(["ClusterRole", "ClusterRoleBinding", "ServiceAccount"]);
+        expected.sort();
+        skipped += 1;
+    }
+    assert_eq!(applied_kinds, expected);
+    assert_eq!(applied.skipped.len(), skipped, "{:?}", applied.skipped);
     let store = fixture.store();
     let agent = store
         .create(&pod(NS, "lanyard-agent-x", "lanyard-agent", "node-1", None))
@@ -296,7 +309,7 @@ impl Caller {
 
 #[tokio::test]
 async fn server_and_agent_run_with_exactly_the_installed_rbac() {
-    let c = cluster().await;
+    let c = cluster(Redirect::Init).await;
     let server = c.server().await;
     eventually("the server to be ready", || async {
         (http_status(server.health, "/readyz").await == Some(200)).then_some(())
@@ -361,17 +374,25 @@ async fn server_and_agent_run_with_exactly_the_installed_rbac() {
     std::fs::write(&token, c.agent_token()).unwrap();
     let bundle = dir.join("bundle.pem");
     std::fs::write(&bundle, c.ca.root_cert_pem()).unwrap();
+    // The kubelet's pods directory exists before the agent starts.
+    let pods_dir = dir.join("kubelet/pods");
+    std::fs::create_dir_all(&pods_dir).unwrap();
     let mut args = agent_args(&c.options);
     for (flag, value) in [
         ("--server", server.grpc.to_string()),
         ("--trust-bundle", path_text(&bundle)),
         ("--k8s-token-path", path_text(&token)),
         ("--socket", path_text(&dir.join("sockets/agent.sock"))),
+        ("--csi-socket", path_text(&dir.join("csi/csi.sock"))),
+        ("--csi-pods-dir", path_text(&pods_dir)),
         ("--data-dir", path_text(&dir.join("agent"))),
         ("--health", "127.0.0.1:0".into()),
     ] {
         args = with_value(args, flag, &value);
     }
+    // The DaemonSet gives the node's name in LANYARD_NODE_NAME (downward API); the flag
+    // here, as the process environment is shared by the tests.
+    args.extend(["--node-name".to_owned(), "node-1".to_owned()]);
     let config = parse::<lanyard_agent::config::RunArgs>("lanyard-agent", &args)
         .resolve()
         .unwrap();
@@ -417,7 +438,15 @@ async fn status<T: std::fmt::Debug>(result: Result<T, kube::Error>) -> u16 {
 
 #[tokio::test]
 async fn what_they_do_not_need_is_refused() {
-    let c = cluster().await;
+    for redirect in [Redirect::Init, Redirect::Cni] {
+        server_and_agent_refusals(redirect).await;
+    }
+}
+
+/// What the server and the agent may not do, with the objects of `lanyard install` (and
+/// `--cni`).
+async fn server_and_agent_refusals(redirect: Redirect) {
+    let c = cluster(redirect).await;
     let store = c.fixture.store();
     for (ns, name) in [(NS, "someone-elses"), ("default", "db-password")] {
         store
@@ -504,6 +533,10 @@ async fn what_they_do_not_need_is_refused() {
         status(agent_pods.list(&ListParams::default()).await).await,
         403
     );
+    let agent_default_pods: kube::Api<Pod> = kube::Api::namespaced(agent.clone(), "default");
+    assert_eq!(status(agent_default_pods.get("web-1").await).await, 403);
+    let agent_config: kube::Api<ConfigMap> = kube::Api::namespaced(agent.clone(), NS);
+    assert_eq!(status(agent_config.get("lanyard-config").await).await, 403);
     let agent_secrets: kube::Api<Secret> = kube::Api::namespaced(agent.clone(), NS);
     assert_eq!(status(agent_secrets.get("lanyard-ca").await).await, 403);
     let agent_maps: kube::Api<ConfigMap> = kube::Api::namespaced(agent.clone(), NS);
@@ -520,4 +553,99 @@ async fn what_they_do_not_need_is_refused() {
         status(reviews.create(&PostParams::default(), &review).await).await,
         403
     );
+}
+
+/// The CNI plugin reads the pod being created, by namespace and name, with the
+/// `lanyard-cni` ServiceAccount's token (its installer writes it into the plugin's
+/// kubeconfig): that `get` is allowed in every namespace; listing, watching, writing pods,
+/// and every other resource are refused. Without `--cni` the account may do nothing.
+#[tokio::test]
+async fn the_cni_plugin_may_get_pods_and_nothing_else() {
+    let c = cluster(Redirect::Cni).await;
+    let cni = c.api_client("lanyard-cni");
+    let pods = |ns: &str| -> kube::Api<Pod> { kube::Api::namespaced(cni.clone(), ns) };
+    // What it needs: the pod, wherever it is; a missing pod is "not found", not "forbidden".
+    assert_eq!(status(pods("default").get("web-1").await).await, 200);
+    assert_eq!(status(pods(NS).get("lanyard-agent-x").await).await, 200);
+    assert_eq!(status(pods("default").get("no-such-pod").await).await, 404);
+
+    // Nothing else about pods.
+    assert_eq!(
+        status(pods("default").list(&ListParams::default()).await).await,
+        403
+    );
+    let all_pods: kube::Api<Pod> = kube::Api::all(cni.clone());
+    assert_eq!(
+        status(all_pods.list(&ListParams::default()).await).await,
+        403
+    );
+    let watch = pods("default")
+        .watch(&kube::api::WatchParams::default(), "0")
+        .await
+        .map(|_| ());
+    assert_eq!(status(watch).await, 403);
+    assert_eq!(
+        status(
+            pods("default")
+                .create(
+                    &PostParams::default(),
+                    &pod("default", "x", "web", "node-1", None)
+                )
+                .await
+        )
+        .await,
+        403
+    );
+    let annotate = kube::api::Patch::Merge(k8s_openapi::serde_json::json!(
+        {"metadata": {"annotations": {"lanyard.dev/redirect": "init"}}}
+    ));
+    assert_eq!(
+        status(
+            pods("default")
+                .patch("web-1", &kube::api::PatchParams::default(), &annotate)
+                .await
+        )
+        .await,
+        403
+    );
+    assert_eq!(
+        status(
+            pods("default")
+                .delete("web-1", &kube::api::DeleteParams::default())
+                .await
+        )
+        .await,
+        403
+    );
+
+    // Nor anything else.
+    let secrets: kube::Api<Secret> = kube::Api::namespaced(cni.clone(), NS);
+    assert_eq!(status(secrets.get("lanyard-ca").await).await, 403);
+    let maps: kube::Api<ConfigMap> = kube::Api::namespaced(cni.clone(), NS);
+    assert_eq!(status(maps.get("lanyard-config").await).await, 403);
+    assert_eq!(status(maps.get("lanyard-bundle").await).await, 403);
+    let services: kube::Api<k8s_openapi::api::core::v1::Service> = kube::Api::all(cni.clone());
+    assert_eq!(
+        status(services.list(&ListParams::default()).await).await,
+        403
+    );
+    let nodes: kube::Api<k8s_openapi::api::core::v1::Node> = kube::Api::all(cni.clone());
+    assert_eq!(status(nodes.list(&ListParams::default()).await).await, 403);
+    let reviews: kube::Api<TokenReview> = kube::Api::all(cni);
+    let review = TokenReview {
+        spec: TokenReviewSpec {
+            token: Some(c.agent_token()),
+            audiences: Some(vec!["lanyard-server".into()]),
+        },
+        ..Default::default()
+    };
+    assert_eq!(
+        status(reviews.create(&PostParams::default(), &review).await).await,
+        403
+    );
+
+    // Without --cni there is no binding: the same get is refused.
+    let plain = cluster(Redirect::Init).await;
+    let unbound: kube::Api<Pod> = kube::Api::namespaced(plain.api_client("lanyard-cni"), "default");
+    assert_eq!(status(unbound.get("web-1").await).await, 403);
 }
