@@ -282,6 +282,7 @@ fn agent_config(
         data_dir: Some(dir.join("agent")),
         health: None,
         node_name: None,
+        csi: None,
     }
 }
 

@@ -3,7 +3,7 @@
 //! `lanyard-server`'s), then validated into an [`AgentConfig`].
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use clap::Args;
 use lanyard_daemon::address::{HostPort, deserialize_listen, parse_listen};
@@ -13,6 +13,7 @@ use lanyard_svid::TrustDomain;
 use serde::Deserialize;
 use zeroize::Zeroizing;
 
+use crate::csi::CsiConfig;
 use crate::node_svid::AttestMethod;
 
 // Where the Workload API socket goes unless told otherwise: where clients look by default.
@@ -84,6 +85,17 @@ pub struct RunArgs {
     /// When given, the agent refuses to serve if its node SVID names another node.
     #[arg(long, env = "LANYARD_NODE_NAME")]
     pub node_name: Option<String>,
+
+    /// Serve the CSI node plugin `csi.lanyard.dev` on this Unix socket, for the kubelet (in a
+    /// cluster: /var/lib/kubelet/plugins/csi.lanyard.dev/csi.sock); none without it. Needs
+    /// --node-name (the CSI node ID) and --data-dir (published volumes are kept there).
+    #[arg(long, env = "LANYARD_CSI_SOCKET")]
+    pub csi_socket: Option<PathBuf>,
+
+    /// The kubelet's pods directory: the CSI plugin mounts only on target paths that resolve
+    /// inside a pod's directory under it [default: /var/lib/kubelet/pods]
+    #[arg(long, env = "LANYARD_CSI_PODS_DIR")]
+    pub csi_pods_dir: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for RunArgs {
@@ -103,6 +115,8 @@ impl std::fmt::Debug for RunArgs {
             .field("data_dir", &self.data_dir)
             .field("health", &self.health)
             .field("node_name", &self.node_name)
+            .field("csi_socket", &self.csi_socket)
+            .field("csi_pods_dir", &self.csi_pods_dir)
             .finish()
     }
 }
@@ -122,6 +136,8 @@ pub struct AgentConfig {
     pub health: Option<SocketAddr>,
     /// The node the node SVID must name, if known.
     pub node_name: Option<String>,
+    /// The CSI node plugin, when `--csi-socket` is given.
+    pub csi: Option<CsiConfig>,
 }
 
 impl RunArgs {
@@ -132,7 +148,7 @@ impl RunArgs {
             let file: RunArgs = config_file::read(&path)?;
             lanyard_daemon::fill_unset!(provenance, Origin::File(path), self, file;
                 server, trust_bundle, trust_domain, join_token, join_token_file, k8s_token_path, socket,
-                data_dir, health, node_name);
+                data_dir, health, node_name, csi_socket, csi_pods_dir);
         }
         self.validate().map_err(|e| provenance.name_origin(e))
     }
@@ -195,6 +211,12 @@ impl RunArgs {
             (None, None) if self.data_dir.is_some() => None,
             (None, None) => return Err(ConfigError::Missing("join-token")),
         };
+        let csi = csi_config(
+            self.csi_socket,
+            self.csi_pods_dir,
+            self.node_name.as_deref(),
+            self.data_dir.as_deref(),
+        )?;
         Ok(AgentConfig {
             server,
             trust_bundle,
@@ -204,8 +226,63 @@ impl RunArgs {
             data_dir: self.data_dir,
             health: self.health,
             node_name: self.node_name,
+            csi,
         })
     }
+}
+
+/// The CSI plugin's configuration, when `--csi-socket` is given.
+fn csi_config(
+    socket: Option<PathBuf>,
+    pods_dir: Option<PathBuf>,
+    node_name: Option<&str>,
+    data_dir: Option<&Path>,
+) -> Result<Option<CsiConfig>, ConfigError> {
+    let Some(socket) = socket else {
+        if pods_dir.is_some() {
+            return Err(invalid(
+                "csi-pods-dir",
+                "applies to the CSI plugin only: give --csi-socket too",
+            ));
+        }
+        return Ok(None);
+    };
+    if !socket.is_absolute() {
+        return Err(invalid("csi-socket", "give an absolute path"));
+    }
+    let node_id = node_name.filter(|n| !n.is_empty()).ok_or_else(|| {
+        invalid(
+            "csi-socket",
+            "needs --node-name (the node's name is the CSI node ID)",
+        )
+    })?;
+    let data_dir = data_dir.ok_or_else(|| {
+        invalid(
+            "csi-socket",
+            "needs --data-dir (published volumes are kept there across restarts)",
+        )
+    })?;
+    let state_dir = data_dir.join("csi");
+    if state_dir.as_os_str().len() > crate::csi::state::MAX_STATE_DIR_LEN {
+        return Err(invalid(
+            "data-dir",
+            format!(
+                "is too long for the CSI plugin: pods' socket paths under it must fit in a Unix \
+                 socket address; use a data dir of at most {} bytes",
+                crate::csi::state::MAX_STATE_DIR_LEN - "/csi".len()
+            ),
+        ));
+    }
+    let pods_dir = pods_dir.unwrap_or_else(|| PathBuf::from(crate::csi::DEFAULT_PODS_DIR));
+    if !pods_dir.is_absolute() {
+        return Err(invalid("csi-pods-dir", "give an absolute path"));
+    }
+    Ok(Some(CsiConfig {
+        socket,
+        pods_dir,
+        node_id: node_id.to_owned(),
+        state_dir,
+    }))
 }
 
 /// Overwrites every occurrence of `secret` in this process's command line (what other users
@@ -462,6 +539,62 @@ mod tests {
             help.contains(&format!("[default: {DEFAULT_SOCKET}]")),
             "{help}"
         );
+    }
+
+    #[test]
+    fn the_csi_plugin_needs_a_node_name_and_a_data_dir() {
+        assert_eq!(args().resolve().unwrap().csi, None);
+        let csi = |node: Option<&str>, data: Option<&str>| RunArgs {
+            csi_socket: Some("/var/lib/kubelet/plugins/csi.lanyard.dev/csi.sock".into()),
+            node_name: node.map(Into::into),
+            data_dir: data.map(Into::into),
+            ..args()
+        };
+        let c = csi(Some("node-1"), Some("/var/lib/lanyard"))
+            .resolve()
+            .unwrap()
+            .csi
+            .unwrap();
+        assert_eq!(c.node_id, "node-1");
+        assert_eq!(c.pods_dir, PathBuf::from("/var/lib/kubelet/pods"));
+        assert_eq!(c.state_dir, PathBuf::from("/var/lib/lanyard/csi"));
+
+        let err = csi(None, Some("/d")).resolve().unwrap_err().to_string();
+        assert!(err.contains("needs --node-name"), "{err}");
+        let err = csi(Some("n"), None).resolve().unwrap_err().to_string();
+        assert!(err.contains("needs --data-dir"), "{err}");
+        let long = format!("/{}", "d".repeat(80));
+        let err = csi(Some("n"), Some(&long))
+            .resolve()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("too long for the CSI plugin"), "{err}");
+        let alone = RunArgs {
+            csi_pods_dir: Some("/pods".into()),
+            ..args()
+        };
+        let err = alone.resolve().unwrap_err().to_string();
+        assert!(err.contains("give --csi-socket too"), "{err}");
+    }
+
+    #[test]
+    fn the_csi_flags_have_their_variables_and_pods_dir_default_in_help() {
+        use clap::CommandFactory;
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            run: RunArgs,
+        }
+        let help = Cli::command().render_long_help().to_string();
+        for want in [
+            "--csi-socket",
+            "LANYARD_CSI_SOCKET",
+            "--csi-pods-dir",
+            "LANYARD_CSI_PODS_DIR",
+            "[default: /var/lib/kubelet/pods]",
+        ] {
+            assert!(help.contains(want), "{want} missing from:\n{help}");
+        }
     }
 
     #[test]

@@ -9,6 +9,9 @@
 //!   layer (header check, caller attested once per call and handed down as a typed
 //!   [`socket::Caller`]) and the one [`socket::serve()`] that mounts the services below.
 //! - [`workload_api`]: the SPIFFE Workload API, a plain service on that socket.
+//! - [`csi`]: the CSI node plugin `csi.lanyard.dev` on its own socket for the kubelet:
+//!   publishing a pod's inline volume gives that pod a socket of its own (a pod socket,
+//!   served by [`socket`]), its caller's pod known from the mount.
 //! - [`discovery`]: `lanyard.discovery.v1`, a plain service on the same socket: which
 //!   destinations are meshed, answered from the server-facing discovery cache.
 //! - [`api_cli`]: `lanyard-agent api ...`, a Workload API client for humans and scripts.
@@ -29,6 +32,7 @@
 pub mod api_cli;
 pub mod attest;
 pub mod config;
+pub mod csi;
 pub mod discovery;
 pub mod h2_authority;
 pub mod identities;

@@ -82,6 +82,7 @@ mod tests {
         "run --data-dir",
         "run --health",
         "run --node-name",
+        "run --csi-socket",
         "api fetch x509 --write",
     ];
 

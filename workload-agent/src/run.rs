@@ -2,8 +2,10 @@
 //! certificate manager, the health listener and the Workload API together.
 //!
 //! [`Agent::start`] is everything but the listeners (tests drive it directly); [`run`] adds
-//! the health listener and the Workload API socket (with `lanyard.discovery.v1` on it, fed by
-//! the server's `DiscoveryFeed`) and runs until shutdown.
+//! the health listener, the CSI plugin's socket when configured (up before attestation, so
+//! the kubelet can publish while the agent attests), and the Workload API socket (with
+//! `lanyard.discovery.v1` on it, fed by the server's `DiscoveryFeed`, and the pod sockets the
+//! CSI plugin published) and runs until shutdown.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -20,6 +22,7 @@ use tokio::task::JoinHandle;
 
 use crate::attest::WorkloadAttestor;
 use crate::config::AgentConfig;
+use crate::csi::{self, CsiError, CsiMetrics, CsiNode};
 use crate::identities::WorkloadIdentities;
 use crate::manager::resolve::NodeView;
 use crate::manager::{CertificateManager, ManagerSettings};
@@ -27,7 +30,7 @@ use crate::metrics::AgentMetrics;
 use crate::node_svid::{NodeAttestError, NodeSvidKeeper};
 use crate::server_client::discovery_cache::{CacheSettings, DiscoveryCache};
 use crate::server_client::{ServerClient, ServerError, discovery_feed, feeds};
-use crate::socket::{self, ConnectionLimits, Services};
+use crate::socket::{self, ConnectionLimits, PodSockets, Services};
 use crate::workload_api::{self, WorkloadApiMetrics};
 
 /// Why the agent could not start or stopped.
@@ -47,6 +50,8 @@ pub enum RunError {
     },
     #[error("{0}")]
     Socket(#[from] socket::ServeError),
+    #[error("{0}")]
+    Csi(#[from] CsiError),
     #[error(
         "the server attested this agent as node {attested:?}, but --node-name says {expected:?}: the token or join token belongs to another node"
     )]
@@ -201,6 +206,10 @@ pub async fn run(
     let mut registry = Registry::default();
     let metrics = AgentMetrics::register(&mut registry);
     let api_metrics = WorkloadApiMetrics::register(&mut registry);
+    let csi_metrics = config
+        .csi
+        .as_ref()
+        .map(|_| CsiMetrics::register(&mut registry));
     let readiness = Arc::new(Readiness::default());
 
     // Health first, so /readyz answers (not ready) while we attest.
@@ -225,7 +234,28 @@ pub async fn run(
     // Shutdown also ends attestation: an agent that cannot reach its server must still stop
     // when asked, not at the end of the kubelet's grace period.
     let shutdown = futures::FutureExt::shared(Box::pin(shutdown));
-    let result = async {
+
+    // The CSI plugin: what an earlier run published is restored first (its pod sockets are
+    // bound once the Workload API serves), then the kubelet's socket.
+    let pod_sockets = PodSockets::new();
+    let mut csi_task = None;
+    if let (Some(csi_config), Some(csi_metrics)) = (&config.csi, csi_metrics) {
+        let node = CsiNode::restore(
+            csi_config.node_id.clone(),
+            &csi_config.pods_dir,
+            csi_config.state_dir.clone(),
+            pod_sockets.clone(),
+            csi_metrics,
+        )
+        .map_err(CsiError::from)?;
+        let socket_path = csi_config.socket.clone();
+        let stop = shutdown.clone();
+        csi_task = Some(AbortOnDrop(tokio::spawn(async move {
+            csi::serve(&socket_path, Arc::new(node), stop).await
+        })));
+    }
+
+    let result: Result<(), RunError> = async {
         let discovery_metrics = metrics.discovery.clone();
         let agent = tokio::select! {
             started = Agent::start(&config, metrics, readiness) => started?,
@@ -252,7 +282,8 @@ pub async fn run(
                 workload_api::Limits::default(),
                 api_metrics,
             )
-            .discovery(cache, agent.identities());
+            .discovery(cache, agent.identities())
+            .pod_sockets(pod_sockets);
         let served = socket::serve(
             &config.socket,
             Arc::new(WorkloadAttestor::default()),
@@ -270,7 +301,25 @@ pub async fn run(
     if let Some(task) = health_task {
         task.abort();
     }
-    result
+    result?;
+    // Stopped by the same shutdown: wait for it to drain and remove its socket. (On an
+    // error above, dropping the task's guard aborts it, which removes the socket too.)
+    if let Some(mut task) = csi_task {
+        match (&mut task.0).await {
+            Ok(served) => served?,
+            Err(e) => tracing::error!(error = %e, "the CSI plugin's task failed"),
+        }
+    }
+    Ok(())
+}
+
+/// Aborts a task when dropped (its future dropped: its guards run).
+struct AbortOnDrop<T>(JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Applies a bundle from the server to the TLS store and the Workload API, after checks.

@@ -122,6 +122,7 @@ fn agent_config(
         data_dir: Some(data_dir.to_owned()),
         health: None,
         node_name: None,
+        csi: None,
     }
 }
 

@@ -30,6 +30,13 @@
 //! `unix:sha256` prove what binary the connecting process ran when it connected, not what
 //! code runs in it (see docs/SECURITY.md).
 //!
+//! Pod sockets. A caller that came in on a pod's own socket (a CSI volume the kubelet published
+//! for that pod, see `crate::csi`) is in that pod by how it reached the agent: its pod comes
+//! from the mount ([`SocketOrigin::Pod`]), not from `/proc/<pid>/cgroup`. The cgroup is still
+//! read, for the container ID and as a cross-check only: a cgroup naming *another* pod refuses
+//! (`pod_mismatch`); one naming no pod (a layout the parser does not know) leaves the pod from
+//! the mount in place.
+//!
 //! Blocking. One attestation reads five small `/proc` files, may hash a binary (the first
 //! time a version of it is seen; see [`digest`]) and asks NSS for names, which can mean a
 //! network round trip to a directory service. So [`WorkloadAttestor::attest`] runs it on
@@ -46,7 +53,7 @@ pub mod unix;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use lanyard_svid::selector::{SelectorError, SelectorSet};
+use lanyard_svid::selector::{Selector, SelectorError, SelectorKey, SelectorSet};
 
 pub use cgroup::{CgroupError, PodContainer, parse_cgroup_file};
 pub use digest::DigestCache;
@@ -61,10 +68,32 @@ pub const DEFAULT_PROC_ROOT: &str = "/proc";
 /// What attestation found out about a caller.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Attested {
-    /// `unix:*` selectors, plus `k8s:pod-uid` and `k8s:container-id` for a pod's container.
+    /// `unix:*` selectors, plus `k8s:pod-uid` (and `k8s:container-id` when its cgroup names
+    /// one) for a caller in a pod.
     pub selectors: SelectorSet,
-    /// The pod and container, if the caller runs in one.
+    /// The pod and container its cgroup names, if it names one.
     pub pod: Option<PodContainer>,
+    /// The pod whose own socket the caller came in on (canonical UID), known from the CSI
+    /// mount; `None` on the node socket.
+    pub socket_pod: Option<String>,
+}
+
+impl Attested {
+    /// The caller's pod UID: the pod of the socket it came in on, else its cgroup's pod.
+    pub fn pod_uid(&self) -> Option<&str> {
+        self.socket_pod
+            .as_deref()
+            .or_else(|| self.pod.as_ref().map(PodContainer::pod_uid))
+    }
+}
+
+/// Which socket a caller came in on: what the agent knows of it before looking at `/proc`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SocketOrigin {
+    /// The node's socket: any local process; its pod (if any) comes from its cgroup.
+    Node,
+    /// A pod's own socket, published into that pod only: the pod's canonical UID.
+    Pod(String),
 }
 
 /// Why a caller could not be attested. `Display` is a snake_case label, usable as a metric
@@ -93,6 +122,13 @@ pub enum AttestError {
     /// The caller's cgroup file names a pod but not in a way we can trust.
     #[error("{}", .1.label())]
     Cgroup(i32, CgroupError),
+    /// The caller came in on a pod's own socket, but its cgroup names another pod.
+    #[error("pod_mismatch")]
+    PodMismatch {
+        pid: i32,
+        socket_pod: String,
+        cgroup_pod: String,
+    },
     /// More selectors than a set may hold (cannot happen with the selectors collected here).
     #[error("too_many_selectors")]
     Selectors(SelectorError),
@@ -111,6 +147,7 @@ impl AttestError {
             Self::Process(e) => e.label(),
             Self::Unix(e) => e.label(),
             Self::Cgroup(_, e) => e.label(),
+            Self::PodMismatch { .. } => "pod_mismatch",
             Self::Selectors(_) => "too_many_selectors",
             Self::Internal(_) => "internal",
         }
@@ -139,6 +176,14 @@ impl AttestError {
             Self::Process(e) => e.to_string(),
             Self::Unix(e) => e.to_string(),
             Self::Cgroup(pid, e) => format!("process {pid}: {e}"),
+            Self::PodMismatch {
+                pid,
+                socket_pod,
+                cgroup_pod,
+            } => format!(
+                "process {pid} runs in pod {cgroup_pod} (its cgroup) but called on the socket \
+                 published to pod {socket_pod}; a pod's socket serves that pod only"
+            ),
             Self::Selectors(e) => e.to_string(),
             Self::Internal(why) => format!("attestation task failed: {why}"),
         }
@@ -280,14 +325,33 @@ impl WorkloadAttestor {
     /// pool: refused unless it is still the process that connected, running the binary it
     /// ran then.
     pub async fn attest_pinned(&self, pinned: Arc<PinnedProcess>) -> Result<Attested, AttestError> {
+        self.attest_pinned_from(pinned, SocketOrigin::Node).await
+    }
+
+    /// [`WorkloadAttestor::attest_pinned`] for a caller that came in on `origin` (see the
+    /// module docs on pod sockets).
+    pub async fn attest_pinned_from(
+        &self,
+        pinned: Arc<PinnedProcess>,
+        origin: SocketOrigin,
+    ) -> Result<Attested, AttestError> {
         let this = self.clone();
-        tokio::task::spawn_blocking(move || this.attest_pinned_blocking(&pinned))
+        tokio::task::spawn_blocking(move || this.attest_pinned_blocking_from(&pinned, &origin))
             .await
             .map_err(|e| AttestError::Internal(e.to_string()))?
     }
 
     /// [`WorkloadAttestor::attest_pinned`] on the current thread.
     pub fn attest_pinned_blocking(&self, pinned: &PinnedProcess) -> Result<Attested, AttestError> {
+        self.attest_pinned_blocking_from(pinned, &SocketOrigin::Node)
+    }
+
+    /// [`WorkloadAttestor::attest_pinned_from`] on the current thread.
+    pub fn attest_pinned_blocking_from(
+        &self,
+        pinned: &PinnedProcess,
+        origin: &SocketOrigin,
+    ) -> Result<Attested, AttestError> {
         let cred = &pinned.cred;
         let pid = cred.pid.filter(|p| *p > 0).ok_or(AttestError::NoPid)?;
         let proc = ProcDir::new(&self.inner.proc_root, pid);
@@ -300,7 +364,7 @@ impl WorkloadAttestor {
         }
         check_same_binary(pid, &pinned.binary, &proc.exe_id()?)?;
 
-        let attested = self.collect(&proc, cred)?;
+        let attested = self.collect(&proc, cred, origin)?;
 
         // Everything above was read while the process was this one only if it still is: the
         // pidfd still names it (its PID cannot have been recycled), or at least the start
@@ -313,14 +377,32 @@ impl WorkloadAttestor {
 
     /// Attests a caller, on tokio's blocking pool.
     pub async fn attest(&self, cred: PeerCred) -> Result<Attested, AttestError> {
+        self.attest_from(cred, SocketOrigin::Node).await
+    }
+
+    /// [`WorkloadAttestor::attest`] for a caller that came in on `origin`.
+    pub async fn attest_from(
+        &self,
+        cred: PeerCred,
+        origin: SocketOrigin,
+    ) -> Result<Attested, AttestError> {
         let this = self.clone();
-        tokio::task::spawn_blocking(move || this.attest_blocking(&cred))
+        tokio::task::spawn_blocking(move || this.attest_blocking_from(&cred, &origin))
             .await
             .map_err(|e| AttestError::Internal(e.to_string()))?
     }
 
     /// Attests a caller on the current thread (it blocks: see the module doc).
     pub fn attest_blocking(&self, cred: &PeerCred) -> Result<Attested, AttestError> {
+        self.attest_blocking_from(cred, &SocketOrigin::Node)
+    }
+
+    /// [`WorkloadAttestor::attest_blocking`] for a caller that came in on `origin`.
+    pub fn attest_blocking_from(
+        &self,
+        cred: &PeerCred,
+        origin: &SocketOrigin,
+    ) -> Result<Attested, AttestError> {
         let pid = cred.pid.filter(|p| *p > 0).ok_or(AttestError::NoPid)?;
         let proc = ProcDir::new(&self.inner.proc_root, pid);
 
@@ -329,7 +411,7 @@ impl WorkloadAttestor {
             check_same_process(pid, expected, before)?;
         }
 
-        let attested = self.collect(&proc, cred)?;
+        let attested = self.collect(&proc, cred, origin)?;
 
         // Everything above was read while the process was this one only if it still is.
         check_same_process(pid, before, proc.start_time()?)?;
@@ -338,23 +420,68 @@ impl WorkloadAttestor {
 
     /// Collects the selectors of the process behind `proc` (the caller checks it is the
     /// right process before and after).
-    fn collect(&self, proc: &ProcDir, cred: &PeerCred) -> Result<Attested, AttestError> {
+    fn collect(
+        &self,
+        proc: &ProcDir,
+        cred: &PeerCred,
+        origin: &SocketOrigin,
+    ) -> Result<Attested, AttestError> {
         let pid = proc.pid();
         let mut selectors = unix::unix_selectors(proc, cred.uid, cred.gid, &self.inner.digests)?;
-        let pod = parse_cgroup_file(&proc.cgroup()?).map_err(|e| AttestError::Cgroup(pid, e))?;
-        if let Some(pod) = &pod {
-            selectors.extend(pod.selectors());
+        let cgroup = parse_cgroup_file(&proc.cgroup()?);
+        let (pod, socket_pod) = match origin {
+            SocketOrigin::Node => (cgroup.map_err(|e| AttestError::Cgroup(pid, e))?, None),
+            SocketOrigin::Pod(socket_pod) => (
+                pod_socket_cgroup(pid, socket_pod, cgroup)?,
+                Some(socket_pod.clone()),
+            ),
+        };
+        match (&pod, &socket_pod) {
+            (Some(pod), _) => selectors.extend(pod.selectors()),
+            (None, Some(uid)) => selectors
+                .push(Selector::new(SelectorKey::PodUid, uid).map_err(AttestError::Selectors)?),
+            (None, None) => {}
         }
 
         let selectors = SelectorSet::try_from(selectors).map_err(AttestError::Selectors)?;
+        let attested = Attested {
+            selectors,
+            pod,
+            socket_pod,
+        };
         tracing::debug!(
             pid,
             uid = cred.uid,
-            pod_uid = pod.as_ref().map(|p| p.pod_uid()),
-            selectors = selectors.len(),
+            pod_uid = attested.pod_uid(),
+            from_pod_socket = attested.socket_pod.is_some(),
+            selectors = attested.selectors.len(),
             "attested caller"
         );
-        Ok(Attested { selectors, pod })
+        Ok(attested)
+    }
+}
+
+/// What a pod socket's caller's cgroup adds to the pod known from the mount: its container
+/// when it names the same pod; nothing when it names no pod; a refusal when it names another
+/// pod (a container or only a pod-level cgroup) or cannot be made sense of.
+fn pod_socket_cgroup(
+    pid: i32,
+    socket_pod: &str,
+    cgroup: Result<Option<PodContainer>, CgroupError>,
+) -> Result<Option<PodContainer>, AttestError> {
+    let mismatch = |cgroup_pod: &str| AttestError::PodMismatch {
+        pid,
+        socket_pod: socket_pod.to_owned(),
+        cgroup_pod: cgroup_pod.to_owned(),
+    };
+    match cgroup {
+        Ok(Some(pod)) if pod.pod_uid() == socket_pod => Ok(Some(pod)),
+        Ok(Some(pod)) => Err(mismatch(pod.pod_uid())),
+        Ok(None) => Ok(None),
+        // In the socket's pod but not in a container's cgroup: the pod stands, no container.
+        Err(CgroupError::NotAContainer { pod_uid, .. }) if pod_uid == socket_pod => Ok(None),
+        Err(CgroupError::NotAContainer { pod_uid, .. }) => Err(mismatch(&pod_uid)),
+        Err(e) => Err(AttestError::Cgroup(pid, e)),
     }
 }
 
@@ -397,5 +524,89 @@ fn check_same_process(pid: i32, expected: u64, found: u64) -> Result<(), AttestE
             expected,
             found,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const POD: &str = "8f2c0a4e-1b3d-4c5e-9f60-7a8b9c0d1e2f";
+    const OTHER: &str = "11111111-2222-3333-4444-555555555555";
+    const CID: &str = "3b7c9f0e1d2a4b5c6d7e8f9a0b1c2d3e4f5a6b7c8d9e0f1a2b3c4d5e6f7a8b9c";
+
+    fn on_pod_socket(cgroup_path: &str) -> Result<Option<PodContainer>, AttestError> {
+        pod_socket_cgroup(42, POD, parse_cgroup_file(&format!("0::{cgroup_path}\n")))
+    }
+
+    #[test]
+    fn a_pod_socket_takes_the_container_from_a_cgroup_of_its_pod() {
+        let got = on_pod_socket(&format!("/kubepods/besteffort/pod{POD}/{CID}")).unwrap();
+        assert_eq!(got, PodContainer::new(POD, CID));
+        // No pod in the cgroup (a layout the parser does not know), or the pod's own
+        // pod-level cgroup: the pod from the mount stands, without a container.
+        assert_eq!(
+            on_pod_socket("/system.slice/custom-runtime.scope").unwrap(),
+            None
+        );
+        assert_eq!(on_pod_socket(&format!("/kubepods/pod{POD}")).unwrap(), None);
+    }
+
+    #[test]
+    fn a_pod_socket_refuses_a_cgroup_of_another_pod() {
+        for path in [
+            format!("/kubepods/besteffort/pod{OTHER}/{CID}"),
+            format!("/kubepods/pod{OTHER}"),
+        ] {
+            let err = on_pod_socket(&path).unwrap_err();
+            assert_eq!(err.label(), "pod_mismatch", "{path}");
+            assert_eq!(err.to_string(), "pod_mismatch");
+            assert!(err.message().contains(OTHER) && err.message().contains(POD));
+        }
+        // A cgroup file that names two pods is refused as it is on the node socket.
+        let two = format!("1:pids:/kubepods/pod{POD}/{CID}\n0::/kubepods/pod{OTHER}/{CID}\n");
+        let err = pod_socket_cgroup(42, POD, parse_cgroup_file(&two)).unwrap_err();
+        assert_eq!(err.label(), "cgroup_inconsistent");
+    }
+
+    #[test]
+    fn the_pod_uid_is_the_sockets_before_the_cgroups() {
+        let from_cgroup = PodContainer::new(OTHER, CID);
+        let node = Attested {
+            selectors: SelectorSet::default(),
+            pod: from_cgroup.clone(),
+            socket_pod: None,
+        };
+        assert_eq!(node.pod_uid(), Some(OTHER));
+        let pod_socket = Attested {
+            socket_pod: Some(POD.to_owned()),
+            pod: None,
+            ..node
+        };
+        assert_eq!(pod_socket.pod_uid(), Some(POD));
+    }
+
+    #[tokio::test]
+    async fn this_process_on_a_pod_socket_is_that_pod() {
+        // This test runs in no pod: on a pod socket it is the socket's pod, with the
+        // `k8s:pod-uid` selector, and its unix selectors as ever.
+        let cred = PeerCred::new(Some(std::process::id() as i32), 0, 0);
+        let attested = WorkloadAttestor::default()
+            .attest_from(cred, SocketOrigin::Pod(POD.to_owned()))
+            .await
+            .unwrap();
+        assert_eq!(attested.pod_uid(), Some(POD));
+        assert!(
+            attested
+                .selectors
+                .iter()
+                .any(|s| s.to_string() == format!("k8s:pod-uid:{POD}"))
+        );
+        assert!(
+            attested
+                .selectors
+                .iter()
+                .any(|s| s.to_string().starts_with("unix:uid:"))
+        );
     }
 }

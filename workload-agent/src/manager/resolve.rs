@@ -169,10 +169,7 @@ impl NodeView {
 
     /// The identities `attested` is entitled to, default first, without duplicate IDs.
     pub fn resolve(&self, attested: &Attested) -> Vec<Entitlement> {
-        let pod = attested
-            .pod
-            .as_ref()
-            .and_then(|p| self.pods.get(p.pod_uid()));
+        let pod = attested.pod_uid().and_then(|uid| self.pods.get(uid));
         let mut out = Vec::new();
         let mut seen = HashSet::new();
         let mut push = |e: Entitlement| {
@@ -291,6 +288,7 @@ mod tests {
         Attested {
             selectors: SelectorSet::try_from(selectors).unwrap(),
             pod,
+            socket_pod: None,
         }
     }
 
@@ -351,6 +349,25 @@ mod tests {
         let other = "11111111-2222-3333-4444-555555555555";
         let got = view().resolve(&attested(1001, Some(other)));
         assert_eq!(ids(&got), ["/unix-1001", "/ns/web/sa/api"]);
+    }
+
+    #[test]
+    fn a_pod_socket_caller_is_its_pod_without_a_cgroup() {
+        // Came in on web/api-0's own socket; its cgroup named no pod.
+        let caller = Attested {
+            selectors: SelectorSet::try_from(vec![
+                Selector::uid(7),
+                Selector::new(SelectorKey::PodUid, UID).unwrap(),
+            ])
+            .unwrap(),
+            pod: None,
+            socket_pod: Some(UID.to_owned()),
+        };
+        let got = view().resolve(&caller);
+        assert_eq!(ids(&got), ["/ns/web/sa/api", "/web-db"]);
+        assert!(
+            matches!(&got[0].workload.kind, Some(wire::workload::Kind::Pod(p)) if p.name == "api-0")
+        );
     }
 
     #[test]

@@ -15,6 +15,10 @@
 //! goes through [`AuthorityNormalizer`], so grpc-core clients' `:authority` reaches h2 valid.
 //! A connection with no open stream for [`ConnectionLimits::idle_timeout`] is closed
 //! ([`super::idle`]).
+//!
+//! One [`Acceptor`] feeds the HTTP/2 server: it runs the node socket's accept loop and one
+//! for every pod socket ([`super::pods`]), all counted in the same budget; a pod socket's
+//! connections carry that socket's pod ([`PinnedPeer::socket_pod`]).
 
 use std::io;
 use std::pin::Pin;
@@ -25,6 +29,7 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, ReadBuf};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::Connected;
@@ -34,6 +39,7 @@ use lanyard_daemon::rewind::Rewind;
 use super::budget::{ConnectionBudget, ConnectionSlot};
 use super::idle::{ConnectionActivity, IdleTimer};
 use super::limits::ConnectionLimits;
+use super::pods::SocketPod;
 use crate::attest::{AttestError, PeerCred, PinnedProcess, WorkloadAttestor};
 use crate::h2_authority::AuthorityNormalizer;
 
@@ -59,6 +65,8 @@ pub struct PinnedPeer {
     pub pin_error: Option<Arc<AttestError>>,
     /// The connection's open streams, counted by the admission layer for the idle timeout.
     pub activity: Arc<ConnectionActivity>,
+    /// The pod whose own socket the connection came in on; `None` on the node socket.
+    pub socket_pod: Option<Arc<SocketPod>>,
 }
 
 impl PinnedPeer {
@@ -70,6 +78,7 @@ impl PinnedPeer {
             pinned: None,
             pin_error: None,
             activity: ConnectionActivity::new(),
+            socket_pod: None,
         }
     }
 }
@@ -163,16 +172,54 @@ pub fn incoming_with_budget(
     impl Stream<Item = io::Result<CallerConnection>> + Send + 'static,
     Arc<ConnectionBudget>,
 ) {
-    let (admitted, rx) = mpsc::channel(ADMITTED_QUEUE);
-    let budget = ConnectionBudget::new(limits.max_connections, limits.max_connections_per_uid);
-    tokio::spawn(accept_loop(
-        listener,
-        attestor,
-        budget.clone(),
-        limits.clone(),
-        admitted,
-    ));
-    (ReceiverStream::new(rx), budget)
+    let (acceptor, incoming) = Acceptor::new(attestor, limits);
+    acceptor.spawn(listener, None);
+    (incoming, acceptor.budget.clone())
+}
+
+/// Runs accept loops that feed one HTTP/2 server (see the module docs). Clones share the
+/// budget and the server; the loops stop when the server drops its stream of connections.
+#[derive(Clone)]
+pub(crate) struct Acceptor {
+    attestor: Arc<WorkloadAttestor>,
+    budget: Arc<ConnectionBudget>,
+    limits: ConnectionLimits,
+    admitted: mpsc::Sender<io::Result<CallerConnection>>,
+}
+
+impl Acceptor {
+    /// An acceptor, and the stream of admitted connections for the server.
+    pub(crate) fn new(
+        attestor: Arc<WorkloadAttestor>,
+        limits: &ConnectionLimits,
+    ) -> (Self, ReceiverStream<io::Result<CallerConnection>>) {
+        let (admitted, rx) = mpsc::channel(ADMITTED_QUEUE);
+        let budget = ConnectionBudget::new(limits.max_connections, limits.max_connections_per_uid);
+        let acceptor = Self {
+            attestor,
+            budget,
+            limits: limits.clone(),
+            admitted,
+        };
+        (acceptor, ReceiverStream::new(rx))
+    }
+
+    /// Accepts on `listener` until the server stops or the task is aborted (which closes the
+    /// listener); its connections carry `socket_pod`.
+    pub(crate) fn spawn(
+        &self,
+        listener: UnixListener,
+        socket_pod: Option<Arc<SocketPod>>,
+    ) -> JoinHandle<()> {
+        tokio::spawn(accept_loop(
+            listener,
+            self.attestor.clone(),
+            self.budget.clone(),
+            self.limits.clone(),
+            self.admitted.clone(),
+            socket_pod,
+        ))
+    }
 }
 
 async fn accept_loop(
@@ -181,6 +228,7 @@ async fn accept_loop(
     budget: Arc<ConnectionBudget>,
     limits: ConnectionLimits,
     admitted: mpsc::Sender<io::Result<CallerConnection>>,
+    socket_pod: Option<Arc<SocketPod>>,
 ) {
     loop {
         let stream = tokio::select! {
@@ -208,7 +256,10 @@ async fn accept_loop(
             }
         };
         // Pinning reads two small procfs entries: cheap, and it must happen at once.
-        let info = pin_peer(&stream, cred, &attestor);
+        let info = PinnedPeer {
+            socket_pod: socket_pod.clone(),
+            ..pin_peer(&stream, cred, &attestor)
+        };
         let admitted = admitted.clone();
         let (preface_timeout, idle_timeout) = (limits.preface_timeout, limits.idle_timeout);
         tokio::spawn(async move {

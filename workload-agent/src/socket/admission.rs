@@ -6,7 +6,10 @@
 //! 1. the `workload.spiffe.io: true` metadata, for a service that requires it (the SPIFFE
 //!    Workload API); missing or wrong is refused here;
 //! 2. the caller, from the connection's peer credentials (pinned at accept, see
-//!    [`super::accept`]), attested once for the call; a refused attestation is refused here;
+//!    [`super::accept`]), attested once for the call; a refused attestation is refused here.
+//!    On a pod's own socket the attestor is handed that socket's pod (known from the CSI
+//!    mount, see [`super::pods`]): it is the caller's pod, and a caller whose cgroup names
+//!    another pod is refused (`attestation_pod_mismatch`);
 //! 3. the attested [`Caller`] is put in the request's extensions, where the service reads it
 //!    ([`Caller::of`]). Services never read peer credentials themselves.
 //!
@@ -37,7 +40,7 @@ use tower::{Layer, Service};
 
 use super::accept::PinnedPeer;
 use super::caller::Caller;
-use crate::attest::{AttestError, PeerCred, PinnedProcess, WorkloadAttestor};
+use crate::attest::{AttestError, PeerCred, PinnedProcess, SocketOrigin, WorkloadAttestor};
 
 /// Why the admission layer refused a call. Each service turns it into its own refusal.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -172,10 +175,10 @@ fn counted(
 }
 
 /// Whom the admission layer attests: the process pinned at accept, or (outside the socket's
-/// accept loop) credentials with a start time at most.
+/// accept loop) credentials with a start time at most; and the socket it came in on.
 enum ToAttest {
-    Pinned(Arc<PinnedProcess>),
-    Cred(PeerCred),
+    Pinned(Arc<PinnedProcess>, SocketOrigin),
+    Cred(PeerCred, SocketOrigin),
 }
 
 impl<S> Admission<S> {
@@ -210,19 +213,26 @@ fn check(
     if let Some(e) = &peer.pin_error {
         return Err(AdmissionRefusal::Attestation(e.clone()));
     }
+    let origin = match &peer.socket_pod {
+        Some(pod) => SocketOrigin::Pod(pod.uid().to_owned()),
+        None => SocketOrigin::Node,
+    };
     if let Some(pinned) = &peer.pinned {
-        return Ok(Some(ToAttest::Pinned(pinned.clone())));
+        return Ok(Some(ToAttest::Pinned(pinned.clone(), origin)));
     }
     peer.cred
-        .map(|cred| Some(ToAttest::Cred(cred)))
+        .map(|cred| Some(ToAttest::Cred(cred, origin)))
         .ok_or(AdmissionRefusal::NoPeerCredentials)
 }
 
 /// Attests the caller, once for this call.
 async fn attest(attestor: &WorkloadAttestor, peer: ToAttest) -> Result<Caller, AdmissionRefusal> {
     let (cred, attested) = match peer {
-        ToAttest::Pinned(pinned) => (pinned.cred, attestor.attest_pinned(pinned).await),
-        ToAttest::Cred(cred) => (cred, attestor.attest(cred).await),
+        ToAttest::Pinned(pinned, origin) => (
+            pinned.cred,
+            attestor.attest_pinned_from(pinned, origin).await,
+        ),
+        ToAttest::Cred(cred, origin) => (cred, attestor.attest_from(cred, origin).await),
     };
     let attested = attested.map_err(|e| AdmissionRefusal::Attestation(Arc::new(e)))?;
     Ok(Caller { cred, attested })

@@ -25,14 +25,24 @@ pub enum SocketError {
     RemoveStale { path: PathBuf, source: io::Error },
     #[error("binding {path}: {source}")]
     Bind { path: PathBuf, source: io::Error },
-    #[error("making {path} 0777: {source}")]
-    Chmod { path: PathBuf, source: io::Error },
+    #[error("making {path} {mode:o}: {source}")]
+    Chmod {
+        path: PathBuf,
+        mode: u32,
+        source: io::Error,
+    },
     #[error("the socket path {path} has no parent directory")]
     NoParent { path: PathBuf },
 }
 
 /// Binds the agent's socket at `path` (see the module docs). Needs a tokio runtime.
 pub fn bind(path: &Path) -> Result<UnixListener, SocketError> {
+    bind_mode(path, 0o777)
+}
+
+/// [`bind`], the socket made `mode` rather than 0777 (e.g. 0600 for the CSI socket, which
+/// only the kubelet calls).
+pub fn bind_mode(path: &Path, mode: u32) -> Result<UnixListener, SocketError> {
     let parent = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
@@ -59,9 +69,10 @@ pub fn bind(path: &Path) -> Result<UnixListener, SocketError> {
             path: path.to_owned(),
             source,
         })?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o777)).map_err(|source| {
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(|source| {
         SocketError::Chmod {
             path: path.to_owned(),
+            mode,
             source,
         }
     })?;
@@ -104,6 +115,7 @@ fn remove_stale(path: &Path) -> Result<(), SocketError> {
 
 /// Removes the socket file when dropped (the server stopped), so a stale socket does not
 /// linger.
+#[derive(Debug)]
 pub(crate) struct RemoveOnDrop(pub(crate) PathBuf);
 
 impl Drop for RemoveOnDrop {

@@ -32,7 +32,7 @@ impl Caller {
     pub fn key(&self) -> CallerKey {
         CallerKey {
             uid: self.cred.uid,
-            pod_uid: self.attested.pod.as_ref().map(|p| p.pod_uid().to_owned()),
+            pod_uid: self.attested.pod_uid().map(str::to_owned),
         }
     }
 }

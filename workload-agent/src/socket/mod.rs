@@ -14,6 +14,8 @@
 //! - [`admission`]: the one admission layer: the `workload.spiffe.io` header check for the
 //!   SPIFFE service, the caller attested once per call and handed down as a [`Caller`].
 //! - [`caller`]: the typed [`Caller`], and the per-caller stream budget services count in.
+//! - [`pods`]: pod sockets, the socket published into one pod by the CSI plugin: bound while
+//!   [`serve()`] runs, each connection carrying its pod ([`SocketPod`]) to the admission layer.
 //! - [`serve`](mod@serve): the one [`serve()`] function.
 
 pub mod accept;
@@ -24,11 +26,13 @@ pub mod caller;
 pub mod idle;
 pub mod limits;
 pub mod open_files;
+pub mod pods;
 pub mod serve;
 
 pub use admission::{AdmissionPolicy, AdmissionRefusal};
-pub use bind::{SocketError, bind};
+pub use bind::{SocketError, bind, bind_mode};
 pub use budget::{ConnectionBudget, OverBudget};
 pub use caller::{Caller, CallerKey, StreamLimiter, StreamSlot, TooManyStreams};
 pub use limits::{ConnectionLimits, server_builder};
+pub use pods::{PodSockets, SocketPod};
 pub use serve::{LISTENER_ROLE, ServeError, Services, listener_line, serve};

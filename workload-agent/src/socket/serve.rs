@@ -7,10 +7,11 @@ use std::sync::Arc;
 
 use tokio::sync::watch;
 
-use super::accept::incoming;
+use super::accept::Acceptor;
 use super::admission::{AdmissionLayer, AdmissionPolicy};
 use super::bind::{RemoveOnDrop, SocketError, bind};
 use super::limits::{ConnectionLimits, server_builder};
+use super::pods::{DetachOnDrop, PodSockets};
 use crate::attest::WorkloadAttestor;
 use crate::discovery::{DiscoveryService, WATCHES_PER_CALLER};
 use crate::identities::WorkloadIdentities;
@@ -37,11 +38,13 @@ pub fn listener_line(socket: &Path) -> String {
     format!("listening on unix:{} ({LISTENER_ROLE})", socket.display())
 }
 
-/// What [`serve`] mounts on the socket: the Workload API, `lanyard.discovery.v1`, or both.
+/// What [`serve`] mounts on the socket: the Workload API, `lanyard.discovery.v1`, or both;
+/// and the pod sockets served beside the node socket, if any.
 #[derive(Default)]
 pub struct Services {
     workload_api: Option<WorkloadApiMount>,
     discovery: Option<DiscoveryMount>,
+    pod_sockets: Option<PodSockets>,
 }
 
 struct WorkloadApiMount {
@@ -86,6 +89,13 @@ impl Services {
         self.discovery_with_watches(cache, identities, WATCHES_PER_CALLER)
     }
 
+    /// Serves the sockets of `pods` too, each a pod's own (see [`super::pods`]), with the same
+    /// services, admission and connection budget as the node socket, while [`serve`] runs.
+    pub fn pod_sockets(mut self, pods: PodSockets) -> Self {
+        self.pod_sockets = Some(pods);
+        self
+    }
+
     /// [`Services::discovery`] with another bound on open watches per caller.
     pub fn discovery_with_watches(
         mut self,
@@ -106,9 +116,10 @@ impl Services {
 ///
 /// Binds the socket ([`super::bind()`]), prints `listening on unix:<path> (workload-api)` on
 /// stdout once it accepts, accepts within `limits` ([`super::accept`]), admits every call
-/// ([`super::admission`], attesting callers with `attestor`) and hands it to its service. On
+/// ([`super::admission`], attesting callers with `attestor`) and hands it to its service. The
+/// pod sockets of [`Services::pod_sockets`] are bound and served alike while it runs. On
 /// `shutdown`, open streams end with `Unavailable` (clients reconnect), the server drains,
-/// and the socket file is removed.
+/// and the socket files are removed.
 pub async fn serve(
     socket: &Path,
     attestor: Arc<WorkloadAttestor>,
@@ -138,8 +149,15 @@ pub async fn serve(
         policies.push(Arc::new(service.admission_policy()));
         service.into_server()
     });
-    let incoming = incoming(listener, attestor.clone(), &limits);
+    let (acceptor, incoming) = Acceptor::new(attestor.clone(), &limits);
+    acceptor.spawn(listener, None);
     announce(socket);
+    // Detached (their files removed) when this function returns, however it returns.
+    let _pod_sockets = services.pod_sockets.map(|pods| {
+        pods.attach(acceptor.clone());
+        DetachOnDrop(pods)
+    });
+    drop(acceptor);
     let shutdown = async move {
         shutdown.await;
         // Streams never end on their own; tell them, so the graceful drain can finish.

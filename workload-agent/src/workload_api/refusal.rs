@@ -171,11 +171,15 @@ impl From<AdmissionRefusal> for Refusal {
 }
 
 fn attestation_refusal(e: &AttestError) -> Refusal {
-    // A different process behind the PID, or a cgroup claiming a pod it cannot prove, is a
-    // denial; anything else (gone, unreadable) is a temporary failure the client may retry.
+    // A different process behind the PID, a cgroup claiming a pod it cannot prove, or a
+    // caller of another pod on a pod's socket, is a denial; anything else (gone, unreadable)
+    // is a temporary failure the client may retry.
     let denied = matches!(
         e,
-        AttestError::PidReused { .. } | AttestError::BinaryChanged { .. } | AttestError::Cgroup(..)
+        AttestError::PidReused { .. }
+            | AttestError::BinaryChanged { .. }
+            | AttestError::Cgroup(..)
+            | AttestError::PodMismatch { .. }
     );
     Refusal::Attestation {
         label: e.label(),
