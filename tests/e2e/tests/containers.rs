@@ -50,11 +50,12 @@ const CLIENT_PROXY_UID: u32 = 2103;
 const SERVER_UID: u32 = 65532;
 
 /// What `deploy/images/build` builds: component, binary, the crate of the binary, user.
-const IMAGES: [(&str, &str, &str, u32); 4] = [
+const IMAGES: [(&str, &str, &str, u32); 5] = [
     ("server", "lanyard-server", "lanyard-server", SERVER_UID),
     ("agent", "lanyard-agent", "lanyard-agent", 0),
     ("proxy", "lanyard-proxy", "lanyard-proxy", PROXY_UID),
     ("proxy-init", "lanyard-redirect", "lanyard-redirect", 0),
+    ("cni", "lanyard-cni", "lanyard-cni", 0),
 ];
 /// The init image's iptables: the two multi-call binaries every `iptables*` name links to.
 const XTABLES: [&str; 2] = ["xtables-legacy-multi", "xtables-nft-multi"];
