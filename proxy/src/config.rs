@@ -18,6 +18,8 @@ use lanyard_svid::SpiffeId;
 use lanyard_svid::tls::AllowPolicy;
 use serde::Deserialize;
 
+use crate::probes::MetricsAccess;
+
 pub const DEFAULT_ADMIN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 4191);
 pub const DEFAULT_DETECT_TIMEOUT: Duration = Duration::from_secs(1);
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -108,10 +110,17 @@ pub struct RunArgs {
     pub admin_allow_remote: bool,
 
     /// IP address and port of the HTTP listener for /metrics, /healthz and /readyz
-    /// (e.g. `127.0.0.1:4192`); none without it.
+    /// (e.g. `127.0.0.1:4192`); none without it. /metrics answer loopback callers only
+    /// unless --metrics-allow-remote.
     #[arg(long, env = "LANYARD_METRICS", value_parser = parse_listen)]
     #[serde(default, deserialize_with = "deserialize_listen")]
     pub metrics: Option<SocketAddr>,
+
+    /// Serve /metrics to callers beyond the loopback address too (plaintext: every peer's
+    /// connection counts); /healthz and /readyz are served to all callers either way.
+    #[arg(long, env = "LANYARD_METRICS_ALLOW_REMOTE")]
+    #[serde(default)]
+    pub metrics_allow_remote: bool,
 
     /// How long inbound detection waits for the client's first bytes (e.g. `1s`, `300ms`)
     /// [default: 1s]
@@ -167,6 +176,8 @@ pub struct ProxyConfig {
     pub discovery: bool,
     pub admin: SocketAddr,
     pub metrics: Option<SocketAddr>,
+    /// Who may read `/metrics` on the metrics listener.
+    pub metrics_access: MetricsAccess,
     pub detect_timeout: Duration,
     pub handshake_timeout: Duration,
     pub max_connections: usize,
@@ -186,7 +197,7 @@ impl RunArgs {
             lanyard_daemon::fill_unset!(provenance, Origin::File(path), self, file;
                 workload_socket, inbound, outbound, allow, strict, opaque_port,
                 transparent_inbound, transparent_outbound, no_discovery, admin,
-                admin_allow_remote, metrics, detect_timeout, handshake_timeout,
+                admin_allow_remote, metrics, metrics_allow_remote, detect_timeout, handshake_timeout,
                 max_connections, idle_timeout);
         }
         // The variable all SPIFFE clients read comes below our own sources.
@@ -305,6 +316,11 @@ impl RunArgs {
             discovery: !self.no_discovery,
             admin,
             metrics: self.metrics,
+            metrics_access: if self.metrics_allow_remote {
+                MetricsAccess::Everyone
+            } else {
+                MetricsAccess::Loopback
+            },
             detect_timeout,
             handshake_timeout,
             max_connections,

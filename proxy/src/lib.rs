@@ -19,7 +19,10 @@
 //! - [`reason`]: the typed reasons for plaintext or refusal, whose text is the label.
 //! - [`tap`]: one line per connection to `--admin` readers, lossy for slow readers.
 //! - [`metrics`]: Prometheus metrics.
+//! - [`probes`]: the `--metrics` listener: health for all, `/metrics` for loopback callers.
 //! - [`run`]: binds everything and starts serving.
+//! - [`redirect_check`]: `validate-redirect`, the injected pod's proof that the outbound
+//!   redirect rules are in place.
 
 pub mod accept;
 pub mod config;
@@ -34,8 +37,10 @@ pub mod inbound;
 pub mod metrics;
 pub mod original_dst;
 pub mod outbound;
+pub mod probes;
 pub mod read_ahead;
 pub mod reason;
+pub mod redirect_check;
 pub mod run;
 pub mod tap;
 pub mod workload_client;

@@ -19,6 +19,16 @@ struct Cli {
 enum Command {
     /// Run the proxy.
     Run(Box<RunArgs>),
+    /// Check that the pod's outbound redirect rules are in place (the injected
+    /// `lanyard-validate` init container): exits non-zero, naming the missing direction and
+    /// family, when a connection to a documentation address does not arrive at the proxy's
+    /// outbound port. Reads PROXY_UID, PROXY_OUTBOUND_PORT and SKIP_OUTBOUND_PORTS as
+    /// lanyard-redirect does.
+    ValidateRedirect {
+        /// How long each address family's probe may take.
+        #[arg(long, env = "LANYARD_VALIDATE_TIMEOUT", value_parser = humantime::parse_duration, default_value = "5s")]
+        timeout: std::time::Duration,
+    },
     /// Print the tap of a running proxy: one line per finished connection.
     Tap {
         /// The proxy's `--admin` address, `HOST:PORT` (e.g. `localhost:4191`).
@@ -35,6 +45,26 @@ async fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Run(args) => run(*args).await,
         Command::Tap { admin } => tap(admin).await,
+        Command::ValidateRedirect { timeout } => validate_redirect(timeout).await,
+    }
+}
+
+async fn validate_redirect(timeout: std::time::Duration) -> anyhow::Result<()> {
+    let config = lanyard_redirect::RedirectConfig::from_env()?;
+    let report = lanyard_proxy::redirect_check::validate(
+        config.outbound_port,
+        &config.skip_outbound_ports,
+        config.proxy_uid,
+        timeout,
+    )
+    .await;
+    for line in &report.lines {
+        eprintln!("lanyard-proxy validate-redirect: {line}");
+    }
+    if report.ok {
+        Ok(())
+    } else {
+        std::process::exit(1)
     }
 }
 

@@ -165,10 +165,11 @@ pub async fn start(config: &ProxyConfig) -> Result<RunningProxy, RunError> {
         listeners.push(("metrics", addr));
         let ready_store = store.clone();
         let readiness = move || readiness(&ready_store, SystemTime::now());
-        tasks.spawn(lanyard_telemetry::serve_health(
+        tasks.spawn(crate::probes::serve(
             listener,
             Arc::new(registry),
             Arc::new(readiness),
+            config.metrics_access,
         ));
     }
     tasks.spawn(workload_client::follow(

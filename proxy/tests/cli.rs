@@ -261,3 +261,99 @@ async fn a_non_loopback_admin_address_is_refused_unless_explicitly_allowed() {
         .await
         .unwrap();
 }
+
+/// One of this host's own non-loopback addresses: the source address routing picks for a
+/// documentation address (no packet is sent).
+fn non_loopback_address() -> std::net::IpAddr {
+    let socket = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+    socket
+        .connect("192.0.2.77:9")
+        .expect("this test needs an IPv4 route off the host (a non-loopback address)");
+    let ip = socket.local_addr().unwrap().ip();
+    assert!(!ip.is_loopback() && !ip.is_unspecified(), "{ip}");
+    ip
+}
+
+/// On a listener bound to every address (as injected: the kubelet's probes), /healthz and
+/// /readyz answer everyone, /metrics only loopback callers unless --metrics-allow-remote.
+#[tokio::test]
+async fn metrics_answer_loopback_callers_unless_allowed_remote() {
+    let api = FakeWorkloadApi::start().await;
+    let app = echo_app(None).await;
+    let remote_ip = non_loopback_address();
+    for allow_remote in [false, true] {
+        let mut cmd = command();
+        cmd.args(["run", "--workload-socket"])
+            .arg(format!("unix://{}", api.socket.display()))
+            .args(["--inbound", &format!("127.0.0.1:0={}", app.addr)])
+            .args(["--admin", "127.0.0.1:0", "--metrics", "0.0.0.0:0"]);
+        if allow_remote {
+            cmd.arg("--metrics-allow-remote");
+        }
+        let proxy = spawn_and_wait(cmd, &["metrics"]).await;
+        let port = proxy.listeners["metrics"].port();
+        let local = SocketAddr::from(([127, 0, 0, 1], port));
+        let remote = SocketAddr::new(remote_ip, port);
+
+        let (status, body) = http_get(local, "/metrics").await;
+        assert_eq!(status, 200, "{body}");
+        assert!(body.contains("lanyard_proxy_"), "{body}");
+        assert_eq!(http_get(remote, "/healthz").await.0, 200);
+        assert_eq!(http_get(remote, "/readyz").await.0, 503, "no SVID yet");
+        let (status, body) = http_get(remote, "/metrics").await;
+        if allow_remote {
+            assert_eq!(status, 200, "{body}");
+            assert!(body.contains("lanyard_proxy_"), "{body}");
+        } else {
+            assert_eq!(status, 403, "{body}");
+            assert!(body.contains("lanyard.dev/proxy-metrics: expose"), "{body}");
+            assert!(!body.contains("lanyard_proxy_"), "{body}");
+        }
+    }
+}
+
+/// validate-redirect without the rules (this host has none for the probe): it fails, naming
+/// the missing direction, and refuses to run as the proxy's uid.
+#[tokio::test]
+async fn validate_redirect_fails_without_the_rules() {
+    let out = command()
+        .args(["validate-redirect", "--timeout", "500ms"])
+        // A port nothing here listens on or redirects to.
+        .env("PROXY_OUTBOUND_PORT", free_port().to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("lanyard-proxy validate-redirect: the IPv4 outbound redirect is missing"),
+        "{stderr}"
+    );
+    let uid = std::fs::metadata("/proc/self")
+        .map(|m| std::os::unix::fs::MetadataExt::uid(&m))
+        .unwrap();
+    let out = command()
+        .args(["validate-redirect"])
+        .env("PROXY_UID", uid.to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("running as uid {uid}, the proxy's")),
+        "{stderr}"
+    );
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
