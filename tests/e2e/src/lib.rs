@@ -15,6 +15,8 @@
 //! - [`cgroup`]: pod-shaped cgroups (as the kubelet makes them), removed on drop.
 //! - [`cluster`]: the kube fixture seeded as an installed cluster (RBAC, CA Secret, bundle
 //!   ConfigMap, the agent's pod), and pods, Services and EndpointSlices for tests to add.
+//! - [`csi`]: the agent as the CSI node plugin on the kube fixture, kubelet-shaped publish
+//!   requests and target paths, and a guard that removes a test's leftover mounts.
 //! - [`proxy`]: `lanyard-proxy` processes as other uids, in namespaces or cgroups; their tap.
 //! - [`echo`]: an echo application (optionally server-speaks-first) served by test threads.
 //! - [`probe`]: an mTLS client with an SVID from a real agent, seeing what proxies present.
@@ -23,6 +25,7 @@
 pub mod cgroup;
 pub mod client;
 pub mod cluster;
+pub mod csi;
 pub mod echo;
 pub mod netns;
 pub mod probe;

@@ -151,13 +151,14 @@ pub async fn serve(
     });
     let (acceptor, incoming) = Acceptor::new(attestor.clone(), &limits);
     acceptor.spawn(listener, None);
-    announce(socket);
-    // Detached (their files removed) when this function returns, however it returns.
+    // Bound before the announcement, so an announced agent serves its pods too; detached
+    // (their files removed) when this function returns, however it returns.
     let _pod_sockets = services.pod_sockets.map(|pods| {
         pods.attach(acceptor.clone());
         DetachOnDrop(pods)
     });
     drop(acceptor);
+    announce(socket);
     let shutdown = async move {
         shutdown.await;
         // Streams never end on their own; tell them, so the graceful drain can finish.
