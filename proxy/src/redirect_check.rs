@@ -12,9 +12,10 @@
 //! probe address as the connection's original destination (`SO_ORIGINAL_DST`) and echoes a
 //! random token the prober sent. Everything is bounded by one timeout per family.
 //!
-//! A family whose probe address has no route (`ENETUNREACH`: an IPv4-only pod has no IPv6
-//! route) or that the pod does not have at all (no ::1) is skipped: no app traffic of that
-//! family can leave either. At least one family must be checked. Only the outbound direction
+//! A family whose probe address has no route in the pod's own routing table (asked with a
+//! UDP connect, which sends nothing: an IPv4-only pod has no IPv6 route), or that the pod does
+//! not have at all (no ::1), is skipped: no app traffic of that family can leave either. A
+//! router's "unreachable" answer to a probe that left the pod is a missing redirect. At least one family must be checked. Only the outbound direction
 //! can be checked from inside the pod: a connection the pod opens to itself never meets the
 //! inbound (PREROUTING) rules, which the same plugin run installs with the outbound ones.
 
@@ -93,7 +94,8 @@ pub enum ProbeOutcome {
     Delivered { elapsed: Duration },
     /// The pod has no such family (its loopback address cannot be bound): skipped.
     NoFamily(io::Error),
-    /// The target has no route (`ENETUNREACH`): no traffic of the family leaves; skipped.
+    /// The pod's routing table has no route to the target: no traffic of the family leaves;
+    /// skipped. (A router's "unreachable" answer to a probe that left is [`Self::Missing`].)
     NoRoute(io::Error),
     /// The redirect is missing: why the connection did not arrive.
     Missing(String),
@@ -181,6 +183,12 @@ impl Probe {
             }
             Err(e) => return ProbeOutcome::Listen(e),
         };
+        // Whether the pod routes the family at all, asked of the routing table without sending
+        // a packet: a TCP connect's ENETUNREACH may also be a router's ICMP answer to a probe
+        // the missing rules let out, which must not pass for "no route".
+        if let Err(e) = local_route(self.target) {
+            return ProbeOutcome::NoRoute(e);
+        }
         let token = match token() {
             Ok(token) => token,
             Err(e) => return ProbeOutcome::Missing(format!("could not be tried: no token: {e}")),
@@ -192,7 +200,6 @@ impl Probe {
             Ok(Ok(())) => ProbeOutcome::Delivered {
                 elapsed: started.elapsed(),
             },
-            Ok(Err(ConnectError::NoRoute(e))) => ProbeOutcome::NoRoute(e),
             Ok(Err(ConnectError::Other(why))) => ProbeOutcome::Missing(why),
             Err(_) => ProbeOutcome::Missing(format!(
                 "did not arrive within {}",
@@ -204,13 +211,9 @@ impl Probe {
     }
 
     async fn connect_and_check(&self, token: &[u8; TOKEN_LEN]) -> Result<(), ConnectError> {
-        let mut stream = match TcpStream::connect(self.target).await {
-            Ok(stream) => stream,
-            Err(e) if e.raw_os_error() == Some(libc::ENETUNREACH) => {
-                return Err(ConnectError::NoRoute(e));
-            }
-            Err(e) => return Err(ConnectError::Other(format!("failed: {e}"))),
-        };
+        let mut stream = TcpStream::connect(self.target)
+            .await
+            .map_err(|e| ConnectError::Other(format!("failed: {e}")))?;
         let other =
             |what: &str| ConnectError::Other(format!("was answered by something else ({what})"));
         stream
@@ -230,8 +233,17 @@ impl Probe {
 }
 
 enum ConnectError {
-    NoRoute(io::Error),
     Other(String),
+}
+
+/// `Err` when the pod has no route to `target`: a UDP socket's connect looks the route up
+/// and sends nothing.
+fn local_route(target: SocketAddr) -> io::Result<()> {
+    let any: SocketAddr = match target {
+        SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
+        SocketAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
+    };
+    std::net::UdpSocket::bind(any)?.connect(target)
 }
 
 /// What the whole check found: a line per family, and whether the pod may start.
