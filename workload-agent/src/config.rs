@@ -3,7 +3,7 @@
 //! `lanyard-server`'s), then validated into an [`AgentConfig`].
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use clap::Args;
 use lanyard_daemon::address::{HostPort, deserialize_listen, parse_listen};
@@ -88,7 +88,7 @@ pub struct RunArgs {
 
     /// Serve the CSI node plugin `csi.lanyard.dev` on this Unix socket, for the kubelet (in a
     /// cluster: /var/lib/kubelet/plugins/csi.lanyard.dev/csi.sock); none without it. Needs
-    /// --node-name (the CSI node ID) and --data-dir (published volumes are kept there).
+    /// --node-name (the CSI node ID). Published volumes are kept in `volumes/` beside it.
     #[arg(long, env = "LANYARD_CSI_SOCKET")]
     pub csi_socket: Option<PathBuf>,
 
@@ -215,7 +215,6 @@ impl RunArgs {
             self.csi_socket,
             self.csi_pods_dir,
             self.node_name.as_deref(),
-            self.data_dir.as_deref(),
         )?;
         Ok(AgentConfig {
             server,
@@ -236,7 +235,6 @@ fn csi_config(
     socket: Option<PathBuf>,
     pods_dir: Option<PathBuf>,
     node_name: Option<&str>,
-    data_dir: Option<&Path>,
 ) -> Result<Option<CsiConfig>, ConfigError> {
     let Some(socket) = socket else {
         if pods_dir.is_some() {
@@ -256,20 +254,15 @@ fn csi_config(
             "needs --node-name (the node's name is the CSI node ID)",
         )
     })?;
-    let data_dir = data_dir.ok_or_else(|| {
-        invalid(
-            "csi-socket",
-            "needs --data-dir (published volumes are kept there across restarts)",
-        )
-    })?;
-    let state_dir = data_dir.join("csi");
+    let state_dir = crate::csi::state_dir_of(&socket)
+        .ok_or_else(|| invalid("csi-socket", "the socket path has no parent directory"))?;
     if state_dir.as_os_str().len() > crate::csi::state::MAX_STATE_DIR_LEN {
         return Err(invalid(
-            "data-dir",
+            "csi-socket",
             format!(
-                "is too long for the CSI plugin: pods' socket paths under it must fit in a Unix \
-                 socket address; use a data dir of at most {} bytes",
-                crate::csi::state::MAX_STATE_DIR_LEN - "/csi".len()
+                "is in a directory too long for the CSI plugin: pods' socket paths under it \
+                 must fit in a Unix socket address; use a directory of at most {} bytes",
+                crate::csi::state::MAX_STATE_DIR_LEN - "/volumes".len()
             ),
         ));
     }
@@ -542,32 +535,37 @@ mod tests {
     }
 
     #[test]
-    fn the_csi_plugin_needs_a_node_name_and_a_data_dir() {
+    fn the_csi_plugin_needs_a_node_name_and_keeps_its_state_beside_its_socket() {
         assert_eq!(args().resolve().unwrap().csi, None);
-        let csi = |node: Option<&str>, data: Option<&str>| RunArgs {
-            csi_socket: Some("/var/lib/kubelet/plugins/csi.lanyard.dev/csi.sock".into()),
+        let csi = |socket: &str, node: Option<&str>| RunArgs {
+            csi_socket: Some(socket.into()),
             node_name: node.map(Into::into),
-            data_dir: data.map(Into::into),
             ..args()
         };
-        let c = csi(Some("node-1"), Some("/var/lib/lanyard"))
-            .resolve()
-            .unwrap()
-            .csi
-            .unwrap();
+        let c = csi(
+            "/var/lib/kubelet/plugins/csi.lanyard.dev/csi.sock",
+            Some("node-1"),
+        )
+        .resolve()
+        .unwrap()
+        .csi
+        .unwrap();
         assert_eq!(c.node_id, "node-1");
         assert_eq!(c.pods_dir, PathBuf::from("/var/lib/kubelet/pods"));
-        assert_eq!(c.state_dir, PathBuf::from("/var/lib/lanyard/csi"));
+        assert_eq!(
+            c.state_dir,
+            PathBuf::from("/var/lib/kubelet/plugins/csi.lanyard.dev/volumes")
+        );
 
-        let err = csi(None, Some("/d")).resolve().unwrap_err().to_string();
+        let err = csi("/p/csi.sock", None).resolve().unwrap_err().to_string();
         assert!(err.contains("needs --node-name"), "{err}");
-        let err = csi(Some("n"), None).resolve().unwrap_err().to_string();
-        assert!(err.contains("needs --data-dir"), "{err}");
-        let long = format!("/{}", "d".repeat(80));
-        let err = csi(Some("n"), Some(&long))
+        let err = csi("csi.sock", Some("n"))
             .resolve()
             .unwrap_err()
             .to_string();
+        assert!(err.contains("absolute"), "{err}");
+        let long = format!("/{}/csi.sock", "d".repeat(80));
+        let err = csi(&long, Some("n")).resolve().unwrap_err().to_string();
         assert!(err.contains("too long for the CSI plugin"), "{err}");
         let alone = RunArgs {
             csi_pods_dir: Some("/pods".into()),

@@ -275,7 +275,8 @@ async fn the_kubelet_publishes_a_pod_socket_and_the_pod_fetches_its_svid_through
     node.node_unpublish_volume(unpublish_request("csi-v2", &target2))
         .await
         .unwrap();
-    let volumes = std::fs::read_dir(agent.data_dir.join("csi"))
+    // The plugin's state: `volumes/` beside its socket, empty again.
+    let volumes = std::fs::read_dir(paths.socket.with_file_name("volumes"))
         .unwrap()
         .count();
     assert_eq!(volumes, 0, "no record or volume directory is left");

@@ -16,7 +16,8 @@
 //! - [`request`]: the checks of a publish request (inline ephemeral, read-only, the pod).
 //! - [`target`]: target paths confined to a pod's directory under `--csi-pods-dir`.
 //! - [`mount`]: read-only bind mounts through pinned descriptors, and unmounting.
-//! - [`state`]: published volumes saved in the data dir (0600), their directories.
+//! - [`state`]: published volumes saved beside the plugin's socket (0600), their
+//!   directories.
 //! - [`serve()`]: the plugin's socket (0600) and gRPC server.
 
 pub mod identity;
@@ -105,8 +106,7 @@ impl CsiMetrics {
     }
 }
 
-/// What the plugin needs (from `--csi-socket`, `--csi-pods-dir`, `--node-name` and
-/// `--data-dir`).
+/// What the plugin needs (from `--csi-socket`, `--csi-pods-dir` and `--node-name`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CsiConfig {
     /// The plugin's socket, e.g. `/var/lib/kubelet/plugins/csi.lanyard.dev/csi.sock`.
@@ -115,8 +115,19 @@ pub struct CsiConfig {
     pub pods_dir: PathBuf,
     /// `NodeGetInfo`'s node ID: the node's name.
     pub node_id: String,
-    /// Published volumes' records and directories: `<data-dir>/csi`.
+    /// Published volumes' records and directories ([`state_dir_of`] the socket).
     pub state_dir: PathBuf,
+}
+
+/// Where the plugin keeps what it published: `volumes/` beside its socket. In a cluster that
+/// is `/var/lib/kubelet/plugins/csi.lanyard.dev/volumes`, on the node's disk (the registrar
+/// needs the socket there, so every deployment has it on the host): it outlives the agent's
+/// container and pod, as published volumes do, unlike the agent's data dir (an emptyDir).
+pub fn state_dir_of(socket: &Path) -> Option<PathBuf> {
+    socket
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .map(|dir| dir.join("volumes"))
 }
 
 /// The announcement line for the plugin socket: `listening on unix:<path> (csi)`.

@@ -1,8 +1,11 @@
-//! What the plugin has published, kept in the agent's data dir so a restarted agent serves
-//! the same pods again: the kubelet does not publish a volume twice, so a pod whose volume was
-//! published before the restart would otherwise be left with a dead socket.
+//! What the plugin has published, kept on the node's disk so a restarted agent serves the
+//! same pods again: the kubelet does not publish a volume twice, so a pod whose volume was
+//! published before the restart would otherwise be left with a dead socket. The directory is
+//! `volumes/` beside the plugin's socket ([`super::state_dir_of`]): a host directory that
+//! outlives the agent's container and pod (an upgrade replaces the pod, and with it an
+//! emptyDir data dir, while published volumes stay mounted in workload pods).
 //!
-//! Layout under `<data-dir>/csi/` (0700):
+//! Layout under it (0700):
 //! - `<key>/` (0755): the volume's directory, bind-mounted read-only on the target; it holds
 //!   the pod's socket `agent.sock` while the agent serves it;
 //! - `<key>.json` (0600): the [`Record`] of the publish: volume ID, canonical target and pod.
