@@ -422,6 +422,18 @@ async fn server_and_agent_run_with_exactly_the_installed_rbac() {
         }
     })
     .await;
+    // And it serves the CSI plugin where the rendered --csi-socket (moved here) says.
+    let csi_socket = dir.join("csi/csi.sock");
+    eventually("the agent's CSI socket", || {
+        let csi_socket = csi_socket.clone();
+        async move {
+            tokio::net::UnixStream::connect(&csi_socket)
+                .await
+                .ok()
+                .map(|_| ())
+        }
+    })
+    .await;
 }
 
 fn path_text(p: &Path) -> String {
