@@ -31,9 +31,17 @@ pub enum LookupError {
 
 impl LookupError {
     /// Whether trying again later may succeed (the API server unreachable or slow, the pod not
-    /// yet visible); a kubeconfig that cannot be used will not fix itself.
+    /// yet visible); a kubeconfig that cannot be used, or whose identity the API server
+    /// refuses (401, 403: the token or the RBAC is wrong), will not fix itself.
     pub fn is_transient(&self) -> bool {
-        !matches!(self, LookupError::Kubeconfig { .. })
+        match self {
+            LookupError::Kubeconfig { .. } => false,
+            LookupError::Api {
+                source: kube::Error::Api(status),
+                ..
+            } => !matches!(status.code, 401 | 403),
+            _ => true,
+        }
     }
 }
 

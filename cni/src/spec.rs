@@ -94,7 +94,8 @@ pub enum ErrorCode {
     InvalidConfig,
     /// 11: the pod could not be looked up now; the runtime retries.
     TryAgainLater,
-    /// 100: the kubeconfig named by the configuration could not be used.
+    /// 100: the kubeconfig named by the configuration could not be used, or the API server
+    /// refuses its identity.
     Kubeconfig,
     /// 101: the pod's Lanyard annotations are invalid.
     PodAnnotations,
