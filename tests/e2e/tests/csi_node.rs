@@ -8,8 +8,9 @@
 //! - Identity and NodeGetInfo answer as the plugin `csi.lanyard.dev` on node-1.
 //! - Publishing web-1's volume gives web-1 a socket of its own at the target, read-only; a
 //!   process in web-1's cgroup fetches web-1's SVID through it, and so does a process in no
-//!   pod (the pod comes from the mount), while on the node socket that process gets nothing;
-//!   a process in web-2's cgroup is refused on web-1's socket (`pod_mismatch`).
+//!   pod (the pod comes from the mount), as a non-root user too, while on the node socket
+//!   that process gets nothing; a process in web-2's cgroup is refused on web-1's socket
+//!   (`pod_mismatch`).
 //! - A second publish changes nothing; targets outside the pods dir, with `..`, through a
 //!   symlink that leaves it, or in another pod's directory are refused, naming why.
 //! - A graceful stop removes the CSI socket and the pod socket but not the mount; the
@@ -158,6 +159,19 @@ async fn the_kubelet_publishes_a_pod_socket_and_the_pod_fetches_its_svid_through
     let no_pod = blocking(|| api(&socket1, &["fetch", "x509"], RunAs::Me));
     assert!(no_pod.success, "{no_pod:?}");
     assert_eq!(ids(&no_pod.stdout), [WEB]);
+    // A non-root user reaches the socket through the read-only mount (as a restricted pod's
+    // containers run).
+    let non_root = blocking(|| {
+        api(
+            &socket1,
+            &["fetch", "x509"],
+            RunAs::User {
+                uid: 65534,
+                gid: 65534,
+            },
+        )
+    });
+    assert_eq!(ids(&non_root.stdout), [WEB], "{non_root:?}");
     let node_socket = blocking(|| api(&agent.socket, &["fetch", "x509"], RunAs::Me));
     assert!(
         !node_socket.success && node_socket.stderr.contains("no identity issued"),
