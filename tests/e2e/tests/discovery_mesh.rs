@@ -15,7 +15,11 @@
 //! (10.96.0.20:80 -> `legacy-1`:8080); the node's own address 10.251.8.254:8080 runs an echo
 //! app no Kubernetes object names.
 //!
-//! Injected pods have the init container's redirect rules (`lanyard-redirect`) and a
+//! Injected pods have the redirect rules, installed either by the init container's
+//! `lanyard-redirect` or (the second test, pods annotated `lanyard.dev/redirect: cni` with the
+//! proxy's uid) by the node's `lanyard-cni` plugin, invoked with `ADD` as a container runtime
+//! does after the cluster's plugin, looking the pod up in the fixture with the
+//! `lanyard-cni` ServiceAccount's RBAC; and a
 //! `lanyard-proxy` process with only `--transparent-inbound`/`--transparent-outbound`, as
 //! `lanyard inject` configures it, running in the pod's proxy container cgroup, so the agent
 //! (a `lanyard-agent` process attested by a projected ServiceAccount token) gives it its pod's
@@ -43,14 +47,18 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube_fixture::{FixtureOptions, KubeFixture};
+use lanyard_cli::install::{InstallOptions, Redirect, rbac};
 use lanyard_e2e::DEADLINE;
 use lanyard_e2e::cgroup::{CgroupDirs, fresh_container_id, pids_root_or_skip};
 use lanyard_e2e::client::{RunAs, api_until};
 use lanyard_e2e::cluster::{endpoint_slice, injected, pod, seed, service, with_ip};
 use lanyard_e2e::echo::EchoApp;
-use lanyard_e2e::netns::{self, Netns};
+use lanyard_e2e::netns::{
+    self, Netns, cni_conflist, cni_stdin, pod_cni_args, prev_result, run_cni,
+};
 use lanyard_e2e::proxy::{Launch, Proxy, field, read_to_end_or_error};
 use lanyard_e2e::stack::{TRUST_DOMAIN, start_in_cluster};
+use lanyard_redirect::{REDIRECT_ANNOTATION, REDIRECT_CNI, RedirectConfig};
 
 const CLIENT_IP: &str = "10.251.8.1";
 const BACKEND_1_IP: &str = "10.251.8.2";
@@ -135,8 +143,60 @@ fn pod_netns(node: &Netns, name: &str, ip: &str) -> Netns {
     ns
 }
 
+/// What installs the injected pods' redirect rules.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum RedirectBy {
+    /// The `lanyard-init` container's `lanyard-redirect`.
+    InitContainer,
+    /// The node's `lanyard-cni` plugin (`ADD`).
+    CniPlugin,
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn injected_pods_talk_mtls_found_through_discovery() {
+    discovery_end_to_end(RedirectBy::InitContainer).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn injected_pods_talk_mtls_found_through_discovery_with_the_cni_plugin() {
+    discovery_end_to_end(RedirectBy::CniPlugin).await;
+}
+
+/// `pod`'s annotations for `redirect`: with the CNI plugin, `lanyard.dev/redirect: cni` and
+/// the rules' parameters (the proxy runs as `uid`), as `lanyard inject --redirect cni` writes.
+fn redirect_annotations(mut pod: Pod, redirect: RedirectBy, uid: u32) -> Pod {
+    if redirect == RedirectBy::CniPlugin {
+        let config = RedirectConfig {
+            proxy_uid: uid,
+            inbound_port: INBOUND_PORT.parse().unwrap(),
+            outbound_port: OUTBOUND_PORT.parse().unwrap(),
+            ..Default::default()
+        };
+        let annotations = pod
+            .metadata
+            .annotations
+            .get_or_insert_with(Default::default);
+        annotations.insert(REDIRECT_ANNOTATION.into(), REDIRECT_CNI.into());
+        annotations.extend(config.to_annotations().map(|(k, v)| (k.to_owned(), v)));
+    }
+    pod
+}
+
+/// The kubeconfig the CNI plugin reads on the node: a token of the `lanyard-cni`
+/// ServiceAccount, bound by the RBAC `lanyard install --cni` renders.
+fn cni_kubeconfig(fixture: &KubeFixture) -> std::path::PathBuf {
+    let mut options = InstallOptions::defaults();
+    options.redirect = Redirect::Cni;
+    let mut docs = rbac::service_accounts(&options);
+    docs.extend(rbac::cni_rbac(&options));
+    fixture
+        .apply_yaml(&lanyard_cli::yaml::write_stream(&docs))
+        .expect("apply the CNI plugin's RBAC");
+    let token = fixture.issue_api_token("lanyard", "lanyard-cni");
+    fixture.write_kubeconfig("lanyard-cni", &token).unwrap()
+}
+
+async fn discovery_end_to_end(redirect: RedirectBy) {
     let _ = rustls::crypto::ring::default_provider().install_default();
     if !netns::available_or_skip() {
         return;
@@ -146,7 +206,11 @@ async fn injected_pods_talk_mtls_found_through_discovery() {
     };
     // Declared first, dropped last: cgroups and namespaces go after every process in them.
     let mut cgroups = CgroupDirs::default();
-    let node = Netns::create(&format!("lyd{}", std::process::id()));
+    let tag = match redirect {
+        RedirectBy::InitContainer => "lyd",
+        RedirectBy::CniPlugin => "lyn",
+    };
+    let node = Netns::create(&format!("{tag}{}", std::process::id()));
     node.bridge(NODE_CIDR);
     let client_ns = pod_netns(&node, "client", CLIENT_IP);
     let backend_1_ns = pod_netns(&node, "b1", BACKEND_1_IP);
@@ -158,12 +222,14 @@ async fn injected_pods_talk_mtls_found_through_discovery() {
         (&backend_1_ns, 2302),
         (&backend_2_ns, 2303),
     ];
-    for (ns, uid) in meshed {
-        ns.install_redirect(&[
-            ("PROXY_UID", &uid.to_string()),
-            ("PROXY_INBOUND_PORT", INBOUND_PORT),
-            ("PROXY_OUTBOUND_PORT", OUTBOUND_PORT),
-        ]);
+    if redirect == RedirectBy::InitContainer {
+        for (ns, uid) in meshed {
+            ns.install_redirect(&[
+                ("PROXY_UID", &uid.to_string()),
+                ("PROXY_INBOUND_PORT", INBOUND_PORT),
+                ("PROXY_OUTBOUND_PORT", OUTBOUND_PORT),
+            ]);
+        }
     }
 
     let tmp = tempfile::tempdir().unwrap();
@@ -176,19 +242,20 @@ async fn injected_pods_talk_mtls_found_through_discovery() {
     let store = fixture.store();
     let uid_of = |p: &Pod| p.metadata.uid.clone().expect("the fixture assigns UIDs");
     // Each injected pod's proxy container, and the cgroup its proxy process runs in.
-    let mut proxy_cgroup = |name: &str, sa: &str, ip: &str| {
+    let mut proxy_cgroup = |name: &str, sa: &str, ip: &str, uid: u32| {
         let cid = fresh_container_id();
         let created = store
-            .create(&injected(
-                with_ip(pod("default", name, sa, "node-1", None), ip),
-                &cid,
+            .create(&redirect_annotations(
+                injected(with_ip(pod("default", name, sa, "node-1", None), ip), &cid),
+                redirect,
+                uid,
             ))
             .unwrap();
         cgroups.container(&pids, &uid_of(&created), &cid)
     };
-    let client_cg = proxy_cgroup("client-1", "client", CLIENT_IP);
-    let backend_1_cg = proxy_cgroup("backend-1", "backend", BACKEND_1_IP);
-    let backend_2_cg = proxy_cgroup("backend-2", "backend", BACKEND_2_IP);
+    let client_cg = proxy_cgroup("client-1", "client", CLIENT_IP, 2301);
+    let backend_1_cg = proxy_cgroup("backend-1", "backend", BACKEND_1_IP, 2302);
+    let backend_2_cg = proxy_cgroup("backend-2", "backend", BACKEND_2_IP, 2303);
     store
         .create(&with_ip(
             pod("default", "legacy-1", "legacy", "node-1", None),
@@ -212,6 +279,38 @@ async fn injected_pods_talk_mtls_found_through_discovery() {
             &[(LEGACY_IP, true)],
         ))
         .unwrap();
+
+    // The CNI plugin's ADD for each pod, after the cluster's plugin (whose result it passes
+    // on); the unmeshed pod too, which it leaves alone.
+    if redirect == RedirectBy::CniPlugin {
+        let conflist = cni_conflist(&cni_kubeconfig(&fixture));
+        let pods = [
+            (&client_ns, "client-1", CLIENT_IP),
+            (&backend_1_ns, "backend-1", BACKEND_1_IP),
+            (&backend_2_ns, "backend-2", BACKEND_2_IP),
+            (&legacy_ns, "legacy-1", LEGACY_IP),
+        ];
+        let legacy_before = legacy_ns.nat_rules();
+        blocking(|| {
+            for (ns, name, ip) in pods {
+                let prev = prev_result(ns, ip);
+                let add = run_cni(
+                    "ADD",
+                    Some(&ns.path()),
+                    &pod_cni_args("default", name),
+                    &cni_stdin(&conflist, Some(&prev)),
+                );
+                add.assert_success();
+                assert_eq!(add.stdout, prev, "{name}");
+            }
+        });
+        assert_eq!(
+            legacy_ns.nat_rules(),
+            legacy_before,
+            "the unmeshed pod is left alone"
+        );
+        assert!(client_ns.nat_rules().contains("--uid-owner 2301"));
+    }
 
     // The server and the agent, as an installed cluster runs them.
     let (server, agent) = blocking(|| start_in_cluster(dir, &fixture, &seeded));
