@@ -71,7 +71,7 @@ use lanyard_proto::inject::{
     INIT_CONTAINER, INJECT_ANNOTATION, INJECT_DISABLED, INJECT_ENABLED, MESHED_LABEL,
     PROXY_CONTAINER, SOCKET_VOLUME,
 };
-pub use lanyard_redirect::{REDIRECT_ANNOTATION, REDIRECT_CNI, REDIRECT_INIT};
+pub use lanyard_redirect::{REDIRECT_ANNOTATION, REDIRECT_CNI, REDIRECT_INIT, RedirectMode};
 
 use pod_security::Violation;
 
@@ -100,38 +100,6 @@ pub const METRICS_EXPOSE: &str = "expose";
 pub const METRICS_LOOPBACK: &str = "loopback";
 /// The proxy flag that serves `/metrics` to non-loopback callers.
 pub const METRICS_ALLOW_REMOTE_FLAG: &str = "--metrics-allow-remote";
-
-/// Which mechanism installs the pod's redirect rules; its text is the annotation's value.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum RedirectMode {
-    /// The node's CNI plugin; the pod gets the `lanyard-validate` check instead of privileges.
-    Cni,
-    /// The `lanyard-init` init container (NET_ADMIN, NET_RAW: Pod Security `privileged`).
-    #[default]
-    Init,
-}
-
-impl fmt::Display for RedirectMode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            RedirectMode::Cni => REDIRECT_CNI,
-            RedirectMode::Init => REDIRECT_INIT,
-        })
-    }
-}
-
-impl FromStr for RedirectMode {
-    type Err = String;
-    fn from_str(text: &str) -> Result<Self, String> {
-        match text {
-            REDIRECT_CNI => Ok(RedirectMode::Cni),
-            REDIRECT_INIT => Ok(RedirectMode::Init),
-            other => Err(format!(
-                "{other:?} is not a redirect mode: give {REDIRECT_CNI} or {REDIRECT_INIT}"
-            )),
-        }
-    }
-}
 
 /// How the agent's Workload API socket reaches the pod; the text is the flag's value.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

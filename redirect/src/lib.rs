@@ -31,6 +31,7 @@
 //!   annotations.
 //! - [`rules`]: [`steps`] and [`removal_steps`], the ordered iptables/ip6tables argument
 //!   vectors, each [`Step`] tagged with its [`Family`].
+//! - [`mode`]: [`RedirectMode`], which mechanism installs a pod's rules (CNI or init).
 //! - [`iptables`]: [`Iptables`], which runs them (each family through its command) and finds
 //!   out whether the namespace has IPv6 ([`Coverage`]).
 //! - [`check`]: [`Iptables::check`], the differences between a namespace and the steps.
@@ -40,11 +41,13 @@
 pub mod check;
 pub mod config;
 pub mod iptables;
+pub mod mode;
 pub mod rules;
 
 pub use check::{Checked, Difference};
 pub use config::{ConfigError, RedirectConfig};
 pub use iptables::{ApplyError, Coverage, Iptables, Ran};
+pub use mode::{RedirectMode, UnknownRedirectMode};
 pub use rules::{Action, Family, Step, removal_steps, steps};
 
 /// The uid the injected proxy runs as; its traffic is never redirected.

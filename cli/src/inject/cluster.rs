@@ -12,6 +12,7 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::ConfigMap;
 
 use super::RedirectMode;
+use lanyard_redirect::UnknownRedirectMode;
 
 /// The ConfigMap `lanyard install` renders in its namespace, and its key naming the redirect
 /// mode (`cni` or `init`): the names the install side writes.
@@ -88,8 +89,8 @@ async fn read(namespace: &str, timeout: Duration) -> Result<RedirectMode, Cluste
     value
         .trim()
         .parse()
-        .map_err(|message| ClusterError::BadValue {
+        .map_err(|e: UnknownRedirectMode| ClusterError::BadValue {
             namespace: namespace.to_owned(),
-            message,
+            message: e.to_string(),
         })
 }

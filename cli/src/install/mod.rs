@@ -76,22 +76,7 @@ pub enum InstallError {
 }
 
 /// How injected pods get their redirect rules, cluster-wide: what `lanyard-config` says.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Redirect {
-    /// The `lanyard-redirect` init container (NET_ADMIN, NET_RAW): needs no node plugin.
-    Init,
-    /// The `lanyard-cni` plugin in the pod's network namespace (`lanyard install --cni`).
-    Cni,
-}
-
-impl std::fmt::Display for Redirect {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Self::Init => lanyard_redirect::REDIRECT_INIT,
-            Self::Cni => lanyard_redirect::REDIRECT_CNI,
-        })
-    }
-}
+pub use lanyard_redirect::RedirectMode;
 
 /// What the rendering depends on, validated.
 #[derive(Clone, Debug)]
@@ -100,8 +85,8 @@ pub struct InstallOptions {
     pub namespace: String,
     pub replicas: u16,
     pub images: Images,
-    /// [`Redirect::Cni`] adds the CNI installer DaemonSet and its RBAC.
-    pub redirect: Redirect,
+    /// [`RedirectMode::Cni`] adds the CNI installer DaemonSet and its RBAC.
+    pub redirect: RedirectMode,
 }
 
 impl InstallOptions {
@@ -124,7 +109,7 @@ impl InstallOptions {
             namespace: namespace.to_owned(),
             replicas,
             images,
-            redirect: Redirect::Init,
+            redirect: RedirectMode::Init,
         })
     }
 
@@ -132,7 +117,7 @@ impl InstallOptions {
     /// ServiceAccount and RBAC, and `redirect: cni` in `lanyard-config`. The images should
     /// then include [`crate::images::INSTALL_CNI_COMPONENTS`] when pinned.
     pub fn with_cni(mut self) -> Self {
-        self.redirect = Redirect::Cni;
+        self.redirect = RedirectMode::Cni;
         self
     }
 

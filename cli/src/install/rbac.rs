@@ -10,7 +10,7 @@
 use serde_json::json;
 
 use super::{
-    AGENT_NAME, BUNDLE_CONFIGMAP_NAME, CA_SECRET_NAME, CNI_NAME, InstallOptions, Redirect,
+    AGENT_NAME, BUNDLE_CONFIGMAP_NAME, CA_SECRET_NAME, CNI_NAME, InstallOptions, RedirectMode,
     SERVER_NAME,
 };
 use crate::install::labels;
@@ -68,7 +68,7 @@ pub fn server_rbac(options: &InstallOptions) -> Vec<Yaml> {
 /// `get` on pods cluster-wide (the plugin looks up the pod being created by namespace and
 /// name); nothing otherwise.
 pub fn cni_rbac(options: &InstallOptions) -> Vec<Yaml> {
-    if options.redirect != Redirect::Cni {
+    if options.redirect != RedirectMode::Cni {
         return Vec::new();
     }
     let ns = &options.namespace;
@@ -98,7 +98,7 @@ pub fn cni_rbac(options: &InstallOptions) -> Vec<Yaml> {
 /// `lanyard-cni`'s, whose token the installer hands to the plugin.
 pub fn service_accounts(options: &InstallOptions) -> Vec<Yaml> {
     let ns = &options.namespace;
-    let cni = (options.redirect == Redirect::Cni).then(|| {
+    let cni = (options.redirect == RedirectMode::Cni).then(|| {
         json!({
             "apiVersion": "v1",
             "kind": "ServiceAccount",

@@ -10,8 +10,8 @@ use serde_json::{Value, json};
 
 use super::{
     AGENT_NAME, AGENT_TOKEN_AUDIENCE, BUNDLE_CONFIGMAP_NAME, CA_SECRET_NAME, CNI_NAME,
-    CONFIG_MAP_NAME, CONFIG_REDIRECT_KEY, CSI_DRIVER_NAME, HEALTH_PORT, InstallOptions, Redirect,
-    SERVER_GRPC_PORT, SERVER_NAME, SOCKET_DIR,
+    CONFIG_MAP_NAME, CONFIG_REDIRECT_KEY, CSI_DRIVER_NAME, HEALTH_PORT, InstallOptions,
+    RedirectMode, SERVER_GRPC_PORT, SERVER_NAME, SOCKET_DIR,
 };
 use crate::install::{labels, rbac};
 use crate::yaml::Yaml;
@@ -78,7 +78,7 @@ pub fn base_manifests(options: &InstallOptions) -> Vec<Yaml> {
         .iter()
         .map(Yaml::from_json),
     );
-    if options.redirect == Redirect::Cni {
+    if options.redirect == RedirectMode::Cni {
         docs.push(Yaml::from_json(&cni_daemonset(options)));
     }
     docs

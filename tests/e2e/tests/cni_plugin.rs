@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Pod;
 use kube_fixture::{FixtureOptions, KubeFixture};
-use lanyard_cli::install::{InstallOptions, Redirect, rbac};
+use lanyard_cli::install::{InstallOptions, RedirectMode, rbac};
 use lanyard_e2e::DEADLINE;
 use lanyard_e2e::cluster::pod;
 use lanyard_e2e::netns::{
@@ -98,7 +98,7 @@ impl Node {
 
 fn start_node(fixture: &KubeFixture) -> Node {
     let mut options = InstallOptions::defaults();
-    options.redirect = Redirect::Cni;
+    options.redirect = RedirectMode::Cni;
     let mut docs = rbac::service_accounts(&options);
     docs.extend(rbac::cni_rbac(&options));
     fixture

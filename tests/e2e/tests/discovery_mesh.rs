@@ -47,7 +47,7 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube_fixture::{FixtureOptions, KubeFixture};
-use lanyard_cli::install::{InstallOptions, Redirect, rbac};
+use lanyard_cli::install::{InstallOptions, RedirectMode, rbac};
 use lanyard_e2e::DEADLINE;
 use lanyard_e2e::cgroup::{CgroupDirs, fresh_container_id, pids_root_or_skip};
 use lanyard_e2e::client::{RunAs, api_until};
@@ -186,7 +186,7 @@ fn redirect_annotations(mut pod: Pod, redirect: RedirectBy, uid: u32) -> Pod {
 /// ServiceAccount, bound by the RBAC `lanyard install --cni` renders.
 fn cni_kubeconfig(fixture: &KubeFixture) -> std::path::PathBuf {
     let mut options = InstallOptions::defaults();
-    options.redirect = Redirect::Cni;
+    options.redirect = RedirectMode::Cni;
     let mut docs = rbac::service_accounts(&options);
     docs.extend(rbac::cni_rbac(&options));
     fixture

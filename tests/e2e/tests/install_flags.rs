@@ -76,42 +76,51 @@ fn manifest_flags_are_the_binaries_real_flags() {
     assert!(agent.health.is_some());
     assert!(agent.csi.is_some(), "the agent serves no CSI plugin");
 
-    // The injected proxy: its flags and its SPIFFE_ENDPOINT_SOCKET.
-    let container = proxy_container(&InjectOptions::default());
-    let args: Vec<String> = match container.get("args") {
-        Some(Yaml::Seq(items)) => items
-            .iter()
-            .map(|a| a.as_str().unwrap().to_owned())
-            .collect(),
-        other => panic!("{other:?}"),
-    };
-    assert_eq!(args, proxy_args());
-    let endpoint = container
-        .get("env")
-        .and_then(|e| match e {
-            Yaml::Seq(items) => items
+    // The injected proxy: its flags and its SPIFFE_ENDPOINT_SOCKET, with /metrics for loopback
+    // callers only (the default) and exposed (`lanyard.dev/proxy-metrics: expose`).
+    for expose_metrics in [false, true] {
+        let container = proxy_container(&InjectOptions::default(), expose_metrics);
+        let args: Vec<String> = match container.get("args") {
+            Some(Yaml::Seq(items)) => items
                 .iter()
-                .find(|i| i.get("name").and_then(Yaml::as_str) == Some("SPIFFE_ENDPOINT_SOCKET")),
-            _ => None,
-        })
-        .and_then(|e| e.get("value"))
-        .and_then(Yaml::as_str)
-        .unwrap()
-        .to_owned();
-    let proxy: lanyard_proxy::config::RunArgs = parse_run("lanyard-proxy", &args);
-    let proxy = proxy
-        .resolve(Some(endpoint))
-        .expect("the proxy accepts its flags");
-    assert_eq!(proxy.workload_socket, PathBuf::from(DEFAULT_SOCKET));
-    assert_eq!(
-        proxy.transparent_inbound.unwrap().port(),
-        lanyard_cli::redirect::PROXY_INBOUND_PORT
-    );
-    assert_eq!(
-        proxy.transparent_outbound.unwrap().port(),
-        lanyard_cli::redirect::PROXY_OUTBOUND_PORT
-    );
-    assert!(proxy.admin.ip().is_loopback());
+                .map(|a| a.as_str().unwrap().to_owned())
+                .collect(),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(args, proxy_args(expose_metrics));
+        let endpoint = container
+            .get("env")
+            .and_then(|e| match e {
+                Yaml::Seq(items) => items.iter().find(|i| {
+                    i.get("name").and_then(Yaml::as_str) == Some("SPIFFE_ENDPOINT_SOCKET")
+                }),
+                _ => None,
+            })
+            .and_then(|e| e.get("value"))
+            .and_then(Yaml::as_str)
+            .unwrap()
+            .to_owned();
+        let proxy: lanyard_proxy::config::RunArgs = parse_run("lanyard-proxy", &args);
+        let proxy = proxy
+            .resolve(Some(endpoint))
+            .expect("the proxy accepts its flags");
+        assert_eq!(proxy.workload_socket, PathBuf::from(DEFAULT_SOCKET));
+        assert_eq!(
+            proxy.transparent_inbound.unwrap().port(),
+            lanyard_cli::redirect::PROXY_INBOUND_PORT
+        );
+        assert_eq!(
+            proxy.transparent_outbound.unwrap().port(),
+            lanyard_cli::redirect::PROXY_OUTBOUND_PORT
+        );
+        assert!(proxy.admin.ip().is_loopback());
+        let expected = if expose_metrics {
+            lanyard_proxy::probes::MetricsAccess::Everyone
+        } else {
+            lanyard_proxy::probes::MetricsAccess::Loopback
+        };
+        assert_eq!(proxy.metrics_access, expected);
+    }
 
     // The CNI installer (`--cni`): every flag is one `lanyard-cni install --help` lists.
     let cni = cni_args();

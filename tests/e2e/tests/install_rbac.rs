@@ -28,7 +28,7 @@ use kube_fixture::{FixtureOptions, KubeFixture, TokenBinding};
 use lanyard_cli::images::Images;
 use lanyard_cli::install::ca::GeneratedCa;
 use lanyard_cli::install::render::{agent_args, server_args};
-use lanyard_cli::install::{InstallOptions, Parts, Redirect, render};
+use lanyard_cli::install::{InstallOptions, Parts, RedirectMode, render};
 use lanyard_cli::yaml::write_stream;
 use lanyard_e2e::cluster::pod;
 use lanyard_proto::identity::v1 as wire;
@@ -56,11 +56,11 @@ struct Cluster {
     dir: tempfile::TempDir,
 }
 
-async fn cluster(redirect: Redirect) -> Cluster {
+async fn cluster(redirect: RedirectMode) -> Cluster {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let fixture = KubeFixture::start(FixtureOptions::default()).await.unwrap();
     let mut options = InstallOptions::new(TD, NS, 2, Images::default()).unwrap();
-    if redirect == Redirect::Cni {
+    if redirect == RedirectMode::Cni {
         options = options.with_cni();
     }
     let ca = GeneratedCa::generate(
@@ -95,7 +95,7 @@ async fn cluster(redirect: Redirect) -> Cluster {
     // The fixture serves neither workloads nor CSIDrivers: Deployment, PodDisruptionBudget,
     // CSIDriver, the agent's DaemonSet (and the CNI installer's).
     let mut skipped = 4;
-    if redirect == Redirect::Cni {
+    if redirect == RedirectMode::Cni {
         expected.extend(["ClusterRole", "ClusterRoleBinding", "ServiceAccount"]);
         expected.sort();
         skipped += 1;
@@ -309,7 +309,7 @@ impl Caller {
 
 #[tokio::test]
 async fn server_and_agent_run_with_exactly_the_installed_rbac() {
-    let c = cluster(Redirect::Init).await;
+    let c = cluster(RedirectMode::Init).await;
     let server = c.server().await;
     eventually("the server to be ready", || async {
         (http_status(server.health, "/readyz").await == Some(200)).then_some(())
@@ -450,14 +450,14 @@ async fn status<T: std::fmt::Debug>(result: Result<T, kube::Error>) -> u16 {
 
 #[tokio::test]
 async fn what_they_do_not_need_is_refused() {
-    for redirect in [Redirect::Init, Redirect::Cni] {
+    for redirect in [RedirectMode::Init, RedirectMode::Cni] {
         server_and_agent_refusals(redirect).await;
     }
 }
 
 /// What the server and the agent may not do, with the objects of `lanyard install` (and
 /// `--cni`).
-async fn server_and_agent_refusals(redirect: Redirect) {
+async fn server_and_agent_refusals(redirect: RedirectMode) {
     let c = cluster(redirect).await;
     let store = c.fixture.store();
     for (ns, name) in [(NS, "someone-elses"), ("default", "db-password")] {
@@ -573,7 +573,7 @@ async fn server_and_agent_refusals(redirect: Redirect) {
 /// and every other resource are refused. Without `--cni` the account may do nothing.
 #[tokio::test]
 async fn the_cni_plugin_may_get_pods_and_nothing_else() {
-    let c = cluster(Redirect::Cni).await;
+    let c = cluster(RedirectMode::Cni).await;
     let cni = c.api_client("lanyard-cni");
     let pods = |ns: &str| -> kube::Api<Pod> { kube::Api::namespaced(cni.clone(), ns) };
     // What it needs: the pod, wherever it is; a missing pod is "not found", not "forbidden".
@@ -657,7 +657,7 @@ async fn the_cni_plugin_may_get_pods_and_nothing_else() {
     );
 
     // Without --cni there is no binding: the same get is refused.
-    let plain = cluster(Redirect::Init).await;
+    let plain = cluster(RedirectMode::Init).await;
     let unbound: kube::Api<Pod> = kube::Api::namespaced(plain.api_client("lanyard-cni"), "default");
     assert_eq!(status(unbound.get("web-1").await).await, 403);
 }
