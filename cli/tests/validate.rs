@@ -212,14 +212,34 @@ fn install_and_inject_output_pass_schema_validation() {
             "injected-stdin.yaml",
             &lanyard(&["inject", "-"], Some(&app)),
         ),
+        // The CNI redirect: the validation container, the redirect annotations, the CSI volume.
+        write(
+            "injected-cni.yaml",
+            &lanyard(
+                &[
+                    "inject",
+                    app.to_str().unwrap(),
+                    "--redirect",
+                    "cni",
+                    "--skip-inbound-ports",
+                    "22",
+                ],
+                None,
+            ),
+        ),
     ];
+    let cni = std::fs::read_to_string(files.last().unwrap()).unwrap();
+    assert!(
+        cni.contains("lanyard-validate") && !cni.contains("NET_ADMIN"),
+        "the CNI injection has no validation container or still a privileged init:\n{cni}"
+    );
     for version in KUBERNETES_VERSIONS {
         let (ok, output) = validate(&files, version);
         assert!(ok, "kubernetes-validate {version} failed:\n{output}");
         // Every object was checked (15 from install, 15 pinned, 19 with --cni, 13 without
-        // the CA, 7 + 7 injected).
+        // the CA, 7 + 7 injected with the init container, 7 with the CNI redirect).
         let passed = output.matches(" passed for resource ").count();
-        assert_eq!(passed, 15 + 15 + 19 + 13 + 7 + 7, "{output}");
+        assert_eq!(passed, 15 + 15 + 19 + 13 + 7 + 7 + 7, "{output}");
         for resource in [
             "csidriver/csi.lanyard.dev",
             "daemonset/lanyard-agent",
