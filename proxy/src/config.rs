@@ -83,11 +83,13 @@ pub struct RunArgs {
     #[serde(default)]
     pub opaque_port: Vec<u16>,
 
-    /// Port (all addresses) receiving the pod's inbound traffic redirected by iptables.
+    /// Port (all addresses: 0.0.0.0 and, where the pod has IPv6, [::]) receiving the pod's
+    /// inbound traffic redirected by iptables and ip6tables.
     #[arg(long, env = "LANYARD_TRANSPARENT_INBOUND")]
     pub transparent_inbound: Option<u16>,
 
-    /// Port (loopback) receiving the app's outbound traffic redirected by iptables.
+    /// Port (loopback: 127.0.0.1 and, where the pod has IPv6, [::1]) receiving the app's
+    /// outbound traffic redirected by iptables and ip6tables.
     #[arg(long, env = "LANYARD_TRANSPARENT_OUTBOUND")]
     pub transparent_outbound: Option<u16>,
 
@@ -170,7 +172,11 @@ pub struct ProxyConfig {
     /// `--strict`, or implied by a restrictive `--allow`.
     pub strict: bool,
     pub opaque_ports: Vec<u16>,
+    /// The IPv4 address of the transparent inbound listener (`0.0.0.0:P`); `start` adds
+    /// `[::]` on the same port where the namespace has IPv6.
     pub transparent_inbound: Option<SocketAddr>,
+    /// The IPv4 address of the transparent outbound listener (`127.0.0.1:P`); `start` adds
+    /// `[::1]` on the same port where the namespace has IPv6.
     pub transparent_outbound: Option<SocketAddr>,
     /// Look transparent outbound destinations up in the agent's Discovery service.
     pub discovery: bool,
