@@ -30,6 +30,8 @@ pub enum ConflistError {
     PluginNotAnObject(usize),
     #[error("a single-plugin .conf needs a \"type\"")]
     NoType,
+    #[error("the single plugin is lanyard-cni itself: there is no cluster plugin to chain after")]
+    NoClusterPlugin,
 }
 
 /// The kind of file, by its name's extension.
@@ -85,6 +87,12 @@ impl<'de> Deserialize<'de> for Object {
 
 impl Object {
     fn parse(text: &str) -> Result<Self, ConflistError> {
+        // The raw values below skip over string contents; a full parse first refuses what a
+        // strict reader would (a lone surrogate escape, say), so nothing is written that the
+        // next reader cannot read back.
+        if let Err(e) = serde_json::from_str::<serde_json::Value>(text) {
+            return Err(ConflistError::NotJson(e.to_string()));
+        }
         if !text.trim_start().starts_with('{') {
             return match serde_json::from_str::<serde::de::IgnoredAny>(text) {
                 Ok(_) => Err(ConflistError::NotAnObject),
@@ -132,8 +140,11 @@ fn plugins(object: &Object) -> Result<Vec<Box<RawValue>>, ConflistError> {
     let list: Vec<Box<RawValue>> =
         serde_json::from_str(raw.get()).map_err(|_| ConflistError::NoPlugins)?;
     for (i, entry) in list.iter().enumerate() {
-        if !entry.get().trim_start().starts_with('{') {
-            return Err(ConflistError::PluginNotAnObject(i));
+        // An entry with a key twice would be read one way here and another by the runtime.
+        match Object::parse(entry.get()) {
+            Ok(_) => {}
+            Err(ConflistError::DuplicateKey(key)) => return Err(ConflistError::DuplicateKey(key)),
+            Err(_) => return Err(ConflistError::PluginNotAnObject(i)),
         }
     }
     Ok(list)
@@ -190,8 +201,10 @@ pub fn with_entry(kind: Kind, text: &str, entry: &RawValue) -> Result<Edit, Conf
             Ok(Edit::Write(replace_plugins(&object, &kept)))
         }
         Kind::Single => {
-            if plugin_type(text).is_none() {
-                return Err(ConflistError::NoType);
+            match plugin_type(text).as_deref() {
+                None => return Err(ConflistError::NoType),
+                Some(PLUGIN_TYPE) => return Err(ConflistError::NoClusterPlugin),
+                Some(_) => {}
             }
             let plugin = RawValue::from_string(text.trim().to_owned())
                 .map_err(|e| ConflistError::NotJson(e.to_string()))?;
@@ -379,6 +392,10 @@ mod tests {
             with_entry(Kind::Single, r#"{"name":"x"}"#, &ours()).unwrap_err(),
             ConflistError::NoType
         );
+        assert_eq!(
+            with_entry(Kind::Single, r#"{"type":"lanyard-cni"}"#, &ours()).unwrap_err(),
+            ConflistError::NoClusterPlugin
+        );
     }
 
     #[test]
@@ -391,12 +408,19 @@ mod tests {
             ("\"x\"", |e| *e == ConflistError::NotAnObject),
             ("{}", |e| *e == ConflistError::NoPlugins),
             (r#"{"plugins": 3}"#, |e| *e == ConflistError::NoPlugins),
+            (r#"{"plugins": [{"type": "\uDAEE"}]}"#, |e| {
+                matches!(e, ConflistError::NotJson(_))
+            }),
             (r#"{"plugins": [1]}"#, |e| {
                 *e == ConflistError::PluginNotAnObject(0)
             }),
             (r#"{"plugins": [], "plugins": []}"#, |e| {
                 *e == ConflistError::DuplicateKey("plugins".into())
             }),
+            (
+                r#"{"plugins": [{"type": "ptp", "type": "lanyard-cni"}]}"#,
+                |e| *e == ConflistError::DuplicateKey("type".into()),
+            ),
         ];
         for (text, expected) in cases {
             let err = with_entry(Kind::List, text, &ours()).unwrap_err();
