@@ -563,7 +563,7 @@ fn walk(
 
 /// The init image, run as the injected init container runs (root, only NET_ADMIN and
 /// NET_RAW, read-only root with a writable /run) in a fresh network namespace: it installs the
-/// redirect rules, which the image's own `iptables-save` reads back; a second run replaces
+/// redirect rules, which the image's own `iptables-save` and `ip6tables-save` read back; a second run replaces
 /// them rather than adding a copy.
 fn check_init(podman: &Podman, reference: &str) {
     let ns = Netns::create(&format!("{}-init", podman.prefix));
@@ -594,8 +594,8 @@ fn check_init(podman: &Podman, reference: &str) {
         argv.extend_from_slice(args);
         run_ok("podman", &argv)
     };
-    let rules = || {
-        in_namespace("init-save", Some("/usr/sbin/iptables-save"), &["-t", "nat"])
+    let rules = |save: &str| {
+        in_namespace("init-save", Some(save), &["-t", "nat"])
             .lines()
             .filter(|l| !l.starts_with('#'))
             .map(str::to_owned)
@@ -603,7 +603,7 @@ fn check_init(podman: &Podman, reference: &str) {
     };
     let printed = in_namespace("init", None, &[]);
     assert!(printed.contains("lanyard-redirect: done"), "{printed}");
-    let first = rules();
+    let first = rules("/usr/sbin/iptables-save");
     let uid = PROXY_UID.to_string();
     for wanted in [
         "-A PREROUTING -p tcp -j LANYARD_INBOUND",
@@ -619,11 +619,31 @@ fn check_init(podman: &Podman, reference: &str) {
             first.join("\n")
         );
     }
+    // IPv6 too, through the image's own ip6tables (the namespace has ::1).
+    let first_v6 = rules("/usr/sbin/ip6tables-save");
+    for wanted in [
+        "-A PREROUTING -p tcp -j LANYARD_INBOUND",
+        "-A LANYARD_INBOUND -p tcp -j REDIRECT --to-ports 4143",
+        &format!("-A LANYARD_OUTBOUND -m owner --uid-owner {uid} -j RETURN"),
+        "-A LANYARD_OUTBOUND -d ::1/128 -j RETURN",
+        "-A LANYARD_OUTBOUND -p tcp -j REDIRECT --to-ports 4140",
+    ] {
+        assert!(
+            first_v6.iter().any(|l| l == wanted),
+            "{reference}: no IPv6 rule `{wanted}` in\n{}",
+            first_v6.join("\n")
+        );
+    }
     in_namespace("init-again", None, &[]);
     assert_eq!(
-        rules(),
+        rules("/usr/sbin/iptables-save"),
         first,
         "{reference}: a second run changed the rules"
+    );
+    assert_eq!(
+        rules("/usr/sbin/ip6tables-save"),
+        first_v6,
+        "{reference}: a second run changed the IPv6 rules"
     );
 }
 
