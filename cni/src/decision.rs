@@ -9,7 +9,7 @@ use std::fmt;
 use k8s_openapi::api::core::v1::Pod;
 use lanyard_proto::inject::{INJECT_ANNOTATION, INJECT_ENABLED};
 use lanyard_redirect::{
-    ConfigError, REDIRECT_ANNOTATION, REDIRECT_CNI, REDIRECT_INIT, RedirectConfig,
+    ConfigError, REDIRECT_ANNOTATION, RedirectConfig, RedirectMode, UnknownRedirectMode,
 };
 
 /// Why the plugin leaves a pod's namespace alone.
@@ -66,11 +66,8 @@ impl fmt::Display for Decision {
 /// Why an injected pod's annotations cannot be acted on.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum DecisionError {
-    #[error(
-        "annotation {REDIRECT_ANNOTATION}: {value:?} is neither {REDIRECT_CNI:?} nor \
-         {REDIRECT_INIT:?}; re-run lanyard inject --redirect cni|init"
-    )]
-    UnknownRedirect { value: String },
+    #[error("annotation {REDIRECT_ANNOTATION}: {0}; re-run lanyard inject --redirect cni|init")]
+    UnknownRedirect(#[from] UnknownRedirectMode),
     #[error("the pod's redirect annotations: {0}")]
     Config(#[from] ConfigError),
 }
@@ -90,15 +87,16 @@ pub fn decide(pod: &Pod) -> Result<Decision, DecisionError> {
     if annotation(INJECT_ANNOTATION) != Some(INJECT_ENABLED) {
         return Ok(Decision::LeaveAlone(LeftAlone::NoAnnotation));
     }
-    match annotation(REDIRECT_ANNOTATION) {
-        None => Ok(Decision::LeaveAlone(LeftAlone::RedirectInit)),
-        Some(REDIRECT_INIT) => Ok(Decision::LeaveAlone(LeftAlone::RedirectInit)),
-        Some(REDIRECT_CNI) => Ok(Decision::Redirect(RedirectConfig::from_annotations(
+    // No annotation: injected before the CNI plugin existed, so by the init container.
+    let mode = match annotation(REDIRECT_ANNOTATION) {
+        None => RedirectMode::Init,
+        Some(value) => value.parse()?,
+    };
+    match mode {
+        RedirectMode::Init => Ok(Decision::LeaveAlone(LeftAlone::RedirectInit)),
+        RedirectMode::Cni => Ok(Decision::Redirect(RedirectConfig::from_annotations(
             annotation,
         )?)),
-        Some(other) => Err(DecisionError::UnknownRedirect {
-            value: other.to_owned(),
-        }),
     }
 }
 
@@ -180,9 +178,10 @@ mod tests {
         let err = decide(&pod(&[INJECTED, ("lanyard.dev/redirect", "ebpf")], false))
             .unwrap_err()
             .to_string();
-        assert!(
-            err.starts_with("annotation lanyard.dev/redirect: \"ebpf\" is neither"),
-            "{err}"
+        assert_eq!(
+            err,
+            "annotation lanyard.dev/redirect: \"ebpf\" is not a redirect mode: give cni or init; \
+             re-run lanyard inject --redirect cni|init"
         );
         let err = decide(&pod(
             &[INJECTED, CNI, ("lanyard.dev/proxy-inbound-port", "x")],
