@@ -454,10 +454,11 @@ fn check_files(reference: &str, bin: &str, uid: u32, iptables: bool) {
         let xtables = |name: &str| XTABLES.iter().any(|x| name == format!("/usr/sbin/{x}"));
         let allowed = match entry {
             Entry::Dir => true,
-            // iptables, iptables-save, iptables-nft-restore, ... -> xtables-*-multi
+            // iptables, ip6tables-save, iptables-nft-restore, ... -> xtables-*-multi
             Entry::Symlink(target) => {
                 iptables
-                    && path.starts_with("/usr/sbin/iptables")
+                    && (path.starts_with("/usr/sbin/iptables")
+                        || path.starts_with("/usr/sbin/ip6tables"))
                     && XTABLES.contains(&target.as_str())
             }
             Entry::File => file_allowed(path, &binary) || (iptables && xtables(path)),
