@@ -1,13 +1,15 @@
 //! The health listener: `/healthz` (the process runs), `/readyz` (it can do its job: the
-//! daemon decides, through [`Readiness`]) and `/metrics` (Prometheus text format).
+//! daemon decides, through [`Readiness`]) and `/metrics` (Prometheus text format), the last for
+//! the callers a [`MetricsPolicy`] allows (the proxy keeps its metrics on the pod's loopback;
+//! health answers everyone, as the kubelet probes from the node).
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::Full;
-use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use prometheus_client::registry::Registry;
@@ -24,21 +26,55 @@ impl<F: Fn() -> Result<(), String> + Send + Sync + 'static> Readiness for F {
     }
 }
 
-/// Serves the health endpoints on `listener` until the task is dropped.
+/// Who may read `/metrics`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MetricsPolicy {
+    /// Everyone who reaches the listener (the server's and the agent's).
+    Everyone,
+    /// Callers on a loopback address only; the others get 403 with `refusal`, which should say
+    /// how to open them up.
+    LoopbackOnly { refusal: &'static str },
+}
+
+impl MetricsPolicy {
+    /// Whether `peer` may read `/metrics` (an IPv4-mapped loopback address counts).
+    pub fn allows(self, peer: SocketAddr) -> bool {
+        match self {
+            MetricsPolicy::Everyone => true,
+            MetricsPolicy::LoopbackOnly { .. } => peer.ip().to_canonical().is_loopback(),
+        }
+    }
+}
+
+/// Serves the health endpoints on `listener`, `/metrics` to everyone, until the task is dropped.
 pub async fn serve_health(
     listener: TcpListener,
     registry: Arc<Registry>,
     readiness: Arc<dyn Readiness>,
 ) {
+    serve_health_with(listener, registry, readiness, MetricsPolicy::Everyone).await
+}
+
+/// [`serve_health`], with `/metrics` for the callers `policy` allows.
+pub async fn serve_health_with(
+    listener: TcpListener,
+    registry: Arc<Registry>,
+    readiness: Arc<dyn Readiness>,
+    policy: MetricsPolicy,
+) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
+        let Ok((stream, peer)) = listener.accept().await else {
             continue;
         };
         let registry = registry.clone();
         let readiness = readiness.clone();
+        let refusal = match policy {
+            MetricsPolicy::LoopbackOnly { refusal } if !policy.allows(peer) => Some(refusal),
+            _ => None,
+        };
         tokio::spawn(async move {
             let service = service_fn(move |req| {
-                let response = respond(&req, &registry, readiness.as_ref());
+                let response = respond(&req, refusal, &registry, readiness.as_ref());
                 async move { Ok::<_, Infallible>(response) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
@@ -48,8 +84,10 @@ pub async fn serve_health(
     }
 }
 
-fn respond(
-    req: &Request<Incoming>,
+/// The answer to `req`; `metrics_refusal` is set when this caller may not read `/metrics`.
+fn respond<B>(
+    req: &Request<B>,
+    metrics_refusal: Option<&'static str>,
     registry: &Registry,
     readiness: &dyn Readiness,
 ) -> Response<Full<Bytes>> {
@@ -65,6 +103,10 @@ fn respond(
                 format!("not ready: {why}\n"),
             ),
         },
+        "/metrics" if metrics_refusal.is_some() => text(
+            StatusCode::FORBIDDEN,
+            metrics_refusal.unwrap_or_default().into(),
+        ),
         "/metrics" => {
             let mut body = String::new();
             match prometheus_client::encoding::text::encode(&mut body, registry) {
@@ -97,6 +139,38 @@ fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+    #[test]
+    fn loopback_only_allows_loopback_callers() {
+        let at = |ip: IpAddr| SocketAddr::new(ip, 40000);
+        let loopback = MetricsPolicy::LoopbackOnly { refusal: "no" };
+        assert!(loopback.allows(at(IpAddr::V4(Ipv4Addr::LOCALHOST))));
+        assert!(loopback.allows(at(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 6)))));
+        assert!(loopback.allows(at(IpAddr::V6(Ipv6Addr::LOCALHOST))));
+        // An IPv4 caller of a dual-stack socket.
+        assert!(loopback.allows(at("::ffff:127.0.0.1".parse().unwrap())));
+        assert!(!loopback.allows(at("10.1.2.3".parse().unwrap())));
+        assert!(!loopback.allows(at("::ffff:10.1.2.3".parse().unwrap())));
+        assert!(!loopback.allows(at("fd00::1".parse().unwrap())));
+        assert!(MetricsPolicy::Everyone.allows(at("10.1.2.3".parse().unwrap())));
+    }
+
+    #[test]
+    fn a_refused_caller_still_gets_health() {
+        let registry = Registry::default();
+        let ready = || Ok(());
+        let get = |path: &str, refusal: Option<&'static str>| {
+            let req = Request::get(path).body(()).unwrap();
+            respond(&req, refusal, &registry, &ready)
+        };
+        assert_eq!(get("/healthz", Some("no")).status(), StatusCode::OK);
+        assert_eq!(get("/readyz", Some("no")).status(), StatusCode::OK);
+        let refused = get("/metrics", Some("ask for it"));
+        assert_eq!(refused.status(), StatusCode::FORBIDDEN);
+        assert_eq!(get("/metrics", None).status(), StatusCode::OK);
+        assert_eq!(get("/other", None).status(), StatusCode::NOT_FOUND);
+    }
     use prometheus_client::metrics::counter::Counter;
     use std::sync::atomic::{AtomicBool, Ordering};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

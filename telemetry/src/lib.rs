@@ -12,4 +12,4 @@ pub mod health;
 pub mod logging;
 
 pub use announce::announce_listener;
-pub use health::{Readiness, serve_health};
+pub use health::{MetricsPolicy, Readiness, serve_health, serve_health_with};

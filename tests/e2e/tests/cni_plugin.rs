@@ -393,7 +393,10 @@ async fn pods_not_meant_for_the_plugin_are_left_alone_and_lookup_failures_are_er
         // Bad annotations: 101, naming the annotation.
         for (name, says) in [
             ("bad", "lanyard.dev/proxy-uid: not a uid: \\\"root\\\""),
-            ("ebpf", "lanyard.dev/redirect: \\\"ebpf\\\" is not a redirect mode"),
+            (
+                "ebpf",
+                "lanyard.dev/redirect: \\\"ebpf\\\" is not a redirect mode",
+            ),
         ] {
             let run = run_cni(
                 "ADD",
