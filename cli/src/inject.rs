@@ -732,14 +732,20 @@ pub fn redirect_config(options: &InjectOptions) -> RedirectConfig {
     }
 }
 
-/// The init container that installs the redirect rules: the image's `lanyard-redirect`
-/// binary (no shell), parameters in its environment.
-pub fn init_container(options: &InjectOptions) -> Yaml {
-    let env: Vec<_> = redirect_config(options)
+/// The rules' parameters as a container's `env` (what `lanyard-redirect` and
+/// `lanyard-proxy validate-redirect` read).
+fn redirect_env(options: &InjectOptions) -> Vec<serde_json::Value> {
+    redirect_config(options)
         .to_env()
         .into_iter()
         .map(|(name, value)| json!({"name": name, "value": value}))
-        .collect();
+        .collect()
+}
+
+/// The init container that installs the redirect rules: the image's `lanyard-redirect`
+/// binary (no shell), parameters in its environment.
+pub fn init_container(options: &InjectOptions) -> Yaml {
+    let env = redirect_env(options);
     Yaml::from_json(&json!({
         "name": INIT_CONTAINER,
         "image": options.images.proxy_init(),
@@ -818,11 +824,7 @@ fn restricted_security_context(uid: u32) -> serde_json::Value {
 /// The cni mode's check: `lanyard-proxy validate-redirect` with the rules' parameters in its
 /// environment (as `lanyard-init` has them), as an unprivileged uid the rules do redirect.
 pub fn validate_container(options: &InjectOptions) -> Yaml {
-    let env: Vec<_> = redirect_config(options)
-        .to_env()
-        .into_iter()
-        .map(|(name, value)| json!({"name": name, "value": value}))
-        .collect();
+    let env = redirect_env(options);
     Yaml::from_json(&json!({
         "name": VALIDATE_CONTAINER,
         "image": options.images.proxy(),
