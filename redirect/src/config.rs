@@ -83,8 +83,7 @@ impl RedirectConfig {
     /// The annotations that make [`RedirectConfig::from_annotations`] read back this
     /// configuration, for a pod template.
     pub fn to_annotations(&self) -> [(&'static str, String); 5] {
-        self.to_env()
-            .map(|(var, value)| (ANNOTATION_NAMES.for_env(var), value))
+        self.to_named(&ANNOTATION_NAMES)
     }
 
     fn from_named(
@@ -165,12 +164,17 @@ impl RedirectConfig {
     /// The variables that make [`RedirectConfig::from_env`] read back this configuration, for
     /// a container's `env`.
     pub fn to_env(&self) -> [(&'static str, String); 5] {
+        self.to_named(&ENV_NAMES)
+    }
+
+    /// The values under `names`, as [`RedirectConfig::from_named`] reads them back.
+    fn to_named(&self, names: &Names) -> [(&'static str, String); 5] {
         [
-            (ENV_PROXY_UID, self.proxy_uid.to_string()),
-            (ENV_PROXY_INBOUND_PORT, self.inbound_port.to_string()),
-            (ENV_PROXY_OUTBOUND_PORT, self.outbound_port.to_string()),
-            (ENV_SKIP_INBOUND_PORTS, join(&self.skip_inbound_ports)),
-            (ENV_SKIP_OUTBOUND_PORTS, join(&self.skip_outbound_ports)),
+            (names.proxy_uid, self.proxy_uid.to_string()),
+            (names.inbound_port, self.inbound_port.to_string()),
+            (names.outbound_port, self.outbound_port.to_string()),
+            (names.skip_inbound_ports, join(&self.skip_inbound_ports)),
+            (names.skip_outbound_ports, join(&self.skip_outbound_ports)),
         ]
     }
 }
@@ -199,23 +203,6 @@ const ANNOTATION_NAMES: Names = Names {
     skip_inbound_ports: ANNOTATION_SKIP_INBOUND_PORTS,
     skip_outbound_ports: ANNOTATION_SKIP_OUTBOUND_PORTS,
 };
-
-impl Names {
-    /// The annotation that carries what environment variable `var` carries.
-    fn for_env(&self, var: &str) -> &'static str {
-        [
-            (ENV_NAMES.proxy_uid, self.proxy_uid),
-            (ENV_NAMES.inbound_port, self.inbound_port),
-            (ENV_NAMES.outbound_port, self.outbound_port),
-            (ENV_NAMES.skip_inbound_ports, self.skip_inbound_ports),
-            (ENV_NAMES.skip_outbound_ports, self.skip_outbound_ports),
-        ]
-        .into_iter()
-        .find(|(env, _)| *env == var)
-        .map(|(_, name)| name)
-        .expect("to_env names only the five variables")
-    }
-}
 
 fn join(ports: &[u16]) -> String {
     ports
