@@ -116,6 +116,45 @@ impl TrustBundle {
     pub fn set_refresh_hint(&mut self, hint: Option<Duration>) {
         self.refresh_hint = hint;
     }
+
+    /// What this bundle trusts, as a short name that is the same on every replica that
+    /// publishes the same roots and JWT keys: hex of the first 8 bytes of a SHA-256 over the
+    /// roots' DER and the JWT keys (kid and SPKI), each sorted. The sequence and refresh hint
+    /// are left out: replicas number their bundles independently. Agents acknowledge this
+    /// version, and `lanyard ca` compares it across replicas and agents.
+    pub fn version(&self) -> String {
+        let mut roots: Vec<&[u8]> = self.x509_authorities.iter().map(|c| c.as_ref()).collect();
+        roots.sort_unstable();
+        let mut jwt: Vec<(&str, &[u8])> = self
+            .jwt_authorities
+            .iter()
+            .map(|a| (a.key_id.as_str(), a.public_key.as_slice()))
+            .collect();
+        jwt.sort_unstable();
+        let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+        // Length-prefixed fields, so no two different bundles feed the same bytes.
+        let mut field = |bytes: &[u8]| {
+            ctx.update(&(bytes.len() as u64).to_be_bytes());
+            ctx.update(bytes);
+        };
+        field(self.trust_domain.name().as_bytes());
+        field(&(roots.len() as u64).to_be_bytes());
+        for root in roots {
+            field(root);
+        }
+        for (kid, key) in jwt {
+            field(kid.as_bytes());
+            field(key);
+        }
+        let digest = ctx.finish();
+        crate::ca::profile::hex(&digest.as_ref()[..8])
+    }
+}
+
+/// The SHA-256 fingerprint of a certificate's DER, lowercase hex: how roots and intermediates
+/// are named in reports, metrics and `lanyard ca status`.
+pub fn certificate_fingerprint(cert: &[u8]) -> String {
+    crate::ca::profile::hex(ring::digest::digest(&ring::digest::SHA256, cert).as_ref())
 }
 
 /// The bundles a party trusts, at most one per trust domain: its own and federated ones.
@@ -292,5 +331,29 @@ mod tests {
             trust_domain_of(&[root.cert_der().clone(), root2.cert_der().clone()]).unwrap_err();
         assert!(err.contains("two trust domains"), "{err}");
         assert!(trust_domain_of(&[]).unwrap_err().contains("--trust-domain"));
+    }
+
+    #[test]
+    fn version_names_the_roots_and_jwt_keys_not_the_order_or_sequence() {
+        let td = TrustDomain::new("example.org").unwrap();
+        let now = SystemTime::now();
+        let a = RootCa::generate(&td, Duration::from_secs(3600), now).unwrap();
+        let b = RootCa::generate(&td, Duration::from_secs(3600), now).unwrap();
+        let jwt = crate::jwt::JwtSigner::generate().unwrap().0.authority();
+        let mut ab = TrustBundle::new(td.clone());
+        ab.add_x509_authority(a.cert_der().clone());
+        ab.add_x509_authority(b.cert_der().clone());
+        ab.add_jwt_authority(jwt.clone());
+        let mut ba = TrustBundle::new(td.clone());
+        ba.add_x509_authority(b.cert_der().clone());
+        ba.add_x509_authority(a.cert_der().clone());
+        ba.add_jwt_authority(jwt);
+        ba.set_sequence(7);
+        assert_eq!(ab.version(), ba.version());
+        assert_eq!(ab.version().len(), 16);
+        let mut only_a = TrustBundle::new(td);
+        only_a.add_x509_authority(a.cert_der().clone());
+        assert_ne!(only_a.version(), ab.version());
+        assert_eq!(certificate_fingerprint(a.cert_der()).len(), 64);
     }
 }

@@ -10,7 +10,7 @@
 //! caller's clock (real or a test's) is the only clock.
 
 mod load;
-mod profile;
+pub(crate) mod profile;
 #[cfg(test)]
 mod tests;
 

@@ -26,7 +26,7 @@ pub(super) fn random_serial() -> Result<Serial, CaError> {
     Ok(serial)
 }
 
-pub(super) fn hex(bytes: &[u8]) -> String {
+pub(crate) fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write as _;
     let mut out = String::with_capacity(bytes.len() * 2);
     for b in bytes {
