@@ -17,6 +17,7 @@
 //! - [`discovery`]: which destinations are meshed and as which IDs; `DiscoveryFeed`.
 //! - [`node_feed`]: `WatchNode`, each node's entries and pods.
 //! - [`rate_limit`]: per-caller token buckets.
+//! - [`bundle_acks`]: which bundle each connected agent acknowledged (`SyncBundle`).
 //! - [`service`]: the `lanyard.identity.v1.NodeIdentity` gRPC service.
 //! - [`tls_listener`]: TCP accept + concurrent, bounded TLS handshakes feeding tonic.
 //! - [`admin`]: the admin Unix socket behind `token generate`, `agent evict`, `bundle show`.
@@ -25,6 +26,7 @@
 
 pub mod admin;
 pub mod authority;
+pub mod bundle_acks;
 pub mod ca_rotation;
 pub mod ca_store;
 pub mod config;

@@ -15,6 +15,7 @@ use tokio::net::TcpListener;
 
 use crate::admin::{self, AdminHandler, AdminRequest, AdminResponse};
 use crate::authority::{Authority, SigningMaterial};
+use crate::bundle_acks::BundleAcks;
 use crate::ca_store::DataDirCa;
 use crate::config::{Mode, ServerConfig};
 use crate::discovery::{DiscoveryFeedService, DiscoverySources, FeedLimits};
@@ -106,6 +107,7 @@ pub async fn run(
     let mut registry = Registry::default();
     let metrics = ServerMetrics::register(&mut registry);
     let authority = Arc::new(Authority::new(config.trust_domain.clone()));
+    let acks = BundleAcks::new();
 
     let mut tasks = Vec::new();
     let pod_id_template: Arc<str> = config.pod_id_template.as_str().into();
@@ -253,6 +255,7 @@ pub async fn run(
         Arc::new(attestor),
         pods,
         metrics.clone(),
+        acks.clone(),
     ));
     // Feeds never end on their own: tell them at shutdown, so the graceful drain finishes.
     let (stop_feeds, feeds_stopping) = tokio::sync::watch::channel(false);

@@ -18,9 +18,10 @@ use lanyard_svid::csr::VerifiedCsr;
 use lanyard_svid::reserved::{AgentIdentity, agent_id, parse_agent_id};
 use lanyard_svid::x509::X509Svid;
 use lanyard_svid::{SpiffeId, TrustDomain};
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response, Status, Streaming};
 
 use crate::authority::{ActiveMaterial, Authority};
+use crate::bundle_acks::{BundleAcks, ValidAck};
 use crate::entries::StaticEntry;
 use crate::k8s::pods::{PodIndex, PodLookup};
 use crate::metrics::ServerMetrics;
@@ -34,6 +35,10 @@ pub const MAX_BATCH: usize = 500;
 /// Most audiences in one `MintJWTSVID` call, and longest audience.
 const MAX_AUDIENCES: usize = 16;
 const MAX_AUDIENCE_LEN: usize = 1024;
+/// `BundleAck`s per second per node on `SyncBundle`, and the burst: an agent acknowledges
+/// each bundle change and each change of the roots its SVIDs chain to, far less often.
+const ACK_RATE_LIMIT: f64 = 1.0;
+const ACK_BURST: u32 = 16;
 
 /// Settings the service needs from the configuration.
 pub struct ServiceSettings {
@@ -60,6 +65,10 @@ pub struct IdentityService {
     attest_limiter: RateLimiter<std::net::IpAddr>,
     /// Signatures per node.
     mint_limiter: RateLimiter<String>,
+    /// What each agent acknowledged on `SyncBundle`.
+    acks: Arc<BundleAcks>,
+    /// `BundleAck`s per node.
+    ack_limiter: Arc<RateLimiter<String>>,
 }
 
 impl IdentityService {
@@ -69,8 +78,11 @@ impl IdentityService {
         attestor: Arc<NodeAttestor>,
         pods: Option<PodIndex>,
         metrics: Arc<ServerMetrics>,
+        acks: Arc<BundleAcks>,
     ) -> Self {
         Self {
+            acks,
+            ack_limiter: Arc::new(RateLimiter::new(ACK_RATE_LIMIT, ACK_BURST)),
             // A node starting many pods at once fits in the burst.
             mint_limiter: RateLimiter::new(
                 settings.mint_rate_limit,
@@ -253,6 +265,94 @@ where
             )))));
         }
         self.inner.poll_next_unpin(cx)
+    }
+}
+
+/// The bundle now (once the CA is loaded), then on every change.
+fn bundle_stream(
+    bundles: tokio::sync::watch::Receiver<Option<Arc<lanyard_svid::TrustBundle>>>,
+) -> impl Stream<Item = Result<wire::WatchBundleResponse, Status>> + Send + Unpin + 'static {
+    tokio_stream::wrappers::WatchStream::new(bundles).filter_map(|bundle| {
+        std::future::ready(bundle.map(|b| {
+            Ok(wire::WatchBundleResponse {
+                bundle: Some(wire::Bundle::from(b.as_ref())),
+            })
+        }))
+    })
+}
+
+/// A stream that keeps `_held` alive as long as itself (a registration whose drop says the
+/// stream is over).
+struct Holding<S, H> {
+    inner: S,
+    _held: H,
+}
+
+impl<S: Stream + Unpin, H: Unpin> Stream for Holding<S, H> {
+    type Item = S::Item;
+
+    fn poll_next(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<S::Item>> {
+        self.inner.poll_next_unpin(cx)
+    }
+}
+
+/// Reads one `SyncBundle` stream's acknowledgements.
+struct AckReader {
+    /// Gone once the response stream is dropped.
+    registration: std::sync::Weak<crate::bundle_acks::SyncRegistration>,
+    limiter: Arc<RateLimiter<String>>,
+    metrics: Arc<ServerMetrics>,
+    /// Ends the response stream with this status.
+    end: tokio::sync::oneshot::Sender<Status>,
+}
+
+impl AckReader {
+    /// Until the agent stops sending, the connection breaks, the response stream is dropped
+    /// (`gone` resolves), or the agent sends too fast (the stream is ended).
+    async fn run(
+        self,
+        mut inbound: Streaming<wire::BundleAck>,
+        mut gone: tokio::sync::oneshot::Receiver<()>,
+    ) {
+        const RPC: &str = "sync_bundle";
+        loop {
+            let ack = tokio::select! {
+                message = inbound.message() => match message {
+                    Ok(Some(ack)) => ack,
+                    // The agent closed its side (it may still read bundles) or went away.
+                    Ok(None) | Err(_) => return,
+                },
+                _ = &mut gone => return,
+            };
+            let Some(registration) = self.registration.upgrade() else {
+                return;
+            };
+            let node = registration.node();
+            if !self.limiter.try_acquire(&node.to_owned(), 1) {
+                self.metrics.refused(RPC, "rate_limited");
+                tracing::warn!(
+                    node,
+                    "SyncBundle ended: the agent sends acknowledgements faster than {ACK_RATE_LIMIT} a second"
+                );
+                let _ = self.end.send(Status::resource_exhausted(format!(
+                    "rate_limited: at most {ACK_RATE_LIMIT} bundle acknowledgements a second (burst {ACK_BURST})"
+                )));
+                return;
+            }
+            match ValidAck::parse(&ack) {
+                Ok(valid) => {
+                    tracing::debug!(node, version = %valid.version, roots = valid.svid_roots.len(), "bundle acknowledged");
+                    registration.record(valid, SystemTime::now());
+                }
+                Err(refusal) => {
+                    self.metrics.refused(RPC, &refusal);
+                    tracing::warn!(node, reason = %refusal, "bundle acknowledgement ignored: {}", refusal.message());
+                }
+            }
+        }
     }
 }
 
@@ -476,17 +576,49 @@ impl NodeIdentity for IdentityService {
         request: Request<wire::WatchBundleRequest>,
     ) -> Result<Response<Self::WatchBundleStream>, Status> {
         let bundles = self.authority.subscribe_bundle();
-        let stream = self.feed_for("watch_bundle", &request, |_| {
-            Box::pin(
-                tokio_stream::wrappers::WatchStream::new(bundles).filter_map(|bundle| async move {
-                    bundle.map(|b| {
-                        Ok(wire::WatchBundleResponse {
-                            bundle: Some(wire::Bundle::from(b.as_ref())),
-                        })
-                    })
-                }),
-            )
+        let stream = self.feed_for("watch_bundle", &request, |agent| Holding {
+            inner: bundle_stream(bundles),
+            // Counted as an agent that never acknowledges, while the stream lives.
+            _held: self.acks.register_watch(&agent.node),
         })?;
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    type SyncBundleStream = BoxStream<wire::WatchBundleResponse>;
+
+    /// `WatchBundle`'s stream, and the agent's acknowledgements read beside it: each valid
+    /// one is recorded for the agent's node until the stream ends; a malformed one is ignored
+    /// (logged, counted as a refusal); more than [`ACK_BURST`] at once, then more than
+    /// [`ACK_RATE_LIMIT`] a second, end the stream with `ResourceExhausted`.
+    async fn sync_bundle(
+        &self,
+        request: Request<Streaming<wire::BundleAck>>,
+    ) -> Result<Response<Self::SyncBundleStream>, Status> {
+        const RPC: &str = "sync_bundle";
+        let bundles = self.authority.subscribe_bundle();
+        let (end_tx, end_rx) = tokio::sync::oneshot::channel::<Status>();
+        let (gone_tx, gone_rx) = tokio::sync::oneshot::channel::<()>();
+        let mut registration = None;
+        let stream = self.feed_for(RPC, &request, |agent| {
+            let held = Arc::new(self.acks.register_sync(&agent.node));
+            registration = Some(Arc::downgrade(&held));
+            // The reader's refusal, if any, ends the stream after the bundles sent so far.
+            let refusal =
+                futures::stream::once(end_rx).filter_map(|r| std::future::ready(r.ok().map(Err)));
+            Holding {
+                inner: futures::stream::select(bundle_stream(bundles), refusal),
+                // Dropped when the stream ends: the agent is forgotten, the reader stops.
+                _held: (held, gone_tx),
+            }
+        })?;
+        let registration = registration.expect("feed_for calls back on success");
+        let reader = AckReader {
+            registration,
+            limiter: self.ack_limiter.clone(),
+            metrics: self.metrics.clone(),
+            end: end_tx,
+        };
+        tokio::spawn(reader.run(request.into_inner(), gone_rx));
         Ok(Response::new(Box::pin(stream)))
     }
 
