@@ -111,6 +111,28 @@ pub fn generate_pkcs8(alg: KeyAlgorithm) -> Result<Zeroizing<Vec<u8>>, KeyError>
     Ok(Zeroizing::new(doc.as_ref().to_vec()))
 }
 
+/// The first private key in `pem` as PKCS#8 DER (wiped on drop), for loaders that take only
+/// PKCS#8 (ring, [`crate::jwt::JwtSigner::from_pkcs8`]): PKCS#8 (`PRIVATE KEY`) as it is, SEC1
+/// (`EC PRIVATE KEY`, cert-manager's default) wrapped for `alg`'s curve. Whether the key is
+/// really of that curve is for the loader to check.
+pub fn pkcs8_from_pem(pem: &str, alg: KeyAlgorithm) -> Result<Zeroizing<Vec<u8>>, KeyError> {
+    if pem.len() > MAX_KEY_PEM_LEN {
+        return Err(KeyError::TooLarge {
+            len: pem.len(),
+            max: MAX_KEY_PEM_LEN,
+        });
+    }
+    let mut key = PrivateKeyDer::from_pem_slice(pem.as_bytes())
+        .map_err(|_| KeyError::Malformed("no PEM private key block could be read"))?;
+    let result = match &key {
+        PrivateKeyDer::Pkcs8(der) => Ok(Zeroizing::new(der.secret_pkcs8_der().to_vec())),
+        PrivateKeyDer::Sec1(der) => Ok(wrap_sec1_in_pkcs8(alg, der.secret_sec1_der())),
+        _ => Err(KeyError::Unsupported),
+    };
+    key.zeroize();
+    result
+}
+
 /// A private key that signs certificates: wiped on drop, elided from `Debug`.
 pub(crate) struct SecretKey {
     pair: rcgen::KeyPair,
@@ -244,6 +266,32 @@ fn push_der_len(out: &mut Vec<u8>, len: usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pkcs8_from_pem_takes_both_forms() {
+        let pkcs8 = generate_pkcs8(KeyAlgorithm::EcdsaP256).unwrap();
+        let pem = crate::pem::encode_private_key(&pkcs8);
+        assert_eq!(
+            *pkcs8_from_pem(&pem, KeyAlgorithm::EcdsaP256).unwrap(),
+            *pkcs8
+        );
+        // The SEC1 key inside it, as `EC PRIVATE KEY`, comes back as an equivalent PKCS#8.
+        let sec1_pem = pem_block("EC PRIVATE KEY", inner_octet_string(&pkcs8));
+        let wrapped = pkcs8_from_pem(&sec1_pem, KeyAlgorithm::EcdsaP256).unwrap();
+        let rng = SystemRandom::new();
+        let a =
+            EcdsaKeyPair::from_pkcs8(KeyAlgorithm::EcdsaP256.ring_signing(), &pkcs8, &rng).unwrap();
+        let b = EcdsaKeyPair::from_pkcs8(KeyAlgorithm::EcdsaP256.ring_signing(), &wrapped, &rng)
+            .unwrap();
+        assert_eq!(
+            ring::signature::KeyPair::public_key(&a).as_ref(),
+            ring::signature::KeyPair::public_key(&b).as_ref()
+        );
+        assert!(matches!(
+            pkcs8_from_pem("nothing", KeyAlgorithm::EcdsaP256),
+            Err(KeyError::Malformed(_))
+        ));
+    }
 
     #[test]
     fn generated_keys_load_and_round_trip_through_pem() {
