@@ -4,6 +4,13 @@
 //!
 //! Invariant: material is installed only if its intermediate chains to a root in the bundle
 //! being published with it, so nothing is ever signed under a root agents have not been given.
+//!
+//! The bundle holds the roots, the signing JWT key, the JWT keys the source publishes without
+//! signing with them (a root rotation's next and previous keys), and for
+//! [`RETIRED_JWT_KEY_GRACE`] each JWT key that stopped signing here. The authority also keeps
+//! *since when* it has signed under its current root ([`ActiveMaterial::signing_since`]): a new
+//! intermediate under the same root keeps that time, a switch to another root resets it, and
+//! a process starting counts as a switch (it signed nothing before).
 
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
@@ -26,6 +33,8 @@ pub struct SigningMaterial {
     /// The trust anchors (roots) of our trust domain.
     pub roots: Vec<CertificateDer<'static>>,
     pub jwt: JwtSigner,
+    /// More JWT keys to publish (their public halves), never to sign with.
+    pub published_jwt: Vec<JwtAuthority>,
 }
 
 /// The material currently used for signing, with the bundle published for it.
@@ -33,6 +42,12 @@ pub struct ActiveMaterial {
     pub issuer: Issuer,
     pub jwt: JwtSigner,
     pub bundle: Arc<TrustBundle>,
+    /// The root in `bundle` that the intermediate chains to.
+    pub signing_root: CertificateDer<'static>,
+    /// Since when this process has signed under `signing_root`.
+    pub signing_since: SystemTime,
+    /// The JWT keys published beside the signing key ([`SigningMaterial::published_jwt`]).
+    pub published_jwt: Vec<JwtAuthority>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -106,20 +121,30 @@ impl Authority {
             .chain()
             .last()
             .unwrap_or(material.issuer.cert_der());
-        if !material.roots.iter().any(|root| signed_by(top, root)) {
+        let Some(signing_root) = material
+            .roots
+            .iter()
+            .find(|root| signed_by(top, root))
+            .cloned()
+        else {
             return Err(InstallError::NotAnchored);
-        }
+        };
 
         let mut inner = self.inner.write().expect("authority lock");
         // A watch that re-delivers unchanged objects must not churn the bundle sequence.
         if let Some(active) = &inner.active {
             let same = active.issuer.cert_der() == material.issuer.cert_der()
                 && active.jwt.key_id() == material.jwt.key_id()
-                && active.bundle.x509_authorities() == material.roots.as_slice();
+                && active.bundle.x509_authorities() == material.roots.as_slice()
+                && active.published_jwt == material.published_jwt;
             if same {
                 return Ok(active.bundle.clone());
             }
         }
+        let signing_since = match &inner.active {
+            Some(active) if active.signing_root == signing_root => active.signing_since,
+            _ => now,
+        };
         // Keep publishing the previous JWT key for a while: tokens it signed are still live.
         let retiring = inner
             .active
@@ -138,10 +163,14 @@ impl Authority {
         for root in &material.roots {
             bundle.add_x509_authority(root.clone());
         }
-        bundle.add_jwt_authority(material.jwt.authority());
         for (retired, _) in &inner.retired_jwt {
             bundle.add_jwt_authority(retired.clone());
         }
+        for published in &material.published_jwt {
+            bundle.add_jwt_authority(published.clone());
+        }
+        // Last: an entry with the signing key's ID is exactly the signer's.
+        bundle.add_jwt_authority(material.jwt.authority());
         bundle.set_sequence(inner.sequence);
         bundle.set_refresh_hint(Some(BUNDLE_REFRESH_HINT));
         let bundle = Arc::new(bundle);
@@ -150,6 +179,9 @@ impl Authority {
             issuer: material.issuer,
             jwt: material.jwt,
             bundle: bundle.clone(),
+            signing_root,
+            signing_since,
+            published_jwt: material.published_jwt,
         }));
         drop(inner);
         self.bundle_tx.send_replace(Some(bundle.clone()));
@@ -184,6 +216,7 @@ mod tests {
             issuer: root.issue_intermediate(DAY, now).unwrap(),
             roots: vec![root.cert_der().clone()],
             jwt: JwtSigner::generate().unwrap().0,
+            published_jwt: Vec::new(),
         }
     }
 
@@ -212,6 +245,7 @@ mod tests {
             .unwrap(),
             roots: vec![root.cert_der().clone()],
             jwt: JwtSigner::from_pkcs8(&jwt_pkcs8).unwrap(),
+            published_jwt: Vec::new(),
         };
         assert_eq!(
             authority.install(again, now).unwrap().sequence(),
@@ -242,6 +276,7 @@ mod tests {
             issuer: other.issue_intermediate(DAY, now).unwrap(),
             roots: vec![root.cert_der().clone()],
             jwt: JwtSigner::generate().unwrap().0,
+            published_jwt: Vec::new(),
         };
         assert!(matches!(
             authority.install(mismatched, now),
@@ -254,5 +289,103 @@ mod tests {
             authority.install(material(&foreign_root, now), now),
             Err(InstallError::WrongTrustDomain(_))
         ));
+    }
+
+    #[test]
+    fn published_jwt_keys_are_in_the_bundle_but_never_sign() {
+        let now = SystemTime::now();
+        let root = RootCa::generate(&td(), DAY, now).unwrap();
+        let authority = Authority::new(td());
+        let next = JwtSigner::generate().unwrap().0.authority();
+        let previous = JwtSigner::generate().unwrap().0.authority();
+        let (jwt, jwt_pkcs8) = JwtSigner::generate().unwrap();
+        let signing_kid = jwt.key_id().to_owned();
+        let signing = SigningMaterial {
+            jwt,
+            published_jwt: vec![next.clone(), previous.clone()],
+            ..material(&root, now)
+        };
+        let bundle = authority.install(signing, now).unwrap();
+        let mut kids: Vec<_> = bundle
+            .jwt_authorities()
+            .iter()
+            .map(|a| a.key_id.clone())
+            .collect();
+        kids.sort();
+        let mut want = vec![
+            signing_kid.clone(),
+            next.key_id.clone(),
+            previous.key_id.clone(),
+        ];
+        want.sort();
+        assert_eq!(kids, want);
+        assert_eq!(authority.active().unwrap().jwt.key_id(), signing_kid);
+
+        // The same material again (the watch re-delivered it): nothing changes.
+        let active = authority.active().unwrap();
+        let again = SigningMaterial {
+            issuer: Issuer::from_pem(
+                &td(),
+                &active.issuer.cert_chain_pem(),
+                &active.issuer.key_pem(),
+            )
+            .unwrap(),
+            roots: vec![root.cert_der().clone()],
+            jwt: JwtSigner::from_pkcs8(&jwt_pkcs8).unwrap(),
+            published_jwt: vec![next.clone(), previous.clone()],
+        };
+        assert_eq!(
+            authority.install(again, now).unwrap().sequence(),
+            bundle.sequence(),
+            "unchanged material keeps the bundle"
+        );
+
+        // The switch: next signs, the old signer is published as previous.
+        let (next_signer, next_pkcs8) = JwtSigner::generate().unwrap();
+        let switched = SigningMaterial {
+            jwt: JwtSigner::from_pkcs8(&next_pkcs8).unwrap(),
+            published_jwt: vec![authority.active().unwrap().jwt.authority()],
+            ..material(&root, now)
+        };
+        let b = authority.install(switched, now).unwrap();
+        assert_eq!(
+            b.jwt_authorities().len(),
+            2,
+            "the old key once, as published and retired"
+        );
+        assert!(b.jwt_authority(next_signer.key_id()).is_some());
+    }
+
+    #[test]
+    fn signing_since_follows_the_root_not_the_intermediate() {
+        let t0 = SystemTime::UNIX_EPOCH + DAY * 20_000;
+        let root = RootCa::generate(&td(), DAY * 30, t0).unwrap();
+        let new_root = RootCa::generate(&td(), DAY * 30, t0).unwrap();
+        let both = vec![root.cert_der().clone(), new_root.cert_der().clone()];
+        let authority = Authority::new(td());
+        authority.install(material(&root, t0), t0).unwrap();
+        let active = authority.active().unwrap();
+        assert_eq!(active.signing_since, t0);
+        assert_eq!(&active.signing_root, root.cert_der());
+
+        // A new intermediate under the same root, and the new root added: still since t0.
+        let t1 = t0 + DAY;
+        let reissued = SigningMaterial {
+            roots: both.clone(),
+            ..material(&root, t1)
+        };
+        authority.install(reissued, t1).unwrap();
+        assert_eq!(authority.active().unwrap().signing_since, t0);
+
+        // Signing under the new root: since the switch.
+        let t2 = t0 + DAY * 2;
+        let switched = SigningMaterial {
+            roots: both,
+            ..material(&new_root, t2)
+        };
+        authority.install(switched, t2).unwrap();
+        let active = authority.active().unwrap();
+        assert_eq!(active.signing_since, t2);
+        assert_eq!(&active.signing_root, new_root.cert_der());
     }
 }

@@ -53,6 +53,7 @@ pub async fn run(
             roots: vec![rotated.root.cert_der().clone()],
             issuer: rotated.issuer,
             jwt: rotated.jwt,
+            published_jwt: Vec::new(),
         };
         if let Err(e) = authority.install(material, now) {
             tracing::error!(error = %e, "the rotated intermediate CA was refused; signing continues with the current one");
@@ -83,6 +84,7 @@ mod tests {
                     roots: vec![root.clone()],
                     issuer: ca.issuer,
                     jwt: ca.jwt,
+                    published_jwt: Vec::new(),
                 },
                 start,
             )

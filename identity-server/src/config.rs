@@ -76,6 +76,17 @@ pub struct RunArgs {
     #[arg(long, env = "LANYARD_BUNDLE_CONFIGMAP")]
     pub bundle_configmap: Option<String>,
 
+    /// Secret (`NS/NAME`) whose `jwt.key`, or else `tls.key` (ECDSA P-256), signs JWT-SVIDs,
+    /// for a CA Secret that cannot hold `jwt.key` (cert-manager's) [default: the CA Secret's
+    /// `jwt.key`]
+    #[arg(long, env = "LANYARD_CA_JWT_SECRET")]
+    pub ca_jwt_secret: Option<String>,
+
+    /// This replica's name: it reports in ConfigMap `lanyard-ca-report-<NAME>` in the CA
+    /// Secret's namespace (`lanyard install` passes the pod name) [default: the host name]
+    #[arg(long, env = "LANYARD_REPLICA_NAME")]
+    pub replica_name: Option<String>,
+
     /// ServiceAccounts (`NS:SA`) whose tokens may attest agents; repeatable.
     #[arg(long, env = "LANYARD_AGENT_SA", value_delimiter = ',')]
     #[serde(default)]
@@ -143,6 +154,10 @@ pub enum Mode {
 pub struct ClusterConfig {
     pub ca_secret: ObjectRef,
     pub bundle_configmap: ObjectRef,
+    /// `--ca-jwt-secret`.
+    pub ca_jwt_secret: Option<ObjectRef>,
+    /// `--replica-name`, or the host name: names this replica's CA report.
+    pub replica_name: String,
     /// `(namespace, service account)` pairs allowed to attest as agents.
     pub agent_service_accounts: Vec<(String, String)>,
     pub audience: String,
@@ -191,7 +206,8 @@ impl RunArgs {
         if let Some(path) = self.config.clone() {
             let file: RunArgs = config_file::read(&path).map_err(OptionError::from)?;
             lanyard_daemon::fill_unset!(provenance, Origin::File(path), self, file;
-                trust_domain, listen, data_dir, kube, ca_secret, bundle_configmap, agent_sa,
+                trust_domain, listen, data_dir, kube, ca_secret, bundle_configmap, ca_jwt_secret,
+                replica_name, agent_sa,
                 k8s_audience, x509_ttl, jwt_ttl, node_ttl, pod_id_template, health,
                 mint_rate_limit, attest_rate_limit, init);
             // Entries exist only in the file.
@@ -239,6 +255,12 @@ impl RunArgs {
                         .ok_or(OptionError::Missing("bundle-configmap"))?,
                     "bundle-configmap",
                 )?,
+                ca_jwt_secret: self
+                    .ca_jwt_secret
+                    .as_deref()
+                    .map(|s| parse_object_ref(s, "ca-jwt-secret"))
+                    .transpose()?,
+                replica_name: replica_name(self.replica_name)?,
                 agent_service_accounts,
                 audience: self
                     .k8s_audience
@@ -248,6 +270,8 @@ impl RunArgs {
             for (flag, given) in [
                 ("ca-secret", self.ca_secret.is_some()),
                 ("bundle-configmap", self.bundle_configmap.is_some()),
+                ("ca-jwt-secret", self.ca_jwt_secret.is_some()),
+                ("replica-name", self.replica_name.is_some()),
                 ("agent-sa", !self.agent_sa.is_empty()),
             ] {
                 if given {
@@ -300,6 +324,37 @@ impl RunArgs {
             init: self.init,
         })
     }
+}
+
+/// `--replica-name`, or the host name (lowercased). It ends a ConfigMap name
+/// (`lanyard-ca-report-<replica>`), so it must be a DNS subdomain that leaves room for the
+/// prefix, as pod names are.
+fn replica_name(given: Option<String>) -> Result<String, OptionError> {
+    let name = match given {
+        Some(name) => name,
+        None => host_name()
+            .map(|h| h.to_ascii_lowercase())
+            .ok_or(OptionError::Missing("replica-name"))?,
+    };
+    let report = lanyard_ca_lifecycle::names::report_configmap_name(&name);
+    if name.is_empty() || !is_dns_subdomain(&report) {
+        return Err(invalid(
+            "replica-name",
+            format!(
+                "{name:?} cannot name ConfigMap {report:?}: use lowercase letters, digits, '-' and '.' (the pod name)"
+            ),
+        ));
+    }
+    Ok(name)
+}
+
+/// The kernel's host name (a pod's is its name), or `$HOSTNAME`.
+fn host_name() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
 }
 
 /// A per-second rate of at least 1 (the limiter's burst is 4x), or `default`.
@@ -448,10 +503,57 @@ mod tests {
         };
         assert_eq!(cluster.audience, DEFAULT_K8S_AUDIENCE);
         assert_eq!(cluster.ca_secret.to_string(), "lanyard/lanyard-ca");
+        assert_eq!(cluster.ca_jwt_secret, None);
+        assert_eq!(
+            Some(cluster.replica_name),
+            host_name().map(|h| h.to_ascii_lowercase())
+        );
         assert_eq!(
             cluster.agent_service_accounts,
             [("lanyard".to_owned(), "lanyard-agent".to_owned())]
         );
+    }
+
+    #[test]
+    fn replica_name_and_jwt_secret() {
+        let cluster = |replica: &str, jwt: Option<&str>| {
+            RunArgs {
+                kube: true,
+                agent_sa: vec!["lanyard:lanyard-agent".into()],
+                ca_secret: Some("lanyard/lanyard-ca".into()),
+                bundle_configmap: Some("lanyard/lanyard-bundle".into()),
+                ca_jwt_secret: jwt.map(Into::into),
+                replica_name: Some(replica.into()),
+                ..args()
+            }
+            .resolve()
+        };
+        let Mode::Cluster(c) = cluster("lanyard-server-5d8f-x2x", Some("lanyard/lanyard-jwt"))
+            .unwrap()
+            .mode
+        else {
+            panic!("not cluster mode")
+        };
+        assert_eq!(c.replica_name, "lanyard-server-5d8f-x2x");
+        assert_eq!(
+            c.ca_jwt_secret.map(|o| o.to_string()).as_deref(),
+            Some("lanyard/lanyard-jwt")
+        );
+        for bad in ["", "Server_1", &"a".repeat(250)] {
+            let err = cluster(bad, None).unwrap_err().to_string();
+            assert!(err.starts_with("--replica-name: "), "{err}");
+        }
+        assert!(
+            cluster("s", Some("no-slash"))
+                .unwrap_err()
+                .to_string()
+                .contains("--ca-jwt-secret")
+        );
+        let stray = RunArgs {
+            replica_name: Some("s".into()),
+            ..args()
+        };
+        assert!(stray.resolve().unwrap_err().to_string().contains("--kube"));
     }
 
     #[test]

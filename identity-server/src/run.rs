@@ -21,6 +21,7 @@ use crate::config::{Mode, ServerConfig};
 use crate::discovery::{DiscoveryFeedService, DiscoverySources, FeedLimits};
 use crate::evictions::Evictions;
 use crate::join_token::JoinTokens;
+use crate::k8s::ca_report::{KubeReportSink, ReportSettings};
 use crate::k8s::ca_source::KubeCaSource;
 use crate::k8s::pods::{PodIndex, PodLookup};
 use crate::k8s::token_review::KubeTokenReviewer;
@@ -34,6 +35,8 @@ use lanyard_daemon::private_file::ensure_dir;
 const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
 /// How long shutdown waits for open calls before closing them.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// How long shutdown waits for the CA report to be deleted.
+const REPORT_DELETE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest join-token lifetime an operator may ask for.
 const MAX_JOIN_TOKEN_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 
@@ -110,6 +113,8 @@ pub async fn run(
     let acks = BundleAcks::new();
 
     let mut tasks = Vec::new();
+    // Cluster mode: where this replica's CA report goes.
+    let mut report_sink = None;
     let pod_id_template: Arc<str> = config.pod_id_template.as_str().into();
     let (attestor, pods, join_tokens, evictions, discovery) = match &config.mode {
         Mode::DataDir => {
@@ -128,6 +133,7 @@ pub async fn run(
                     roots: vec![ca.root.cert_der().clone()],
                     issuer: ca.issuer,
                     jwt: ca.jwt,
+                    published_jwt: Vec::new(),
                 },
                 now,
             )?;
@@ -179,10 +185,16 @@ pub async fn run(
                 trust_domain: config.trust_domain.clone(),
                 secret: cluster.ca_secret.clone(),
                 configmap: cluster.bundle_configmap.clone(),
+                jwt_secret: cluster.ca_jwt_secret.clone(),
             };
             tasks.push(source.start(authority.clone()).await?);
+            report_sink = Some(KubeReportSink::new(
+                client.clone(),
+                &cluster.ca_secret.namespace,
+                &cluster.replica_name,
+            ));
             let method = Method::K8sPsat(K8sPsat {
-                reviewer: Arc::new(KubeTokenReviewer::new(client)),
+                reviewer: Arc::new(KubeTokenReviewer::new(client.clone())),
                 pods: Arc::new(pods.clone()),
                 allowed: cluster.agent_service_accounts.clone(),
                 audience: cluster.audience.clone(),
@@ -259,6 +271,23 @@ pub async fn run(
     ));
     // Feeds never end on their own: tell them at shutdown, so the graceful drain finishes.
     let (stop_feeds, feeds_stopping) = tokio::sync::watch::channel(false);
+    // The report is deleted when the server stops, so its task is awaited, not aborted.
+    let report_task = report_sink.map(|sink| {
+        let settings = ReportSettings {
+            replica: match &config.mode {
+                Mode::Cluster(cluster) => cluster.replica_name.clone(),
+                Mode::DataDir => unreachable!("reports are written in cluster mode only"),
+            },
+            longest_svid_ttl: longest_svid_ttl(&config),
+        };
+        tokio::spawn(crate::k8s::ca_report::run(
+            sink,
+            settings,
+            authority.clone(),
+            acks.clone(),
+            feeds_stopping.clone(),
+        ))
+    });
     let shutdown = async move {
         shutdown.await;
         let _ = stop_feeds.send(true);
@@ -318,7 +347,30 @@ pub async fn run(
     for task in tasks {
         task.abort();
     }
+    if let Some(task) = report_task {
+        // `stop_feeds` was dropped with the shutdown future, or sent: the task is deleting
+        // the report. A hung API server must not hold the exit.
+        if tokio::time::timeout(REPORT_DELETE_TIMEOUT, task)
+            .await
+            .is_err()
+        {
+            tracing::warn!("CA report not deleted within {REPORT_DELETE_TIMEOUT:?}; it goes stale");
+        }
+    }
     Ok(())
+}
+
+/// The longest lifetime of anything the server issues: the default workload X.509 and JWT
+/// TTLs, the node SVID TTL, and any static entry's own TTLs.
+fn longest_svid_ttl(config: &ServerConfig) -> Duration {
+    config
+        .entries
+        .iter()
+        .flat_map(|e| [e.x509_ttl, e.jwt_ttl])
+        .flatten()
+        .chain([config.x509_ttl, config.node_ttl, config.jwt_ttl])
+        .max()
+        .unwrap_or_default()
 }
 
 /// The option that gives a listener's address.

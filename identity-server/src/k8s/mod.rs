@@ -5,7 +5,11 @@
 //! - [`services`], [`endpoint_slices`]: what discovery needs of Services and EndpointSlices,
 //!   each an [`object_index::ObjectIndex`] kept current by a watch.
 //! - [`token_review`]: TokenReview of an agent's projected ServiceAccount token.
+//! - [`ca_source`]: the CA from the CA Secret (and `--ca-jwt-secret`) and the bundle
+//!   ConfigMap, watched and installed in the authority.
+//! - [`ca_report`]: this replica's CA report ConfigMap, for `lanyard ca status`.
 
+pub mod ca_report;
 pub mod ca_source;
 pub mod endpoint_slices;
 pub mod object_index;
