@@ -8,6 +8,9 @@ use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
 
 use clap::{Args, Parser, Subcommand};
+use lanyard_cli::ca::kube::{CaObjects, Cluster};
+use lanyard_cli::ca::status::Output;
+use lanyard_cli::ca::{CaError, init, issue_intermediate, rotate_root, status};
 use lanyard_cli::images::{
     COMPONENTS, CSI_REGISTRAR_IMAGE, DEFAULT_REGISTRY, DigestFile, INJECT_COMPONENTS,
     INSTALL_CNI_COMPONENTS, INSTALL_COMPONENTS, Images, VERSION,
@@ -18,7 +21,8 @@ use lanyard_cli::inject::{
 };
 use lanyard_cli::install::ca::GeneratedCa;
 use lanyard_cli::install::{
-    DEFAULT_NAMESPACE, DEFAULT_REPLICAS, DEFAULT_TRUST_DOMAIN, InstallOptions, Parts, render,
+    BUNDLE_CONFIGMAP_NAME, CA_SECRET_NAME, DEFAULT_NAMESPACE, DEFAULT_REPLICAS,
+    DEFAULT_TRUST_DOMAIN, InstallOptions, Parts, render,
 };
 use lanyard_cli::yaml::{MAX_STREAM_BYTES, write_stream};
 use lanyard_client::tap::TapError;
@@ -34,8 +38,12 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Print the cluster manifests (`lanyard install | kubectl apply -f -`).
+    /// Print the cluster manifests (`lanyard install | kubectl apply -f -`); the CA is created
+    /// with `lanyard ca init`.
     Install(InstallArgs),
+    /// The CA in the cluster: create it, issue intermediates, rotate the root in phases that
+    /// wait for propagation, and watch it (`lanyard ca status`).
+    Ca(CaArgs),
     /// Add the Lanyard proxy to every workload in a YAML stream
     /// (`lanyard inject app.yml | kubectl apply -f -`).
     Inject(InjectArgs),
@@ -65,6 +73,17 @@ struct CheckArgs {
     /// Fail when the local SVID expires sooner than this.
     #[arg(long, env = "LANYARD_MIN_VALIDITY", value_parser = humantime::parse_duration, default_value = "1m")]
     min_validity: Duration,
+    /// Also read the server replicas' CA reports from the cluster (KUBECONFIG or in-cluster):
+    /// warn when a root or intermediate they name expires within 60 days, when replicas serve
+    /// different bundles, or when agents lag the replicas' bundle.
+    #[arg(long, env = "LANYARD_CLUSTER")]
+    cluster: bool,
+    /// With --cluster: the namespace the replicas report in.
+    #[arg(long, env = "LANYARD_NAMESPACE", default_value = DEFAULT_NAMESPACE)]
+    namespace: String,
+    /// With --cluster: how long each call to the API server may take.
+    #[arg(long, env = "LANYARD_CLUSTER_TIMEOUT", value_parser = humantime::parse_duration, default_value = "10s")]
+    cluster_timeout: Duration,
 }
 
 #[derive(Args)]
@@ -139,21 +158,208 @@ struct InstallArgs {
     /// `lanyard-config` ConfigMap); without it injected pods use the init container.
     #[arg(long, env = "LANYARD_CNI")]
     cni: bool,
-    /// Leave out the CA Secret and bundle ConfigMap (your PKI provides them); this is what
-    /// deploy/kubernetes/ holds.
-    #[arg(long, env = "LANYARD_WITHOUT_CA", conflicts_with_all = ["ca_only", "write_root_key"])]
+    /// The default, kept for scripts: leave out the CA Secret and bundle ConfigMap (create
+    /// them with `lanyard ca init`, or let cert-manager write the Secret).
+    #[arg(long, env = "LANYARD_WITHOUT_CA", conflicts_with_all = ["include_ca", "ca_only", "write_root_key"])]
     without_ca: bool,
-    /// Print only a newly generated CA Secret and bundle ConfigMap.
+    /// Also print a newly generated CA Secret and bundle ConfigMap. Piped to `kubectl apply`,
+    /// the Secret's key is copied into its last-applied annotation, and applying this output
+    /// again replaces the CA (and would undo a root rotation): prefer `lanyard ca init`.
+    #[arg(long, env = "LANYARD_INCLUDE_CA", conflicts_with = "ca_only")]
+    include_ca: bool,
+    /// Print only a newly generated CA Secret and bundle ConfigMap (same caveats as
+    /// --include-ca; `kubectl create -f -` keeps the key out of annotations).
     #[arg(long, env = "LANYARD_CA_ONLY")]
     ca_only: bool,
-    /// Also write the generated root's private key to FILE (created 0600; must not exist).
-    /// Without it the root key is discarded.
+    /// With --include-ca or --ca-only: also write the generated root's private key to FILE
+    /// (created 0600; must not exist). Without it the root key is discarded. (For a root kept
+    /// on file see `lanyard ca new-root`.)
     #[arg(long, env = "LANYARD_WRITE_ROOT_KEY", value_name = "FILE")]
     write_root_key: Option<PathBuf>,
     /// Lifetime of the generated root (e.g. `3650d`).
     #[arg(long, env = "LANYARD_ROOT_TTL", value_parser = parse_ttl, default_value = "3650d")]
     root_ttl: Duration,
     /// Lifetime of the generated issuing intermediate (e.g. `365d`).
+    #[arg(long, env = "LANYARD_INTERMEDIATE_TTL", value_parser = parse_ttl, default_value = "365d")]
+    intermediate_ttl: Duration,
+}
+
+/// Where the CA lives, and how long each API call may take.
+#[derive(Args)]
+struct CaObjectArgs {
+    /// Namespace of the CA Secret, the bundle ConfigMap and the replicas' reports.
+    #[arg(long, env = "LANYARD_NAMESPACE", default_value = DEFAULT_NAMESPACE)]
+    namespace: String,
+    /// The CA Secret (the server's --ca-secret).
+    #[arg(long, env = "LANYARD_CA_SECRET", default_value = CA_SECRET_NAME)]
+    ca_secret: String,
+    /// The bundle ConfigMap (the server's --bundle-configmap).
+    #[arg(long, env = "LANYARD_BUNDLE_CONFIGMAP", default_value = BUNDLE_CONFIGMAP_NAME)]
+    bundle_configmap: String,
+    /// How long each call to the API server may take.
+    #[arg(long, env = "LANYARD_CA_TIMEOUT", value_parser = humantime::parse_duration, default_value = "10s")]
+    timeout: Duration,
+}
+
+impl CaObjectArgs {
+    fn objects(&self) -> CaObjects {
+        CaObjects {
+            namespace: self.namespace.clone(),
+            secret: self.ca_secret.clone(),
+            configmap: self.bundle_configmap.clone(),
+        }
+    }
+}
+
+#[derive(Args)]
+struct CaArgs {
+    #[command(subcommand)]
+    command: CaCommand,
+}
+
+#[derive(Subcommand)]
+enum CaCommand {
+    /// Generate a root: its certificate and key, each to a new file (the key 0600). Touches
+    /// no cluster.
+    NewRoot(NewRootArgs),
+    /// Create the cluster's CA from a root: the bundle ConfigMap (the root) and the CA Secret
+    /// (a new intermediate under it, a new JWT key). Refuses when either exists.
+    Init(InitArgs),
+    /// Roots, intermediate, rotation phase, which replicas and agents serve which bundle
+    /// version, the next step's propagation, and expiry warnings.
+    Status(StatusArgs),
+    /// Replace the Secret's intermediate with a new one from the root it chains to.
+    IssueIntermediate(IssueIntermediateArgs),
+    /// Move to a new root in phases: add, switch, retire (or abort), each refused until the
+    /// previous one has propagated.
+    #[command(subcommand)]
+    RotateRoot(RotateRootCommand),
+}
+
+#[derive(Args)]
+struct NewRootArgs {
+    #[command(flatten)]
+    objects: CaObjectArgs,
+    /// Trust domain the root certifies.
+    #[arg(long, env = "LANYARD_TRUST_DOMAIN")]
+    trust_domain: String,
+    /// Where to write the root certificate (PEM; must not exist).
+    #[arg(long, env = "LANYARD_CERT", value_name = "FILE")]
+    cert: PathBuf,
+    /// Where to write the root key (PKCS#8 PEM, mode 0600; must not exist).
+    #[arg(long, env = "LANYARD_KEY", value_name = "FILE")]
+    key: PathBuf,
+    /// Lifetime of the root.
+    #[arg(long, env = "LANYARD_TTL", value_parser = parse_ttl, default_value = "10y")]
+    ttl: Duration,
+}
+
+#[derive(Args)]
+struct RootFileArgs {
+    /// The root certificate (PEM).
+    #[arg(long, env = "LANYARD_ROOT_CERT", value_name = "FILE")]
+    root_cert: PathBuf,
+    /// The root's private key (PEM; read only, never logged).
+    #[arg(long, env = "LANYARD_ROOT_KEY", value_name = "FILE")]
+    root_key: PathBuf,
+}
+
+#[derive(Args)]
+struct InitArgs {
+    #[command(flatten)]
+    objects: CaObjectArgs,
+    #[command(flatten)]
+    root: RootFileArgs,
+    /// Lifetime of the intermediate (never past the root's).
+    #[arg(long, env = "LANYARD_INTERMEDIATE_TTL", value_parser = parse_ttl, default_value = "365d")]
+    intermediate_ttl: Duration,
+}
+
+#[derive(Args)]
+struct StatusArgs {
+    #[command(flatten)]
+    objects: CaObjectArgs,
+    /// `text` for people, `json` for tools (one object).
+    #[arg(long, env = "LANYARD_OUTPUT", value_enum, default_value = "text")]
+    output: Output,
+}
+
+#[derive(Args)]
+struct IssueIntermediateArgs {
+    #[command(flatten)]
+    objects: CaObjectArgs,
+    /// The root the current intermediate chains to, and its key.
+    #[command(flatten)]
+    root: RootFileArgs,
+    /// Lifetime of the intermediate (never past the root's).
+    #[arg(long, env = "LANYARD_TTL", value_parser = parse_ttl, default_value = "365d")]
+    ttl: Duration,
+}
+
+#[derive(Subcommand)]
+enum RotateRootCommand {
+    /// Phase 1: add the new root (and the next JWT key) to the bundle; signing is unchanged.
+    Add(RotateAddArgs),
+    /// Phase 2: sign under the new root (a new intermediate, the next JWT key); refused until
+    /// every replica and agent trusts the new root.
+    Switch(RotateSwitchArgs),
+    /// Phase 3: remove the old root (and the previous JWT key); refused until every replica
+    /// signs under the new root, no agent holds an SVID under the old one, and the longest
+    /// SVID lifetime has passed since the switch.
+    Retire(RotateRetireArgs),
+    /// One phase back: from added, remove the new root; from switched (with the OLD root's
+    /// certificate and key), sign under the old root again.
+    Abort(RotateAbortArgs),
+}
+
+#[derive(Args)]
+struct RotateAddArgs {
+    #[command(flatten)]
+    objects: CaObjectArgs,
+    /// The new root's certificate (PEM; `lanyard ca new-root` writes one).
+    #[arg(long, env = "LANYARD_ROOT_CERT", value_name = "FILE")]
+    root_cert: PathBuf,
+}
+
+#[derive(Args)]
+struct RotateSwitchArgs {
+    #[command(flatten)]
+    objects: CaObjectArgs,
+    /// The new root (the one `add` added) and its key.
+    #[command(flatten)]
+    root: RootFileArgs,
+    /// Lifetime of the new intermediate (never past the root's).
+    #[arg(long, env = "LANYARD_INTERMEDIATE_TTL", value_parser = parse_ttl, default_value = "365d")]
+    intermediate_ttl: Duration,
+}
+
+#[derive(Args)]
+struct RotateRetireArgs {
+    #[command(flatten)]
+    objects: CaObjectArgs,
+}
+
+#[derive(Args)]
+struct RotateAbortArgs {
+    #[command(flatten)]
+    objects: CaObjectArgs,
+    /// From switched: the OLD root's certificate (PEM).
+    #[arg(
+        long,
+        env = "LANYARD_ROOT_CERT",
+        value_name = "FILE",
+        requires = "root_key"
+    )]
+    root_cert: Option<PathBuf>,
+    /// From switched: the OLD root's key.
+    #[arg(
+        long,
+        env = "LANYARD_ROOT_KEY",
+        value_name = "FILE",
+        requires = "root_cert"
+    )]
+    root_key: Option<PathBuf>,
+    /// From switched: lifetime of the intermediate under the old root.
     #[arg(long, env = "LANYARD_INTERMEDIATE_TTL", value_parser = parse_ttl, default_value = "365d")]
     intermediate_ttl: Duration,
 }
@@ -210,6 +416,7 @@ fn parse_ttl(text: &str) -> Result<Duration, String> {
 fn main() -> ExitCode {
     let result = match Cli::parse().command {
         Command::Install(args) => install(args),
+        Command::Ca(args) => return ca(args),
         Command::Inject(args) => inject(args),
         Command::Images(args) => list_images(&args),
         Command::Check(args) => return check(args),
@@ -285,16 +492,43 @@ fn install(args: InstallArgs) -> Result<String, String> {
     if args.cni {
         options = options.with_cni();
     }
-    let parts = if args.without_ca {
-        Parts::WithoutCa
-    } else if args.ca_only {
+    let parts = if args.ca_only {
         Parts::CaOnly
-    } else {
+    } else if args.include_ca {
         Parts::All
+    } else {
+        Parts::WithoutCa
     };
     let ca = match parts {
-        Parts::WithoutCa => None,
+        Parts::WithoutCa => {
+            if args.write_root_key.is_some() {
+                return Err(format!(
+                    "--write-root-key: the CA is no longer part of `lanyard install`'s output \
+                     (add --include-ca for the old behaviour). To keep a root on file: `lanyard \
+                     ca new-root --trust-domain {td} --cert root.pem --key root.key`, then \
+                     `lanyard ca init --namespace {ns} --root-cert root.pem --root-key root.key`",
+                    td = options.trust_domain,
+                    ns = options.namespace,
+                ));
+            }
+            eprintln!(
+                "lanyard: the CA is not in this output. After applying it, create the CA: \
+                 `lanyard ca new-root --trust-domain {td} --cert root.pem --key root.key` and \
+                 `lanyard ca init --namespace {ns} --root-cert root.pem --root-key root.key` \
+                 (or have cert-manager write Secret {ns}/{CA_SECRET_NAME}; docs/OPERATIONS.md)",
+                td = options.trust_domain,
+                ns = options.namespace,
+            );
+            None
+        }
         _ => {
+            eprintln!(
+                "lanyard: warning: this output holds a new CA's private keys (Secret {ns}/\
+                 {CA_SECRET_NAME}): `kubectl apply` copies them into the last-applied \
+                 annotation, and applying it again replaces the CA and overwrites the bundle \
+                 (undoing any root rotation). `lanyard ca init` creates the CA without either",
+                ns = options.namespace,
+            );
             let ca = GeneratedCa::generate(
                 &options,
                 args.root_ttl,
@@ -311,6 +545,105 @@ fn install(args: InstallArgs) -> Result<String, String> {
     };
     let docs = render(&options, parts, ca.as_ref());
     Ok(write_stream(&docs))
+}
+
+fn ca(args: CaArgs) -> ExitCode {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    match runtime().block_on(run_ca(args.command)) {
+        Ok(text) => {
+            let mut stdout = std::io::stdout().lock();
+            match stdout
+                .write_all(text.as_bytes())
+                .and_then(|()| stdout.flush())
+            {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("lanyard ca: writing the output: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Err(e) => {
+            eprintln!("lanyard ca: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn connect(objects: &CaObjectArgs) -> Result<Cluster, CaError> {
+    Ok(Cluster::connect(objects.objects(), objects.timeout).await?)
+}
+
+async fn run_ca(command: CaCommand) -> Result<String, CaError> {
+    let now = SystemTime::now();
+    match command {
+        CaCommand::NewRoot(args) => {
+            let td = lanyard_svid::TrustDomain::new(&args.trust_domain).map_err(|e| {
+                lanyard_cli::ca::MaterialError::Invalid {
+                    what: format!("--trust-domain {:?}", args.trust_domain),
+                    message: e.to_string(),
+                }
+            })?;
+            init::new_root(&td, &args.cert, &args.key, args.ttl, now)
+        }
+        CaCommand::Init(args) => {
+            let cluster = connect(&args.objects).await?;
+            init::init(
+                &cluster,
+                &args.root.root_cert,
+                &args.root.root_key,
+                args.intermediate_ttl,
+                now,
+            )
+            .await
+        }
+        CaCommand::Status(args) => {
+            let cluster = connect(&args.objects).await?;
+            let status = status::status(&cluster, now).await?;
+            Ok(match args.output {
+                Output::Text => status.text(lanyard_ca_lifecycle::unix_seconds(now)),
+                Output::Json => {
+                    serde_json::to_string_pretty(&status).expect("a status always serialises")
+                        + "\n"
+                }
+            })
+        }
+        CaCommand::IssueIntermediate(args) => {
+            let cluster = connect(&args.objects).await?;
+            issue_intermediate::issue_intermediate(
+                &cluster,
+                &args.root.root_cert,
+                &args.root.root_key,
+                args.ttl,
+                now,
+            )
+            .await
+        }
+        CaCommand::RotateRoot(RotateRootCommand::Add(args)) => {
+            let cluster = connect(&args.objects).await?;
+            rotate_root::add(&cluster, &args.root_cert, now).await
+        }
+        CaCommand::RotateRoot(RotateRootCommand::Switch(args)) => {
+            let cluster = connect(&args.objects).await?;
+            rotate_root::switch(
+                &cluster,
+                &args.root.root_cert,
+                &args.root.root_key,
+                args.intermediate_ttl,
+                now,
+            )
+            .await
+        }
+        CaCommand::RotateRoot(RotateRootCommand::Retire(args)) => {
+            let cluster = connect(&args.objects).await?;
+            rotate_root::retire(&cluster, now).await
+        }
+        CaCommand::RotateRoot(RotateRootCommand::Abort(args)) => {
+            let cluster = connect(&args.objects).await?;
+            let old_root = args.root_cert.as_deref().zip(args.root_key.as_deref());
+            rotate_root::abort(&cluster, old_root, args.intermediate_ttl, now).await
+        }
+    }
 }
 
 fn inject(args: InjectArgs) -> Result<String, String> {
@@ -425,6 +758,16 @@ fn check(args: CheckArgs) -> ExitCode {
         trust_bundle: args.trust_bundle,
         socket,
         min_validity: args.min_validity,
+        cluster: args.cluster.then(|| {
+            (
+                CaObjects {
+                    namespace: args.namespace.clone(),
+                    secret: CA_SECRET_NAME.to_owned(),
+                    configmap: BUNDLE_CONFIGMAP_NAME.to_owned(),
+                },
+                args.cluster_timeout,
+            )
+        }),
     };
     let results = runtime().block_on(lanyard_cli::check::run_checks(&options));
     for result in &results {
@@ -477,6 +820,8 @@ mod tests {
     /// is either off without it, or its absence is the behaviour the help describes.
     const WITHOUT_DEFAULT: &[&str] = &[
         "install --write-root-key",
+        "ca rotate-root abort --root-cert",
+        "ca rotate-root abort --root-key",
         "install --image-digests",
         "inject --image-digests",
         "inject --skip-inbound-ports",

@@ -1,8 +1,9 @@
 //! `lanyard install`: deploy/kubernetes/ is the deterministic rendering (and its cni/ file
 //! what `--cni` adds), the CSIDriver and the agent DaemonSet have the shape the kubelet needs
 //! for the CSI volumes, `--cni` and only `--cni` adds the installer DaemonSet and its RBAC,
-//! the generated CA is what the server accepts, the root key is written only when asked
-//! (0600, never over a file) and options are validated. That every flag in the manifests is a real flag of the
+//! the CA is left out unless `--include-ca`/`--ca-only` ask for it (then it is what the server
+//! accepts), the root key is written only when asked (0600, never over a file) and options
+//! are validated. That every flag in the manifests is a real flag of the
 //! binary it is given to is checked with the daemons' own parsers in the end-to-end crate
 //! (tests/e2e/tests/install_flags.rs), so that this crate depends on no daemon.
 
@@ -62,8 +63,9 @@ fn check_committed(relative: &str, rendered: &str, what: &str) -> String {
     committed
 }
 
-/// The committed files are exactly `lanyard install --without-ca`, and the objects `lanyard
-/// install --without-ca --cni` prints that differ from it. To refresh them after a deliberate
+/// The committed files are exactly `lanyard install` (which leaves the CA out; so does
+/// `--without-ca`, kept for scripts), and the objects `lanyard install --cni` prints that
+/// differ from it. To refresh them after a deliberate
 /// change: `LANYARD_UPDATE_MANIFESTS=1 cargo test -p lanyard-cli --test install`.
 #[test]
 fn deploy_kubernetes_is_the_rendering() {
@@ -71,17 +73,19 @@ fn deploy_kubernetes_is_the_rendering() {
     let committed = check_committed(
         DEPLOY_FILE,
         &write_stream(&base),
-        "`lanyard install --without-ca`",
+        "`lanyard install`",
     );
-    // And the binary prints the same.
-    let out = Command::new(env!("CARGO_BIN_EXE_lanyard"))
-        .args(["install", "--without-ca"])
-        // No LANYARD_* settings from the environment: the defaults.
-        .env_clear()
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    assert_eq!(String::from_utf8(out.stdout).unwrap(), committed);
+    // And the binary prints the same, with or without --without-ca.
+    for args in [&["install"][..], &["install", "--without-ca"]] {
+        let out = Command::new(env!("CARGO_BIN_EXE_lanyard"))
+            .args(args)
+            // No LANYARD_* settings from the environment: the defaults.
+            .env_clear()
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        assert_eq!(String::from_utf8(out.stdout).unwrap(), committed);
+    }
 
     // The CNI file: what --cni adds or changes, so that applying it after lanyard.yaml gives
     // exactly the --cni rendering.
@@ -98,7 +102,7 @@ fn deploy_kubernetes_is_the_rendering() {
     check_committed(
         DEPLOY_CNI_FILE,
         &write_stream(&extra),
-        "what `lanyard install --without-ca --cni` adds to `lanyard install --without-ca`",
+        "what `lanyard install --cni` adds to `lanyard install`",
     );
     let mut applied: Vec<Yaml> = base
         .iter()
@@ -130,7 +134,7 @@ fn deploy_kubernetes_is_the_rendering() {
         "--cni changes only lanyard-config of the base objects"
     );
     let out = Command::new(env!("CARGO_BIN_EXE_lanyard"))
-        .args(["install", "--without-ca", "--cni"])
+        .args(["install", "--cni"])
         .env_clear()
         .output()
         .unwrap();
@@ -270,7 +274,7 @@ fn the_generated_ca_is_what_the_server_reads() {
 }
 
 #[test]
-fn the_root_key_is_written_only_when_asked_0600_and_never_over_a_file() {
+fn the_ca_is_left_out_by_default_and_the_root_key_written_only_when_asked() {
     let dir = tempfile::tempdir().unwrap();
     let key = dir.path().join("root.key");
     let run = |extra: &[&str]| {
@@ -281,19 +285,39 @@ fn the_root_key_is_written_only_when_asked_0600_and_never_over_a_file() {
             .output()
             .unwrap()
     };
+    // By default: no CA objects, and stderr says how to create the CA.
     let plain = run(&[]);
     assert!(plain.status.success());
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
-    assert!(!String::from_utf8_lossy(&plain.stdout).contains("PRIVATE KEY-----\n"));
+    let stdout = String::from_utf8_lossy(&plain.stdout);
+    assert!(!stdout.contains("PRIVATE KEY-----\n"));
+    assert!(!stdout.contains("kind: Secret"), "{stdout}");
+    // lanyard-config is the only ConfigMap: no bundle to overwrite mid-rotation.
+    assert_eq!(stdout.matches("kind: ConfigMap").count(), 1, "{stdout}");
+    let stderr = String::from_utf8_lossy(&plain.stderr);
+    assert!(stderr.contains("lanyard ca init"), "{stderr}");
+    assert!(stderr.contains("lanyard ca new-root"), "{stderr}");
 
-    let written = run(&["--write-root-key", key.to_str().unwrap()]);
+    // --write-root-key without the CA in the output: an error naming the replacement.
+    let alone = run(&["--write-root-key", key.to_str().unwrap()]);
+    assert!(!alone.status.success());
+    assert!(alone.stdout.is_empty());
+    let stderr = String::from_utf8_lossy(&alone.stderr);
+    assert!(stderr.contains("lanyard ca new-root"), "{stderr}");
+    assert!(!key.exists());
+
+    // --include-ca: the old behaviour, with a warning about kubectl apply.
+    let written = run(&["--include-ca", "--write-root-key", key.to_str().unwrap()]);
     assert!(written.status.success());
+    let stderr = String::from_utf8_lossy(&written.stderr);
+    assert!(stderr.contains("last-applied"), "{stderr}");
+    assert!(String::from_utf8_lossy(&written.stdout).contains("kind: Secret"));
     let mode = std::fs::metadata(&key).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600);
     let first = std::fs::read_to_string(&key).unwrap();
     assert!(first.starts_with("-----BEGIN PRIVATE KEY-----"));
 
-    let again = run(&["--write-root-key", key.to_str().unwrap()]);
+    let again = run(&["--include-ca", "--write-root-key", key.to_str().unwrap()]);
     assert!(!again.status.success());
     assert!(
         again.stdout.is_empty(),
@@ -303,6 +327,8 @@ fn the_root_key_is_written_only_when_asked_0600_and_never_over_a_file() {
     assert_eq!(std::fs::read_to_string(&key).unwrap(), first);
 
     let conflict = run(&["--without-ca", "--write-root-key", "x.key"]);
+    assert!(!conflict.status.success());
+    let conflict = run(&["--without-ca", "--include-ca"]);
     assert!(!conflict.status.success());
 }
 

@@ -152,7 +152,8 @@ fn install_and_inject_output_pass_schema_validation() {
     let app = write("app.yaml", APP);
     let digests = write("image-digests.json", &digest_file());
     let files = vec![
-        write("install.yaml", &lanyard(&["install"], None)),
+        // With a CA generated on the spot: its Secret and bundle ConfigMap are checked too.
+        write("install.yaml", &lanyard(&["install", "--include-ca"], None)),
         // Pinned by digest: `image: REPOSITORY@sha256:...`.
         write(
             "install-pinned.yaml",
@@ -236,10 +237,11 @@ fn install_and_inject_output_pass_schema_validation() {
     for version in KUBERNETES_VERSIONS {
         let (ok, output) = validate(&files, version);
         assert!(ok, "kubernetes-validate {version} failed:\n{output}");
-        // Every object was checked (15 from install, 15 pinned, 19 with --cni, 13 without
-        // the CA, 7 + 7 injected with the init container, 7 with the CNI redirect).
+        // Every object was checked (15 from install --include-ca, 13 pinned (no CA by
+        // default), 17 with --cni, 13 customised, 7 + 7 injected with the init container, 7
+        // with the CNI redirect).
         let passed = output.matches(" passed for resource ").count();
-        assert_eq!(passed, 15 + 15 + 19 + 13 + 7 + 7 + 7, "{output}");
+        assert_eq!(passed, 15 + 13 + 17 + 13 + 7 + 7 + 7, "{output}");
         for resource in [
             "csidriver/csi.lanyard.dev",
             "daemonset/lanyard-agent",

@@ -4,15 +4,16 @@
 //!   `lanyard-config` ConfigMap, Service, server Deployment, PodDisruptionBudget, CSIDriver,
 //!   agent DaemonSet with its CSI registrar, and with `--cni` the CNI installer DaemonSet);
 //! - [`rbac`]: ServiceAccounts and the RBAC of the server and of the CNI plugin;
-//! - [`ca`]: the generated CA Secret and bundle ConfigMap.
+//! - [`ca`]: the CA Secret and bundle ConfigMap of a CA generated on the spot (`--include-ca`).
 //!
-//! The rendering has two parts. [`render::base_manifests`] is deterministic:
-//! `deploy/kubernetes/lanyard.yaml` is exactly that part with the defaults (`lanyard install
-//! --without-ca`), `deploy/kubernetes/cni/lanyard-cni.yaml` what `--cni` adds or changes, and
-//! a test keeps them identical to the rendering. The CA ([`ca`]) is generated fresh on
-//! every run, so it is never in the repository: `lanyard install` adds its Secret and bundle
-//! ConfigMap, `--ca-only` prints just those (for `kubectl apply -f deploy/kubernetes/`
-//! users), and `--without-ca` leaves them out (for users whose own PKI writes the Secret).
+//! [`render::base_manifests`] is deterministic: `deploy/kubernetes/lanyard.yaml` is exactly
+//! what `lanyard install` prints with the defaults, `deploy/kubernetes/cni/lanyard-cni.yaml`
+//! what `--cni` adds or changes, and a test keeps them identical to the rendering. The CA is
+//! not part of it: `lanyard ca init` creates the CA Secret and bundle ConfigMap directly
+//! through the API (or cert-manager writes the Secret), because `kubectl apply` would copy the
+//! Secret's key into its last-applied annotation and a later apply of the ConfigMap would undo
+//! a root rotation. `--include-ca` still adds a CA generated on the spot ([`ca`]), with a
+//! warning; `--ca-only` prints just those two objects.
 
 pub mod ca;
 pub mod rbac;
@@ -72,7 +73,7 @@ pub enum InstallError {
     #[error("{0}")]
     Images(#[from] crate::images::ImageError),
     #[error("{0}")]
-    Ca(#[from] ca::CaError),
+    Ca(#[from] ca::MaterialError),
 }
 
 /// How injected pods get their redirect rules, cluster-wide: what `lanyard-config` says.
@@ -141,9 +142,9 @@ impl InstallOptions {
 /// Which parts `lanyard install` prints.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Parts {
-    /// Everything: the base manifests with the generated CA objects.
+    /// The base manifests with a generated CA's objects (`--include-ca`).
     All,
-    /// The deterministic manifests only (`deploy/kubernetes/`).
+    /// The deterministic manifests only (`deploy/kubernetes/`): the default.
     WithoutCa,
     /// The generated CA Secret and bundle ConfigMap only.
     CaOnly,

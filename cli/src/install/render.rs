@@ -5,6 +5,7 @@
 //! Every flag given to a Lanyard binary here is one of its real flags (a test parses these
 //! argument lists with the binaries' own clap definitions).
 
+use lanyard_ca_lifecycle::names::CONFIGMAP_BUNDLE_KEY;
 use lanyard_client::endpoint::DEFAULT_SOCKET;
 use serde_json::{Value, json};
 
@@ -60,7 +61,7 @@ fn selector(component: &str) -> Value {
     json!({"app.kubernetes.io/name": component})
 }
 
-/// Everything `lanyard install --without-ca` prints, in apply order.
+/// Everything `lanyard install` prints (without `--include-ca`), in apply order.
 pub fn base_manifests(options: &InstallOptions) -> Vec<Yaml> {
     let mut docs = vec![Yaml::from_json(&namespace(options))];
     docs.extend(rbac::service_accounts(options));
@@ -219,6 +220,9 @@ fn server_deployment(options: &InstallOptions) -> Value {
             "name": SERVER_NAME,
             "image": options.images.server(),
             "args": server_args(options),
+            // The replica's name in its CA report (`lanyard-ca-report-<pod name>`, read by
+            // `lanyard ca status` and the rotation's propagation checks).
+            "env": [{"name": "LANYARD_REPLICA_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}],
             "ports": [
                 {"name": "grpc", "containerPort": SERVER_GRPC_PORT, "protocol": "TCP"},
                 {"name": "health", "containerPort": HEALTH_PORT, "protocol": "TCP"},
@@ -389,7 +393,7 @@ fn agent_daemonset(options: &InstallOptions) -> Value {
                             "audience": AGENT_TOKEN_AUDIENCE,
                             "expirationSeconds": AGENT_TOKEN_SECONDS,
                         }}]}},
-                        {"name": "bundle", "configMap": {"name": BUNDLE_CONFIGMAP_NAME, "items": [{"key": "bundle.pem", "path": "bundle.pem"}]}},
+                        {"name": "bundle", "configMap": {"name": BUNDLE_CONFIGMAP_NAME, "items": [{"key": CONFIGMAP_BUNDLE_KEY, "path": CONFIGMAP_BUNDLE_KEY}]}},
                         {"name": "data", "emptyDir": {"sizeLimit": "16Mi"}},
                     ],
                 },
