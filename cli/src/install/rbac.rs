@@ -3,7 +3,17 @@
 //! create TokenReviews (node attestation) and read Pods, Services and EndpointSlices (pod
 //! identities, node feeds, discovery); in its own namespace it may read exactly its CA Secret
 //! and bundle ConfigMap, by name. `list`/`watch` on a named object work because the server
-//! watches it with a `metadata.name` field selector. The CNI plugin, run by the container
+//! watches it with a `metadata.name` field selector.
+//!
+//! Each replica also writes its CA report, ConfigMap `lanyard-ca-report-<pod name>`, for
+//! `lanyard ca status` (a merge patch, a create when it does not exist yet, a delete at
+//! shutdown), so the Role grants `create`, `patch` and `delete` on configmaps in the namespace,
+//! and nothing more: no `get`, `list`, `update`, and nothing on Secrets. It cannot be narrowed
+//! by name: `create` is never checked against `resourceNames` (the name is not part of the
+//! request's authorization attributes), and the replicas are Deployment pods whose names are
+//! unknown when this is rendered. So a server could also patch or delete other ConfigMaps of
+//! its namespace (the bundle's among them); it already holds the signing intermediate, and a
+//! changed bundle is visible in every replica's report and in `lanyard ca status`. The CNI plugin, run by the container
 //! runtime with the kubeconfig its installer writes from the `lanyard-cni` ServiceAccount, may
 //! `get` a pod (its annotations say whether and how to redirect) and nothing else.
 
@@ -49,6 +59,8 @@ pub fn server_rbac(options: &InstallOptions) -> Vec<Yaml> {
             "rules": [
                 {"apiGroups": [""], "resources": ["secrets"], "resourceNames": [CA_SECRET_NAME], "verbs": READ},
                 {"apiGroups": [""], "resources": ["configmaps"], "resourceNames": [BUNDLE_CONFIGMAP_NAME], "verbs": READ},
+                // The replica's CA report (see the module docs for why not by name).
+                {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["create", "patch", "delete"]},
             ],
         }),
         json!({

@@ -5,10 +5,12 @@
 //! the very argument list of its rendered Deployment (only the listen/health addresses and
 //! the data dir moved to the test's), authenticating as its ServiceAccount so RBAC applies:
 //! - the server becomes ready, attests an agent by TokenReview and mints a pod SVID;
+//! - it writes its CA report (`lanyard-ca-report-<replica>`, created then patched) with what
+//!   an agent acknowledged on `SyncBundle`, and deletes it when it stops;
 //! - the real agent, with the rendered agent arguments and no Kubernetes client at all,
 //!   attests with its projected token and becomes ready;
-//! - what they do not need is refused: other Secrets and ConfigMaps, writes, listing every
-//!   Secret for the server; everything for the agent's ServiceAccount; the same with
+//! - what they do not need is refused: other Secrets, reading other ConfigMaps, writes but
+//!   the report's, listing every Secret for the server; everything for the agent's ServiceAccount; the same with
 //!   `--cni`, whose objects change nothing for them;
 //! - the CNI plugin's ServiceAccount (`lanyard install --cni`) may get any pod and nothing
 //!   else (no list or watch, no writes, no other resource); without `--cni` it may do nothing.
@@ -140,8 +142,14 @@ fn parse<A: Args + FromArgMatches>(name: &'static str, args: &[String]) -> A {
 struct Server {
     grpc: SocketAddr,
     health: SocketAddr,
-    _stop: tokio::sync::oneshot::Sender<()>,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<Result<(), lanyard_server::run::RunError>>,
 }
+
+/// The replica name the test gives the server: the rendered Deployment sets
+/// LANYARD_REPLICA_NAME to the pod's name (downward API); the flag here, as the process
+/// environment is shared by the tests.
+const REPLICA: &str = "lanyard-server-7c9d-x1";
 
 impl Cluster {
     fn api_client(&self, sa: &str) -> kube::Client {
@@ -156,6 +164,7 @@ impl Cluster {
         args = with_value(args, "--health", "127.0.0.1:0");
         let data = self.dir.path().join("server");
         args = with_value(args, "--data-dir", data.to_str().unwrap());
+        args.extend(["--replica-name".to_owned(), REPLICA.to_owned()]);
         let config = parse::<lanyard_server::config::RunArgs>("lanyard-server", &args)
             .resolve()
             .unwrap();
@@ -164,7 +173,7 @@ impl Cluster {
         let (grpc_tx, grpc_rx) = tokio::sync::oneshot::channel();
         let grpc_tx = Mutex::new(Some(grpc_tx));
         let seen_in = seen.clone();
-        tokio::spawn(lanyard_server::run::run(
+        let task = tokio::spawn(lanyard_server::run::run(
             config,
             Some(self.api_client("lanyard-server")),
             move |role, addr| {
@@ -193,7 +202,8 @@ impl Cluster {
         Server {
             grpc,
             health,
-            _stop: tx,
+            stop: tx,
+            task,
         }
     }
 
@@ -220,6 +230,32 @@ impl Cluster {
 
 fn td() -> TrustDomain {
     TrustDomain::new(TD).unwrap()
+}
+
+/// A replica's report ConfigMap, by the names `lanyard ca status` reads (spelled out: they
+/// are the contract between the server and the CLI).
+fn report_configmap_name(replica: &str) -> String {
+    format!("lanyard-ca-report-{replica}")
+}
+const REPORT_DATA_KEY: &str = "report.json";
+
+/// The server's CA report as the admin reads it, if the ConfigMap exists (the label checked).
+async fn read_report(fixture: &KubeFixture) -> Option<serde_json::Value> {
+    let maps: kube::Api<ConfigMap> = kube::Api::namespaced(fixture.admin_client().unwrap(), NS);
+    let map = maps
+        .get_opt(&report_configmap_name(REPLICA))
+        .await
+        .unwrap()?;
+    assert_eq!(
+        map.metadata
+            .labels
+            .unwrap_or_default()
+            .get("lanyard.dev/ca-report")
+            .map(String::as_str),
+        Some("true")
+    );
+    let json = map.data.unwrap_or_default().remove(REPORT_DATA_KEY)?;
+    Some(serde_json::from_str(&json).unwrap())
 }
 
 /// GET `path`; the status code.
@@ -368,6 +404,56 @@ async fn server_and_agent_run_with_exactly_the_installed_rbac() {
     .await;
     assert_eq!(issued.spiffe_id, "spiffe://example.org/ns/default/sa/web");
 
+    // The CA report, under the rendered RBAC: created at start...
+    let root = lanyard_svid::bundle::certificate_fingerprint(
+        c.bundle().iter().next().unwrap().x509_authorities()[0].as_ref(),
+    );
+    let report = eventually("the server's CA report", || async {
+        read_report(&c.fixture).await
+    })
+    .await;
+    assert_eq!(report["replica"], REPLICA);
+    assert_eq!(report["signing"]["root"], root);
+    assert_eq!(report["bundle"]["roots"][0]["fingerprint"], root);
+    assert_eq!(report["longest_svid_ttl_secs"], 3600);
+    // ...then patched with what an agent acknowledges on SyncBundle.
+    let (mut acks, ack_rx) = futures::channel::mpsc::channel(4);
+    let mut bundles = caller
+        .client(server.grpc)
+        .sync_bundle(ack_rx)
+        .await
+        .unwrap()
+        .into_inner();
+    let first = bundles.message().await.unwrap().unwrap().bundle.unwrap();
+    let version = TrustBundle::try_from(&first).unwrap().version();
+    assert_eq!(report["bundle"]["version"], version.as_str());
+    futures::SinkExt::send(
+        &mut acks,
+        wire::BundleAck {
+            version: version.clone(),
+            svid_roots: vec![root.clone()],
+        },
+    )
+    .await
+    .unwrap();
+    let report = eventually("the acknowledgement in the report", || async {
+        read_report(&c.fixture)
+            .await
+            .filter(|r| r["agents"][0]["version"] == version.as_str())
+    })
+    .await;
+    assert_eq!(report["agents"][0]["node"], "node-1");
+    assert_eq!(report["agents"][0]["svid_roots"], serde_json::json!([root]));
+    // The stream ends: the agent leaves the report.
+    drop(acks);
+    drop(bundles);
+    eventually("the agent gone from the report", || async {
+        read_report(&c.fixture)
+            .await
+            .filter(|r| r["agents"] == serde_json::json!([]))
+    })
+    .await;
+
     // The real agent, with the rendered arguments: no kube client exists for it at all.
     let dir = c.dir.path();
     let token = dir.join("token");
@@ -434,6 +520,18 @@ async fn server_and_agent_run_with_exactly_the_installed_rbac() {
         }
     })
     .await;
+
+    // The server stops: its report is deleted.
+    let _ = server.stop.send(());
+    tokio::time::timeout(DEADLINE, server.task)
+        .await
+        .expect("the server stops")
+        .unwrap()
+        .unwrap();
+    assert!(
+        read_report(&c.fixture).await.is_none(),
+        "the report is deleted"
+    );
 }
 
 fn path_text(p: &Path) -> String {
@@ -512,6 +610,54 @@ async fn server_and_agent_refusals(redirect: RedirectMode) {
     let default_secrets: kube::Api<Secret> = kube::Api::namespaced(server.clone(), "default");
     assert_eq!(status(default_secrets.get("db-password").await).await, 403);
     assert_eq!(status(maps.get("other-config").await).await, 403);
+    assert_eq!(status(maps.list(&ListParams::default()).await).await, 403);
+    // Its report: create, patch and delete, and not even `get` (it never reads it back).
+    let report = ConfigMap {
+        metadata: ObjectMeta {
+            name: Some(report_configmap_name("x")),
+            namespace: Some(NS.into()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    assert_eq!(
+        status(maps.create(&PostParams::default(), &report).await).await,
+        200
+    );
+    let patch = serde_json::json!({"data": {REPORT_DATA_KEY: "{}"}});
+    assert_eq!(
+        status(
+            maps.patch(
+                &report_configmap_name("x"),
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Merge(&patch)
+            )
+            .await
+        )
+        .await,
+        200
+    );
+    assert_eq!(
+        status(maps.get(&report_configmap_name("x")).await).await,
+        403
+    );
+    assert_eq!(
+        status(
+            maps.replace(&report_configmap_name("x"), &PostParams::default(), &report)
+                .await
+        )
+        .await,
+        403,
+        "no update"
+    );
+    assert_eq!(
+        status(
+            maps.delete(&report_configmap_name("x"), &Default::default())
+                .await
+        )
+        .await,
+        200
+    );
     let mut ca = secrets.get("lanyard-ca").await.unwrap();
     ca.metadata.managed_fields = None;
     assert_eq!(
