@@ -411,3 +411,112 @@ impl Status {
         out
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lanyard_ca_lifecycle::report::{BundleSummary, ReplicaReport, SigningSummary};
+
+    fn cert(fp: &str, not_after: i64) -> CertSummary {
+        CertSummary {
+            fingerprint: format!("{fp:0<64}"),
+            subject: format!("CN={fp}"),
+            not_after,
+        }
+    }
+
+    fn replica(name: &str, version: &str, agents: Vec<AgentAck>, now: i64) -> ReplicaReport {
+        ReplicaReport {
+            replica: name.into(),
+            updated_at: now,
+            bundle: BundleSummary {
+                version: version.into(),
+                roots: vec![cert("aa", now + 400 * 86_400)],
+                jwt_key_ids: vec![],
+            },
+            signing: SigningSummary {
+                intermediate: cert("bb", now + 10 * 86_400),
+                root: "aa".into(),
+                jwt_key_id: "k".into(),
+                since: now,
+            },
+            longest_svid_ttl_secs: 3600,
+            agents,
+            unlisted_agents: 0,
+            unacknowledging_agents: 0,
+        }
+    }
+
+    fn ack(node: &str, version: &str) -> AgentAck {
+        AgentAck {
+            node: node.into(),
+            version: version.into(),
+            svid_roots: vec![],
+            acked_at: 1,
+        }
+    }
+
+    #[test]
+    fn warnings_name_expiry_disagreement_and_lagging_agents() {
+        let now = 1_000_000_000;
+        let agree = ClusterView::new(
+            [
+                replica("a", "v2", vec![ack("n1", "v2")], now),
+                replica("b", "v2", vec![ack("n2", "v1")], now),
+            ],
+            now,
+        );
+        let warnings = cluster_warnings(&agree, &[], now);
+        assert_eq!(
+            warnings,
+            [
+                "intermediate bb00000000000000 (CN=bb) expires in 10 days",
+                "1 agents lag the bundle the replicas serve (v2): n2 (v1)",
+            ]
+        );
+        let mut stale = replica("c", "v1", vec![], now);
+        stale.updated_at = 0;
+        let disagree = ClusterView::new(
+            [
+                replica("a", "v2", vec![], now),
+                replica("b", "v1", vec![], now),
+                stale,
+            ],
+            now,
+        );
+        let warnings = cluster_warnings(&disagree, &[("root", cert("cc", now - 1))], now);
+        assert_eq!(warnings[0], "root cc00000000000000 (CN=cc) has expired");
+        assert!(
+            warnings
+                .iter()
+                .any(|w| w.starts_with("replica c has not reported"))
+        );
+        assert!(
+            warnings
+                .contains(&"replicas serve different bundle versions: v1 (b); v2 (a)".to_owned())
+        );
+        let none = cluster_warnings(&ClusterView::new([], now), &[], now);
+        assert_eq!(
+            none,
+            ["no lanyard-server replica has reported: propagation cannot be measured"]
+        );
+    }
+
+    #[test]
+    fn refusals_are_labelled_and_say_what_to_do() {
+        use crate::ca::{CaError, Refused};
+        let err = CaError::from(Refused::NeedsOldRoot);
+        assert!(err.to_string().starts_with("refused (needs_old_root): "));
+        let err = CaError::from(Refusal::NoRotation);
+        assert_eq!(
+            err.to_string(),
+            format!("refused (no_rotation): {}", Refusal::NoRotation.message())
+        );
+        let foreign = Refused::ForeignRoot {
+            given: "1".repeat(64),
+            signing: "2".repeat(64),
+        };
+        assert_eq!(foreign.to_string(), "foreign_root");
+        assert!(foreign.message().contains(&"2".repeat(16)));
+    }
+}
