@@ -582,7 +582,7 @@ async fn a_root_rotation_waits_for_each_phase_to_propagate() {
     let run = env.ca(&retire).await;
     assert!(run.ok().contains("rotation is complete"), "{}", run.stdout);
     let v4 = env.cluster_ca().await;
-    assert_eq!(v4.roots(), [fb.clone()]);
+    assert_eq!(v4.roots(), [fb.as_str()]);
     assert_eq!(v4.rotation, None);
     assert_eq!(v4.jwt_previous, None);
     assert_eq!(v4.jwt, v3.jwt);
@@ -642,7 +642,7 @@ async fn abort_steps_back_from_both_phases() {
     let run = env.ca(&["rotate-root", "abort"]).await;
     assert!(run.ok().contains("aborted the rotation"), "{}", run.stdout);
     let back = env.cluster_ca().await;
-    assert_eq!(back.roots(), [fa.clone()]);
+    assert_eq!(back.roots(), [fa.as_str()]);
     assert_eq!((back.rotation, back.jwt_next), (None, None));
     assert_eq!(
         (back.jwt, back.tls_crt),

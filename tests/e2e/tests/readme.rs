@@ -31,7 +31,21 @@ const HELPS: &[(&str, &[&[&str]])] = &[
     ("lanyard-proxy", &[&["run"], &["tap"]]),
     (
         "lanyard",
-        &[&["install"], &["images"], &["inject"], &["check"], &["tap"]],
+        &[
+            &["install"],
+            &["images"],
+            &["inject"],
+            &["check"],
+            &["tap"],
+            &["ca", "new-root"],
+            &["ca", "init"],
+            &["ca", "status"],
+            &["ca", "issue-intermediate"],
+            &["ca", "rotate-root", "add"],
+            &["ca", "rotate-root", "switch"],
+            &["ca", "rotate-root", "retire"],
+            &["ca", "rotate-root", "abort"],
+        ],
     ),
 ];
 
