@@ -70,11 +70,7 @@ fn check_committed(relative: &str, rendered: &str, what: &str) -> String {
 #[test]
 fn deploy_kubernetes_is_the_rendering() {
     let base = render(&InstallOptions::defaults(), Parts::WithoutCa, None);
-    let committed = check_committed(
-        DEPLOY_FILE,
-        &write_stream(&base),
-        "`lanyard install`",
-    );
+    let committed = check_committed(DEPLOY_FILE, &write_stream(&base), "`lanyard install`");
     // And the binary prints the same, with or without --without-ca.
     for args in [&["install"][..], &["install", "--without-ca"]] {
         let out = Command::new(env!("CARGO_BIN_EXE_lanyard"))
