@@ -16,8 +16,10 @@
 //!   destinations are meshed, answered from the server-facing discovery cache.
 //! - [`api_cli`]: `lanyard-agent api ...`, a Workload API client for humans and scripts.
 //! - [`server_client`]: everything facing lanyard-server: the mTLS gRPC connection (server ID
-//!   pinned), its `WatchBundle` / `WatchNode` feeds, and the discovery cache with the
-//!   `DiscoveryFeed` that keeps it current.
+//!   pinned; the `--trust-bundle` file read again when the server's certificate does not
+//!   verify), its `SyncBundle` feed (bundles in; acknowledgements out: the installed bundle's
+//!   version and the roots the held SVIDs chain to; `WatchBundle` with an older server) and
+//!   `WatchNode` feed, and the discovery cache with the `DiscoveryFeed` that keeps it current.
 //! - [`manager`]: the certificate manager: resolves callers to identities from the node view,
 //!   mints and renews their X.509-SVIDs, implements [`identities::WorkloadIdentities`].
 //! - [`metrics`]: the agent's Prometheus metrics (server-facing half).

@@ -24,6 +24,9 @@ pub struct AgentMetrics {
     pub node_svids: Counter,
     /// Unix seconds at which the node SVID in use expires.
     pub node_svid_expiry: Gauge,
+    /// The trust bundle version last acknowledged to the server on `SyncBundle`: one series,
+    /// value 1, label `version`; none while unacknowledged (a server without `SyncBundle`).
+    pub bundle_acknowledged: Family<Labels, Gauge>,
     /// `lanyard.discovery.v1.Discovery` on the socket.
     pub discovery: DiscoveryMetrics,
 }
@@ -92,6 +95,11 @@ impl AgentMetrics {
             "When the node SVID in use expires",
             m.node_svid_expiry.clone(),
         );
+        sub.register(
+            "bundle_acknowledged_info",
+            "The trust bundle version last acknowledged to the server (value 1, label version)",
+            m.bundle_acknowledged.clone(),
+        );
         m.discovery.register(sub);
         m
     }
@@ -105,6 +113,21 @@ impl AgentMetrics {
         self.renewal_failures
             .get_or_create(&vec![("reason", reason.to_string())])
             .inc();
+    }
+
+    /// `version` is the one acknowledged bundle version now (a no-op when it already is).
+    pub fn bundle_acknowledged(&self, version: &str) {
+        let labels = vec![("version", version.to_owned())];
+        if self.bundle_acknowledged.get(&labels).is_some() {
+            return;
+        }
+        self.bundle_acknowledged.clear();
+        self.bundle_acknowledged.get_or_create(&labels).set(1);
+    }
+
+    /// No bundle version is acknowledged (the feed follows `WatchBundle`).
+    pub fn bundle_unacknowledged(&self) {
+        self.bundle_acknowledged.clear();
     }
 
     pub fn attestation_failed(&self, reason: impl ToString) {
@@ -135,5 +158,33 @@ mod tests {
         ] {
             assert!(text.contains(line), "{line} missing from:\n{text}");
         }
+    }
+
+    #[test]
+    fn one_acknowledged_bundle_version_at_a_time() {
+        let mut registry = Registry::default();
+        let metrics = AgentMetrics::register(&mut registry);
+        let encode = || {
+            let mut text = String::new();
+            prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+            text.lines()
+                .filter(|l| l.starts_with("lanyard_agent_bundle_acknowledged_info{"))
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        };
+        assert!(encode().is_empty());
+        metrics.bundle_acknowledged("00aa");
+        metrics.bundle_acknowledged("00aa");
+        assert_eq!(
+            encode(),
+            ["lanyard_agent_bundle_acknowledged_info{version=\"00aa\"} 1"]
+        );
+        metrics.bundle_acknowledged("11bb");
+        assert_eq!(
+            encode(),
+            ["lanyard_agent_bundle_acknowledged_info{version=\"11bb\"} 1"]
+        );
+        metrics.bundle_unacknowledged();
+        assert!(encode().is_empty());
     }
 }

@@ -11,14 +11,16 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::SystemTime;
 
+use futures::StreamExt;
 use lanyard_proto::identity::v1 as wire;
-use lanyard_svid::bundle::certificates_from_pem;
 use lanyard_svid::tls::SvidStore;
 use lanyard_svid::{BundleSet, TrustBundle, TrustDomain};
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
+use tokio_stream::wrappers::WatchStream;
 
 use crate::attest::WorkloadAttestor;
 use crate::config::AgentConfig;
@@ -28,8 +30,11 @@ use crate::manager::resolve::NodeView;
 use crate::manager::{CertificateManager, ManagerSettings};
 use crate::metrics::AgentMetrics;
 use crate::node_svid::{NodeAttestError, NodeSvidKeeper};
+use crate::server_client::bundle_ack::bundle_ack;
+use crate::server_client::bundle_file::{self, BundleFile};
 use crate::server_client::discovery_cache::{CacheSettings, DiscoveryCache};
-use crate::server_client::{ServerClient, ServerError, discovery_feed, feeds};
+use crate::server_client::feeds::{self, AckSource, BundleFeed};
+use crate::server_client::{ServerClient, ServerError, discovery_feed};
 use crate::socket::{self, ConnectionLimits, PodSockets, Services};
 use crate::workload_api::{self, WorkloadApiMetrics};
 
@@ -108,9 +113,14 @@ impl Agent {
     ) -> Result<Self, RunError> {
         let (trust_domain, bootstrap) = read_trust_bundle(config)?;
         let store = Arc::new(SvidStore::new(bootstrap.clone()));
+        let bundle_file = BundleFile {
+            path: config.trust_bundle.clone(),
+            trust_domain: trust_domain.clone(),
+        };
         let client = Arc::new(
             ServerClient::new(&config.server, store.clone(), &trust_domain)
-                .map_err(RunError::Server)?,
+                .map_err(RunError::Server)?
+                .with_bundle_file(bundle_file),
         );
         let manager =
             CertificateManager::new(client.clone(), ManagerSettings::default(), metrics.clone());
@@ -168,9 +178,23 @@ impl Agent {
             }
         }));
 
-        tasks.push(feeds::spawn_bundle_feed(client.clone(), move |b| {
-            apply.apply(b)
-        }));
+        let acks = HeldRoots {
+            trust_domain: trust_domain.clone(),
+            manager: manager.clone(),
+            node: node.clone(),
+        };
+        let changes = futures::stream::select(
+            WatchStream::from_changes(manager.changes()).map(|_| ()),
+            WatchStream::from_changes(node.subscribe()).map(|_| ()),
+        )
+        .boxed();
+        let bundle_feed = BundleFeed {
+            api: client.clone(),
+            acks: Arc::new(acks),
+            changes,
+            metrics: metrics.clone(),
+        };
+        tasks.push(bundle_feed.spawn(move |b| apply.apply(b)));
         let (view_manager, view_td) = (manager.clone(), trust_domain.clone());
         tasks.push(feeds::spawn_node_feed(client.clone(), move |msg| {
             view_manager.set_view(NodeView::from_wire(msg, &view_td));
@@ -362,6 +386,25 @@ impl BundleApplier {
     }
 }
 
+/// What the agent acknowledges on `SyncBundle`: the bundle the Workload API serves, and the
+/// roots of it that the node SVID and the workload SVIDs held chain to.
+struct HeldRoots {
+    trust_domain: TrustDomain,
+    manager: CertificateManager,
+    node: Arc<NodeSvidKeeper>,
+}
+
+impl AckSource for HeldRoots {
+    fn current(&self) -> Option<wire::BundleAck> {
+        let bundles = self.manager.bundles();
+        let bundle = bundles.get(&self.trust_domain)?;
+        let node = self.node.current();
+        let workloads = self.manager.held_svids();
+        let chains = node.iter().chain(&workloads).map(|svid| svid.chain());
+        Some(bundle_ack(bundle, chains, SystemTime::now()))
+    }
+}
+
 fn clone_method(m: &crate::node_svid::AttestMethod) -> crate::node_svid::AttestMethod {
     use crate::node_svid::AttestMethod;
     match m {
@@ -379,8 +422,7 @@ fn read_trust_bundle(config: &AgentConfig) -> Result<(TrustDomain, BundleSet), R
         path: path.clone(),
         message,
     };
-    let pem = std::fs::read(path).map_err(|e| fail(e.to_string()))?;
-    let roots = certificates_from_pem(&pem).map_err(|e| fail(e.to_string()))?;
+    let roots = bundle_file::read_roots(path).map_err(|e| fail(e.to_string()))?;
     let trust_domain = match &config.trust_domain {
         Some(td) => td.clone(),
         None => trust_domain_of(&roots).map_err(fail)?,

@@ -41,6 +41,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use lanyard_proto::identity::v1 as wire;
+use lanyard_svid::x509::X509Svid;
 use lanyard_svid::{BundleSet, SpiffeId};
 use tokio::sync::{Notify, Semaphore, watch};
 use tokio::task::JoinHandle;
@@ -200,6 +201,17 @@ impl CertificateManager {
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
+    }
+
+    /// The workload X.509-SVIDs held that may still be served (what the agent acknowledges
+    /// the roots of on `SyncBundle`).
+    pub fn held_svids(&self) -> Vec<Arc<X509Svid>> {
+        let now = tokio::time::Instant::now();
+        self.shared
+            .lock()
+            .values()
+            .filter_map(|slot| slot.servable(now))
+            .collect()
     }
 
     /// The SPIFFE IDs of the identities held (with or without a current SVID).
