@@ -1,5 +1,6 @@
 //! The agent against the real lanyard-server, in process: join-token attestation, the node
-//! SVID saved 0600 and reused by a restarted agent without a token, resolution of this very
+//! SVID saved 0600 and reused by a restarted agent without a token, the installed bundle
+//! acknowledged on `SyncBundle`, resolution of this very
 //! process to its static entries, X.509-SVIDs chaining to the bundle, rotation of a short-lived
 //! SVID reaching `changes()`, a JWT-SVID, and a server outage: the cached SVID keeps being
 //! served, and renewals resume when a server on the same data dir comes back. And an agent
@@ -229,6 +230,16 @@ async fn agent_attests_mints_rotates_and_survives_a_server_outage() {
         .readiness
         .check()
         .expect("ready: attested, bundle from the server");
+
+    // The bundle is acknowledged on SyncBundle (not WatchBundle: the agent reports a version).
+    let td = lanyard_svid::TrustDomain::new("example.org").unwrap();
+    let installed = agent.manager.bundles().get(&td).unwrap().version();
+    eventually("the bundle acknowledged", || {
+        let labels = vec![("version", installed.clone())];
+        let acked = agent.metrics.bundle_acknowledged.get(&labels).is_some();
+        async move { acked.then_some(()) }
+    })
+    .await;
 
     // The node feed arrives; this process resolves to its two entries (not someone else's).
     let me = this_process().await;
