@@ -147,7 +147,7 @@ pub enum Mode {
     /// One server; CA generated into and reused from the data dir; join-token attestation.
     DataDir,
     /// Replicas; CA from a Secret, anchors from a ConfigMap; TokenReview attestation.
-    Cluster(ClusterConfig),
+    Cluster(Box<ClusterConfig>),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -242,7 +242,7 @@ impl RunArgs {
             if agent_service_accounts.is_empty() {
                 return Err(OptionError::Missing("agent-sa").into());
             }
-            Mode::Cluster(ClusterConfig {
+            Mode::Cluster(Box::new(ClusterConfig {
                 ca_secret: parse_object_ref(
                     self.ca_secret
                         .as_deref()
@@ -265,7 +265,7 @@ impl RunArgs {
                 audience: self
                     .k8s_audience
                     .unwrap_or_else(|| DEFAULT_K8S_AUDIENCE.to_owned()),
-            })
+            }))
         } else {
             for (flag, given) in [
                 ("ca-secret", self.ca_secret.is_some()),

@@ -7,8 +7,10 @@
 //! - [`pod_id`]: the SPIFFE ID template for Kubernetes pods.
 //! - [`ca_store`]: data-dir mode's CA: generated once, 0600 files, refused when half-written.
 //! - [`ca_rotation`]: data-dir mode: a new intermediate at two thirds of the old one's life.
-//! - [`k8s`]: cluster mode: the pod index, TokenReview, the CA Secret and bundle ConfigMap.
-//! - [`authority`]: the signing material in force and the bundle published with it.
+//! - [`k8s`]: cluster mode: the pod index, TokenReview, the CA Secret and bundle ConfigMap,
+//!   this replica's CA report ConfigMap.
+//! - [`authority`]: the signing material in force, the bundle published with it, and since
+//!   when it signs under its root.
 //! - [`server_svid`]: the server's own SVID (`/lanyard/server`), kept fresh.
 //! - [`join_token`]: single-use, node-bound, expiring join tokens.
 //! - [`evictions`]: the persisted list of evicted join-token nodes.
@@ -21,7 +23,7 @@
 //! - [`service`]: the `lanyard.identity.v1.NodeIdentity` gRPC service.
 //! - [`tls_listener`]: TCP accept + concurrent, bounded TLS handshakes feeding tonic.
 //! - [`admin`]: the admin Unix socket behind `token generate`, `agent evict`, `bundle show`.
-//! - [`metrics`]: Prometheus metrics.
+//! - [`metrics`]: Prometheus metrics (issuance, refusals, CA expiries, bundle propagation).
 //! - [`run`]: wiring it all together for `lanyard-server run`.
 
 pub mod admin;

@@ -208,7 +208,11 @@ pub async fn run(
             )
         }
     };
-    tasks.push(spawn_expiry_metrics(authority.clone(), metrics.clone()));
+    tasks.push(spawn_ca_metrics(
+        authority.clone(),
+        acks.clone(),
+        metrics.clone(),
+    ));
 
     // Our own SVID first, so the listener never serves a handshake without one.
     let store = Arc::new(SvidStore::new(BundleSet::new()));
@@ -415,12 +419,16 @@ fn lock_data_dir(data_dir: &std::path::Path) -> Result<std::fs::File, RunError> 
     }
 }
 
-/// Keeps the CA expiry gauges current: the intermediate in use, and the first trust anchor to
-/// expire, updated whenever the authority installs new material.
-fn spawn_expiry_metrics(
+/// Keeps the CA gauges current: the expiry of the intermediate and of the first trust anchor
+/// to expire (`ca_expiry`), of each certificate in use (`ca_cert_expiry`), and where this
+/// replica's agents are against the bundle it serves, updated whenever the authority installs
+/// new material or an agent's acknowledgement or stream changes.
+fn spawn_ca_metrics(
     authority: Arc<Authority>,
+    acks: Arc<BundleAcks>,
     metrics: Arc<ServerMetrics>,
 ) -> tokio::task::JoinHandle<()> {
+    use crate::metrics::CertKind;
     use x509_parser::prelude::{FromDer, X509Certificate};
     let not_after = |der: &[u8]| {
         X509Certificate::from_der(der)
@@ -428,22 +436,35 @@ fn spawn_expiry_metrics(
             .map(|(_, c)| c.validity().not_after.timestamp())
     };
     let mut bundles = authority.subscribe_bundle();
+    let mut ack_changes = acks.subscribe();
     tokio::spawn(async move {
         loop {
             if let Some(active) = authority.active() {
-                metrics.set_ca_expiry("intermediate", unix_seconds(active.issuer.not_after()));
-                let first_anchor = active
-                    .bundle
-                    .x509_authorities()
-                    .iter()
-                    .filter_map(|c| not_after(c.as_ref()))
-                    .min();
-                if let Some(at) = first_anchor {
+                let intermediate = unix_seconds(active.issuer.not_after());
+                metrics.set_ca_expiry("intermediate", intermediate);
+                let roots = active.bundle.x509_authorities();
+                if let Some(at) = roots.iter().filter_map(|c| not_after(c.as_ref())).min() {
                     metrics.set_ca_expiry("anchor", at);
                 }
+                let fingerprint = |der: &[u8]| lanyard_svid::bundle::certificate_fingerprint(der);
+                metrics.set_cert_expiries(
+                    roots
+                        .iter()
+                        .map(|c| {
+                            let at = not_after(c.as_ref()).unwrap_or(0);
+                            (CertKind::Root, fingerprint(c.as_ref()), at)
+                        })
+                        .chain([(
+                            CertKind::Intermediate,
+                            fingerprint(active.issuer.cert_der().as_ref()),
+                            intermediate,
+                        )]),
+                );
+                metrics.set_bundle_agents(&active.bundle.version(), &acks.counts());
             }
-            if bundles.changed().await.is_err() {
-                return;
+            tokio::select! {
+                changed = bundles.changed() => if changed.is_err() { return },
+                changed = ack_changes.changed() => if changed.is_err() { return },
             }
         }
     })

@@ -1,5 +1,6 @@
 //! The `lanyard.identity.v1.NodeIdentity` gRPC service: node attestation, minting, and the
-//! bundle and node feeds.
+//! bundle and node feeds. The bundle feed comes in two forms: `WatchBundle`, and `SyncBundle`,
+//! on which the agent acknowledges each bundle it installed ([`crate::bundle_acks`]).
 //!
 //! Who the caller is comes only from the TLS layer: the client certificate (if any) was
 //! verified against our bundle during the handshake; here we read its SPIFFE ID, accept only

@@ -310,7 +310,7 @@ mod tests {
 
     #[derive(Debug, Clone, PartialEq)]
     enum Call {
-        Write(Instant, ReplicaReport),
+        Write(Instant, Box<ReplicaReport>),
         Delete(Instant),
     }
 
@@ -341,7 +341,7 @@ mod tests {
                 .iter()
                 .rev()
                 .find_map(|c| match c {
-                    Call::Write(_, r) => Some(r.clone()),
+                    Call::Write(_, r) => Some(ReplicaReport::clone(r)),
                     Call::Delete(_) => None,
                 })
                 .unwrap()
@@ -353,7 +353,7 @@ mod tests {
             self.calls
                 .lock()
                 .unwrap()
-                .push(Call::Write(Instant::now(), report.clone()));
+                .push(Call::Write(Instant::now(), Box::new(report.clone())));
             if *self.fail.lock().unwrap() {
                 return Err(ReportWriteError::Forbidden {
                     message: "configmaps is forbidden".into(),

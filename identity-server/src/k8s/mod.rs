@@ -1,5 +1,5 @@
-//! Everything the server learns from the Kubernetes API. Only the server talks to it; agents
-//! get what they need through `WatchNode`.
+//! Everything the server learns from the Kubernetes API, and the one thing it writes there (its CA
+//! report). Only the server talks to it; agents get what they need through `WatchNode`.
 //!
 //! - [`pods`]: an index of every pod, kept current by a watch: by UID, by node, by name.
 //! - [`services`], [`endpoint_slices`]: what discovery needs of Services and EndpointSlices,
