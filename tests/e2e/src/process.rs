@@ -131,6 +131,24 @@ impl Process {
         self.child.id()
     }
 
+    /// Whether it is still running (it has not exited).
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().expect("try_wait").is_none()
+    }
+
+    /// Sends `signal` (e.g. `libc::SIGSTOP`, `libc::SIGCONT`) to the process group.
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: kill(2) on our own child's process group; no memory is touched.
+        let rc = unsafe { libc::kill(-(self.child.id() as i32), signal) };
+        assert_eq!(
+            rc,
+            0,
+            "kill -{signal} {}: {}",
+            self.name,
+            std::io::Error::last_os_error()
+        );
+    }
+
     /// Stops the process group and waits for the process.
     pub fn kill(&mut self) {
         // SAFETY: kill(2) on our own child's process group; no memory is touched.

@@ -1,6 +1,8 @@
 //! A server and an agent on loopback, started as the real binaries, as the local stack and a
 //! node off Kubernetes run them: a data-dir server with static entries, a join token from
 //! `lanyard-server token generate`, an agent serving the Workload API on a socket in a temp dir.
+//! In cluster mode on the kube fixture: server replicas (`--replica-name`) and one agent per
+//! node, each with its pod, bound token and the bundle ConfigMap as its trust bundle file.
 
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
@@ -38,18 +40,35 @@ impl Server {
     /// `kubeconfig`, reading its CA from `lanyard/lanyard-ca` and its bundle from
     /// `lanyard/lanyard-bundle`, accepting agents of the `lanyard:lanyard-agent` account.
     pub fn start_cluster(dir: &Path, kubeconfig: &Path) -> Self {
+        Self::launch_cluster(dir, kubeconfig, &[])
+    }
+
+    /// One replica of a cluster-mode server with several: as [`Server::start_cluster`], named
+    /// `replica` (`--replica-name`: it reports in ConfigMap `lanyard/lanyard-ca-report-<replica>`),
+    /// with `extra` flags (e.g. short SVID lifetimes), its files under `dir/<replica>`.
+    pub fn start_replica(dir: &Path, kubeconfig: &Path, replica: &str, extra: &[&str]) -> Self {
+        let dir = dir.join(replica);
+        std::fs::create_dir_all(&dir).expect("create the replica's directory");
+        let mut args = vec!["--replica-name", replica];
+        args.extend_from_slice(extra);
+        Self::launch_cluster(&dir, kubeconfig, &args)
+    }
+
+    fn launch_cluster(dir: &Path, kubeconfig: &Path, extra: &[&str]) -> Self {
+        let mut args = vec![
+            "--kube",
+            "--ca-secret",
+            "lanyard/lanyard-ca",
+            "--bundle-configmap",
+            "lanyard/lanyard-bundle",
+            "--agent-sa",
+            "lanyard:lanyard-agent",
+        ];
+        args.extend_from_slice(extra);
         Self::launch(
             dir,
             "127.0.0.1:0",
-            &[
-                "--kube",
-                "--ca-secret",
-                "lanyard/lanyard-ca",
-                "--bundle-configmap",
-                "lanyard/lanyard-bundle",
-                "--agent-sa",
-                "lanyard:lanyard-agent",
-            ],
+            &args,
             &[("KUBECONFIG", kubeconfig.to_str().expect("utf-8 path"))],
         )
     }
@@ -148,6 +167,86 @@ pub fn start_in_cluster(
         Attestation::K8sTokenFile(&token_path),
     );
     (server, agent)
+}
+
+/// A kubeconfig for the server's ServiceAccount (`lanyard:lanyard-server`), so the server runs
+/// under the RBAC `lanyard install` renders (seeded by [`crate::cluster::server_rbac`]).
+pub fn server_kubeconfig(fixture: &kube_fixture::KubeFixture) -> PathBuf {
+    fixture
+        .write_kubeconfig(
+            "lanyard-server",
+            &fixture.issue_api_token("lanyard", "lanyard-server"),
+        )
+        .expect("write the server's kubeconfig")
+}
+
+/// The agent of `node`, as the DaemonSet's pod there runs it: pod `lanyard/lanyard-agent-<node>`
+/// (created when absent), a projected token bound to it, and as `--trust-bundle` the bundle
+/// ConfigMap as kubelet projects it ([`project_bundle`], refreshed here), against the server at
+/// `server`. Files under `dir`, the same on every call, so a restart finds them (a stopped
+/// agent started again by calling this once more).
+pub fn start_node_agent(
+    dir: &Path,
+    fixture: &kube_fixture::KubeFixture,
+    node: &str,
+    server: SocketAddr,
+) -> Agent {
+    use k8s_openapi::api::core::v1::Pod;
+    std::fs::create_dir_all(dir).expect("create the agent's directory");
+    let store = fixture.store();
+    let pod_name = format!("lanyard-agent-{node}");
+    let pod = match store.get::<Pod>("lanyard", &pod_name) {
+        Ok(pod) => pod,
+        Err(_) => store
+            .create(&crate::cluster::pod(
+                "lanyard",
+                &pod_name,
+                "lanyard-agent",
+                node,
+                None,
+            ))
+            .expect("create the agent's pod"),
+    };
+    let token = fixture.issue_service_account_token(
+        "lanyard",
+        "lanyard-agent",
+        Some(kube_fixture::TokenBinding {
+            pod_name,
+            pod_uid: pod.metadata.uid.expect("the fixture assigns UIDs"),
+            node_name: Some(node.into()),
+        }),
+        &["lanyard-server"],
+        std::time::Duration::from_secs(3600),
+    );
+    let token_path = dir.join("token");
+    std::fs::write(&token_path, token).expect("write the agent's token");
+    std::fs::set_permissions(&token_path, std::fs::Permissions::from_mode(0o600))
+        .expect("chmod the agent's token");
+    let bundle_path = dir.join("bundle.pem");
+    project_bundle(fixture, &bundle_path);
+    Agent::launch(
+        dir,
+        server,
+        &bundle_path,
+        Attestation::K8sTokenFile(&token_path),
+    )
+}
+
+/// Writes `bundle.pem` of ConfigMap `lanyard/lanyard-bundle` to `path`, as kubelet refreshes
+/// a ConfigMap volume (replacing the file whole).
+pub fn project_bundle(fixture: &kube_fixture::KubeFixture, path: &Path) {
+    use k8s_openapi::api::core::v1::ConfigMap;
+    let configmap: ConfigMap = fixture
+        .store()
+        .get("lanyard", "lanyard-bundle")
+        .expect("the bundle ConfigMap exists");
+    let pem = configmap
+        .data
+        .and_then(|mut data| data.remove("bundle.pem"))
+        .expect("the bundle ConfigMap has bundle.pem");
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, pem).expect("write the projected bundle");
+    std::fs::rename(&tmp, path).expect("replace the projected bundle");
 }
 
 /// A running `lanyard-agent`.
