@@ -7,7 +7,8 @@
 //!
 //! The bundle holds the roots, the signing JWT key, the JWT keys the source publishes without
 //! signing with them (a root rotation's next and previous keys), and for
-//! [`RETIRED_JWT_KEY_GRACE`] each JWT key that stopped signing here. The authority also keeps
+//! [`RETIRED_JWT_KEY_GRACE`] each JWT key that stopped signing here (unless the
+//! source still publishes it: then the source says when it goes). The authority also keeps
 //! *since when* it has signed under its current root ([`ActiveMaterial::signing_since`]): a new
 //! intermediate under the same root keeps that time, a switch to another root resets it, and
 //! a process starting counts as a switch (it signed nothing before).
@@ -146,17 +147,20 @@ impl Authority {
             _ => now,
         };
         // Keep publishing the previous JWT key for a while: tokens it signed are still live.
+        // Not when the source publishes it itself (a rotation's `jwt-previous.key`): it then
+        // decides when it goes, and every replica's bundle stays the same whenever it started.
+        let published = |kid: &str| material.published_jwt.iter().any(|p| p.key_id == kid);
         let retiring = inner
             .active
             .as_ref()
-            .filter(|old| old.jwt.key_id() != material.jwt.key_id())
+            .filter(|old| old.jwt.key_id() != material.jwt.key_id() && !published(old.jwt.key_id()))
             .map(|old| old.jwt.authority());
         if let Some(old) = retiring {
             inner.retired_jwt.push((old, now + RETIRED_JWT_KEY_GRACE));
         }
-        inner
-            .retired_jwt
-            .retain(|(a, until)| *until > now && a.key_id != material.jwt.key_id());
+        inner.retired_jwt.retain(|(a, until)| {
+            *until > now && a.key_id != material.jwt.key_id() && !published(&a.key_id)
+        });
         inner.sequence += 1;
 
         let mut bundle = TrustBundle::new(self.trust_domain.clone());
@@ -351,9 +355,23 @@ mod tests {
         assert_eq!(
             b.jwt_authorities().len(),
             2,
-            "the old key once, as published and retired"
+            "the new signer and the previous one"
         );
         assert!(b.jwt_authority(next_signer.key_id()).is_some());
+        // The retire: the previous key leaves with it (the source kept it published, so it was
+        // never kept in memory, and a replica started after the switch publishes the same).
+        let retired = SigningMaterial {
+            jwt: JwtSigner::from_pkcs8(&next_pkcs8).unwrap(),
+            ..material(&root, now)
+        };
+        let b = authority.install(retired, now).unwrap();
+        assert_eq!(
+            b.jwt_authorities()
+                .iter()
+                .map(|a| a.key_id.as_str())
+                .collect::<Vec<_>>(),
+            [next_signer.key_id()]
+        );
     }
 
     #[test]
