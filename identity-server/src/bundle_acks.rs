@@ -6,7 +6,15 @@
 //! `WatchBundle` registers too ([`BundleAcks::register_watch`]) and is counted as
 //! *unacknowledging*, as is an agent on `SyncBundle` that has not acknowledged yet: neither is
 //! ever counted as having received a bundle. Dropping a registration (the stream ended)
-//! removes the agent.
+//! removes the agent from the connected ones.
+//!
+//! A departed agent's last acknowledgement is still reported (not counted in the metrics,
+//! which are about connected agents) for the longest SVID lifetime the server issues
+//! ([`BundleAcks::remembering_departed`]): its node's workloads keep serving with the bundle it
+//! last installed until their SVIDs run out, so a rotation must wait for it, or for that long.
+//! The ten-year simulation (ca-lifecycle/tests/ten_years.rs) shows the gap this closes: an
+//! agent down across `add` was not waited for, and after `switch` its workloads refused peers
+//! renewed under the new root. It returns (a new stream) or the time passes, whichever first.
 //!
 //! Keyed by node: an agent that reconnects before its old stream is gone holds two
 //! registrations for one node, and is removed when the last one ends. Memory is bounded by the
@@ -16,7 +24,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use lanyard_ca_lifecycle::report::AgentAck;
 use lanyard_proto::identity::v1 as wire;
@@ -106,6 +114,9 @@ struct State {
     watching: HashMap<String, u32>,
     /// Acknowledged agents per version.
     by_version: HashMap<String, u64>,
+    /// Agents whose streams ended: the last acknowledgement, when it came, and until when it
+    /// is still reported.
+    departed: HashMap<String, (ValidAck, SystemTime, SystemTime)>,
 }
 
 impl State {
@@ -123,6 +134,8 @@ pub struct BundleAcks {
     state: Mutex<State>,
     /// Bumped on every change (a registration, an acknowledgement, a stream ending).
     changes: watch::Sender<u64>,
+    /// How long a departed agent's last acknowledgement is still reported.
+    keep_departed: Duration,
 }
 
 impl Default for BundleAcks {
@@ -130,6 +143,7 @@ impl Default for BundleAcks {
         Self {
             state: Mutex::default(),
             changes: watch::channel(0).0,
+            keep_departed: Duration::ZERO,
         }
     }
 }
@@ -154,8 +168,18 @@ pub struct AckCounts {
 }
 
 impl BundleAcks {
+    /// Connected agents only: a departed agent is forgotten at once.
     pub fn new() -> Arc<Self> {
         Arc::new(Self::default())
+    }
+
+    /// A departed agent's last acknowledgement is reported for `keep` (the longest SVID
+    /// lifetime the server issues) after its stream ends, or until it connects again.
+    pub fn remembering_departed(keep: Duration) -> Arc<Self> {
+        Arc::new(Self {
+            keep_departed: keep,
+            ..Self::default()
+        })
     }
 
     fn changed(&self) {
@@ -174,7 +198,9 @@ impl BundleAcks {
     /// An agent on `node` opened a `SyncBundle` stream; it is listed until the returned
     /// registration is dropped.
     pub fn register_sync(self: &Arc<Self>, node: &str) -> SyncRegistration {
-        self.lock()
+        let mut state = self.lock();
+        state.departed.remove(node);
+        state
             .syncing
             .entry(node.to_owned())
             .or_insert(Syncing {
@@ -182,6 +208,7 @@ impl BundleAcks {
                 ack: None,
             })
             .streams += 1;
+        drop(state);
         self.changed();
         SyncRegistration {
             acks: self.clone(),
@@ -199,21 +226,28 @@ impl BundleAcks {
         }
     }
 
-    /// Every acknowledged agent by node (at most `max_listed`; the rest counted in
-    /// `unlisted`), and how many do not acknowledge.
-    pub fn snapshot(&self, max_listed: usize) -> AcksSnapshot {
-        let state = self.lock();
+    /// Every acknowledged agent by node, connected or departed less than the retention ago at
+    /// `now` (at most `max_listed`; the rest counted in `unlisted`), and how many do not
+    /// acknowledge.
+    pub fn snapshot(&self, max_listed: usize, now: SystemTime) -> AcksSnapshot {
+        let mut state = self.lock();
+        state.departed.retain(|_, (_, _, until)| *until > now);
+        let listed = |node: &String, ack: &ValidAck, at: &SystemTime| AgentAck {
+            node: node.clone(),
+            version: ack.version.clone(),
+            svid_roots: ack.svid_roots.clone(),
+            acked_at: lanyard_ca_lifecycle::unix_seconds(*at),
+        };
         let mut agents: Vec<AgentAck> = state
             .syncing
             .iter()
-            .filter_map(|(node, s)| {
-                s.ack.as_ref().map(|(ack, at)| AgentAck {
-                    node: node.clone(),
-                    version: ack.version.clone(),
-                    svid_roots: ack.svid_roots.clone(),
-                    acked_at: lanyard_ca_lifecycle::unix_seconds(*at),
-                })
-            })
+            .filter_map(|(node, s)| s.ack.as_ref().map(|(ack, at)| listed(node, ack, at)))
+            .chain(
+                state
+                    .departed
+                    .iter()
+                    .map(|(node, (ack, at, _))| listed(node, ack, at)),
+            )
             .collect();
         let unacknowledging = unacknowledging(&state);
         drop(state);
@@ -294,11 +328,17 @@ impl Drop for SyncRegistration {
             entry.streams = entry.streams.saturating_sub(1);
             if entry.streams == 0
                 && let Some(Syncing {
-                    ack: Some((ack, _)),
+                    ack: Some((ack, acked_at)),
                     ..
                 }) = state.syncing.remove(&self.node)
             {
                 state.count(&ack.version, -1);
+                if !self.acks.keep_departed.is_zero() {
+                    let until = SystemTime::now() + self.acks.keep_departed;
+                    state
+                        .departed
+                        .insert(self.node.clone(), (ack, acked_at, until));
+                }
             }
         }
         self.acks.changed();
@@ -395,7 +435,7 @@ mod tests {
 
         let a = acks.register_sync("node-a");
         assert!(changes.has_changed().unwrap());
-        let snap = acks.snapshot(10);
+        let snap = acks.snapshot(10, SystemTime::now());
         assert!(snap.agents.is_empty());
         assert_eq!(
             (snap.unacknowledging, snap.unlisted),
@@ -407,7 +447,7 @@ mod tests {
         let b = acks.register_sync("node-b");
         b.record(ValidAck::parse(&ack(V2, &[])).unwrap(), at);
         let w = acks.register_watch("node-c");
-        let snap = acks.snapshot(10);
+        let snap = acks.snapshot(10, SystemTime::now());
         assert_eq!(
             snap.agents,
             [
@@ -436,12 +476,12 @@ mod tests {
         assert_eq!(acks.counts().by_version, [(V2.to_owned(), 2)].into());
 
         // The listing cap: the rest are counted.
-        let snap = acks.snapshot(1);
+        let snap = acks.snapshot(1, SystemTime::now());
         assert_eq!((snap.agents.len(), snap.unlisted), (1, 1));
 
         drop(a);
         drop(w);
-        let snap = acks.snapshot(10);
+        let snap = acks.snapshot(10, SystemTime::now());
         assert_eq!(snap.agents.len(), 1);
         assert_eq!(snap.unacknowledging, 0);
         assert_eq!(acks.counts().by_version, [(V2.to_owned(), 1)].into());
@@ -458,7 +498,7 @@ mod tests {
         let new = acks.register_sync("node-a");
         new.record(ValidAck::parse(&ack(V2, &[])).unwrap(), now);
         drop(old);
-        let snap = acks.snapshot(10);
+        let snap = acks.snapshot(10, SystemTime::now());
         assert_eq!(snap.agents.len(), 1);
         assert_eq!(snap.agents[0].version, V2);
         // A node on both streams is counted as acknowledging only.
@@ -466,8 +506,45 @@ mod tests {
         assert_eq!(acks.counts().unacknowledging, 0);
         drop(new);
         assert_eq!(acks.counts().unacknowledging, 1);
-        assert!(acks.snapshot(10).agents.is_empty());
+        assert!(acks.snapshot(10, SystemTime::now()).agents.is_empty());
         drop(watch);
         assert_eq!(acks.counts(), AckCounts::default());
+    }
+
+    #[test]
+    fn a_departed_agent_is_reported_for_the_retention_or_until_it_returns() {
+        let keep = Duration::from_secs(3600);
+        let acks = BundleAcks::remembering_departed(keep);
+        let at = SystemTime::UNIX_EPOCH + Duration::from_secs(1000);
+        let a = acks.register_sync("node-a");
+        a.record(ValidAck::parse(&ack(V1, &[fp('a')])).unwrap(), at);
+        drop(a);
+        let left = SystemTime::now();
+
+        // Still listed with its last acknowledgement, but no longer counted as connected.
+        let snap = acks.snapshot(10, left);
+        assert_eq!(snap.agents.len(), 1);
+        assert_eq!(snap.agents[0].version, V1);
+        assert_eq!(snap.agents[0].acked_at, 1000);
+        assert_eq!(acks.counts(), AckCounts::default());
+        assert!(
+            acks.snapshot(10, left + keep + Duration::from_secs(1))
+                .agents
+                .is_empty(),
+            "forgotten once its workloads' SVIDs have run out"
+        );
+
+        // Gone for good once pruned; a returning agent replaces what was remembered.
+        let a = acks.register_sync("node-a");
+        drop(a);
+        let back = acks.register_sync("node-a");
+        let snap = acks.snapshot(10, SystemTime::now());
+        assert!(
+            snap.agents.is_empty(),
+            "the returned agent has not acknowledged yet: {snap:?}"
+        );
+        assert_eq!(snap.unacknowledging, 1);
+        back.record(ValidAck::parse(&ack(V2, &[])).unwrap(), at);
+        assert_eq!(acks.snapshot(10, SystemTime::now()).agents[0].version, V2);
     }
 }

@@ -110,7 +110,8 @@ pub async fn run(
     let mut registry = Registry::default();
     let metrics = ServerMetrics::register(&mut registry);
     let authority = Arc::new(Authority::new(config.trust_domain.clone()));
-    let acks = BundleAcks::new();
+    // A departed agent's workloads live on its last bundle until their SVIDs run out.
+    let acks = BundleAcks::remembering_departed(longest_svid_ttl(&config));
 
     let mut tasks = Vec::new();
     // Cluster mode: where this replica's CA report goes.

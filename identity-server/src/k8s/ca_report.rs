@@ -176,7 +176,7 @@ pub fn build(
     acks: &BundleAcks,
     now: SystemTime,
 ) -> ReplicaReport {
-    let agents = acks.snapshot(MAX_AGENTS_LISTED);
+    let agents = acks.snapshot(MAX_AGENTS_LISTED, now);
     ReplicaReport {
         replica: settings.replica.clone(),
         updated_at: unix_seconds(now),

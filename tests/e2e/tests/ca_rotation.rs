@@ -12,8 +12,10 @@
 //!   and the three agents on one bundle version;
 //! - node-3's agent is stopped (SIGSTOP: connected, not acknowledging) before `rotate-root
 //!   add`; a `switch` at once is refused (`not_propagated`, waiting for the agent on node-3);
-//!   once everything else has the new root, the stopped agent is killed, `status` shows the
-//!   switch step complete, and `switch` is accepted;
+//!   once everything else has the new root, the stopped agent is killed; the replicas keep
+//!   reporting its last acknowledgement for the longest SVID lifetime (its node's workloads
+//!   would live on that bundle until then), after which `status` shows the switch step
+//!   complete, and `switch` is accepted;
 //! - a `retire` at once is refused; node-3's agent starts again with its trust bundle file
 //!   refreshed from the ConfigMap (as kubelet would) and catches up (`status` lists it on the
 //!   replicas' bundle version); `status` shows the retire step complete once the old SVIDs can
@@ -485,7 +487,8 @@ async fn a_root_rotation_and_an_intermediate_reissue_under_live_traffic() {
         assert_ne!(added_version, first_version);
         let new_root_fp = fingerprint_of(&root2);
         assert_eq!(status["rotation"]["new_root"], new_root_fp.as_str());
-        // node-3's agent goes down; the replicas stop listing it and the step completes.
+        // node-3's agent goes down; the replicas list its last (pre-add) acknowledgement for
+        // the longest SVID lifetime, then forget it, and the step completes.
         let mut stopped = agent3.take().unwrap();
         stopped.process.kill();
         drop(stopped);
