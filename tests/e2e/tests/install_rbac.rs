@@ -260,6 +260,12 @@ async fn read_report(fixture: &KubeFixture) -> Option<serde_json::Value> {
 
 /// GET `path`; the status code.
 async fn http_status(addr: SocketAddr, path: &str) -> Option<u16> {
+    let out = http_get(addr, path).await?;
+    out.split(' ').nth(1)?.parse().ok()
+}
+
+/// GET `path`; the whole response, status line, headers and body.
+async fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
     let mut s = TcpStream::connect(addr).await.ok()?;
     s.write_all(format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").as_bytes())
         .await
@@ -269,7 +275,7 @@ async fn http_status(addr: SocketAddr, path: &str) -> Option<u16> {
         .await
         .ok()?
         .ok()?;
-    out.split(' ').nth(1)?.parse().ok()
+    Some(out)
 }
 
 /// Polls `check` until it returns `Some` or the deadline passes.
@@ -444,15 +450,20 @@ async fn server_and_agent_run_with_exactly_the_installed_rbac() {
     .await;
     assert_eq!(report["agents"][0]["node"], "node-1");
     assert_eq!(report["agents"][0]["svid_roots"], serde_json::json!([root]));
-    // The stream ends: the agent leaves the report.
+    // The stream ends: the agent is no longer connected (the metrics count connected agents),
+    // but its last acknowledgement stays in the report, for its node's workloads live on that
+    // bundle until their SVIDs run out.
     drop(acks);
     drop(bundles);
-    eventually("the agent gone from the report", || async {
-        read_report(&c.fixture)
+    eventually("no connected agent on the served bundle", || async {
+        http_get(server.health, "/metrics")
             .await
-            .filter(|r| r["agents"] == serde_json::json!([]))
+            .filter(|m| m.contains("lanyard_server_bundle_agents{state=\"current\"} 0"))
     })
     .await;
+    let report = read_report(&c.fixture).await.expect("the report");
+    assert_eq!(report["agents"][0]["node"], "node-1", "{report}");
+    assert_eq!(report["agents"][0]["version"], version.as_str());
 
     // The real agent, with the rendered arguments: no kube client exists for it at all.
     let dir = c.dir.path();
