@@ -423,22 +423,26 @@ fn main() -> ExitCode {
         Command::Tap(args) => return tap(args),
     };
     match result {
-        Ok(text) => {
-            // Printed only once everything succeeded: never a half-done stream.
-            let mut stdout = std::io::stdout().lock();
-            match stdout
-                .write_all(text.as_bytes())
-                .and_then(|()| stdout.flush())
-            {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("lanyard: writing the output: {e}");
-                    ExitCode::FAILURE
-                }
-            }
-        }
+        // Printed only once everything succeeded: never a half-done stream.
+        Ok(text) => print_output(&text, "lanyard"),
         Err(message) => {
             eprintln!("lanyard: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Writes a command's whole output to stdout; a failed write (a closed pipe) fails the command,
+/// named by `command` on stderr.
+fn print_output(text: &str, command: &str) -> ExitCode {
+    let mut stdout = std::io::stdout().lock();
+    match stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{command}: writing the output: {e}");
             ExitCode::FAILURE
         }
     }
@@ -550,19 +554,7 @@ fn install(args: InstallArgs) -> Result<String, String> {
 fn ca(args: CaArgs) -> ExitCode {
     let _ = rustls::crypto::ring::default_provider().install_default();
     match runtime().block_on(run_ca(args.command)) {
-        Ok(text) => {
-            let mut stdout = std::io::stdout().lock();
-            match stdout
-                .write_all(text.as_bytes())
-                .and_then(|()| stdout.flush())
-            {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("lanyard ca: writing the output: {e}");
-                    ExitCode::FAILURE
-                }
-            }
-        }
+        Ok(text) => print_output(&text, "lanyard ca"),
         Err(e) => {
             eprintln!("lanyard ca: {e}");
             ExitCode::FAILURE
