@@ -9,6 +9,8 @@
 //!   caller's serde type), the bottom layer under flags and `LANYARD_*` variables.
 //! - [`config_merge`]: filling options from that file under flags and variables, and the
 //!   refusals every daemon shares (a missing option, a bad value named with its source).
+//! - [`duration`]: the one duration parser and its bounds (1 s to 1 year) for TTL options,
+//!   static entries and LanyardIdentity TTLs.
 //! - [`help_defaults`]: the check that every optional option shows its default in `--help`.
 //! - [`private_file`]: files written atomically as new files (never through an existing file or
 //!   symlink), secrets with mode 0600, in directories only we can enter.
@@ -19,6 +21,7 @@
 pub mod address;
 pub mod config_file;
 pub mod config_merge;
+pub mod duration;
 pub mod help_defaults;
 pub mod private_file;
 pub mod rewind;

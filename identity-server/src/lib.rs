@@ -4,6 +4,7 @@
 //! - [`duration`]: the one duration parser and its bounds (TTL options, entries, tokens).
 //! - [`config`]: flags, `LANYARD_*` env and `--config` TOML merged into a `ServerConfig`.
 //! - [`entries`]: static workload entries (`[[entries]]`) and their validation.
+//! - [`entry_store`]: the static entries in force, replaced whole on reload.
 //! - [`pod_id`]: the SPIFFE ID template for Kubernetes pods.
 //! - [`ca_store`]: data-dir mode's CA: generated once, 0600 files, refused when half-written.
 //! - [`ca_rotation`]: data-dir mode: a new intermediate at two thirds of the old one's life.
@@ -35,6 +36,7 @@ pub mod config;
 pub mod discovery;
 pub mod duration;
 pub mod entries;
+pub mod entry_store;
 pub mod evictions;
 pub mod join_token;
 pub mod k8s;

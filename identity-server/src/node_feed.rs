@@ -39,6 +39,7 @@ impl NodeFeed {
                 selectors: e.selectors.iter().map(ToString::to_string).collect(),
                 x509_ttl_seconds: e.x509_ttl.map_or(0, |d| d.as_secs() as i64),
                 jwt_ttl_seconds: e.jwt_ttl.map_or(0, |d| d.as_secs() as i64),
+                ..Default::default()
             })
             .collect();
         let pods = self
@@ -67,6 +68,7 @@ impl NodeFeed {
                     labels: p.labels.into_iter().collect(),
                     container_ids: p.container_ids,
                     spiffe_id,
+                    ..Default::default()
                 }
             })
             .collect();

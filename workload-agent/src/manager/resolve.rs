@@ -238,6 +238,7 @@ mod tests {
             selectors: selectors.iter().map(|s| s.to_string()).collect(),
             x509_ttl_seconds: 0,
             jwt_ttl_seconds: 0,
+            ..Default::default()
         }
     }
 
@@ -273,6 +274,7 @@ mod tests {
                     labels: [("app".to_string(), "db".to_string())].into(),
                     container_ids: vec![CID.into()],
                     spiffe_id: "spiffe://example.org/ns/web/sa/api".into(),
+                    ..Default::default()
                 }],
             },
             &td(),
