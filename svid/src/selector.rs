@@ -98,6 +98,10 @@ pub enum SelectorKey {
     PodUid,
     /// `k8s:container-id:HEX`, without a runtime prefix.
     ContainerId,
+    /// `k8s:container-name:NAME`, the caller's container as the pod spec names it (a
+    /// DNS-1123 label). Not attested: the agent looks its attested container ID up in the
+    /// server's view of the pod.
+    ContainerName,
     /// `k8s:pod-label:KEY:VALUE`.
     PodLabel,
     /// `k8s:node-name:NAME`.
@@ -105,7 +109,8 @@ pub enum SelectorKey {
 }
 
 const UNIX_KEYS: &str = "uid, gid, user, group, path, sha256";
-const K8S_KEYS: &str = "ns, sa, pod-name, pod-uid, container-id, pod-label, node-name";
+const K8S_KEYS: &str =
+    "ns, sa, pod-name, pod-uid, container-id, container-name, pod-label, node-name";
 
 impl SelectorKey {
     pub fn kind(self) -> SelectorKind {
@@ -118,6 +123,7 @@ impl SelectorKey {
             | Self::PodName
             | Self::PodUid
             | Self::ContainerId
+            | Self::ContainerName
             | Self::PodLabel
             | Self::NodeName => SelectorKind::K8s,
         }
@@ -136,6 +142,7 @@ impl SelectorKey {
             Self::PodName => "pod-name",
             Self::PodUid => "pod-uid",
             Self::ContainerId => "container-id",
+            Self::ContainerName => "container-name",
             Self::PodLabel => "pod-label",
             Self::NodeName => "node-name",
         }
@@ -154,6 +161,7 @@ impl SelectorKey {
             (SelectorKind::K8s, "pod-name") => Self::PodName,
             (SelectorKind::K8s, "pod-uid") => Self::PodUid,
             (SelectorKind::K8s, "container-id") => Self::ContainerId,
+            (SelectorKind::K8s, "container-name") => Self::ContainerName,
             (SelectorKind::K8s, "pod-label") => Self::PodLabel,
             (SelectorKind::K8s, "node-name") => Self::NodeName,
             _ => {
@@ -435,6 +443,15 @@ fn canonical_value(key: SelectorKey, value: &str) -> Result<String, SelectorErro
             }
             Ok(value.to_ascii_lowercase())
         }
+        SelectorKey::ContainerName => {
+            if !is_dns_label(value) {
+                return Err(bad(
+                    "must be a Kubernetes container name: lowercase letters, digits and '-', \
+                     starting and ending with a letter or digit, at most 63",
+                ));
+            }
+            Ok(value.to_owned())
+        }
         SelectorKey::PodUid => canonical_pod_uid(value)
             .ok_or_else(|| bad("must be a UUID (or a static pod's 32 hex digits)")),
         SelectorKey::Namespace
@@ -483,16 +500,19 @@ pub fn canonical_pod_uid(s: &str) -> Option<String> {
 }
 
 fn is_dns_subdomain(s: &str) -> bool {
-    s.len() <= 253
-        && s.split('.').all(|label| {
-            !label.is_empty()
-                && label.len() <= 63
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-                && !label.starts_with('-')
-                && !label.ends_with('-')
-        })
+    s.len() <= 253 && s.split('.').all(is_dns_label)
+}
+
+/// A DNS-1123 label (what Kubernetes allows as a container name): 1 to 63 of `[a-z0-9-]`,
+/// not starting or ending with `-`.
+fn is_dns_label(label: &str) -> bool {
+    !label.is_empty()
+        && label.len() <= 63
+        && label
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !label.starts_with('-')
+        && !label.ends_with('-')
 }
 
 /// `[prefix/]name`: prefix a DNS subdomain, name as a label value but non-empty.
@@ -539,6 +559,9 @@ mod tests {
             "k8s:pod-name:web-7d9f-abcde".to_owned(),
             "k8s:pod-uid:1b4e28ba-2fa1-11d2-883f-0016d3cca427".to_owned(),
             format!("k8s:container-id:{HEX64}"),
+            "k8s:container-name:app".to_owned(),
+            "k8s:container-name:istio-proxy-2".to_owned(),
+            format!("k8s:container-name:{}", "a".repeat(63)),
             "k8s:pod-label:app:web".to_owned(),
             "k8s:pod-label:app.kubernetes.io/name:web".to_owned(),
             "k8s:node-name:node-1.example".to_owned(),
@@ -551,6 +574,33 @@ mod tests {
         assert_eq!(sel("unix:uid:1").kind(), SelectorKind::Unix);
         assert_eq!(sel("k8s:ns:a").kind(), SelectorKind::K8s);
         assert_eq!(sel("k8s:ns:a").key(), SelectorKey::Namespace);
+    }
+
+    #[test]
+    fn container_name_is_a_k8s_key_holding_a_dns_label() {
+        let s = sel("k8s:container-name:app");
+        assert_eq!(s.key(), SelectorKey::ContainerName);
+        assert_eq!(s.kind(), SelectorKind::K8s);
+        assert_eq!(s.value(), "app");
+        assert_eq!(Selector::new(SelectorKey::ContainerName, "app").unwrap(), s);
+        assert_eq!(SelectorKey::ContainerName.to_string(), "k8s:container-name");
+        // Not a unix key.
+        assert!(matches!(
+            Selector::parse("unix:container-name:app"),
+            Err(SelectorError::UnknownKey { .. })
+        ));
+        // The unknown-key message lists it for k8s.
+        let err = Selector::parse("k8s:container:app").unwrap_err();
+        assert!(err.to_string().contains("container-name"), "{err}");
+        assert_eq!(
+            Selector::parse("k8s:container-name:"),
+            Err(SelectorError::EmptyValue(SelectorKey::ContainerName))
+        );
+        // Names are not canonicalised: uppercase is refused rather than folded.
+        let err = Selector::parse("k8s:container-name:App").unwrap_err();
+        assert!(err.to_string().contains("container name"), "{err}");
+        // Distinct from the other name-like keys.
+        assert_ne!(sel("k8s:container-name:web"), sel("k8s:pod-name:web"));
     }
 
     #[test]
@@ -643,6 +693,13 @@ mod tests {
             &format!("unix:sha256:{}g", &HEX64[..63]),
             "k8s:container-id:containerd://abc",
             &format!("k8s:container-id:{HEX64}0"),
+            "k8s:container-name:App",
+            "k8s:container-name:-app",
+            "k8s:container-name:app-",
+            "k8s:container-name:app.v1",
+            "k8s:container-name:app_1",
+            "k8s:container-name:app:1",
+            &format!("k8s:container-name:{}", "a".repeat(64)),
             "k8s:pod-uid:not-a-uid",
             "k8s:pod-uid:1b4e28ba_2fa1_11d2_883f_0016d3cca427",
             "k8s:ns:Default",
