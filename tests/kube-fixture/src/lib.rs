@@ -21,6 +21,9 @@
 //! | `v1` | pods, services, secrets, configmaps, serviceaccounts (namespaced); namespaces, nodes | get, list, watch, create, update, patch, delete; `status` for pods, services, namespaces, nodes |
 //! | `discovery.k8s.io/v1` | endpointslices | same |
 //! | `rbac.authorization.k8s.io/v1` | roles, rolebindings, clusterroles, clusterrolebindings | same; they drive authorization |
+//! | `coordination.k8s.io/v1` | leases | same (optimistic concurrency makes them locks) |
+//! | `apiextensions.k8s.io/v1` | customresourcedefinitions (cluster) | same; `status`; a CRD is checked and set `Established` at once |
+//! | `GROUP/VERSION` of each stored CRD | its plural, cluster or namespaced | same; `status` when the version declares it; schema pruning and validation |
 //! | `authentication.k8s.io/v1` | tokenreviews | create |
 //!
 //! plus `/version`, `/healthz`, `/livez`, `/readyz` without authentication.
@@ -42,10 +45,21 @@
 //!   (<https://kubernetes.io/docs/reference/access-authn-authz/rbac/>).
 //! - [`patch`]: JSON patch and merge patch exactly; strategic merge and server-side apply as
 //!   merge patch.
-//! - [`status`]: `metav1.Status` errors with the API server's codes and reasons.
+//! - [`custom_resources`]: CRD checks (name, scope, one storage version, schemas), status
+//!   (`Established`, `NamesAccepted`, `acceptedNames`), serving and deleting their objects;
+//!   versions share objects by rewriting `apiVersion`; no conversion webhooks or `scale`.
+//! - [`schema`]: structural-schema pruning (unknown fields dropped, not refused), defaults and
+//!   validation (`type`, `properties`, `required`, `items`, `enum`, `pattern`, lengths, item
+//!   counts, bounds, `nullable`, `additionalProperties`, `x-kubernetes-preserve-unknown-fields`)
+//!   with the API server's field-error wording and `details.causes`. **`x-kubernetes-validations`
+//!   (CEL) rules are not evaluated**, nor `format`, `allOf`/`anyOf`/`oneOf`/`not`,
+//!   `uniqueItems`, list types or property counts.
+//! - [`status`]: `metav1.Status` errors with the API server's codes and reasons; `422` with
+//!   field causes.
 //! - [`tls`], [`kubeconfig`]: the fixture's own CA, HTTPS (HTTP/1.1 and h2), kubeconfig.
 //!
-//! Not modelled at all: admission (defaulting and validation beyond decoding), namespaces
+//! Not modelled at all: admission (defaulting and validation of built-in types beyond
+//! decoding), namespaces
 //! having to exist, graceful deletion and finalizers, garbage collection, aggregated
 //! ClusterRoles, API discovery documents, protobuf, and any controller (nothing creates
 //! EndpointSlices for Services; tests seed them).
@@ -59,12 +73,14 @@
 #![forbid(unsafe_code)]
 
 pub mod clock;
+pub mod custom_resources;
 mod ids;
 pub mod kubeconfig;
 pub mod patch;
 pub mod rbac;
 pub mod resources;
 pub mod router;
+pub mod schema;
 pub mod selectors;
 pub mod status;
 pub mod store;
@@ -81,7 +97,7 @@ use serde_json::Value;
 
 pub use crate::rbac::Decision;
 pub use crate::resources::FixtureResource;
-pub use crate::status::{ApiError, Reason};
+pub use crate::status::{ApiError, FieldError, FieldErrorKind, Reason};
 pub use crate::store::{Store, StoreLimits};
 pub use crate::tokens::{
     ADMIN_USER, DEFAULT_API_AUDIENCE, EXTRA_CREDENTIAL_ID, EXTRA_NODE_NAME, EXTRA_NODE_UID,
@@ -89,7 +105,6 @@ pub use crate::tokens::{
 };
 
 use crate::clock::Clock;
-use crate::resources::ResourceType;
 use crate::tls::FixturePki;
 use crate::tokens::Tokens;
 
@@ -358,7 +373,8 @@ impl KubeFixture {
 
     /// Creates or replaces every object of a served type in a multi-document YAML text
     /// (e.g. the project's rendered manifests, RBAC included); other kinds are skipped and
-    /// reported. Namespaced objects without a namespace go to `default`.
+    /// reported. Namespaced objects without a namespace go to `default`. Documents apply in
+    /// order, so a CRD serves its kind to the documents after it.
     pub fn apply_yaml(&self, yaml: &str) -> Result<Applied, FixtureError> {
         if yaml.len() > MAX_YAML_LEN {
             return Err(FixtureError::Yaml(format!(
@@ -381,24 +397,22 @@ impl KubeFixture {
                 .and_then(Value::as_str)
                 .unwrap_or("")
                 .to_string();
-            let rt = crate::resources::SERVED
-                .iter()
-                .find(|t| t.api_version == api_version && t.kind == kind);
-            let Some(rt) = rt else {
+            let Some(rt) = self.store.resolve_kind(api_version, kind) else {
                 summary.skipped.push(format!("{api_version}/{kind} {name}"));
                 continue;
             };
-            let label = self.store.apply_value(rt, doc)?;
+            let label = self.store.apply_value(&rt, doc)?;
             summary.applied.push(label);
         }
         Ok(summary)
     }
 
-    /// The resource types served, as `(apiVersion, kind, plural)`.
+    /// The built-in resource types served, as `(apiVersion, kind, plural)` (custom resources
+    /// are served while their CRD exists).
     pub fn served_types() -> impl Iterator<Item = (&'static str, &'static str, &'static str)> {
-        crate::resources::SERVED
+        crate::resources::builtin()
             .iter()
-            .map(|t: &ResourceType| (t.api_version, t.kind, t.plural))
+            .map(|t| (&*t.api_version, &*t.kind, &*t.plural))
     }
 }
 

@@ -1,18 +1,29 @@
 //! The resource types the fixture serves, and how a JSON body becomes a stored object.
 //!
-//! Every body is decoded into its `k8s-openapi` type and re-encoded before it is stored, so an
-//! object the fixture holds is exactly what the typed client would produce: unknown fields are
-//! dropped and a wrongly typed field is refused with `400 BadRequest`, much like the API
-//! server's strict decoding drops unknown fields with a warning. List bodies are built as
-//! `k8s_openapi::List<K>`.
+//! Two kinds of type share one [`ResourceType`] description, handed around as a [`TypeRef`]:
+//!
+//! - **built-in** types (the [`builtin`] table): every body is decoded into its `k8s-openapi`
+//!   type and re-encoded before it is stored, so an object the fixture holds is exactly what
+//!   the typed client would produce: unknown fields are dropped and a wrongly typed field is
+//!   refused with `400 BadRequest`, much like the API server's strict decoding drops unknown
+//!   fields with a warning. List bodies are built as `k8s_openapi::List<K>`.
+//! - **custom** types, one per served version of a CustomResourceDefinition (see
+//!   [`crate::custom_resources`]): bodies are pruned, defaulted and validated against the
+//!   version's schema ([`crate::schema`]) and stored in the CRD's storage version; every
+//!   served version reads and writes the same objects, with `apiVersion` rewritten (the
+//!   `None` conversion strategy).
 
 use std::any::TypeId;
+use std::borrow::Cow;
+use std::sync::{Arc, LazyLock};
 
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{
     ConfigMap, Namespace, Node, Pod, Secret, Service, ServiceAccount,
 };
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ListMeta, ObjectMeta};
 use k8s_openapi::{
     ClusterResourceScope, ListableResource, Metadata, NamespaceResourceScope, Resource,
@@ -21,6 +32,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
+use crate::custom_resources::CustomType;
 use crate::selectors::SelectableField;
 use crate::status::ApiError;
 
@@ -53,29 +65,66 @@ impl<K> FixtureResource for K where
 {
 }
 
-/// One served resource type: its REST coordinates and its typed codec.
+/// A served type, shared by the router, the store and open watches.
+pub type TypeRef = Arc<ResourceType>;
+
+/// Where a type's objects are kept: built-in types by their row in [`builtin`], custom types
+/// by their CRD's name (shared by all its versions).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum StorageKey {
+    /// Row of the built-in table.
+    Builtin(usize),
+    /// `PLURAL.GROUP`, the CRD's name.
+    Custom(String),
+}
+
+/// One served resource type: its REST coordinates and its codec.
 #[derive(Debug)]
 pub struct ResourceType {
     /// API group, "" for the core group.
-    pub group: &'static str,
+    pub group: Cow<'static, str>,
     /// API version within the group.
-    pub version: &'static str,
+    pub version: Cow<'static, str>,
     /// `apiVersion` as written in bodies (`v1`, `discovery.k8s.io/v1`).
-    pub api_version: &'static str,
+    pub api_version: Cow<'static, str>,
     /// `kind`.
-    pub kind: &'static str,
+    pub kind: Cow<'static, str>,
     /// The plural path segment (`pods`).
-    pub plural: &'static str,
+    pub plural: Cow<'static, str>,
     /// Whether objects live in a namespace.
     pub namespaced: bool,
     /// Whether the type has a `status` subresource (the main resource then ignores status
     /// changes, and `/status` changes only status).
     pub has_status: bool,
+    /// Whether the server owns `metadata.generation`: 1 on create, +1 when anything but
+    /// `metadata` (and `status`, with a status subresource) changes.
+    pub manages_generation: bool,
     /// Field selectors supported beyond `metadata.name` / `metadata.namespace`.
     pub fields: &'static [SelectableField],
-    type_id: fn() -> TypeId,
-    normalize: fn(Value) -> Result<Value, String>,
-    encode_list: fn(Vec<Value>, ListMeta) -> Result<Value, String>,
+    /// Where its objects are stored.
+    pub storage: StorageKey,
+    codec: Codec,
+}
+
+/// How bodies of a type are decoded, checked and listed.
+enum Codec {
+    /// A `k8s-openapi` type.
+    Typed {
+        type_id: fn() -> TypeId,
+        normalize: fn(Value) -> Result<Value, String>,
+        encode_list: fn(Vec<Value>, ListMeta) -> Result<Value, String>,
+    },
+    /// A version of a CustomResourceDefinition.
+    Custom(CustomType),
+}
+
+impl std::fmt::Debug for Codec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Codec::Typed { .. } => f.write_str("Typed"),
+            Codec::Custom(c) => f.debug_tuple("Custom").field(c).finish(),
+        }
+    }
 }
 
 /// Pod fields the API server accepts in field selectors (pod `GetAttrs` in
@@ -107,51 +156,117 @@ const fn field(
     }
 }
 
-/// Every resource type the fixture serves.
-pub static SERVED: &[ResourceType] = &[
-    ResourceType::of::<Pod>(true, POD_FIELDS),
-    ResourceType::of::<Service>(true, &[]),
-    ResourceType::of::<Secret>(false, SECRET_FIELDS),
-    ResourceType::of::<ConfigMap>(false, &[]),
-    ResourceType::of::<ServiceAccount>(false, &[]),
-    ResourceType::of::<Namespace>(true, NAMESPACE_FIELDS),
-    ResourceType::of::<Node>(true, NODE_FIELDS),
-    ResourceType::of::<EndpointSlice>(false, &[]),
-    ResourceType::of::<Role>(false, &[]),
-    ResourceType::of::<ClusterRole>(false, &[]),
-    ResourceType::of::<RoleBinding>(false, &[]),
-    ResourceType::of::<ClusterRoleBinding>(false, &[]),
-];
+/// Whether a built-in type has a `status` subresource.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Status {
+    Subresource,
+    None,
+}
+
+static BUILTIN: LazyLock<Vec<TypeRef>> = LazyLock::new(|| {
+    use Status::{None as NoStatus, Subresource};
+    let rows = [
+        ResourceType::of::<Pod>(Subresource, POD_FIELDS),
+        ResourceType::of::<Service>(Subresource, &[]),
+        ResourceType::of::<Secret>(NoStatus, SECRET_FIELDS),
+        ResourceType::of::<ConfigMap>(NoStatus, &[]),
+        ResourceType::of::<ServiceAccount>(NoStatus, &[]),
+        ResourceType::of::<Namespace>(Subresource, NAMESPACE_FIELDS),
+        ResourceType::of::<Node>(Subresource, NODE_FIELDS),
+        ResourceType::of::<EndpointSlice>(NoStatus, &[]),
+        ResourceType::of::<Role>(NoStatus, &[]),
+        ResourceType::of::<ClusterRole>(NoStatus, &[]),
+        ResourceType::of::<RoleBinding>(NoStatus, &[]),
+        ResourceType::of::<ClusterRoleBinding>(NoStatus, &[]),
+        ResourceType::of::<Lease>(NoStatus, &[]),
+        ResourceType {
+            // The API server maintains a CRD's generation.
+            manages_generation: true,
+            ..ResourceType::of::<CustomResourceDefinition>(Subresource, &[])
+        },
+    ];
+    rows.into_iter()
+        .enumerate()
+        .map(|(i, rt)| {
+            Arc::new(ResourceType {
+                storage: StorageKey::Builtin(i),
+                ..rt
+            })
+        })
+        .collect()
+});
+
+/// Every built-in resource type the fixture serves (custom types come and go with their
+/// CRDs; see [`crate::Store::resolve`]).
+pub fn builtin() -> &'static [TypeRef] {
+    &BUILTIN
+}
 
 impl ResourceType {
-    const fn of<K: FixtureResource>(has_status: bool, fields: &'static [SelectableField]) -> Self {
+    fn of<K: FixtureResource>(status: Status, fields: &'static [SelectableField]) -> Self {
         Self {
-            group: K::GROUP,
-            version: K::VERSION,
-            api_version: K::API_VERSION,
-            kind: K::KIND,
-            plural: K::URL_PATH_SEGMENT,
+            group: Cow::Borrowed(K::GROUP),
+            version: Cow::Borrowed(K::VERSION),
+            api_version: Cow::Borrowed(K::API_VERSION),
+            kind: Cow::Borrowed(K::KIND),
+            plural: Cow::Borrowed(K::URL_PATH_SEGMENT),
             namespaced: <K::Scope as Scope>::NAMESPACED,
-            has_status,
+            has_status: status == Status::Subresource,
+            manages_generation: false,
             fields,
-            type_id: TypeId::of::<K>,
-            normalize: normalize::<K>,
-            encode_list: encode_list::<K>,
+            storage: StorageKey::Builtin(usize::MAX),
+            codec: Codec::Typed {
+                type_id: TypeId::of::<K>,
+                normalize: normalize::<K>,
+                encode_list: encode_list::<K>,
+            },
         }
     }
 
-    /// The served type with this group, version and plural.
-    pub fn find(group: &str, version: &str, plural: &str) -> Option<&'static ResourceType> {
-        SERVED
+    /// A served version of a custom resource.
+    pub(crate) fn custom(
+        group: &str,
+        version: &str,
+        kind: &str,
+        plural: &str,
+        namespaced: bool,
+        has_status: bool,
+        codec: CustomType,
+    ) -> Self {
+        Self {
+            group: Cow::Owned(group.to_string()),
+            version: Cow::Owned(version.to_string()),
+            api_version: Cow::Owned(format!("{group}/{version}")),
+            kind: Cow::Owned(kind.to_string()),
+            plural: Cow::Owned(plural.to_string()),
+            namespaced,
+            has_status,
+            manages_generation: true,
+            fields: &[],
+            storage: StorageKey::Custom(format!("{plural}.{group}")),
+            codec: Codec::Custom(codec),
+        }
+    }
+
+    /// The built-in type with this group, version and plural.
+    pub fn find(group: &str, version: &str, plural: &str) -> Option<&'static TypeRef> {
+        BUILTIN
             .iter()
             .find(|t| t.group == group && t.version == version && t.plural == plural)
     }
 
-    /// The served type for `K`, or `404 NotFound` if the fixture does not serve it.
-    pub fn lookup<K: FixtureResource>() -> Result<&'static ResourceType, ApiError> {
-        SERVED
+    /// The built-in type with this `apiVersion` and `kind`.
+    pub fn find_kind(api_version: &str, kind: &str) -> Option<&'static TypeRef> {
+        BUILTIN
             .iter()
-            .find(|t| (t.type_id)() == TypeId::of::<K>())
+            .find(|t| t.api_version == api_version && t.kind == kind)
+    }
+
+    /// The served type for `K`, or `404 NotFound` if the fixture does not serve it.
+    pub fn lookup<K: FixtureResource>() -> Result<&'static TypeRef, ApiError> {
+        BUILTIN
+            .iter()
+            .find(|t| matches!(t.codec, Codec::Typed { type_id, .. } if type_id() == TypeId::of::<K>()))
             .ok_or_else(|| {
                 ApiError::new(
                     crate::status::Reason::NotFound,
@@ -160,21 +275,24 @@ impl ResourceType {
             })
     }
 
-    /// Index of this type in [`SERVED`], used as the storage key prefix.
-    pub(crate) fn index(&'static self) -> usize {
-        SERVED
-            .iter()
-            .position(|t| std::ptr::eq(t, self))
-            .unwrap_or(usize::MAX)
+    /// Whether this is a version of a custom resource.
+    pub fn is_custom(&self) -> bool {
+        matches!(self.codec, Codec::Custom(_))
+    }
+
+    /// Whether this is the CustomResourceDefinition type itself.
+    pub(crate) fn is_crd(&self) -> bool {
+        matches!(self.codec, Codec::Typed { type_id, .. } if type_id() == TypeId::of::<CustomResourceDefinition>())
     }
 
     /// Decodes a body as this type, filling in `apiVersion`/`kind` when absent and refusing a
-    /// body of another kind; returns the canonical JSON.
+    /// body of another kind; returns the canonical JSON (for a custom type: pruned, defaulted
+    /// and in the storage version).
     pub fn normalize(&self, mut body: Value) -> Result<Value, ApiError> {
         let Some(map) = body.as_object_mut() else {
             return Err(ApiError::bad_request("the body must be a JSON object"));
         };
-        for (key, expected) in [("apiVersion", self.api_version), ("kind", self.kind)] {
+        for (key, expected) in [("apiVersion", &self.api_version), ("kind", &self.kind)] {
             match map.get(key) {
                 None | Some(Value::Null) => {
                     map.insert(key.to_string(), Value::String(expected.to_string()));
@@ -190,13 +308,62 @@ impl ResourceType {
         if self.kind == "Secret" {
             fold_string_data(map);
         }
-        (self.normalize)(body)
+        let result = match &self.codec {
+            Codec::Typed { normalize, .. } => normalize(body),
+            Codec::Custom(custom) => custom.normalize(body),
+        };
+        result
             .map_err(|e| ApiError::bad_request(format!("unable to decode {} body: {e}", self.kind)))
+    }
+
+    /// Checks a complete object (after the server's own changes) as the API server's
+    /// validation would: the schema of a custom type; nothing more for built-in types.
+    pub(crate) fn validate(&self, object: &Value) -> Result<(), ApiError> {
+        let Codec::Custom(custom) = &self.codec else {
+            return Ok(());
+        };
+        let errors = custom.validate(object);
+        if errors.is_empty() {
+            return Ok(());
+        }
+        let name = object
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        Err(ApiError::invalid_object(
+            &self.group,
+            &self.kind,
+            name,
+            errors,
+        ))
+    }
+
+    /// The stored object as this type's version shows it (custom types rewrite `apiVersion`).
+    pub(crate) fn present(&self, mut object: Value) -> Value {
+        if self.is_custom()
+            && let Some(map) = object.as_object_mut()
+        {
+            map.insert(
+                "apiVersion".into(),
+                Value::String(self.api_version.to_string()),
+            );
+        }
+        object
     }
 
     /// Builds the `XxxList` body for these (already canonical) items.
     pub fn encode_list(&self, items: Vec<Value>, meta: ListMeta) -> Result<Value, ApiError> {
-        (self.encode_list)(items, meta).map_err(ApiError::internal)
+        match &self.codec {
+            Codec::Typed { encode_list, .. } => {
+                encode_list(items, meta).map_err(ApiError::internal)
+            }
+            Codec::Custom(custom) => Ok(serde_json::json!({
+                "apiVersion": self.api_version,
+                "kind": custom.list_kind(),
+                "metadata": meta,
+                "items": items.into_iter().map(|o| self.present(o)).collect::<Vec<_>>(),
+            })),
+        }
     }
 }
 

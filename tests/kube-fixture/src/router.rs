@@ -37,7 +37,7 @@ use tokio::sync::watch;
 
 use crate::patch::PatchKind;
 use crate::rbac::{self, Attributes};
-use crate::resources::ResourceType;
+use crate::resources::TypeRef;
 use crate::selectors::{FieldSelector, LabelSelector};
 use crate::status::{ApiError, Reason};
 use crate::store::{Filter, Preconditions, Store, Target, WatchFrom};
@@ -116,12 +116,15 @@ impl Api {
         let rt = if rp.group == "authentication.k8s.io" && rp.resource == "tokenreviews" {
             None
         } else {
-            let rt = ResourceType::find(&rp.group, &rp.version, &rp.resource).ok_or_else(|| {
-                ApiError::new(
-                    Reason::NotFound,
-                    format!("the server could not find the requested resource ({path})"),
-                )
-            })?;
+            let rt = self
+                .store
+                .resolve(&rp.group, &rp.version, &rp.resource)
+                .ok_or_else(|| {
+                    ApiError::new(
+                        Reason::NotFound,
+                        format!("the server could not find the requested resource ({path})"),
+                    )
+                })?;
             if rp.namespace.is_some() && !rt.namespaced {
                 return Err(ApiError::new(
                     Reason::NotFound,
@@ -130,7 +133,7 @@ impl Api {
             }
             Some(rt)
         };
-        let field_selector = match rt {
+        let field_selector = match &rt {
             Some(rt) => FieldSelector::parse(query_str(&query, "fieldSelector"), rt.fields)?,
             None => FieldSelector::default(),
         };
@@ -158,7 +161,7 @@ impl Api {
             ));
         }
 
-        let Some(rt) = rt else {
+        let Some(rt) = &rt else {
             if verb != "create" {
                 return Err(ApiError::new(
                     Reason::MethodNotAllowed,
@@ -228,7 +231,7 @@ impl Api {
 
     fn list(
         &self,
-        rt: &'static ResourceType,
+        rt: &TypeRef,
         filter: &Filter,
         query: &HashMap<String, String>,
     ) -> Result<Response<Body>, ApiError> {
@@ -262,7 +265,7 @@ impl Api {
 
     fn watch(
         &self,
-        rt: &'static ResourceType,
+        rt: &TypeRef,
         filter: Filter,
         query: &HashMap<String, String>,
     ) -> Result<Response<Body>, ApiError> {
@@ -292,7 +295,7 @@ impl Api {
             Ok(subscription) => watch_stream::stream_body(
                 subscription,
                 WatchOptions {
-                    resource: rt,
+                    resource: rt.clone(),
                     filter,
                     bookmarks,
                     send_initial_events: send_initial_events && from == WatchFrom::Now,
@@ -315,7 +318,7 @@ impl Api {
     async fn patch(
         &self,
         req: Request<Incoming>,
-        rt: &'static ResourceType,
+        rt: &TypeRef,
         ns: Option<&str>,
         name: &str,
         target: Target,

@@ -5,7 +5,7 @@
 //! (<https://github.com/kubernetes/community/blob/master/contributors/devel/sig-architecture/api-conventions.md#response-status-kind>)
 //! and the `StatusReason` constants of `k8s.io/apimachinery/pkg/apis/meta/v1`.
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Status, StatusDetails};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Status, StatusCause, StatusDetails};
 
 /// The `reason` of a failed request, mirroring the API server's `metav1.StatusReason`.
 ///
@@ -125,8 +125,79 @@ pub struct ErrorDetails {
     pub name: String,
     /// The API group ("" for the core group).
     pub group: String,
-    /// The resource, in the plural form the API server uses here (e.g. `pods`).
+    /// The resource, in the plural form the API server uses here (e.g. `pods`), or the
+    /// Kind for `422 Invalid`.
     pub kind: String,
+    /// The field errors of a `422 Invalid` (`details.causes`).
+    pub causes: Vec<FieldError>,
+}
+
+/// What is wrong with one field (the API server's `field.ErrorType`); `Display` is a
+/// snake_case label, [`FieldErrorKind::cause_type`] the wire `CauseType`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum FieldErrorKind {
+    /// `Invalid value`.
+    Invalid,
+    /// `Invalid value` for a value of the wrong JSON type.
+    TypeInvalid,
+    /// `Required value`.
+    Required,
+    /// `Unsupported value` (not in the enum).
+    NotSupported,
+    /// `Too many` (more items than `maxItems`).
+    TooMany,
+    /// `Too long` (longer than `maxLength`).
+    TooLong,
+    /// `Forbidden`.
+    Forbidden,
+}
+
+impl FieldErrorKind {
+    /// The `metav1.CauseType` on the wire.
+    pub fn cause_type(self) -> &'static str {
+        match self {
+            FieldErrorKind::Invalid => "FieldValueInvalid",
+            FieldErrorKind::TypeInvalid => "FieldValueTypeInvalid",
+            FieldErrorKind::Required => "FieldValueRequired",
+            FieldErrorKind::NotSupported => "FieldValueNotSupported",
+            FieldErrorKind::TooMany => "FieldValueTooMany",
+            FieldErrorKind::TooLong => "FieldValueTooLong",
+            FieldErrorKind::Forbidden => "FieldValueForbidden",
+        }
+    }
+}
+
+impl std::fmt::Display for FieldErrorKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            FieldErrorKind::Invalid => "invalid",
+            FieldErrorKind::TypeInvalid => "type_invalid",
+            FieldErrorKind::Required => "required",
+            FieldErrorKind::NotSupported => "not_supported",
+            FieldErrorKind::TooMany => "too_many",
+            FieldErrorKind::TooLong => "too_long",
+            FieldErrorKind::Forbidden => "forbidden",
+        })
+    }
+}
+
+/// One field error of a `422 Invalid`, as `field.Error`: `field` is the path
+/// (`spec.dnsNameTemplates[0]`), `detail` the body (`Too many: 17: must have at most 16
+/// items`); the API server's message is `field: detail`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FieldError {
+    /// The field path.
+    pub field: String,
+    /// What is wrong.
+    pub kind: FieldErrorKind,
+    /// The message without the path.
+    pub detail: String,
+}
+
+impl std::fmt::Display for FieldError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.field, self.detail)
+    }
 }
 
 impl ApiError {
@@ -145,8 +216,40 @@ impl ApiError {
             name: name.to_string(),
             group: group.to_string(),
             kind: plural.to_string(),
+            causes: Vec::new(),
         });
         self
+    }
+
+    /// `422 Invalid` for an object with field errors, worded as
+    /// `Kind.group "name" is invalid: [field: detail, ...]` with the errors as
+    /// `details.causes`.
+    pub fn invalid_object(group: &str, kind: &str, name: &str, causes: Vec<FieldError>) -> Self {
+        let listed = match causes.as_slice() {
+            [one] => one.to_string(),
+            many => format!(
+                "[{}]",
+                many.iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        };
+        let qualified_kind = if group.is_empty() {
+            kind.to_string()
+        } else {
+            format!("{kind}.{group}")
+        };
+        Self {
+            reason: Reason::Invalid,
+            message: format!("{qualified_kind} \"{name}\" is invalid: {listed}"),
+            details: Some(ErrorDetails {
+                name: name.to_string(),
+                group: group.to_string(),
+                kind: kind.to_string(),
+                causes,
+            }),
+        }
     }
 
     /// `404 NotFound` for one object, worded as `pods "x" not found`.
@@ -216,6 +319,17 @@ impl ApiError {
                 name: Some(d.name.clone()).filter(|s| !s.is_empty()),
                 group: Some(d.group.clone()).filter(|s| !s.is_empty()),
                 kind: Some(d.kind.clone()).filter(|s| !s.is_empty()),
+                causes: Some(
+                    d.causes
+                        .iter()
+                        .map(|c| StatusCause {
+                            field: Some(c.field.clone()),
+                            message: Some(c.detail.clone()),
+                            reason: Some(c.kind.cause_type().to_string()),
+                        })
+                        .collect::<Vec<_>>(),
+                )
+                .filter(|c| !c.is_empty()),
                 ..Default::default()
             }),
             message: Some(self.message.clone()),

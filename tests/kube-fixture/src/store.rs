@@ -21,9 +21,18 @@
 //!   compacts on demand and [`Store::disconnect_watches`] ends open watches, as an API server
 //!   restart or watch timeout would, so a test can drive a client through relisting.
 //! - Namespaces are not required to exist before objects are created in them.
-//! - `metadata.generation` and `managedFields` are not maintained; `uid`,
-//!   `creationTimestamp`, `resourceVersion`, `name` and `namespace` are server-owned and
-//!   survive any update.
+//! - `metadata.generation` is the server's for custom resources and CRDs (as
+//!   `customResourceStrategy` keeps it): 1 on create, +1 on an update that changes anything
+//!   but `metadata` (and `status`, when the status subresource is on), whatever the client
+//!   sends. The served built-in types keep whatever the client writes (the API server's
+//!   strategies for pods, services, config maps... do not bump it either; Kubernetes 1.33's
+//!   pod generation is an alpha feature, off by default).
+//! - `managedFields` are not maintained; `uid`, `creationTimestamp`, `resourceVersion`,
+//!   `name` and `namespace` are server-owned and survive any update.
+//! - CustomResourceDefinitions are checked, get their status and start serving their
+//!   resources on write; deleting one deletes its objects first (see
+//!   [`crate::custom_resources`]). Custom objects are pruned, defaulted and validated
+//!   against their version's schema on every write ([`crate::schema`]).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -34,8 +43,9 @@ use serde_json::{Value, json};
 use tokio::sync::broadcast;
 
 use crate::clock::Clock;
+use crate::custom_resources::{self, CustomTypes};
 use crate::ids;
-use crate::resources::{FixtureResource, ResourceType};
+use crate::resources::{FixtureResource, ResourceType, StorageKey, TypeRef};
 use crate::selectors::{FieldSelector, LabelSelector};
 use crate::status::{ApiError, Reason};
 
@@ -72,7 +82,7 @@ pub(crate) enum ChangeKind {
 #[derive(Debug)]
 pub(crate) struct Change {
     pub rv: u64,
-    pub resource: &'static ResourceType,
+    pub resource: TypeRef,
     pub kind: ChangeKind,
     /// The object after the write (for a deletion: its last state, at the deletion's rv).
     pub object: Value,
@@ -86,6 +96,8 @@ pub(crate) enum Notice {
     Change(Arc<Change>),
     /// End every open watch now (as a restart of the API server would).
     Disconnect,
+    /// A CRD was deleted: end the watches on its objects.
+    Removed(StorageKey),
 }
 
 /// Which part of an object an update may change.
@@ -161,7 +173,7 @@ pub(crate) struct Preconditions {
     pub resource_version: Option<String>,
 }
 
-type Key = (usize, String, String);
+type Key = (StorageKey, String, String);
 
 struct Inner {
     rv: u64,
@@ -169,6 +181,36 @@ struct Inner {
     floor: u64,
     objects: BTreeMap<Key, Value>,
     history: VecDeque<Arc<Change>>,
+    /// The types the stored CRDs define.
+    custom: CustomTypes,
+}
+
+impl Inner {
+    /// The stored objects of one type, in key order (namespace, then name).
+    fn objects_of<'a>(
+        &'a self,
+        storage: &StorageKey,
+    ) -> impl Iterator<Item = (&'a Key, &'a Value)> {
+        let storage = storage.clone();
+        self.objects
+            .range((storage.clone(), String::new(), String::new())..)
+            .take_while(move |((s, _, _), _)| *s == storage)
+    }
+
+    /// `404` for a write to a custom type whose CRD is gone (a request that raced the CRD's
+    /// deletion must not leave orphans).
+    fn ensure_served(&self, rt: &ResourceType) -> Result<(), ApiError> {
+        if rt.is_custom() && !self.custom.serves(rt) {
+            return Err(ApiError::new(
+                Reason::NotFound,
+                format!(
+                    "the server could not find the requested resource ({}.{})",
+                    rt.plural, rt.group
+                ),
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// The fixture's objects, their history and the feed of changes to watches.
@@ -202,6 +244,7 @@ impl Store {
                 floor: 1,
                 objects: BTreeMap::new(),
                 history: VecDeque::new(),
+                custom: CustomTypes::default(),
             }),
             notices,
             clock,
@@ -243,6 +286,22 @@ impl Store {
         self.open_watches.load(Ordering::SeqCst)
     }
 
+    /// The served type at `/apis/GROUP/VERSION/PLURAL`: built-in, or defined by a stored CRD.
+    pub fn resolve(&self, group: &str, version: &str, plural: &str) -> Option<TypeRef> {
+        match ResourceType::find(group, version, plural) {
+            Some(rt) => Some(rt.clone()),
+            None => self.lock().custom.find(group, version, plural),
+        }
+    }
+
+    /// The served type of bodies with this `apiVersion` and `kind`.
+    pub fn resolve_kind(&self, api_version: &str, kind: &str) -> Option<TypeRef> {
+        match ResourceType::find_kind(api_version, kind) {
+            Some(rt) => Some(rt.clone()),
+            None => self.lock().custom.find_kind(api_version, kind),
+        }
+    }
+
     // ----- typed seeding API -----
 
     /// Creates an object as given (status included). Namespaced objects without a namespace go
@@ -264,11 +323,7 @@ impl Store {
     }
 
     /// [`Store::apply`] for a JSON object of type `rt`; returns `Kind ns/name`.
-    pub(crate) fn apply_value(
-        &self,
-        rt: &'static ResourceType,
-        body: Value,
-    ) -> Result<String, ApiError> {
+    pub(crate) fn apply_value(&self, rt: &TypeRef, body: Value) -> Result<String, ApiError> {
         let (ns, name) = self.apply_inner(rt, body)?;
         Ok(match ns {
             Some(ns) => format!("{} {ns}/{name}", rt.kind),
@@ -278,7 +333,7 @@ impl Store {
 
     fn apply_inner(
         &self,
-        rt: &'static ResourceType,
+        rt: &TypeRef,
         mut body: Value,
     ) -> Result<(Option<String>, String), ApiError> {
         let ns = seed_namespace(rt, &body);
@@ -358,7 +413,7 @@ impl Store {
     /// Creates an object. `from_api` resets `status` for types with a status subresource.
     pub(crate) fn create_value(
         &self,
-        rt: &'static ResourceType,
+        rt: &TypeRef,
         namespace: Option<&str>,
         body: Value,
         from_api: bool,
@@ -412,6 +467,9 @@ impl Store {
         ] {
             meta.remove(server_owned);
         }
+        if rt.manages_generation {
+            meta.insert("generation".into(), json!(1));
+        }
         if from_api && rt.has_status {
             let obj = object.as_object_mut().expect("normalized objects are maps");
             obj.remove("status");
@@ -420,10 +478,22 @@ impl Store {
             }
         }
 
+        let crd_types = if rt.is_crd() {
+            Some(custom_resources::accept(&mut object, None, self.now())?)
+        } else {
+            None
+        };
+        rt.validate(&object)?;
+
         let mut inner = self.lock();
-        let key = (rt.index(), ns.clone().unwrap_or_default(), name.clone());
+        inner.ensure_served(rt)?;
+        let key = (
+            rt.storage.clone(),
+            ns.clone().unwrap_or_default(),
+            name.clone(),
+        );
         if inner.objects.contains_key(&key) {
-            return Err(ApiError::already_exists(rt.group, rt.plural, &name));
+            return Err(ApiError::already_exists(&rt.group, &rt.plural, &name));
         }
         if inner.objects.len() >= self.limits.max_objects {
             return Err(ApiError::new(
@@ -438,14 +508,23 @@ impl Store {
         let rv = inner.rv;
         set_resource_version(&mut object, rv);
         inner.objects.insert(key, object.clone());
+        if let Some(types) = crd_types {
+            inner.custom.install(&name, types);
+        }
         self.record(&mut inner, rt, ChangeKind::Added, object.clone(), None);
-        Ok(object)
+        Ok(rt.present(object))
+    }
+
+    /// Now, for timestamps the server sets.
+    fn now(&self) -> Time {
+        let now = self.clock.now();
+        Time(now.round(k8s_openapi::jiff::Unit::Second).unwrap_or(now))
     }
 
     /// Reads one object.
     pub(crate) fn get_value(
         &self,
-        rt: &'static ResourceType,
+        rt: &TypeRef,
         namespace: Option<&str>,
         name: &str,
     ) -> Result<Value, ApiError> {
@@ -453,23 +532,16 @@ impl Store {
         self.lock()
             .objects
             .get(&key)
-            .cloned()
-            .ok_or_else(|| ApiError::not_found(rt.group, rt.plural, name))
+            .map(|o| rt.present(o.clone()))
+            .ok_or_else(|| ApiError::not_found(&rt.group, &rt.plural, name))
     }
 
     /// Lists matching objects (in key order: namespace, then name) and the current
     /// resourceVersion.
-    pub(crate) fn list_values(
-        &self,
-        rt: &'static ResourceType,
-        filter: &Filter,
-    ) -> (Vec<Value>, u64) {
+    pub(crate) fn list_values(&self, rt: &TypeRef, filter: &Filter) -> (Vec<Value>, u64) {
         let inner = self.lock();
-        let index = rt.index();
         let items = inner
-            .objects
-            .range((index, String::new(), String::new())..)
-            .take_while(|((i, _, _), _)| *i == index)
+            .objects_of(&rt.storage)
             .map(|(_, v)| v)
             .filter(|v| filter.matches(v))
             .cloned()
@@ -480,7 +552,7 @@ impl Store {
     /// Replaces an object (PUT).
     pub(crate) fn replace_value(
         &self,
-        rt: &'static ResourceType,
+        rt: &TypeRef,
         namespace: Option<&str>,
         name: &str,
         body: Value,
@@ -502,7 +574,7 @@ impl Store {
     /// one (optimistic concurrency), an empty one means unconditional.
     pub(crate) fn update_with(
         &self,
-        rt: &'static ResourceType,
+        rt: &TypeRef,
         namespace: Option<&str>,
         name: &str,
         target: Target,
@@ -514,8 +586,9 @@ impl Store {
             .objects
             .get(&key)
             .cloned()
-            .ok_or_else(|| ApiError::not_found(rt.group, rt.plural, name))?;
-        let desired = rt.normalize(change(&current)?)?;
+            .ok_or_else(|| ApiError::not_found(&rt.group, &rt.plural, name))?;
+        inner.ensure_served(rt)?;
+        let desired = rt.normalize(change(&rt.present(current.clone()))?)?;
         let current_rv = resource_version_of(&current);
         match desired
             .pointer("/metadata/resourceVersion")
@@ -523,9 +596,10 @@ impl Store {
         {
             None | Some("") => {}
             Some(rv) if rv == current_rv => {}
-            Some(_) => return Err(ApiError::conflict(rt.group, rt.plural, name)),
+            Some(_) => return Err(ApiError::conflict(&rt.group, &rt.plural, name)),
         }
         let mut next = merge_for_target(rt, &current, desired, target)?;
+        let bump = i64::from(spec_changed(&current, &next, rt.has_status));
         // Fields the server owns survive any update.
         {
             let (cur_meta, next_meta) = (metadata(&current), metadata_mut(&mut next)?);
@@ -536,10 +610,31 @@ impl Store {
                 };
             }
             next_meta.insert("resourceVersion".into(), Value::String(current_rv.clone()));
+            if rt.manages_generation {
+                let generation = cur_meta
+                    .get("generation")
+                    .and_then(Value::as_i64)
+                    .unwrap_or(0);
+                next_meta.insert("generation".into(), json!(generation + bump));
+            }
+        }
+        let crd_types = if rt.is_crd() {
+            Some(custom_resources::accept(
+                &mut next,
+                Some(&current),
+                self.now(),
+            )?)
+        } else {
+            None
+        };
+        rt.validate(&next)?;
+        if let Some(types) = crd_types {
+            // Rebuilt even for a no-op write: the types are the same.
+            inner.custom.install(name, types);
         }
         if next == current {
             // No-op writes do not advance the resourceVersion or notify watches.
-            return Ok(current);
+            return Ok(rt.present(current));
         }
         inner.rv += 1;
         let rv = inner.rv;
@@ -552,13 +647,13 @@ impl Store {
             next.clone(),
             Some(current),
         );
-        Ok(next)
+        Ok(rt.present(next))
     }
 
     /// Deletes an object (immediately), checking DELETE preconditions.
     pub(crate) fn delete_value(
         &self,
-        rt: &'static ResourceType,
+        rt: &TypeRef,
         namespace: Option<&str>,
         name: &str,
         preconditions: &Preconditions,
@@ -569,7 +664,7 @@ impl Store {
             .objects
             .get(&key)
             .cloned()
-            .ok_or_else(|| ApiError::not_found(rt.group, rt.plural, name))?;
+            .ok_or_else(|| ApiError::not_found(&rt.group, &rt.plural, name))?;
         let meta = metadata(&current);
         let uid = meta.get("uid").and_then(Value::as_str).unwrap_or_default();
         if let Some(want) = &preconditions.uid
@@ -581,7 +676,7 @@ impl Store {
                     "Precondition failed: UID in precondition: {want}, UID in object meta: {uid}"
                 ),
             )
-            .with_details(rt.group, rt.plural, name));
+            .with_details(&rt.group, &rt.plural, name));
         }
         let rv = resource_version_of(&current);
         if let Some(want) = &preconditions.resource_version
@@ -593,7 +688,10 @@ impl Store {
                     "Precondition failed: ResourceVersion in precondition: {want}, ResourceVersion in object meta: {rv}"
                 ),
             )
-            .with_details(rt.group, rt.plural, name));
+            .with_details(&rt.group, &rt.plural, name));
+        }
+        if rt.is_crd() {
+            self.delete_custom_objects(&mut inner, name);
         }
         inner.objects.remove(&key);
         inner.rv += 1;
@@ -606,14 +704,38 @@ impl Store {
             last.clone(),
             Some(current),
         );
-        Ok(last)
+        Ok(rt.present(last))
+    }
+
+    /// Stops serving a deleted CRD's types and deletes their objects, each with its DELETED
+    /// event, then ends the watches on them (the API server's CRD finalizer does the same
+    /// before the CRD goes).
+    fn delete_custom_objects(&self, inner: &mut Inner, crd_name: &str) {
+        let Some(types) = inner.custom.remove(crd_name) else {
+            return;
+        };
+        let Some(rt) = types.first() else {
+            return;
+        };
+        let doomed: Vec<(Key, Value)> = inner
+            .objects_of(&rt.storage)
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        for (key, object) in doomed {
+            inner.objects.remove(&key);
+            inner.rv += 1;
+            let mut last = object.clone();
+            set_resource_version(&mut last, inner.rv);
+            self.record(inner, rt, ChangeKind::Deleted, last, Some(object));
+        }
+        let _ = self.notices.send(Notice::Removed(rt.storage.clone()));
     }
 
     /// Opens a watch on one type. Fails with `410 Expired` for a version older than the
     /// history, and `429` past `max_watches`.
     pub(crate) fn subscribe(
         &self,
-        rt: &'static ResourceType,
+        rt: &TypeRef,
         from: WatchFrom,
     ) -> Result<Subscription, ApiError> {
         let slot = self.open_watches.fetch_add(1, Ordering::SeqCst);
@@ -631,12 +753,9 @@ impl Store {
         let receiver = self.notices.subscribe();
         let (initial, backlog) = match from {
             WatchFrom::Now => {
-                let index = rt.index();
                 let objects = inner
-                    .objects
-                    .range((index, String::new(), String::new())..)
-                    .take_while(|((i, _, _), _)| *i == index)
-                    .map(|(_, v)| v.clone())
+                    .objects_of(&rt.storage)
+                    .map(|(_, v)| rt.present(v.clone()))
                     .collect();
                 (objects, Vec::new())
             }
@@ -650,7 +769,7 @@ impl Store {
                 inner
                     .history
                     .iter()
-                    .filter(|c| c.rv > n && std::ptr::eq(c.resource, rt))
+                    .filter(|c| c.rv > n && c.resource.storage == rt.storage)
                     .cloned()
                     .collect(),
             ),
@@ -671,14 +790,14 @@ impl Store {
     fn record(
         &self,
         inner: &mut Inner,
-        rt: &'static ResourceType,
+        rt: &TypeRef,
         kind: ChangeKind,
         object: Value,
         previous: Option<Value>,
     ) {
         let change = Arc::new(Change {
             rv: inner.rv,
-            resource: rt,
+            resource: rt.clone(),
             kind,
             object,
             previous,
@@ -718,13 +837,13 @@ fn object_name(body: &Value) -> Option<String> {
         .map(str::to_string)
 }
 
-fn key_for(rt: &'static ResourceType, namespace: Option<&str>, name: &str) -> Key {
+fn key_for(rt: &TypeRef, namespace: Option<&str>, name: &str) -> Key {
     let ns = if rt.namespaced {
         namespace.unwrap_or_default().to_string()
     } else {
         String::new()
     };
-    (rt.index(), ns, name.to_string())
+    (rt.storage.clone(), ns, name.to_string())
 }
 
 /// The namespace an object is stored under: the request's, which a namespace in the body must
@@ -773,6 +892,20 @@ fn validate_name(rt: &ResourceType, name: &str) -> Result<(), ApiError> {
         )));
     }
     Ok(())
+}
+
+/// Whether an update changes anything but `metadata` (and `status`, which the status
+/// subresource owns): what bumps `metadata.generation`.
+fn spec_changed(current: &Value, next: &Value, has_status: bool) -> bool {
+    let strip = |object: &Value| {
+        let mut map = object.as_object().cloned().unwrap_or_default();
+        map.remove("metadata");
+        if has_status {
+            map.remove("status");
+        }
+        map
+    };
+    strip(current) != strip(next)
 }
 
 fn merge_for_target(

@@ -29,7 +29,7 @@ use hyper::body::Frame;
 use serde_json::{Value, json};
 use tokio::sync::{broadcast, mpsc, watch};
 
-use crate::resources::ResourceType;
+use crate::resources::{ResourceType, TypeRef};
 use crate::status::ApiError;
 use crate::store::{Change, ChangeKind, Filter, Notice, Subscription};
 use crate::tls::Body;
@@ -37,7 +37,7 @@ use crate::tls::Body;
 /// Options of one watch request.
 #[derive(Clone, Debug)]
 pub(crate) struct WatchOptions {
-    pub resource: &'static ResourceType,
+    pub resource: TypeRef,
     pub filter: Filter,
     pub bookmarks: bool,
     pub send_initial_events: bool,
@@ -109,14 +109,14 @@ async fn run(
     }
     if options.send_initial_events
         && tx
-            .send(bookmark_line(options.resource, seen, true))
+            .send(bookmark_line(&options.resource, seen, true))
             .await
             .is_err()
     {
         return;
     }
     for change in &backlog {
-        if let Some(line) = change_line(change, &options.filter)
+        if let Some(line) = change_line(change, &options)
             && tx.send(line).await.is_err()
         {
             return;
@@ -131,11 +131,11 @@ async fn run(
         let line = tokio::select! {
             _ = tokio::time::sleep_until(deadline) => {
                 if options.bookmarks {
-                    let _ = tx.send(bookmark_line(options.resource, seen, false)).await;
+                    let _ = tx.send(bookmark_line(&options.resource, seen, false)).await;
                 }
                 return;
             }
-            _ = ticker.tick(), if options.bookmarks => bookmark_line(options.resource, seen, false),
+            _ = ticker.tick(), if options.bookmarks => bookmark_line(&options.resource, seen, false),
             _ = shutdown.changed() => return,
             _ = tx.closed() => return,
             notice = receiver.recv() => match notice {
@@ -144,15 +144,18 @@ async fn run(
                         continue;
                     }
                     seen = change.rv;
-                    if !std::ptr::eq(change.resource, options.resource) {
+                    if change.resource.storage != options.resource.storage {
                         continue;
                     }
-                    match change_line(&change, &options.filter) {
+                    match change_line(&change, &options) {
                         Some(line) => line,
                         None => continue,
                     }
                 }
                 Ok(Notice::Disconnect) | Err(broadcast::error::RecvError::Closed) => return,
+                // The CRD of the watched type was deleted.
+                Ok(Notice::Removed(storage)) if storage == options.resource.storage => return,
+                Ok(Notice::Removed(_)) => continue,
                 Err(broadcast::error::RecvError::Lagged(_)) => {
                     let expired = ApiError::expired(seen, seen + 1);
                     let status = serde_json::to_value(expired.to_status()).unwrap_or_default();
@@ -167,14 +170,17 @@ async fn run(
     }
 }
 
-/// The event a change produces for a watcher with `filter`, if any.
-fn change_line(change: &Change, filter: &Filter) -> Option<Bytes> {
+/// The event a change produces for a watcher, if any, its object shown in the watched
+/// version.
+fn change_line(change: &Change, options: &WatchOptions) -> Option<Bytes> {
+    let filter = &options.filter;
+    let show = |object: &Value| options.resource.present(object.clone());
     let now = filter.matches(&change.object);
     let before = change.previous.as_ref().is_some_and(|p| filter.matches(p));
     match (change.kind, before, now) {
-        (ChangeKind::Added, _, true) => Some(event_line("ADDED", &change.object)),
-        (ChangeKind::Modified, true, true) => Some(event_line("MODIFIED", &change.object)),
-        (ChangeKind::Modified, false, true) => Some(event_line("ADDED", &change.object)),
+        (ChangeKind::Added, _, true) => Some(event_line("ADDED", &show(&change.object))),
+        (ChangeKind::Modified, true, true) => Some(event_line("MODIFIED", &show(&change.object))),
+        (ChangeKind::Modified, false, true) => Some(event_line("ADDED", &show(&change.object))),
         (ChangeKind::Modified, true, false) => {
             // Left the selection: DELETED with the previous content at the new version.
             let mut previous = change.previous.clone().unwrap_or_default();
@@ -184,9 +190,9 @@ fn change_line(change: &Change, filter: &Filter) -> Option<Bytes> {
                     Value::String(change.rv.to_string()),
                 );
             }
-            Some(event_line("DELETED", &previous))
+            Some(event_line("DELETED", &show(&previous)))
         }
-        (ChangeKind::Deleted, b, n) if b || n => Some(event_line("DELETED", &change.object)),
+        (ChangeKind::Deleted, b, n) if b || n => Some(event_line("DELETED", &show(&change.object))),
         _ => None,
     }
 }
@@ -218,7 +224,7 @@ mod tests {
     fn change(kind: ChangeKind, prev: Option<Value>, now: Value) -> Change {
         Change {
             rv: 7,
-            resource: ResourceType::lookup::<ConfigMap>().unwrap(),
+            resource: ResourceType::lookup::<ConfigMap>().unwrap().clone(),
             kind,
             object: now,
             previous: prev,
@@ -231,9 +237,16 @@ mod tests {
 
     #[test]
     fn selector_transitions_become_added_and_deleted() {
-        let filter = Filter {
-            labels: LabelSelector::parse("app=x").unwrap(),
-            ..Filter::default()
+        let filter = WatchOptions {
+            resource: ResourceType::lookup::<ConfigMap>().unwrap().clone(),
+            filter: Filter {
+                labels: LabelSelector::parse("app=x").unwrap(),
+                ..Filter::default()
+            },
+            bookmarks: false,
+            send_initial_events: false,
+            timeout: Duration::from_secs(1),
+            bookmark_interval: Duration::from_secs(1),
         };
         let on = json!({"metadata": {"name": "a", "labels": {"app": "x"}, "resourceVersion": "6"}});
         let off = json!({"metadata": {"name": "a", "resourceVersion": "7"}});
