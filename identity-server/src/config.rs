@@ -192,6 +192,8 @@ pub struct ServerConfig {
     pub mint_rate_limit: f64,
     pub attest_rate_limit: f64,
     pub entries: Vec<StaticEntry>,
+    /// `--config`: where [`crate::entry_reload`] reads `[[entries]]` again.
+    pub config_file: Option<PathBuf>,
     /// Connection, handshake and stream bounds of the gRPC listener (not an option: tests
     /// lower them).
     pub listener_limits: crate::tls_listener::Limits,
@@ -287,17 +289,12 @@ impl RunArgs {
         crate::pod_id::validate_template(&pod_id_template)
             .map_err(|e| invalid("pod-id-template", e))?;
 
-        let entries = self
-            .entries
-            .into_iter()
-            .enumerate()
-            .map(|(index, e)| {
-                e.validate(&trust_domain).map_err(|e| ConfigError::Entry {
-                    index,
-                    message: e.to_string(),
-                })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let entries = crate::entries::validate_entries(self.entries, &trust_domain).map_err(
+            |e| ConfigError::Entry {
+                index: e.index,
+                message: format!("{}: {}", e.spiffe_id, e.reason),
+            },
+        )?;
 
         Ok(ServerConfig {
             trust_domain,
@@ -320,6 +317,7 @@ impl RunArgs {
                 DEFAULT_ATTEST_RATE_LIMIT,
             )?,
             entries,
+            config_file: self.config,
             listener_limits: Default::default(),
             init: self.init,
         })

@@ -54,6 +54,7 @@ mod tests {
             nodes: Some(vec!["*".into()]),
             x509_ttl: None,
             jwt_ttl: None,
+            dns_names: None,
         }
         .validate(&TrustDomain::new("example.org").unwrap())
         .unwrap()

@@ -282,6 +282,7 @@ mod tests {
             nodes: Some(nodes.iter().map(|s| s.to_string()).collect()),
             x509_ttl: None,
             jwt_ttl: None,
+            dns_names: None,
         }
         .validate(&td())
         .unwrap()

@@ -124,6 +124,7 @@ mod tests {
             nodes: Some(vec!["node-1".into()]),
             x509_ttl: None,
             jwt_ttl: None,
+            dns_names: None,
         }
         .validate(&td)
         .unwrap();

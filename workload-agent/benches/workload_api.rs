@@ -134,6 +134,7 @@ fn start_server(data_dir: &Path) -> (tokio::runtime::Runtime, SocketAddr) {
             nodes: Some(vec!["*".into()]),
             x509_ttl: None,
             jwt_ttl: None,
+            dns_names: None,
         }],
         ..Default::default()
     }

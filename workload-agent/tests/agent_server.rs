@@ -46,6 +46,7 @@ impl TestServer {
             nodes: Some(vec!["*".into()]),
             x509_ttl: ttl.map(Into::into),
             jwt_ttl: None,
+            dns_names: None,
         };
         let config = ServerArgs {
             trust_domain: Some("example.org".into()),
