@@ -11,6 +11,10 @@ use clap::{Args, Parser, Subcommand};
 use lanyard_cli::ca::kube::{CaObjects, Cluster};
 use lanyard_cli::ca::status::Output;
 use lanyard_cli::ca::{CaError, init, issue_intermediate, rotate_root, status};
+use lanyard_cli::identities::{
+    self, DEFAULT_POD_ID_TEMPLATE, IdentitiesError, Output as IdentitiesOutput,
+    Settings as IdentitySettings,
+};
 use lanyard_cli::images::{
     COMPONENTS, CSI_REGISTRAR_IMAGE, DEFAULT_REGISTRY, DigestFile, INJECT_COMPONENTS,
     INSTALL_CNI_COMPONENTS, INSTALL_COMPONENTS, Images, VERSION,
@@ -27,6 +31,8 @@ use lanyard_cli::install::{
 use lanyard_cli::yaml::{MAX_STREAM_BYTES, write_stream};
 use lanyard_client::tap::TapError;
 use lanyard_daemon::address::HostPort;
+use lanyard_registration::ClassPolicy;
+use lanyard_registration::resource::DEFAULT_CLASS;
 
 /// Lanyard: SPIFFE identities and mTLS for every workload.
 #[derive(Parser)]
@@ -44,6 +50,9 @@ enum Command {
     /// The CA in the cluster: create it, issue intermediates, rotate the root in phases that
     /// wait for propagation, and watch it (`lanyard ca status`).
     Ca(CaArgs),
+    /// What every pod is issued (SPIFFE ID, DNS names) and why (which LanyardIdentity, or the
+    /// default template), or why it is refused; decided as the servers decide it.
+    Identities(IdentitiesArgs),
     /// Add the Lanyard proxy to every workload in a YAML stream
     /// (`lanyard inject app.yml | kubectl apply -f -`).
     Inject(InjectArgs),
@@ -84,6 +93,46 @@ struct CheckArgs {
     /// With --cluster: how long each call to the API server may take.
     #[arg(long, env = "LANYARD_CLUSTER_TIMEOUT", value_parser = humantime::parse_duration, default_value = "10s")]
     cluster_timeout: Duration,
+}
+
+#[derive(Args)]
+struct IdentitiesArgs {
+    /// Trust domain of the IDs [default: the installation's, from the roots in its bundle
+    /// ConfigMap (--namespace, --bundle-configmap)]
+    #[arg(long, env = "LANYARD_TRUST_DOMAIN")]
+    trust_domain: Option<String>,
+    /// The LanyardIdentity class the servers serve (their --identity-class).
+    #[arg(long, env = "LANYARD_IDENTITY_CLASS", default_value = DEFAULT_CLASS)]
+    identity_class: String,
+    /// Whether resources without className are served (the servers' --watch-classless).
+    #[arg(long, env = "LANYARD_WATCH_CLASSLESS", value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
+    watch_classless: bool,
+    /// The identity of pods no LanyardIdentity selects (the servers' --pod-id-template).
+    #[arg(long, env = "LANYARD_POD_ID_TEMPLATE", default_value = DEFAULT_POD_ID_TEMPLATE)]
+    pod_id_template: String,
+    /// No identity for pods no LanyardIdentity selects (the servers'
+    /// --no-default-pod-identity).
+    #[arg(
+        long,
+        env = "LANYARD_NO_DEFAULT_POD_IDENTITY",
+        conflicts_with = "pod_id_template"
+    )]
+    no_default_pod_identity: bool,
+    /// Only the pods of this namespace [default: every namespace]
+    #[arg(long, env = "LANYARD_POD_NAMESPACE")]
+    pod_namespace: Option<String>,
+    /// Namespace of the installation (where its bundle ConfigMap is).
+    #[arg(long, env = "LANYARD_NAMESPACE", default_value = DEFAULT_NAMESPACE)]
+    namespace: String,
+    /// The bundle ConfigMap the trust domain is read from without --trust-domain.
+    #[arg(long, env = "LANYARD_BUNDLE_CONFIGMAP", default_value = BUNDLE_CONFIGMAP_NAME)]
+    bundle_configmap: String,
+    /// `table` for people, `json` for tools (one object; fields in `lanyard_cli::identities::report`).
+    #[arg(long, env = "LANYARD_OUTPUT", value_enum, default_value = "table")]
+    output: IdentitiesOutput,
+    /// How long each call to the API server may take.
+    #[arg(long, env = "LANYARD_TIMEOUT", value_parser = humantime::parse_duration, default_value = "10s")]
+    timeout: Duration,
 }
 
 #[derive(Args)]
@@ -419,6 +468,7 @@ fn main() -> ExitCode {
         Command::Ca(args) => return ca(args),
         Command::Inject(args) => inject(args),
         Command::Images(args) => list_images(&args),
+        Command::Identities(args) => return identities(args),
         Command::Check(args) => return check(args),
         Command::Tap(args) => return tap(args),
     };
@@ -560,6 +610,53 @@ fn ca(args: CaArgs) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn identities(args: IdentitiesArgs) -> ExitCode {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    match runtime().block_on(run_identities(args)) {
+        Ok(text) => print_output(&text, "lanyard identities"),
+        Err(e) => {
+            eprintln!("lanyard identities: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run_identities(args: IdentitiesArgs) -> Result<String, IdentitiesError> {
+    // When the trust domain is given, a bad one fails before any API call.
+    let given = args
+        .trust_domain
+        .as_deref()
+        .map(|td| {
+            lanyard_svid::TrustDomain::new(td).map_err(|e| IdentitiesError::TrustDomain {
+                given: td.to_owned(),
+                message: e.to_string(),
+            })
+        })
+        .transpose()?;
+    let settings = IdentitySettings {
+        trust_domain: args.trust_domain,
+        class: ClassPolicy {
+            class_name: args.identity_class,
+            watch_classless: args.watch_classless,
+        },
+        default_template: (!args.no_default_pod_identity).then_some(args.pod_id_template),
+        pod_namespace: args.pod_namespace,
+    };
+    let objects = CaObjects {
+        namespace: args.namespace,
+        secret: CA_SECRET_NAME.to_owned(),
+        configmap: args.bundle_configmap,
+    };
+    let cluster = Cluster::connect(objects, args.timeout).await?;
+    let read = identities::cluster::read(&cluster, settings.pod_namespace.as_deref()).await?;
+    let trust_domain = match given {
+        Some(td) => td,
+        None => identities::cluster::trust_domain(&cluster).await?,
+    };
+    let report = identities::Report::build(&settings, trust_domain, &read)?;
+    Ok(report.render(args.output))
 }
 
 async fn connect(objects: &CaObjectArgs) -> Result<Cluster, CaError> {

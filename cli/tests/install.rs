@@ -161,6 +161,7 @@ fn full_install_is_the_base_plus_the_ca() {
     assert_eq!(
         kinds(&all),
         [
+            "CustomResourceDefinition",
             "Namespace",
             "ServiceAccount",
             "ServiceAccount",
@@ -1039,5 +1040,127 @@ fn cni_objects_only_with_cni() {
     assert_eq!(
         lanyard_cli::install::render::cni_args(),
         strings(&c["args"])
+    );
+}
+
+/// The LanyardIdentity CRD is the first document of every rendering (so `kubectl apply`
+/// creates it before anything uses it) and is the registration crate's manifest, as data.
+#[test]
+fn the_crd_comes_first_and_is_the_registrations() {
+    let crd: Vec<Yaml> = read_stream(lanyard_registration::crd::CRD_YAML)
+        .unwrap()
+        .into_iter()
+        .filter_map(|d| d.value)
+        .collect();
+    assert_eq!(
+        kinds(&crd),
+        ["CustomResourceDefinition"],
+        "CRD_YAML is one CRD"
+    );
+    assert_eq!(
+        crd[0].at(&["metadata", "name"]).and_then(Yaml::as_str),
+        Some("lanyardidentities.lanyard.dev")
+    );
+    let options = InstallOptions::defaults();
+    let ca = GeneratedCa::generate(
+        &options,
+        std::time::Duration::from_secs(30 * 86400),
+        std::time::Duration::from_secs(86400),
+        SystemTime::now(),
+    )
+    .unwrap();
+    for (what, docs) in [
+        ("install", render(&options, Parts::WithoutCa, None)),
+        ("--include-ca", render(&options, Parts::All, Some(&ca))),
+        (
+            "--cni",
+            render(&options.clone().with_cni(), Parts::WithoutCa, None),
+        ),
+    ] {
+        assert_eq!(docs[0], crd[0], "{what}: the CRD is not first");
+        assert_eq!(
+            kinds(&docs)
+                .iter()
+                .filter(|k| *k == "CustomResourceDefinition")
+                .count(),
+            1,
+            "{what}"
+        );
+    }
+    // Not with --ca-only: that prints the CA objects alone.
+    assert_eq!(
+        kinds(&render(&options, Parts::CaOnly, Some(&ca))),
+        ["Secret", "ConfigMap"]
+    );
+}
+
+/// What registration adds to the server's RBAC: read LanyardIdentities and Namespaces, write
+/// only the `status` subresource, and the status Lease: create (never limitable by name),
+/// get/update/patch of that one Lease by name.
+#[test]
+fn the_server_may_read_identities_and_write_only_their_status() {
+    let docs =
+        json_docs(&InstallOptions::new("example.org", "mesh", 1, Images::default()).unwrap());
+    let rules = find(&docs, "ClusterRole", "lanyard-server-mesh")["rules"]
+        .as_array()
+        .unwrap()
+        .clone();
+    let rule = |group: &str, resource: &str| {
+        rules
+            .iter()
+            .filter(|r| {
+                strings(&r["apiGroups"]).contains(&group.to_owned())
+                    && strings(&r["resources"]).contains(&resource.to_owned())
+            })
+            .flat_map(|r| {
+                assert!(r.get("resourceNames").is_none(), "{r}");
+                strings(&r["verbs"])
+            })
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        rule("lanyard.dev", "lanyardidentities"),
+        ["get", "list", "watch"]
+    );
+    assert_eq!(
+        rule("lanyard.dev", "lanyardidentities/status"),
+        ["get", "patch", "update"]
+    );
+    assert_eq!(rule("", "namespaces"), ["get", "list", "watch"]);
+    // Nothing else on lanyard.dev (no spec writes, no other resource).
+    for r in &rules {
+        if strings(&r["apiGroups"]).contains(&"lanyard.dev".to_owned()) {
+            let resources = strings(&r["resources"]);
+            assert!(
+                resources == ["lanyardidentities"] || resources == ["lanyardidentities/status"],
+                "{r}"
+            );
+        }
+    }
+
+    let role = find(&docs, "Role", "lanyard-server");
+    assert_eq!(role["metadata"]["namespace"], "mesh");
+    let leases: Vec<_> = role["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| strings(&r["apiGroups"]) == ["coordination.k8s.io"])
+        .cloned()
+        .collect();
+    assert_eq!(
+        leases,
+        [
+            serde_json::json!({"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]}),
+            serde_json::json!({
+                "apiGroups": ["coordination.k8s.io"],
+                "resources": ["leases"],
+                "resourceNames": [lanyard_cli::install::STATUS_LEASE_NAME],
+                "verbs": ["get", "update", "patch"],
+            }),
+        ]
+    );
+    assert_eq!(
+        lanyard_cli::install::STATUS_LEASE_NAME,
+        "lanyard-identity-status"
     );
 }

@@ -125,7 +125,13 @@ impl Cluster {
         Api::namespaced(self.client.clone(), &self.objects.namespace)
     }
 
-    async fn call<T>(
+    /// The client, for other reads made with the same configuration (`lanyard identities`).
+    pub fn client(&self) -> Client {
+        self.client.clone()
+    }
+
+    /// Runs one API call bounded by the timeout; an error names `what` and the API server.
+    pub async fn call<T>(
         &self,
         what: String,
         call: impl std::future::Future<Output = Result<T, kube::Error>>,

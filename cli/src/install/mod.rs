@@ -1,6 +1,7 @@
 //! `lanyard install`: the cluster manifests for a Lanyard control plane.
 //!
-//! - [`render`]: the deterministic objects (namespace, ServiceAccounts, RBAC, the
+//! - [`render`]: the deterministic objects (the `LanyardIdentity` CustomResourceDefinition,
+//!   namespace, ServiceAccounts, RBAC, the
 //!   `lanyard-config` ConfigMap, Service, server Deployment, PodDisruptionBudget, CSIDriver,
 //!   agent DaemonSet with its CSI registrar, and with `--cni` the CNI installer DaemonSet);
 //! - [`rbac`]: ServiceAccounts and the RBAC of the server and of the CNI plugin;
@@ -58,6 +59,9 @@ pub const CONFIG_MAP_NAME: &str = "lanyard-config";
 pub const CONFIG_REDIRECT_KEY: &str = "redirect";
 /// The CNI plugin's installer DaemonSet, its ServiceAccount and its binary.
 pub const CNI_NAME: &str = "lanyard-cni";
+/// The `coordination.k8s.io` Lease (in the install namespace) whose holder writes the
+/// LanyardIdentity statuses.
+pub const STATUS_LEASE_NAME: &str = "lanyard-identity-status";
 
 /// Why the options are refused.
 #[derive(Debug, thiserror::Error)]

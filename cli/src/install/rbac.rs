@@ -1,7 +1,10 @@
 //! The server's RBAC, the CNI plugin's (with `--cni`), and nothing for the agent: of the
 //! control plane only the server talks to the Kubernetes API (DESIGN §1). Cluster-wide it may
 //! create TokenReviews (node attestation) and read Pods, Services and EndpointSlices (pod
-//! identities, node feeds, discovery); in its own namespace it may read exactly its CA Secret
+//! identities, node feeds, discovery), Namespaces and LanyardIdentities (registration: a
+//! resource's namespace selector matches namespace labels), and write LanyardIdentity
+//! statuses (`get`/`patch`/`update` on the `status` subresource only, never the spec); in its
+//! own namespace it may read exactly its CA Secret
 //! and bundle ConfigMap, by name. `list`/`watch` on a named object work because the server
 //! watches it with a `metadata.name` field selector.
 //!
@@ -13,15 +16,21 @@
 //! request's authorization attributes), and the replicas are Deployment pods whose names are
 //! unknown when this is rendered. So a server could also patch or delete other ConfigMaps of
 //! its namespace (the bundle's among them); it already holds the signing intermediate, and a
-//! changed bundle is visible in every replica's report and in `lanyard ca status`. The CNI plugin, run by the container
+//! changed bundle is visible in every replica's report and in `lanyard ca status`.
+//!
+//! One replica at a time writes the LanyardIdentity statuses: the holder of the Lease
+//! [`STATUS_LEASE_NAME`] in the namespace. The Role lets the server `create` leases (again not
+//! limitable by name: the first replica creates it) and `get`/`update`/`patch` only that one. The CNI plugin, run by the container
 //! runtime with the kubeconfig its installer writes from the `lanyard-cni` ServiceAccount, may
 //! `get` a pod (its annotations say whether and how to redirect) and nothing else.
 
 use serde_json::json;
 
+use lanyard_registration::resource::{GROUP, PLURAL};
+
 use super::{
     AGENT_NAME, BUNDLE_CONFIGMAP_NAME, CA_SECRET_NAME, CNI_NAME, InstallOptions, RedirectMode,
-    SERVER_NAME,
+    SERVER_NAME, STATUS_LEASE_NAME,
 };
 use crate::install::labels;
 use crate::yaml::Yaml;
@@ -43,6 +52,11 @@ pub fn server_rbac(options: &InstallOptions) -> Vec<Yaml> {
                 {"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"], "verbs": ["create"]},
                 {"apiGroups": [""], "resources": ["pods", "services"], "verbs": READ},
                 {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": READ},
+                // Registration: the LanyardIdentities, the namespaces their selectors match,
+                // and each resource's status (written by the holder of the status Lease).
+                {"apiGroups": [""], "resources": ["namespaces"], "verbs": READ},
+                {"apiGroups": [GROUP], "resources": [PLURAL], "verbs": READ},
+                {"apiGroups": [GROUP], "resources": [format!("{PLURAL}/status")], "verbs": ["get", "patch", "update"]},
             ],
         }),
         json!({
@@ -61,6 +75,11 @@ pub fn server_rbac(options: &InstallOptions) -> Vec<Yaml> {
                 {"apiGroups": [""], "resources": ["configmaps"], "resourceNames": [BUNDLE_CONFIGMAP_NAME], "verbs": READ},
                 // The replica's CA report (see the module docs for why not by name).
                 {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["create", "patch", "delete"]},
+                // The Lease electing the replica that writes LanyardIdentity statuses: created
+                // by the first replica (create cannot be limited by name), then read and
+                // renewed by name only.
+                {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
+                {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "resourceNames": [STATUS_LEASE_NAME], "verbs": ["get", "update", "patch"]},
             ],
         }),
         json!({

@@ -1,4 +1,4 @@
-//! The deterministic manifests: namespace, ServiceAccounts and RBAC ([`super::rbac`]), the
+//! The deterministic manifests: the `LanyardIdentity` CRD, namespace, ServiceAccounts and RBAC ([`super::rbac`]), the
 //! `lanyard-config` ConfigMap, the server's Service, Deployment and PodDisruptionBudget, the
 //! `CSIDriver`, the agent's DaemonSet (the agent, which also serves the CSI node plugin, and
 //! the upstream node-driver-registrar), and with `--cni` the CNI plugin's installer DaemonSet.
@@ -7,6 +7,7 @@
 
 use lanyard_ca_lifecycle::names::CONFIGMAP_BUNDLE_KEY;
 use lanyard_client::endpoint::DEFAULT_SOCKET;
+use lanyard_registration::crd::CRD_YAML;
 use serde_json::{Value, json};
 
 use super::{
@@ -15,7 +16,7 @@ use super::{
     RedirectMode, SERVER_GRPC_PORT, SERVER_NAME, SOCKET_DIR,
 };
 use crate::install::{labels, rbac};
-use crate::yaml::Yaml;
+use crate::yaml::{Yaml, read_stream};
 
 /// Where the agent finds its projected token and the trust bundle.
 pub const AGENT_TOKEN_DIR: &str = "/var/run/secrets/lanyard";
@@ -61,9 +62,11 @@ fn selector(component: &str) -> Value {
     json!({"app.kubernetes.io/name": component})
 }
 
-/// Everything `lanyard install` prints (without `--include-ca`), in apply order.
+/// Everything `lanyard install` prints (without `--include-ca`), in apply order: the CRD
+/// first, so `kubectl apply` has created it before anything refers to it.
 pub fn base_manifests(options: &InstallOptions) -> Vec<Yaml> {
-    let mut docs = vec![Yaml::from_json(&namespace(options))];
+    let mut docs = crd();
+    docs.push(Yaml::from_json(&namespace(options)));
     docs.extend(rbac::service_accounts(options));
     docs.extend(rbac::server_rbac(options));
     docs.extend(rbac::cni_rbac(options));
@@ -83,6 +86,17 @@ pub fn base_manifests(options: &InstallOptions) -> Vec<Yaml> {
         docs.push(Yaml::from_json(&cni_daemonset(options)));
     }
     docs
+}
+
+/// The `LanyardIdentity` CustomResourceDefinition: the registration crate's manifest, the
+/// same data (re-emitted like every document here; not options-dependent: the resource is
+/// cluster scoped and its `className` tells installations apart).
+pub fn crd() -> Vec<Yaml> {
+    read_stream(CRD_YAML)
+        .expect("lanyard-registration's CRD_YAML is YAML (its tests parse it)")
+        .into_iter()
+        .filter_map(|doc| doc.value)
+        .collect()
 }
 
 fn namespace(options: &InstallOptions) -> Value {
