@@ -8,8 +8,9 @@
 //! intermediate does not chain to; `abort` from both phases. Every refusal is checked to have
 //! written nothing.
 
+mod support;
+
 use std::path::PathBuf;
-use std::process::Command;
 use std::time::SystemTime;
 
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
@@ -28,38 +29,9 @@ use lanyard_svid::bundle::{certificate_fingerprint, certificates_from_pem};
 use lanyard_svid::jwt::JwtSigner;
 use rustls::pki_types::PrivatePkcs8KeyDer;
 use rustls::pki_types::pem::PemObject;
+use support::Run;
 
 const NS: &str = "lanyard";
-
-struct Run {
-    ok: bool,
-    stdout: String,
-    stderr: String,
-}
-
-impl Run {
-    /// Asserts a refusal with `label` and returns its message.
-    fn refused(&self, label: &str) -> &str {
-        assert!(
-            !self.ok,
-            "expected a refusal ({label}), got: {}",
-            self.stdout
-        );
-        let prefix = format!("lanyard ca: refused ({label}): ");
-        assert!(
-            self.stderr.starts_with(&prefix),
-            "expected {prefix:?}: {}",
-            self.stderr
-        );
-        assert!(self.stdout.is_empty(), "{}", self.stdout);
-        &self.stderr[prefix.len()..]
-    }
-
-    fn ok(&self) -> &str {
-        assert!(self.ok, "failed: {}", self.stderr);
-        &self.stdout
-    }
-}
 
 struct Env {
     fixture: KubeFixture,
@@ -81,27 +53,8 @@ impl Env {
 
     /// Runs `lanyard ca ARGS` with the fixture's admin kubeconfig.
     async fn ca(&self, args: &[&str]) -> Run {
-        let kubeconfig = self.fixture.kubeconfig_path().to_owned();
-        let home = self.dir.path().to_owned();
-        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-        tokio::task::spawn_blocking(move || {
-            let out = Command::new(env!("CARGO_BIN_EXE_lanyard"))
-                .arg("ca")
-                .args(&args)
-                .env("KUBECONFIG", kubeconfig)
-                .env("HOME", home)
-                .env_remove("KUBERNETES_SERVICE_HOST")
-                .env_remove("LANYARD_NAMESPACE")
-                .output()
-                .unwrap();
-            Run {
-                ok: out.status.success(),
-                stdout: String::from_utf8(out.stdout).unwrap(),
-                stderr: String::from_utf8(out.stderr).unwrap(),
-            }
-        })
-        .await
-        .unwrap()
+        let args: Vec<&str> = ["ca"].iter().chain(args).copied().collect();
+        support::lanyard(self.fixture.kubeconfig_path(), self.dir.path(), &args).await
     }
 
     /// `lanyard ca new-root` into NAME.pem / NAME.key.
