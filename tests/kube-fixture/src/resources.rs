@@ -115,7 +115,7 @@ enum Codec {
         encode_list: fn(Vec<Value>, ListMeta) -> Result<Value, String>,
     },
     /// A version of a CustomResourceDefinition.
-    Custom(CustomType),
+    Custom(Box<CustomType>),
 }
 
 impl std::fmt::Debug for Codec {
@@ -244,7 +244,7 @@ impl ResourceType {
             manages_generation: true,
             fields: &[],
             storage: StorageKey::Custom(format!("{plural}.{group}")),
-            codec: Codec::Custom(codec),
+            codec: Codec::Custom(Box::new(codec)),
         }
     }
 

@@ -115,7 +115,7 @@ pub struct ApiError {
     /// The human message, worded like the API server's where our code might show it.
     pub message: String,
     /// `details.name`, `details.group`, `details.kind` when the error is about one object.
-    pub details: Option<ErrorDetails>,
+    pub details: Option<Box<ErrorDetails>>,
 }
 
 /// The object an [`ApiError`] is about (`metav1.StatusDetails`).
@@ -212,12 +212,12 @@ impl ApiError {
 
     /// Attaches the object the error is about.
     pub fn with_details(mut self, group: &str, plural: &str, name: &str) -> Self {
-        self.details = Some(ErrorDetails {
+        self.details = Some(Box::new(ErrorDetails {
             name: name.to_string(),
             group: group.to_string(),
             kind: plural.to_string(),
             causes: Vec::new(),
-        });
+        }));
         self
     }
 
@@ -243,12 +243,12 @@ impl ApiError {
         Self {
             reason: Reason::Invalid,
             message: format!("{qualified_kind} \"{name}\" is invalid: {listed}"),
-            details: Some(ErrorDetails {
+            details: Some(Box::new(ErrorDetails {
                 name: name.to_string(),
                 group: group.to_string(),
                 kind: kind.to_string(),
                 causes,
-            }),
+            })),
         }
     }
 
