@@ -5,6 +5,7 @@
 //! - [`config`]: flags, `LANYARD_*` env and `--config` TOML merged into a `ServerConfig`.
 //! - [`entries`]: static workload entries (`[[entries]]`) and their validation.
 //! - [`entry_store`]: the static entries in force, replaced whole on reload.
+//! - [`entry_reload`]: reading `[[entries]]` again on a change of `--config` or SIGHUP.
 //! - [`pod_id`]: the SPIFFE ID template for Kubernetes pods.
 //! - [`ca_store`]: data-dir mode's CA: generated once, 0600 files, refused when half-written.
 //! - [`ca_rotation`]: data-dir mode: a new intermediate at two thirds of the old one's life.
@@ -36,6 +37,7 @@ pub mod config;
 pub mod discovery;
 pub mod duration;
 pub mod entries;
+pub mod entry_reload;
 pub mod entry_store;
 pub mod evictions;
 pub mod join_token;

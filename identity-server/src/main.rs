@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use lanyard_server::admin::{self, AdminRequest, AdminResponse};
+use lanyard_server::admin::{self, AdminRequest, AdminResponse, EntriesView};
 use lanyard_server::config::RunArgs;
 use lanyard_server::duration::parse_duration;
 
@@ -37,6 +37,35 @@ enum Command {
         #[command(subcommand)]
         command: AgentCommand,
     },
+    /// Static entries (`[[entries]]` in the --config file).
+    Entry {
+        #[command(subcommand)]
+        command: EntryCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum EntryCommand {
+    /// Print the static entries in force (ID, selectors, nodes, DNS names, TTLs) and the
+    /// outcome of the last reload of the config file.
+    Show {
+        /// Data dir of the running server (its admin socket lives there).
+        #[arg(long, env = "LANYARD_DATA_DIR")]
+        data_dir: PathBuf,
+        /// Only the entries this node's agent may serve.
+        #[arg(long, env = "LANYARD_NODE")]
+        node: Option<String>,
+        /// `text` for people, `json` (the admin socket's answer) for scripts.
+        #[arg(long, env = "LANYARD_OUTPUT", value_enum, default_value_t = Output::Text)]
+        output: Output,
+    },
+}
+
+/// How `entry show` prints.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Output {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -124,8 +153,104 @@ async fn main() -> anyhow::Result<()> {
             AdminResponse::Evicted { node } => println!("evicted {node}"),
             other => fail(other)?,
         },
+        Command::Entry {
+            command:
+                EntryCommand::Show {
+                    data_dir,
+                    node,
+                    output,
+                },
+        } => match admin::call(&data_dir, &AdminRequest::EntryShow { node }).await? {
+            AdminResponse::Entries(view) => {
+                let text = match output {
+                    Output::Json => serde_json::to_string_pretty(&view)? + "\n",
+                    Output::Text => entries_text(&view, std::time::SystemTime::now()),
+                };
+                // A failed write (a closed pipe, a full disk) fails the command.
+                use std::io::Write;
+                let mut stdout = std::io::stdout().lock();
+                stdout
+                    .write_all(text.as_bytes())
+                    .and_then(|()| stdout.flush())
+                    .context("writing to stdout")?;
+            }
+            other => fail(other)?,
+        },
     }
     Ok(())
+}
+
+/// `entry show`'s text: a block per entry, then the count and the last reload.
+fn entries_text(view: &EntriesView, now: std::time::SystemTime) -> String {
+    use std::fmt::Write;
+    let ttl = |own: Option<u64>, default: u64| match own {
+        Some(secs) => humantime::format_duration(std::time::Duration::from_secs(secs)).to_string(),
+        None => format!(
+            "{} (server default)",
+            humantime::format_duration(std::time::Duration::from_secs(default))
+        ),
+    };
+    let list = |items: &[String]| {
+        if items.is_empty() {
+            "-".to_owned()
+        } else {
+            items.join(", ")
+        }
+    };
+    let mut out = String::new();
+    for e in &view.entries {
+        let nodes = if e.nodes == ["*"] {
+            "* (every node)".to_owned()
+        } else {
+            list(&e.nodes)
+        };
+        let _ = writeln!(out, "{}", e.spiffe_id);
+        let _ = writeln!(out, "  selectors: {}", list(&e.selectors));
+        let _ = writeln!(out, "  nodes:     {nodes}");
+        let _ = writeln!(out, "  dns names: {}", list(&e.dns_names));
+        let _ = writeln!(
+            out,
+            "  x509 ttl:  {}",
+            ttl(e.x509_ttl_secs, view.default_x509_ttl_secs)
+        );
+        let _ = writeln!(
+            out,
+            "  jwt ttl:   {}",
+            ttl(e.jwt_ttl_secs, view.default_jwt_ttl_secs)
+        );
+        out.push('\n');
+    }
+    let _ = match &view.node {
+        Some(node) => writeln!(
+            out,
+            "{} of {} entries may be served on node {node}",
+            view.entries.len(),
+            view.total
+        ),
+        None => writeln!(out, "{} entries", view.total),
+    };
+    match &view.last_reload {
+        None => out.push_str("last reload: none since the server started\n"),
+        Some(r) => {
+            let at = std::time::UNIX_EPOCH + std::time::Duration::from_secs(r.at_unix_secs);
+            let ago = now.duration_since(at).map_or(0, |d| d.as_secs());
+            let what = match (&r.entries, &r.refusal) {
+                (_, Some(why)) => format!(
+                    "refused ({}): {why}; the entries above stay in force",
+                    r.refusal_kind.as_deref().unwrap_or("?")
+                ),
+                (Some(n), None) => format!("reloaded, {n} entries"),
+                (None, None) => r.result.clone(),
+            };
+            let _ = writeln!(
+                out,
+                "last reload: {} ({ago}s ago, on {}): {what}",
+                humantime::format_rfc3339_seconds(at),
+                r.trigger
+            );
+        }
+    }
+    out
 }
 
 fn fail(response: AdminResponse) -> anyhow::Result<()> {
@@ -139,7 +264,8 @@ fn fail(response: AdminResponse) -> anyhow::Result<()> {
 mod tests {
     use clap::CommandFactory;
 
-    use super::Cli;
+    use super::{Cli, entries_text};
+    use lanyard_server::admin::{EntriesView, EntryView, ReloadView};
 
     /// Options of every subcommand that take a value, are optional and have no default: each
     /// is either off without it, or required after merging the flags, variables and file.
@@ -152,6 +278,7 @@ mod tests {
         "run --bundle-configmap",
         "run --agent-sa",
         "run --health",
+        "entry show --node",
     ];
 
     /// Every optional option with a value shows its default in `--help`: clap's own, or
@@ -165,6 +292,47 @@ mod tests {
         assert!(
             missing.is_empty(),
             "no default shown in --help: {missing:?}"
+        );
+    }
+
+    #[test]
+    fn entries_text_shows_what_and_to_whom_and_the_refusal() {
+        let at = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000);
+        let view = EntriesView {
+            node: Some("node-1".into()),
+            total: 2,
+            entries: vec![EntryView {
+                spiffe_id: "spiffe://example.org/web".into(),
+                selectors: vec!["unix:uid:1001".into(), "unix:gid:10".into()],
+                nodes: vec!["*".into()],
+                dns_names: vec!["web.example.org".into()],
+                x509_ttl_secs: Some(600),
+                jwt_ttl_secs: None,
+            }],
+            default_x509_ttl_secs: 3600,
+            default_jwt_ttl_secs: 300,
+            last_reload: Some(ReloadView {
+                at_unix_secs: 1_700_000_000,
+                trigger: "sighup".into(),
+                result: "refused".into(),
+                entries: None,
+                refusal_kind: Some("invalid".into()),
+                refusal: Some("static entry 1 (spiffe://example.org/db): nodes is required".into()),
+            }),
+        };
+        let text = entries_text(&view, at + std::time::Duration::from_secs(7));
+        assert_eq!(
+            text,
+            "spiffe://example.org/web
+  selectors: unix:uid:1001, unix:gid:10
+  nodes:     * (every node)
+  dns names: web.example.org
+  x509 ttl:  10m
+  jwt ttl:   5m (server default)
+
+1 of 2 entries may be served on node node-1
+last reload: 2023-11-14T22:13:20Z (7s ago, on sighup): refused (invalid): static entry 1 (spiffe://example.org/db): nodes is required; the entries above stay in force
+"
         );
     }
 }

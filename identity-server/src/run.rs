@@ -109,11 +109,13 @@ pub async fn run(
     };
     let mut registry = Registry::default();
     let metrics = ServerMetrics::register(&mut registry);
+    let reload_status = crate::entry_reload::ReloadStatus::register(&mut registry);
     let authority = Arc::new(Authority::new(config.trust_domain.clone()));
     // A departed agent's workloads live on its last bundle until their SVIDs run out.
     let acks = BundleAcks::remembering_departed(longest_svid_ttl(&config));
 
     let mut tasks = Vec::new();
+    let entries = crate::entry_store::EntryStore::new(config.entries.clone());
     // Cluster mode: where this replica's CA report goes.
     let mut report_sink = None;
     let pod_id_template: Arc<str> = config.pod_id_template.as_str().into();
@@ -226,6 +228,13 @@ pub async fn run(
 
     // Without a data dir (cluster mode only) there is no admin socket: its commands are
     // data-dir mode's, but `bundle show`, and the bundle is in the ConfigMap.
+    // `[[entries]]` follow the --config file (and SIGHUP) from here on.
+    tasks.push(crate::entry_reload::spawn(
+        config.config_file.clone(),
+        config.trust_domain.clone(),
+        entries.clone(),
+        reload_status.clone(),
+    ));
     if let Some(data_dir) = &config.data_dir {
         tasks.push(admin::serve(
             data_dir,
@@ -233,6 +242,13 @@ pub async fn run(
                 authority: authority.clone(),
                 join_tokens,
                 evictions,
+                entry_show: admin::EntryShow {
+                    entries: entries.clone(),
+                    reload: reload_status,
+                    default_x509_ttl: config.x509_ttl,
+                    default_jwt_ttl: config.jwt_ttl,
+                    k8s_nodes: matches!(config.mode, Mode::Cluster(_)),
+                },
             }),
         )?);
     }
@@ -476,6 +492,7 @@ struct Admin {
     authority: Arc<Authority>,
     join_tokens: Option<Arc<JoinTokens>>,
     evictions: Option<Arc<Evictions>>,
+    entry_show: admin::EntryShow,
 }
 
 impl AdminHandler for Admin {
@@ -525,6 +542,7 @@ impl AdminHandler for Admin {
                     Err(e) => error(e.to_string()),
                 }
             }
+            AdminRequest::EntryShow { node } => self.entry_show.answer(node),
             AdminRequest::BundleShow => match self.authority.active() {
                 Some(active) => AdminResponse::Bundle {
                     pem: lanyard_svid::pem::encode_certificates(active.bundle.x509_authorities()),

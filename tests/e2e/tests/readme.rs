@@ -15,6 +15,7 @@ const HELPS: &[(&str, &[&[&str]])] = &[
             &["token", "generate"],
             &["bundle", "show"],
             &["agent", "evict"],
+            &["entry", "show"],
         ],
     ),
     (
