@@ -38,6 +38,7 @@ const HELPS: &[(&str, &[&[&str]])] = &[
             &["inject"],
             &["check"],
             &["tap"],
+            &["identities"],
             &["ca", "new-root"],
             &["ca", "init"],
             &["ca", "status"],
