@@ -9,7 +9,9 @@
 //!   has a dot, `names.plural` and `names.kind` are set, `scope` is `Cluster` or
 //!   `Namespaced`, version names are unique, exactly one version is the storage version, at
 //!   least one is served, and every version has a structural `openAPIV3Schema` of
-//!   `type: object` that compiles (see [`crate::schema`]). `scope` cannot change.
+//!   `type: object` that compiles (see [`crate::schema`]). `scope` cannot change. A CRD
+//!   for a built-in resource (`leases.coordination.k8s.io`) is refused (the API server
+//!   protects `*.k8s.io` groups).
 //! - On every write the fixture sets `status.acceptedNames` (with `singular` and `listKind`
 //!   defaulted), `storedVersions`, and the conditions `NamesAccepted=True` and
 //!   `Established=True` at once (a real API server takes a moment; clients that wait for
@@ -256,6 +258,19 @@ fn check_basics(
             &format!(
                 "Invalid value: \"{}\": a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-'",
                 spec.names.plural
+            ),
+        ));
+    }
+    if crate::resources::builtin()
+        .iter()
+        .any(|t| t.group == spec.group.as_str() && t.plural == spec.names.plural.as_str())
+    {
+        errors.push(field_error(
+            "spec.group",
+            FieldErrorKind::Invalid,
+            &format!(
+                "Invalid value: \"{}\": {} are served by the fixture as a built-in type",
+                spec.group, spec.names.plural
             ),
         ));
     }
@@ -513,6 +528,21 @@ mod tests {
             "{}",
             err.message
         );
+    }
+
+    #[test]
+    fn built_in_resources_cannot_be_redefined() {
+        let mut obj = crd(
+            "leases.coordination.k8s.io",
+            "Namespaced",
+            json!([version("v1", true, true)]),
+        );
+        obj["spec"]["group"] = json!("coordination.k8s.io");
+        obj["spec"]["names"] = json!({"plural": "leases", "kind": "Lease"});
+        let err = accept(&mut obj, None, now()).unwrap_err();
+        let causes = &err.details.as_ref().unwrap().causes;
+        assert_eq!(causes.len(), 1, "{}", err.message);
+        assert_eq!(causes[0].field, "spec.group");
     }
 
     #[test]

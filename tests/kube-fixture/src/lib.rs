@@ -31,7 +31,8 @@
 //! # How faithful it is, module by module
 //! Each module's docs say which Kubernetes documentation it follows and what it simplifies:
 //! - [`store`]: one global resourceVersion, optimistic concurrency (409), no-op writes,
-//!   status subresource, bounded history and 410 for compacted versions
+//!   status subresource, server-owned `metadata.generation` for custom resources and CRDs
+//!   (built-in types keep what clients write), bounded history and 410 for compacted versions
 //!   (<https://kubernetes.io/docs/reference/using-api/api-concepts/#resource-versions>).
 //! - [`watch`]: chunked newline-delimited events, selector
 //!   transitions, bookmarks, `timeoutSeconds`, in-stream 410

@@ -7,7 +7,9 @@
 //! subresource).
 //!
 //! - `/api/v1/...` and `/apis/GROUP/VERSION/...`; namespaced collections under
-//!   `namespaces/NS/RESOURCE`, all-namespace lists and watches at `RESOURCE`.
+//!   `namespaces/NS/RESOURCE`, all-namespace lists and watches at `RESOURCE`. The resource is
+//!   a built-in type or one a stored CustomResourceDefinition defines
+//!   ([`crate::Store::resolve`]); anything else is 404.
 //! - Verbs: GET one (`get`), GET a collection (`list`, or `watch` with `watch=true`),
 //!   POST (`create`), PUT (`update`), PATCH (`patch`), DELETE one (`delete`). `status` is a
 //!   subresource of the types that have one. `deletecollection` answers 405.

@@ -17,6 +17,10 @@
 //!   in `properties` (and not under `additionalProperties` or
 //!   `x-kubernetes-preserve-unknown-fields`) is dropped before validation. Defaults apply to
 //!   absent fields (and to `null` in a non-nullable field) of objects that are present.
+//! - A schema must be structural: every node names a `type` (except
+//!   `x-kubernetes-int-or-string` and `x-kubernetes-preserve-unknown-fields` nodes),
+//!   `properties` and `additionalProperties` exclude each other, `additionalProperties: false`
+//!   is refused. (Not checked: that value validations such as `allOf` only restrict.)
 //! - Violations are `field.Error`s worded like the API server's (`spec.x: Invalid value: ...`,
 //!   `spec.items: Too many: 17: must have at most 16 items`), every one reported.
 //! - **Not evaluated**: `x-kubernetes-validations` (CEL rules), `format`, `multipleOf`,
@@ -442,8 +446,26 @@ fn compile_node(
     schema.nullable = props.nullable.unwrap_or(false);
     schema.int_or_string = props.x_kubernetes_int_or_string.unwrap_or(false);
     schema.embedded_resource = props.x_kubernetes_embedded_resource.unwrap_or(false);
-    if props.x_kubernetes_preserve_unknown_fields == Some(true) {
+    let preserve = props.x_kubernetes_preserve_unknown_fields == Some(true);
+    if preserve {
         schema.unknown = Unknown::Preserve;
+    }
+    // Structural schemas name a type everywhere, except for int-or-string and preserved
+    // (free-form) nodes.
+    if schema.ty.is_none() && !schema.int_or_string && !preserve && props.type_.is_none() {
+        errors.push(FieldError {
+            field: format!("{path}.type"),
+            kind: FieldErrorKind::Required,
+            detail: "Required value: must not be empty for specified object fields".to_string(),
+        });
+    }
+    if props.properties.is_some() && props.additional_properties.is_some() {
+        errors.push(FieldError {
+            field: format!("{path}.additionalProperties"),
+            kind: FieldErrorKind::Forbidden,
+            detail: "Forbidden: additionalProperties and properties are mutual exclusive"
+                .to_string(),
+        });
     }
     for (name, child) in props.properties.iter().flatten() {
         let child = compile_node(
@@ -466,7 +488,12 @@ fn compile_node(
             schema.unknown = Unknown::Schema(Box::new(child));
         }
         Some(JSONSchemaPropsOrBool::Bool(true)) => schema.unknown = Unknown::Preserve,
-        Some(JSONSchemaPropsOrBool::Bool(false)) | None => {}
+        Some(JSONSchemaPropsOrBool::Bool(false)) => errors.push(FieldError {
+            field: format!("{path}.additionalProperties"),
+            kind: FieldErrorKind::Forbidden,
+            detail: "Forbidden: must not be false in a structural schema".to_string(),
+        }),
+        None => {}
     }
     match &props.items {
         Some(JSONSchemaPropsOrArray::Schema(child)) => {
@@ -685,14 +712,27 @@ mod tests {
     fn bad_schemas_are_refused_with_their_path() {
         let props: JSONSchemaProps = serde_json::from_value(json!({
             "type": "object",
-            "properties": {"a": {"type": "strin"}, "b": {"type": "string", "pattern": "("}}
+            "properties": {
+                "a": {"type": "strin"},
+                "b": {"type": "string", "pattern": "("},
+                "c": {"description": "no type"},
+                "d": {"type": "object", "properties": {}, "additionalProperties": {"type": "string"}},
+                "e": {"type": "object", "additionalProperties": false},
+                "f": {"x-kubernetes-preserve-unknown-fields": true}
+            }
         }))
         .unwrap();
         let errors = Schema::compile(&props, "root").unwrap_err();
         let fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
         assert_eq!(
             fields,
-            ["root.properties[a].type", "root.properties[b].pattern"]
+            [
+                "root.properties[a].type",
+                "root.properties[b].pattern",
+                "root.properties[c].type",
+                "root.properties[d].additionalProperties",
+                "root.properties[e].additionalProperties"
+            ]
         );
     }
 }

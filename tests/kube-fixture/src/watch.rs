@@ -15,6 +15,8 @@
 //!   stream has caught up with (of any type), every `bookmark_interval` and just before a
 //!   `timeoutSeconds` expiry closes the stream. With `sendInitialEvents=true` the initial
 //!   ADDED events end with a bookmark annotated `k8s.io/initial-events-end: "true"`.
+//! - A watch on a custom resource ends (after the DELETED events of its objects) when its
+//!   CustomResourceDefinition is deleted, as the API server ends it.
 //! - The bookmark object carries `apiVersion` and `kind` as the API server's does (the
 //!   `k8s_openapi::WatchEvent` serializer leaves them out, and kube's decoder needs them), so
 //!   it is built here.
