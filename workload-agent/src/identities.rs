@@ -25,6 +25,10 @@ pub struct Entitlement {
     pub workload: wire::Workload,
     /// Per-entry TTLs are applied by the server; these are informational.
     pub x509_ttl: Option<Duration>,
+    /// The Workload API `hint` of this identity's SVIDs (the operator's name for it, e.g.
+    /// `internal`), from the pod's registration; empty: none. Part of the entitlement's
+    /// equality, so a changed hint is a changed response.
+    pub hint: String,
 }
 
 /// Why identities could not be served. `Display` is a metric label.

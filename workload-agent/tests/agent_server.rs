@@ -305,6 +305,7 @@ async fn agent_attests_mints_rotates_and_survives_a_server_outage() {
             entry_pod: None,
         },
         x509_ttl: None,
+        hint: String::new(),
     };
     assert!(matches!(
         agent.manager.jwt_svid(&stranger, &["db".into()]).await,

@@ -56,6 +56,7 @@ impl WorkloadIdentities for Granted {
                 entry_pod: None,
             },
             x509_ttl: None,
+            hint: String::new(),
         }]
     }
     async fn x509_svids(&self, _: &[Entitlement]) -> Result<Vec<Arc<X509Svid>>, IdentityError> {

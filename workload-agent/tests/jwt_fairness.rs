@@ -67,6 +67,7 @@ impl WorkloadIdentities for PerUid {
                 entry_pod: None,
             },
             x509_ttl: None,
+            hint: String::new(),
         }]
     }
     async fn x509_svids(&self, _: &[Entitlement]) -> Result<Vec<Arc<X509Svid>>, IdentityError> {

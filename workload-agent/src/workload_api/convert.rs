@@ -2,15 +2,20 @@
 //! the encodings `spec/workload-api.md` fixes: concatenated DER, PKCS#8 DER, JWT-only JWK Sets
 //! keyed by trust domain ID, and claims as a `google.protobuf.Struct`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use lanyard_proto::workload::{
     JwtBundlesResponse, ValidateJwtsvidResponse, X509BundlesResponse, X509svid, X509svidResponse,
 };
 use lanyard_svid::jwt::ValidatedJwt;
-use lanyard_svid::{BundleSet, X509Svid};
+use lanyard_svid::{BundleSet, SpiffeId, X509Svid};
 use prost_types::value::Kind;
+
+use crate::identities::Entitlement;
+
+/// The longest hint the Workload API allows, in bytes.
+pub const MAX_HINT_LEN: usize = 1024;
 
 /// Why a message could not be built from what the certificate manager handed over.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -46,14 +51,44 @@ impl ConvertError {
     }
 }
 
-/// The `X509SVIDResponse` for `svids` (first = default): each SVID with its chain, key and its
-/// own trust domain's bundle; every other trust domain's bundle in `federated_bundles`.
+/// The hints of a response's SVIDs, in order, as the Workload API allows them: each SVID's
+/// entitlement's hint, except that one already given to an earlier SVID of the same response
+/// is cleared (hints must be unique within a response; the first, the more default one, keeps
+/// it), and so is one over [`MAX_HINT_LEN`]. Empty hints need not be unique.
+pub fn unique_hints<'a>(hints: impl IntoIterator<Item = &'a str>) -> Vec<String> {
+    let mut used = HashSet::new();
+    hints
+        .into_iter()
+        .map(|hint| {
+            if hint.is_empty() || hint.len() > MAX_HINT_LEN || !used.insert(hint) {
+                String::new()
+            } else {
+                hint.to_owned()
+            }
+        })
+        .collect()
+}
+
+/// The hint `entitlements` give `id` (empty when none names it).
+fn hint_of<'a>(entitlements: &'a [Entitlement], id: &SpiffeId) -> &'a str {
+    entitlements
+        .iter()
+        .find(|e| &e.spiffe_id == id)
+        .map_or("", |e| e.hint.as_str())
+}
+
+/// The `X509SVIDResponse` for `svids` (first = default): each SVID with its chain, key, its
+/// own trust domain's bundle and the hint its entitlement (in `entitlements`, matched by ID:
+/// the manager may hand over fewer SVIDs than entitlements) carries; every other trust
+/// domain's bundle in `federated_bundles`.
 pub fn x509_svid_response(
     svids: &[Arc<X509Svid>],
+    entitlements: &[Entitlement],
     bundles: &BundleSet,
 ) -> Result<X509svidResponse, ConvertError> {
+    let hints = unique_hints(svids.iter().map(|s| hint_of(entitlements, s.spiffe_id())));
     let mut out = Vec::with_capacity(svids.len());
-    for svid in svids {
+    for (svid, hint) in svids.iter().zip(hints) {
         let id = svid.spiffe_id();
         let key = svid
             .private_key_pkcs8()
@@ -72,8 +107,7 @@ pub fn x509_svid_response(
             x509_svid: svid.concat_der(),
             x509_svid_key: key.to_vec(),
             bundle,
-            // Entitlements carry no operator-chosen hint, and empty hints need not be unique.
-            hint: String::new(),
+            hint,
         });
     }
     let own_domains: Vec<_> = svids.iter().map(|s| s.spiffe_id().trust_domain()).collect();
@@ -158,6 +192,14 @@ fn json_to_value(value: &serde_json::Value) -> prost_types::Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hints_are_unique_within_a_response_first_kept() {
+        let long = "h".repeat(MAX_HINT_LEN + 1);
+        let max = "m".repeat(MAX_HINT_LEN);
+        let got = unique_hints(["a", "", "a", "b", "", "a", &long, &max, "b"]);
+        assert_eq!(got, ["a", "", "", "b", "", "", "", max.as_str(), ""]);
+    }
 
     #[test]
     fn json_claims_become_a_struct() {

@@ -257,6 +257,7 @@ mod tests {
                 entry_pod: None,
             },
             x509_ttl: None,
+            hint: String::new(),
         }
     }
 

@@ -271,7 +271,7 @@ impl Shared {
                 return Err(Refusal::NoIdentity);
             }
             let bundles = self.identities.bundles();
-            convert::x509_svid_response(&svids, &bundles).map_err(Refusal::Convert)
+            convert::x509_svid_response(&svids, entitlements, &bundles).map_err(Refusal::Convert)
         };
         self.responses
             .x509_svid(generation, entitlements, purpose, build)
@@ -470,13 +470,16 @@ impl SpiffeWorkloadApi for WorkloadApiService {
                 .shared
                 .jwt_svids(&caller, &chosen, &body.audience)
                 .await?;
+            // The same hints as the X.509-SVIDs, unique within this response too.
+            let hints = convert::unique_hints(chosen.iter().map(|e| e.hint.as_str()));
             let svids = chosen
                 .iter()
                 .zip(tokens)
-                .map(|(e, token)| Jwtsvid {
+                .zip(hints)
+                .map(|((e, token), hint)| Jwtsvid {
                     spiffe_id: e.spiffe_id.to_string(),
                     svid: token,
-                    hint: String::new(),
+                    hint,
                 })
                 .collect();
             Ok(JwtsvidResponse { svids })

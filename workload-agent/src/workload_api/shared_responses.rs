@@ -330,6 +330,7 @@ mod tests {
             spiffe_id: td.id(&format!("/{path}")).unwrap(),
             workload: Default::default(),
             x509_ttl: None,
+            hint: String::new(),
         }]
     }
 

@@ -136,6 +136,7 @@ impl WorkloadIdentities for Identities {
             spiffe_id: id,
             workload: Default::default(),
             x509_ttl: None,
+            hint: String::new(),
         }]
     }
 

@@ -204,6 +204,7 @@ pub fn entry(path: &str) -> Entitlement {
             entry_pod: None,
         },
         x509_ttl: None,
+        hint: String::new(),
     }
 }
 
@@ -221,5 +222,6 @@ pub fn pod(ns: &str, sa: &str, name: &str, uid: &str) -> Entitlement {
             entry_pod: None,
         },
         x509_ttl: None,
+        hint: String::new(),
     }
 }

@@ -118,6 +118,7 @@ pub fn entitlement(id: &SpiffeId) -> Entitlement {
         spiffe_id: id.clone(),
         workload: Default::default(),
         x509_ttl: None,
+        hint: String::new(),
     }
 }
 
@@ -168,6 +169,22 @@ impl FakeIdentities {
                     state.svids.insert(id.clone(), svid);
                 }
             }
+        }
+        self.bump();
+    }
+
+    /// Replaces the entitlements with `entitlements` as given (hints and all; SVIDs made for
+    /// new IDs) and announces the change.
+    pub fn set_entitlements(&self, entitlements: Vec<Entitlement>) {
+        {
+            let mut state = self.state.lock().unwrap();
+            for e in &entitlements {
+                if !state.svids.contains_key(&e.spiffe_id) {
+                    let svid = self.pki.svid(&e.spiffe_id);
+                    state.svids.insert(e.spiffe_id.clone(), svid);
+                }
+            }
+            state.entitlements = entitlements;
         }
         self.bump();
     }
