@@ -20,8 +20,10 @@
 //!   verify), its `SyncBundle` feed (bundles in; acknowledgements out: the installed bundle's
 //!   version and the roots the held SVIDs chain to; `WatchBundle` with an older server) and
 //!   `WatchNode` feed, and the discovery cache with the `DiscoveryFeed` that keeps it current.
-//! - [`manager`]: the certificate manager: resolves callers to identities from the node view,
-//!   mints and renews their X.509-SVIDs, implements [`identities::WorkloadIdentities`].
+//! - [`manager`]: the certificate manager: resolves callers to identities from the node view
+//!   (a pod's own identity only for callers showing its registration's workload selectors,
+//!   e.g. `k8s:container-name`, with its Workload API hint), mints and renews their
+//!   X.509-SVIDs, implements [`identities::WorkloadIdentities`].
 //! - [`metrics`]: the agent's Prometheus metrics (server-facing half).
 //! - [`h2_authority`]: a frame layer (applied by [`socket`] only) that rewrites the
 //!   `:authority` h2 would refuse from grpc-core clients (py-spiffe), keeping HPACK tables in

@@ -4,8 +4,9 @@
 //! selectors (uid, gid, user, group, binary path and sha256) and, when the process runs in a
 //! kubelet-managed container, the pod UID and container ID (as `k8s:pod-uid` and
 //! `k8s:container-id` selectors and as a [`PodContainer`]). The other `k8s` selectors
-//! (namespace, service account, labels...) come from the server's pod feed, keyed by that pod
-//! UID, and are added by the caller.
+//! (namespace, service account, labels..., and `k8s:container-name`, that container ID's name
+//! in the pod) come from the server's pod feed, keyed by that pod UID, and are added by the
+//! caller (`crate::manager::resolve`).
 //!
 //! PID reuse. A PID names a process only while it lives. A connection is pinned to the process
 //! that connected ([`WorkloadAttestor::pin_socket`], called at accept):

@@ -1,6 +1,7 @@
 //! Domain values (`lanyard-svid` SVIDs and bundles, JWT claims) to Workload API messages, in
 //! the encodings `spec/workload-api.md` fixes: concatenated DER, PKCS#8 DER, JWT-only JWK Sets
-//! keyed by trust domain ID, and claims as a `google.protobuf.Struct`.
+//! keyed by trust domain ID, and claims as a `google.protobuf.Struct`. SVID hints come from the
+//! entitlements, unique within each response ([`unique_hints`]).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
