@@ -51,10 +51,10 @@
 //!   versions share objects by rewriting `apiVersion`; no conversion webhooks or `scale`.
 //! - [`schema`]: structural-schema pruning (unknown fields dropped, not refused), defaults and
 //!   validation (`type`, `properties`, `required`, `items`, `enum`, `pattern`, lengths, item
-//!   counts, bounds, `nullable`, `additionalProperties`, `x-kubernetes-preserve-unknown-fields`)
+//!   and property counts, bounds, `nullable`, `additionalProperties`, `x-kubernetes-preserve-unknown-fields`)
 //!   with the API server's field-error wording and `details.causes`. **`x-kubernetes-validations`
 //!   (CEL) rules are not evaluated**, nor `format`, `allOf`/`anyOf`/`oneOf`/`not`,
-//!   `uniqueItems`, list types or property counts.
+//!   `uniqueItems` or list and map types.
 //! - [`status`]: `metav1.Status` errors with the API server's codes and reasons; `422` with
 //!   field causes.
 //! - [`tls`], [`kubeconfig`]: the fixture's own CA, HTTPS (HTTP/1.1 and h2), kubeconfig.

@@ -9,7 +9,7 @@
 //!   `properties`, `required`, `items`, `additionalProperties` (schema form; `true` keeps
 //!   unknown keys), `enum`, `pattern` (an unanchored search, as in the API server; Rust's
 //!   `regex` is RE2-like, as Go's `regexp` is), `minLength`/`maxLength` (in characters),
-//!   `minItems`/`maxItems`, `minimum`/`maximum` with `exclusiveMinimum`/`exclusiveMaximum`,
+//!   `minItems`/`maxItems`, `minProperties`/`maxProperties`, `minimum`/`maximum` with `exclusiveMinimum`/`exclusiveMaximum`,
 //!   `nullable`, `default`, `x-kubernetes-preserve-unknown-fields`,
 //!   `x-kubernetes-int-or-string` and `x-kubernetes-embedded-resource` (keeps `apiVersion`,
 //!   `kind`, `metadata`).
@@ -24,7 +24,7 @@
 //! - Violations are `field.Error`s worded like the API server's (`spec.x: Invalid value: ...`,
 //!   `spec.items: Too many: 17: must have at most 16 items`), every one reported.
 //! - **Not evaluated**: `x-kubernetes-validations` (CEL rules), `format`, `multipleOf`,
-//!   `uniqueItems`, `minProperties`/`maxProperties`, `allOf`/`anyOf`/`oneOf`/`not`,
+//!   `uniqueItems`, `allOf`/`anyOf`/`oneOf`/`not`,
 //!   `x-kubernetes-list-type` (set/map uniqueness). A rule the API server would refuse on
 //!   those grounds is accepted here; a test of them needs a real cluster.
 
@@ -134,6 +134,8 @@ pub struct Schema {
     max_length: Option<u64>,
     min_items: Option<u64>,
     max_items: Option<u64>,
+    min_properties: Option<u64>,
+    max_properties: Option<u64>,
     minimum: Option<Bound>,
     maximum: Option<Bound>,
     default: Option<Value>,
@@ -319,6 +321,25 @@ impl Schema {
                 }
             }
             Value::Object(map) => {
+                let count = map.len() as u64;
+                if let Some(min) = self.min_properties
+                    && count < min
+                {
+                    errors.push(invalid(
+                        path,
+                        &Value::from(count),
+                        format!("{path} in body should have at least {min} properties"),
+                    ));
+                }
+                if let Some(max) = self.max_properties
+                    && count > max
+                {
+                    errors.push(FieldError {
+                        field: path.to_string(),
+                        kind: FieldErrorKind::TooMany,
+                        detail: format!("Too many: {count}: must have at most {max} items"),
+                    });
+                }
                 for name in &self.required {
                     if !map.contains_key(name) {
                         errors.push(required(&format!("{path}.{name}")));
@@ -532,6 +553,8 @@ fn compile_node(
     schema.max_length = non_negative(props.max_length);
     schema.min_items = non_negative(props.min_items);
     schema.max_items = non_negative(props.max_items);
+    schema.min_properties = non_negative(props.min_properties);
+    schema.max_properties = non_negative(props.max_properties);
     schema.minimum = props.minimum.map(|value| Bound {
         value,
         exclusive: props.exclusive_minimum.unwrap_or(false),
@@ -625,7 +648,7 @@ mod tests {
                         "mode": {"type": "string", "enum": ["a", "b"], "default": "a"},
                         "count": {"type": "integer", "minimum": 1, "maximum": 3},
                         "tags": {"type": "array", "maxItems": 2, "items": {"type": "string", "minLength": 1}},
-                        "labels": {"type": "object", "additionalProperties": {"type": "string"}},
+                        "labels": {"type": "object", "maxProperties": 1, "additionalProperties": {"type": "string"}},
                         "free": {"type": "object", "x-kubernetes-preserve-unknown-fields": true},
                         "port": {"x-kubernetes-int-or-string": true},
                         "note": {"type": "string", "nullable": true}
@@ -664,7 +687,7 @@ mod tests {
                 "mode": "c",
                 "count": 7,
                 "tags": ["x", "", "z"],
-                "labels": {"k": 1},
+                "labels": {"k": 1, "j": "ok"},
                 "port": true,
                 "note": null
             },
@@ -677,6 +700,7 @@ mod tests {
             "spec.mode: Unsupported value: \"c\": supported values: \"a\", \"b\"",
             "spec.count: Invalid value: 7: spec.count in body should be less than or equal to 3",
             "spec.tags: Too many: 3: must have at most 2 items",
+            "spec.labels: Too many: 2: must have at most 1 items",
             "spec.tags[1]: Invalid value: \"\": spec.tags[1] in body should be at least 1 chars long",
             "spec.labels.k: Invalid value: \"integer\": spec.labels.k in body must be of type string: \"integer\"",
             "spec.port: Invalid value: \"boolean\": spec.port in body must be of type integer or string: \"boolean\"",

@@ -697,3 +697,96 @@ subjects:
         403
     );
 }
+
+/// The project's own CRD (registration/crd), as `lanyard install` ships it.
+const LANYARD_IDENTITY_CRD: &str =
+    include_str!("../../../registration/crd/lanyardidentities.lanyard.dev.yaml");
+
+#[tokio::test]
+async fn the_lanyard_identity_crd_is_accepted_and_validates_its_objects() {
+    let fixture = start().await;
+    let applied = fixture.apply_yaml(LANYARD_IDENTITY_CRD).unwrap();
+    assert_eq!(
+        applied.applied,
+        ["CustomResourceDefinition lanyardidentities.lanyard.dev"]
+    );
+    let client = fixture.admin_client().unwrap();
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    within(
+        "the LanyardIdentity CRD to be established",
+        await_condition(
+            crds,
+            "lanyardidentities.lanyard.dev",
+            conditions::is_crd_established(),
+        ),
+    )
+    .await
+    .unwrap();
+    let resource = ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("lanyard.dev", "v1alpha1", "LanyardIdentity"),
+        "lanyardidentities",
+    );
+    let identities: Api<DynamicObject> = Api::all_with(client, &resource);
+
+    let valid = DynamicObject::new("web", &resource).data(json!({
+        "spec": {
+            "spiffeIDTemplate": "/ns/{namespace}/sa/{service_account}",
+            "podSelector": {"matchLabels": {"app": "web"}},
+            "dnsNameTemplates": ["{pod_name}.web.svc"],
+            "x509TTL": "1h",
+            "className": "default",
+            "notAField": true
+        }
+    }));
+    let created = identities
+        .create(&PostParams::default(), &valid)
+        .await
+        .unwrap();
+    assert_eq!(created.metadata.generation, Some(1));
+    assert!(created.data["spec"].get("notAField").is_none(), "pruned");
+    let status = identities
+        .patch_status(
+            "web",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"observedGeneration": 1, "podsMatched": 2}})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status.data["status"]["podsMatched"], 2);
+
+    let too_many: Vec<String> = (0..17).map(|i| format!("n{i}.example")).collect();
+    let invalid = DynamicObject::new("bad", &resource).data(json!({
+        "spec": {
+            "spiffeIDTemplate": "/ns/{namespace}",
+            "dnsNameTemplates": too_many,
+            "x509TTL": "1y"
+        }
+    }));
+    let refused = api_status(identities.create(&PostParams::default(), &invalid).await);
+    assert_eq!((refused.code, refused.reason.as_str()), (422, "Invalid"));
+    let causes = refused.details.unwrap().causes;
+    let dns = causes
+        .iter()
+        .find(|c| c.field == "spec.dnsNameTemplates")
+        .expect("a cause for spec.dnsNameTemplates");
+    assert_eq!(dns.message, "Too many: 17: must have at most 16 items");
+    assert!(
+        causes.iter().any(|c| c.field == "spec.x509TTL"),
+        "{causes:?}"
+    );
+    let missing = DynamicObject::new("empty", &resource).data(json!({"spec": {}}));
+    let refused = api_status(identities.create(&PostParams::default(), &missing).await);
+    assert_eq!(
+        refused.message,
+        "LanyardIdentity.lanyard.dev \"empty\" is invalid: spec.spiffeIDTemplate: Required value"
+    );
+    assert_eq!(
+        identities
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .len(),
+        1
+    );
+}
