@@ -108,10 +108,26 @@ pub struct RunArgs {
     #[arg(long, env = "LANYARD_NODE_TTL")]
     pub node_ttl: Option<String>,
 
-    /// SPIFFE ID path for pods; `{namespace}`, `{service_account}`, `{pod_name}` expand
+    /// SPIFFE ID of pods no LanyardIdentity selects: a path (or a whole `spiffe://` ID) where
+    /// `{namespace}`, `{service_account}`, `{pod_name}`, `{pod_uid}`, `{node_name}`,
+    /// `{label:KEY}`, `{namespace_label:KEY}` expand
     /// [default: /ns/{namespace}/sa/{service_account}]
     #[arg(long, env = "LANYARD_POD_ID_TEMPLATE")]
     pub pod_id_template: Option<String>,
+
+    /// Pods no LanyardIdentity selects get no identity (the --pod-id-template is off).
+    #[arg(long, env = "LANYARD_NO_DEFAULT_POD_IDENTITY")]
+    #[serde(default)]
+    pub no_default_pod_identity: bool,
+
+    /// The `className` of the LanyardIdentity resources this server serves; others belong to
+    /// another installation [default: lanyard]
+    #[arg(long, env = "LANYARD_IDENTITY_CLASS")]
+    pub identity_class: Option<String>,
+
+    /// Also serve LanyardIdentity resources without a `className` [default: true]
+    #[arg(long, env = "LANYARD_WATCH_CLASSLESS", action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub watch_classless: Option<bool>,
 
     /// IP address and port of the HTTP listener for /healthz, /readyz and /metrics
     /// (e.g. `0.0.0.0:9090`); none without it.
@@ -187,7 +203,12 @@ pub struct ServerConfig {
     pub x509_ttl: Duration,
     pub jwt_ttl: Duration,
     pub node_ttl: Duration,
-    pub pod_id_template: String,
+    /// `--pod-id-template`, checked; `None` with `--no-default-pod-identity`.
+    pub pod_id_template: Option<String>,
+    /// `--identity-class`.
+    pub identity_class: String,
+    /// `--watch-classless`.
+    pub watch_classless: bool,
     pub health: Option<SocketAddr>,
     pub mint_rate_limit: f64,
     pub attest_rate_limit: f64,
@@ -211,7 +232,8 @@ impl RunArgs {
                 trust_domain, listen, data_dir, kube, ca_secret, bundle_configmap, ca_jwt_secret,
                 replica_name, agent_sa,
                 k8s_audience, x509_ttl, jwt_ttl, node_ttl, pod_id_template, health,
-                mint_rate_limit, attest_rate_limit, init);
+                mint_rate_limit, attest_rate_limit, init, no_default_pod_identity,
+                identity_class, watch_classless);
             // Entries exist only in the file.
             self.entries = file.entries;
         }
@@ -283,18 +305,40 @@ impl RunArgs {
             Mode::DataDir
         };
 
-        let pod_id_template = self
-            .pod_id_template
-            .unwrap_or_else(|| DEFAULT_POD_ID_TEMPLATE.to_owned());
-        crate::pod_id::validate_template(&pod_id_template)
-            .map_err(|e| invalid("pod-id-template", e))?;
+        let pod_id_template = match (self.no_default_pod_identity, self.pod_id_template) {
+            (true, Some(_)) => {
+                return Err(invalid(
+                    "pod-id-template",
+                    "conflicts with --no-default-pod-identity (which turns it off)",
+                )
+                .into());
+            }
+            (true, None) => None,
+            (false, template) => {
+                let template = template.unwrap_or_else(|| DEFAULT_POD_ID_TEMPLATE.to_owned());
+                lanyard_registration::Registry::check_default_template(&template)
+                    .map_err(|e| invalid("pod-id-template", e))?;
+                Some(template)
+            }
+        };
+        let identity_class = self
+            .identity_class
+            .unwrap_or_else(|| lanyard_registration::resource::DEFAULT_CLASS.to_owned());
+        if !is_dns_subdomain(&identity_class) {
+            return Err(invalid(
+                "identity-class",
+                format!("{identity_class:?}: use lowercase letters, digits, '-' and '.'"),
+            )
+            .into());
+        }
 
-        let entries = crate::entries::validate_entries(self.entries, &trust_domain).map_err(
-            |e| ConfigError::Entry {
-                index: e.index,
-                message: format!("{}: {}", e.spiffe_id, e.reason),
-            },
-        )?;
+        let entries =
+            crate::entries::validate_entries(self.entries, &trust_domain).map_err(|e| {
+                ConfigError::Entry {
+                    index: e.index,
+                    message: format!("{}: {}", e.spiffe_id, e.reason),
+                }
+            })?;
 
         Ok(ServerConfig {
             trust_domain,
@@ -305,6 +349,8 @@ impl RunArgs {
             jwt_ttl: parse_ttl(self.jwt_ttl.as_deref(), "jwt-ttl", DEFAULT_JWT_TTL)?,
             node_ttl: parse_ttl(self.node_ttl.as_deref(), "node-ttl", DEFAULT_NODE_TTL)?,
             pod_id_template,
+            identity_class,
+            watch_classless: self.watch_classless.unwrap_or(true),
             health: self.health,
             mint_rate_limit: parse_rate(
                 self.mint_rate_limit,
@@ -321,6 +367,20 @@ impl RunArgs {
             listener_limits: Default::default(),
             init: self.init,
         })
+    }
+}
+
+impl ServerConfig {
+    /// How pods' identities are decided.
+    pub fn registry_config(&self) -> lanyard_registration::RegistryConfig {
+        lanyard_registration::RegistryConfig {
+            trust_domain: self.trust_domain.clone(),
+            class: lanyard_registration::ClassPolicy {
+                class_name: self.identity_class.clone(),
+                watch_classless: self.watch_classless,
+            },
+            default_template: self.pod_id_template.clone(),
+        }
     }
 }
 
@@ -429,7 +489,56 @@ mod tests {
         assert_eq!(c.mode, Mode::DataDir);
         assert_eq!(c.x509_ttl, DEFAULT_X509_TTL);
         assert_eq!(c.jwt_ttl, DEFAULT_JWT_TTL);
-        assert_eq!(c.pod_id_template, DEFAULT_POD_ID_TEMPLATE);
+        assert_eq!(c.pod_id_template.as_deref(), Some(DEFAULT_POD_ID_TEMPLATE));
+        let registry = c.registry_config();
+        assert_eq!(registry.class.class_name, "lanyard");
+        assert!(registry.class.watch_classless);
+    }
+
+    #[test]
+    fn registration_options() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            "identity_class = \"team-a\"\nwatch_classless = false\nno_default_pod_identity = true\n",
+        )
+        .unwrap();
+        let c = RunArgs {
+            config: Some(path),
+            ..args()
+        }
+        .resolve()
+        .unwrap();
+        let registry = c.registry_config();
+        assert_eq!(registry.class.class_name, "team-a");
+        assert!(!registry.class.watch_classless);
+        assert_eq!(registry.default_template, None);
+        // Turned off and given at once is a contradiction.
+        let err = RunArgs {
+            no_default_pod_identity: true,
+            pod_id_template: Some("/x/{namespace}".into()),
+            ..args()
+        }
+        .resolve()
+        .unwrap_err();
+        assert!(err.to_string().contains("pod-id-template"), "{err}");
+        for bad in ["/lanyard/{namespace}", "/ns/{nope}"] {
+            let err = RunArgs {
+                pod_id_template: Some(bad.into()),
+                ..args()
+            }
+            .resolve()
+            .unwrap_err();
+            assert!(err.to_string().contains("pod-id-template"), "{bad}: {err}");
+        }
+        let err = RunArgs {
+            identity_class: Some("Not A Class".into()),
+            ..args()
+        }
+        .resolve()
+        .unwrap_err();
+        assert!(err.to_string().contains("identity-class"), "{err}");
     }
 
     #[test]

@@ -6,11 +6,13 @@
 //! - [`entries`]: static workload entries (`[[entries]]`) and their validation.
 //! - [`entry_store`]: the static entries in force, replaced whole on reload.
 //! - [`entry_reload`]: reading `[[entries]]` again on a change of `--config` or SIGHUP.
-//! - [`pod_id`]: the SPIFFE ID template for Kubernetes pods.
 //! - [`ca_store`]: data-dir mode's CA: generated once, 0600 files, refused when half-written.
 //! - [`ca_rotation`]: data-dir mode: a new intermediate at two thirds of the old one's life.
 //! - [`k8s`]: cluster mode: the pod index, TokenReview, the CA Secret and bundle ConfigMap,
-//!   this replica's CA report ConfigMap.
+//!   this replica's CA report ConfigMap, the LanyardIdentity and Namespace informers and the
+//!   status Lease.
+//! - [`registry_view`]: the registration snapshot (registry, namespace labels, synced) that
+//!   names pods' identities.
 //! - [`authority`]: the signing material in force, the bundle published with it, and since
 //!   when it signs under its root.
 //! - [`server_svid`]: the server's own SVID (`/lanyard/server`), kept fresh.
@@ -46,8 +48,8 @@ pub mod metrics;
 pub mod mint_policy;
 pub mod node_attest;
 pub mod node_feed;
-pub mod pod_id;
 pub mod rate_limit;
+pub mod registry_view;
 pub mod run;
 pub mod server_svid;
 pub mod service;

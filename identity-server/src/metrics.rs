@@ -91,6 +91,9 @@ pub struct ServerMetrics {
     /// Destination lookups made by discovery feeds (work per follow request and index
     /// change, whether or not an answer was sent).
     pub discovery_resolves: Counter,
+    /// 1 while this replica holds the `lanyard-identity-status` Lease (it writes the
+    /// LanyardIdentity statuses), else 0.
+    pub identity_status_lease_held: Gauge,
 }
 
 #[derive(Default)]
@@ -167,6 +170,11 @@ impl ServerMetrics {
             "discovery_resolves",
             "Destination lookups made by discovery feeds",
             metrics.discovery_resolves.clone(),
+        );
+        sub.register(
+            "identity_status_lease_held",
+            "1 while this replica holds the lease to write LanyardIdentity statuses",
+            metrics.identity_status_lease_held.clone(),
         );
         metrics
     }

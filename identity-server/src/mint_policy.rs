@@ -3,6 +3,9 @@
 //! The agent only *names* a workload (a pod, or a static entry); the server decides the ID.
 //! - A pod: it must exist in the pod index with the claimed UID, namespace, name and service
 //!   account, be active, and run on the agent's own node; join-token agents serve no pods.
+//!   Its ID, DNS names and TTLs are what the registration registry resolves for it
+//!   ([`lanyard_registration::Registry::resolve`]: a `LanyardIdentity` or the default
+//!   template); a pod refused or unregistered there gets nothing.
 //! - A static entry: the agent's node must be listed in the entry's `nodes`. On a Kubernetes
 //!   node the entry must carry a `k8s:` selector and the agent must name the pod, which is
 //!   checked like a pod request, and whose facts must satisfy every `k8s:` selector.
@@ -10,13 +13,14 @@
 
 use std::time::Duration;
 
+use lanyard_registration::{PodRefusal, Resolution};
+use lanyard_svid::SpiffeId;
 use lanyard_svid::reserved::{AgentIdentity, NodeAttestation, is_reserved};
 use lanyard_svid::selector::{Selector, SelectorKey, SelectorKind, SelectorSet};
-use lanyard_svid::{SpiffeId, TrustDomain};
 
 use crate::entries::StaticEntry;
 use crate::k8s::pods::{PodInfo, PodLookup};
-use crate::pod_id;
+use crate::registry_view::RegistrationSnapshot;
 
 /// A workload as an agent names it (decoded from the wire).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,8 +58,15 @@ pub enum MintRefusal {
     PodOnOtherNode,
     #[error("pod_not_active")]
     PodNotActive,
-    #[error("no_pod_identity")]
-    NoPodIdentity(String),
+    /// The `LanyardIdentity` resources (or the namespaces) have not been listed yet.
+    #[error("registrations_not_synced")]
+    RegistrationsNotSynced,
+    /// The registry refuses the pod; the label is the registry's reason.
+    #[error("{}", .0.reason)]
+    PodRefused(PodRefusal),
+    /// No resource selects the pod and the default pod identity is off.
+    #[error("pod_unregistered")]
+    PodUnregistered,
     #[error("entry_not_found")]
     EntryNotFound,
     #[error("entry_not_assigned_to_node")]
@@ -83,7 +94,26 @@ impl MintRefusal {
             Self::PodMismatch(field) => format!("the pod's {field} differs from the request"),
             Self::PodOnOtherNode => "the pod does not run on the calling agent's node".into(),
             Self::PodNotActive => "the pod has finished or is being deleted".into(),
-            Self::NoPodIdentity(why) => format!("the pod ID template yields no valid ID: {why}"),
+            Self::RegistrationsNotSynced => {
+                "the server has not finished listing LanyardIdentity resources; retry".into()
+            }
+            Self::PodRefused(refusal) if refusal.resources.is_empty() => format!(
+                "the pod is refused an identity by the default pod ID template: {}",
+                refusal.message
+            ),
+            Self::PodRefused(refusal) => format!(
+                "the pod is refused an identity by {}: {}",
+                refusal
+                    .resources
+                    .iter()
+                    .map(|r| format!("{}/{r}", lanyard_registration::resource::KIND))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                refusal.message
+            ),
+            Self::PodUnregistered => "no LanyardIdentity selects the pod and the default pod \
+                                      identity is off (--no-default-pod-identity)"
+                .into(),
             Self::EntryNotFound => "no static entry has that SPIFFE ID".into(),
             Self::EntryNotAssignedToNode => {
                 "the static entry is not assigned to the calling agent's node".into()
@@ -103,25 +133,26 @@ impl MintRefusal {
 
     /// True when a retry may succeed without anything else changing.
     pub fn is_transient(&self) -> bool {
-        matches!(self, Self::PodCacheNotSynced)
+        matches!(self, Self::PodCacheNotSynced | Self::RegistrationsNotSynced)
     }
 }
 
-/// What was decided: the ID to sign and, for entries, their own TTLs.
+/// What was decided: the ID to sign, its DNS SANs and its own TTLs (`None`: the server's).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MintDecision {
     pub spiffe_id: SpiffeId,
+    pub dns_names: Vec<String>,
     pub x509_ttl: Option<Duration>,
     pub jwt_ttl: Option<Duration>,
 }
 
 /// Everything the policy consults.
 pub struct MintPolicy<'a> {
-    pub trust_domain: &'a TrustDomain,
-    pub pod_id_template: &'a str,
     pub entries: &'a [StaticEntry],
     /// `None` in data-dir mode (no Kubernetes).
     pub pods: Option<&'a dyn PodLookup>,
+    /// Names pods' identities.
+    pub registrations: &'a RegistrationSnapshot,
 }
 
 /// The `k8s:` selectors a pod satisfies, from the server's own view of it.
@@ -157,18 +188,18 @@ impl MintPolicy<'_> {
         let decision = match claim {
             WorkloadClaim::Pod(pod) => {
                 let pod = self.check_pod(agent, pod)?;
-                let id = pod_id::expand(
-                    self.pod_id_template,
-                    self.trust_domain,
-                    &pod.namespace,
-                    &pod.service_account,
-                    &pod.name,
-                )
-                .map_err(|e| MintRefusal::NoPodIdentity(e.to_string()))?;
-                MintDecision {
-                    spiffe_id: id,
-                    x509_ttl: None,
-                    jwt_ttl: None,
+                if !self.registrations.synced {
+                    return Err(MintRefusal::RegistrationsNotSynced);
+                }
+                match self.registrations.resolve(&pod) {
+                    Resolution::Issued(identity) => MintDecision {
+                        spiffe_id: identity.spiffe_id,
+                        dns_names: identity.dns_names,
+                        x509_ttl: identity.x509_ttl,
+                        jwt_ttl: identity.jwt_ttl,
+                    },
+                    Resolution::Refused(refusal) => return Err(MintRefusal::PodRefused(refusal)),
+                    Resolution::Unregistered => return Err(MintRefusal::PodUnregistered),
                 }
             }
             WorkloadClaim::Entry { spiffe_id, pod } => {
@@ -231,6 +262,7 @@ impl MintPolicy<'_> {
         };
         Ok(MintDecision {
             spiffe_id: entry.spiffe_id.clone(),
+            dns_names: entry.dns_names.clone(),
             x509_ttl: entry.x509_ttl,
             jwt_ttl: entry.jwt_ttl,
         })
@@ -270,6 +302,9 @@ mod tests {
     use super::*;
     use crate::entries::EntryConfig;
     use crate::k8s::pods::{PodIndex, test_pod};
+    use crate::registry_view::test_snapshot;
+    use lanyard_registration::{LanyardIdentity, LanyardIdentitySpec, RefusalReason};
+    use lanyard_svid::TrustDomain;
 
     fn td() -> TrustDomain {
         TrustDomain::new("example.org").unwrap()
@@ -286,6 +321,10 @@ mod tests {
         }
         .validate(&td())
         .unwrap()
+    }
+
+    fn default_registrations() -> RegistrationSnapshot {
+        test_snapshot(Some(crate::config::DEFAULT_POD_ID_TEMPLATE), &[], &[])
     }
 
     fn psat_agent(node: &str) -> AgentIdentity {
@@ -322,11 +361,11 @@ mod tests {
     #[test]
     fn pod_on_own_node_gets_template_id() {
         let pods = pods();
+        let registrations = default_registrations();
         let policy = MintPolicy {
-            trust_domain: &td(),
-            pod_id_template: "/ns/{namespace}/sa/{service_account}",
             entries: &[],
             pods: Some(&pods),
+            registrations: &registrations,
         };
         let d = policy
             .decide(&psat_agent("node-1"), &WorkloadClaim::Pod(claim("u1")))
@@ -340,12 +379,11 @@ mod tests {
     #[test]
     fn pod_refusals() {
         let pods = pods();
-        let t = td();
+        let registrations = default_registrations();
         let policy = MintPolicy {
-            trust_domain: &t,
-            pod_id_template: "/ns/{namespace}/sa/{service_account}",
             entries: &[],
             pods: Some(&pods),
+            registrations: &registrations,
         };
         let decide =
             |agent: AgentIdentity, c: PodClaim| policy.decide(&agent, &WorkloadClaim::Pod(c));
@@ -402,12 +440,11 @@ mod tests {
             &["unix:uid:1001"],
             &["node-1"],
         )];
-        let t = td();
+        let registrations = default_registrations();
         let policy = MintPolicy {
-            trust_domain: &t,
-            pod_id_template: "/x/{namespace}",
             entries: &entries,
             pods: None,
+            registrations: &registrations,
         };
         let want = |id: &str| WorkloadClaim::Entry {
             spiffe_id: id.into(),
@@ -454,12 +491,11 @@ mod tests {
             entry("spiffe://example.org/db", &["k8s:ns:db"], &["*"]),
         ];
         let pods = pods();
-        let t = td();
+        let registrations = default_registrations();
         let policy = MintPolicy {
-            trust_domain: &t,
-            pod_id_template: "/x/{namespace}",
             entries: &entries,
             pods: Some(&pods),
+            registrations: &registrations,
         };
         let want = |id: &str, pod: Option<PodClaim>| WorkloadClaim::Entry {
             spiffe_id: id.into(),
@@ -496,5 +532,85 @@ mod tests {
             ),
             Err(MintRefusal::PodOnOtherNode)
         );
+    }
+
+    fn identity(name: &str, template: &str, app: &str) -> LanyardIdentity {
+        LanyardIdentity::new(
+            name,
+            LanyardIdentitySpec {
+                spiffe_id_template: template.into(),
+                pod_selector: Some(
+                    k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector {
+                        match_labels: Some([("app".to_owned(), app.to_owned())].into()),
+                        ..Default::default()
+                    },
+                ),
+                dns_name_templates: vec!["{pod_name}.web.svc".into()],
+                x509_ttl: Some("10m".into()),
+                ..Default::default()
+            },
+        )
+    }
+
+    #[test]
+    fn pods_get_what_the_registry_resolves() {
+        let pods = pods();
+        let decide = |registrations: &RegistrationSnapshot| {
+            MintPolicy {
+                entries: &[],
+                pods: Some(&pods),
+                registrations,
+            }
+            .decide(&psat_agent("node-1"), &WorkloadClaim::Pod(claim("u1")))
+        };
+        // A LanyardIdentity selecting the pod: its ID, DNS names and TTL.
+        let one = test_snapshot(
+            Some(crate::config::DEFAULT_POD_ID_TEMPLATE),
+            &[identity("web", "/web/{pod_name}", "web")],
+            &[("default", &[])],
+        );
+        let d = decide(&one).unwrap();
+        assert_eq!(d.spiffe_id.to_string(), "spiffe://example.org/web/web-1");
+        assert_eq!(d.dns_names, ["web-1.web.svc"]);
+        assert_eq!(d.x509_ttl, Some(Duration::from_secs(600)));
+        assert_eq!(d.jwt_ttl, None);
+        // Two resources naming different IDs: refused, labelled by the registry's reason,
+        // the message naming both.
+        let two = test_snapshot(
+            Some(crate::config::DEFAULT_POD_ID_TEMPLATE),
+            &[
+                identity("web", "/web/{pod_name}", "web"),
+                identity("other", "/other", "web"),
+            ],
+            &[("default", &[])],
+        );
+        let refusal = decide(&two).unwrap_err();
+        assert!(
+            matches!(&refusal, MintRefusal::PodRefused(r) if r.reason == RefusalReason::Conflict),
+            "{refusal:?}"
+        );
+        assert_eq!(refusal.to_string(), "conflict");
+        assert!(
+            refusal.message().contains("LanyardIdentity/web"),
+            "{}",
+            refusal.message()
+        );
+        assert!(
+            refusal.message().contains("LanyardIdentity/other"),
+            "{}",
+            refusal.message()
+        );
+        assert!(!refusal.is_transient());
+        // Nothing selects it and the default is off.
+        let none = test_snapshot(None, &[identity("db", "/db", "db")], &[("default", &[])]);
+        assert_eq!(decide(&none), Err(MintRefusal::PodUnregistered));
+        // Not listed yet: transient.
+        let unsynced = RegistrationSnapshot {
+            synced: false,
+            ..one
+        };
+        let refusal = decide(&unsynced).unwrap_err();
+        assert_eq!(refusal, MintRefusal::RegistrationsNotSynced);
+        assert!(refusal.is_transient());
     }
 }

@@ -19,14 +19,18 @@ use crate::bundle_acks::BundleAcks;
 use crate::ca_store::DataDirCa;
 use crate::config::{Mode, ServerConfig};
 use crate::discovery::{DiscoveryFeedService, DiscoverySources, FeedLimits};
+use crate::entry_store::EntryStore;
 use crate::evictions::Evictions;
 use crate::join_token::JoinTokens;
 use crate::k8s::ca_report::{KubeReportSink, ReportSettings};
 use crate::k8s::ca_source::KubeCaSource;
+use crate::k8s::identities::IdentityInformer;
+use crate::k8s::identity_status::{KubeStatusSink, StatusSettings};
 use crate::k8s::pods::{PodIndex, PodLookup};
 use crate::k8s::token_review::KubeTokenReviewer;
 use crate::metrics::ServerMetrics;
 use crate::node_attest::{K8sPsat, Method, NodeAttestor};
+use crate::registry_view::Registrations;
 use crate::service::{IdentityService, ServiceSettings};
 use crate::{server_svid, tls_listener};
 use lanyard_daemon::private_file::ensure_dir;
@@ -115,10 +119,11 @@ pub async fn run(
     let acks = BundleAcks::remembering_departed(longest_svid_ttl(&config));
 
     let mut tasks = Vec::new();
-    let entries = crate::entry_store::EntryStore::new(config.entries.clone());
     // Cluster mode: where this replica's CA report goes.
     let mut report_sink = None;
-    let pod_id_template: Arc<str> = config.pod_id_template.as_str().into();
+    let entries = EntryStore::new(config.entries.clone());
+    // Cluster mode: the LanyardIdentity informers and, on one replica at a time, the status.
+    let mut status_writer = None;
     let (attestor, pods, join_tokens, evictions, discovery) = match &config.mode {
         Mode::DataDir => {
             let Some(data_dir) = &config.data_dir else {
@@ -156,7 +161,10 @@ pub async fn run(
                 None,
                 Some(tokens),
                 Some(evictions),
-                DiscoverySources::empty(config.trust_domain.clone(), pod_id_template.clone()),
+                DiscoverySources::empty_with(
+                    config.trust_domain.clone(),
+                    Registrations::fixed(config.registry_config()),
+                ),
             )
         }
         Mode::Cluster(cluster) => {
@@ -166,9 +174,18 @@ pub async fn run(
             };
             let pods = PodIndex::new();
             tasks.push(pods.spawn_watcher(client.clone()));
+            let registrations = Registrations::unsynced(config.registry_config());
+            let informer = IdentityInformer::new(config.registry_config(), registrations.clone());
+            tasks.extend(informer.spawn(client.clone()));
+            status_writer = Some((
+                KubeStatusSink::new(client.clone(), &cluster.ca_secret.namespace),
+                StatusSettings::new(&cluster.replica_name),
+                informer,
+                registrations.clone(),
+            ));
             let discovery = DiscoverySources {
                 trust_domain: config.trust_domain.clone(),
-                pod_id_template: pod_id_template.clone(),
+                registrations,
                 pods: pods.clone(),
                 services: Default::default(),
                 slices: Default::default(),
@@ -256,12 +273,16 @@ pub async fn run(
     if let Some((listener, addr)) = health_listener {
         let ready_authority = authority.clone();
         let ready_pods = pods.clone();
+        let ready_registrations = discovery.registrations.clone();
         let readiness = move || -> Result<(), String> {
             if ready_authority.active().is_none() {
                 return Err("CA not loaded".into());
             }
             if ready_pods.as_ref().is_some_and(|p| !p.is_synced()) {
                 return Err("pods not listed yet".into());
+            }
+            if !ready_registrations.current().synced {
+                return Err("LanyardIdentity resources or namespaces not listed yet".into());
             }
             Ok(())
         };
@@ -279,17 +300,27 @@ pub async fn run(
             x509_ttl: config.x509_ttl,
             jwt_ttl: config.jwt_ttl,
             node_ttl: config.node_ttl,
-            pod_id_template: config.pod_id_template.clone(),
-            entries: config.entries.clone().into(),
+            entries: entries.clone(),
+            registrations: discovery.registrations.clone(),
             mint_rate_limit: config.mint_rate_limit,
             attest_rate_limit: config.attest_rate_limit,
         },
         authority.clone(),
         Arc::new(attestor),
-        pods,
+        pods.clone(),
         metrics.clone(),
         acks.clone(),
     ));
+    if let (Some((sink, settings, informer, registrations)), Some(pods)) = (status_writer, &pods) {
+        tasks.push(tokio::spawn(crate::k8s::identity_status::run(
+            sink,
+            settings,
+            informer,
+            registrations,
+            pods.clone(),
+            metrics.clone(),
+        )));
+    }
     // Feeds never end on their own: tell them at shutdown, so the graceful drain finishes.
     let (stop_feeds, feeds_stopping) = tokio::sync::watch::channel(false);
     // The report is deleted when the server stops, so its task is awaited, not aborted.

@@ -23,13 +23,14 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::authority::{ActiveMaterial, Authority};
 use crate::bundle_acks::{BundleAcks, ValidAck};
-use crate::entries::StaticEntry;
+use crate::entry_store::EntryStore;
 use crate::k8s::pods::{PodIndex, PodLookup};
 use crate::metrics::ServerMetrics;
 use crate::mint_policy::{MintPolicy, MintRefusal, PodClaim, WorkloadClaim};
 use crate::node_attest::{AttestRefusal, NodeAttestor};
 use crate::node_feed::{NodeFeed, NodeStream};
 use crate::rate_limit::RateLimiter;
+use crate::registry_view::{RegistrationSnapshot, Registrations};
 
 /// Most CSRs in one `MintX509SVIDs` call.
 pub const MAX_BATCH: usize = 500;
@@ -47,8 +48,10 @@ pub struct ServiceSettings {
     pub x509_ttl: Duration,
     pub jwt_ttl: Duration,
     pub node_ttl: Duration,
-    pub pod_id_template: String,
-    pub entries: Arc<[StaticEntry]>,
+    /// The static entries in force (reloadable).
+    pub entries: EntryStore,
+    /// What names pods' identities (the `LanyardIdentity` informers, or fixed).
+    pub registrations: Registrations,
     /// SVIDs per second per node.
     pub mint_rate_limit: f64,
     /// Node attestations per second per source address.
@@ -200,12 +203,17 @@ impl IdentityService {
         Ok((agent, issued_at))
     }
 
-    fn policy(&self) -> MintPolicy<'_> {
+    /// The policy over `entries` and `registrations` (taken once per call, so a batch is
+    /// decided against one state).
+    fn policy<'a>(
+        &'a self,
+        entries: &'a [crate::entries::StaticEntry],
+        registrations: &'a RegistrationSnapshot,
+    ) -> MintPolicy<'a> {
         MintPolicy {
-            trust_domain: &self.settings.trust_domain,
-            pod_id_template: &self.settings.pod_id_template,
-            entries: &self.settings.entries,
+            entries,
             pods: self.pods.as_ref().map(|p| p as &dyn PodLookup),
+            registrations,
         }
     }
 
@@ -224,10 +232,9 @@ impl IdentityService {
 
     fn node_feed(&self) -> NodeFeed {
         NodeFeed {
-            trust_domain: self.settings.trust_domain.clone(),
-            pod_id_template: self.settings.pod_id_template.as_str().into(),
             entries: self.settings.entries.clone(),
             pods: self.pods.clone(),
+            registrations: self.settings.registrations.clone(),
         }
     }
 }
@@ -480,7 +487,11 @@ impl NodeIdentity for IdentityService {
         }
         let material = self.material()?;
         let now = SystemTime::now();
-        let policy = self.policy();
+        let (entries, registrations) = (
+            self.settings.entries.current(),
+            self.settings.registrations.current(),
+        );
+        let policy = self.policy(&entries, &registrations);
         let results = items
             .iter()
             .map(|item| {
@@ -496,9 +507,11 @@ impl NodeIdentity for IdentityService {
                         Err(e) => refusal(format!("csr_{}", e.label()), e.message()),
                         Ok(csr) => {
                             let ttl = decision.x509_ttl.unwrap_or(self.settings.x509_ttl);
-                            match material.issuer.sign_x509_svid(
+                            // The SPIFFE ID stays the only URI SAN; DNS names are added.
+                            match material.issuer.sign_x509_svid_with_dns(
                                 &csr,
                                 &decision.spiffe_id,
+                                &decision.dns_names,
                                 ttl,
                                 now,
                             ) {
@@ -544,8 +557,12 @@ impl NodeIdentity for IdentityService {
             ));
         }
         let material = self.material()?;
+        let (entries, registrations) = (
+            self.settings.entries.current(),
+            self.settings.registrations.current(),
+        );
         let decision = claim_from_wire(request.get_ref().workload.as_ref())
-            .and_then(|claim| self.policy().decide(&agent, &claim))
+            .and_then(|claim| self.policy(&entries, &registrations).decide(&agent, &claim))
             .map_err(|r| {
                 self.metrics.refused(RPC, &r);
                 if r.is_transient() {

@@ -27,24 +27,27 @@ use super::{INJECT_ANNOTATION, INJECT_ENABLED};
 use crate::k8s::endpoint_slices::EndpointSliceIndex;
 use crate::k8s::pods::{PodIndex, PodInfo, PodLookup};
 use crate::k8s::services::ServiceIndex;
-use crate::pod_id;
+use crate::registry_view::{RegistrationSnapshot, Registrations};
 
 /// Most endpoints in one Service answer; more are cut and the answer says `truncated`.
 pub const MAX_ENDPOINTS_PER_ANSWER: usize = 2000;
 
-/// The three indexes discovery reads, and how to name a pod. Cheap to clone.
+/// The three indexes discovery reads, and how to name a pod (the registrations, as minting
+/// does). Cheap to clone.
 #[derive(Clone)]
 pub struct DiscoverySources {
     pub trust_domain: TrustDomain,
-    pub pod_id_template: Arc<str>,
+    pub registrations: Registrations,
     pub pods: PodIndex,
     pub services: ServiceIndex,
     pub slices: EndpointSliceIndex,
 }
 
-/// Fires when any of the three indexes changes.
+/// Fires when any of the three indexes (or the registrations) changes.
 pub struct Changes {
     pods: watch::Receiver<u64>,
+    /// Reported as [`IndexChange::Pods`]: a pod's ID may change.
+    registrations: watch::Receiver<RegistrationSnapshot>,
     services: watch::Receiver<u64>,
     slices: watch::Receiver<u64>,
 }
@@ -64,6 +67,7 @@ impl Changes {
     pub async fn changed(&mut self) -> IndexChange {
         let (result, change) = tokio::select! {
             r = self.pods.changed() => (r, IndexChange::Pods),
+            r = self.registrations.changed() => (r, IndexChange::Pods),
             r = self.services.changed() => (r, IndexChange::Services),
             r = self.slices.changed() => (r, IndexChange::EndpointSlices),
         };
@@ -127,11 +131,22 @@ enum PodAnswer {
 }
 
 impl DiscoverySources {
-    /// Empty indexes, marked listed: data-dir mode, where nothing is in Kubernetes.
+    /// Empty indexes, marked listed, pods named by `pod_id_template` alone: data-dir mode,
+    /// where nothing is in Kubernetes (and tests).
     pub fn empty(trust_domain: TrustDomain, pod_id_template: Arc<str>) -> Self {
+        let registrations = Registrations::fixed(lanyard_registration::RegistryConfig {
+            trust_domain: trust_domain.clone(),
+            class: Default::default(),
+            default_template: Some(pod_id_template.to_string()),
+        });
+        Self::empty_with(trust_domain, registrations)
+    }
+
+    /// Empty indexes, marked listed, pods named by `registrations`.
+    pub fn empty_with(trust_domain: TrustDomain, registrations: Registrations) -> Self {
         let sources = Self {
             trust_domain,
-            pod_id_template,
+            registrations,
             pods: PodIndex::new(),
             services: ServiceIndex::new(),
             slices: EndpointSliceIndex::new(),
@@ -144,12 +159,16 @@ impl DiscoverySources {
 
     /// All three indexes have been listed; answers before that could be wrong.
     pub fn is_synced(&self) -> bool {
-        self.pods.is_synced() && self.services.is_synced() && self.slices.is_synced()
+        self.pods.is_synced()
+            && self.services.is_synced()
+            && self.slices.is_synced()
+            && self.registrations.current().synced
     }
 
     pub fn subscribe(&self) -> Changes {
         Changes {
             pods: self.pods.subscribe(),
+            registrations: self.registrations.subscribe(),
             services: self.services.subscribe(),
             slices: self.slices.subscribe(),
         }
@@ -164,15 +183,12 @@ impl DiscoverySources {
         if !(pod.active && annotated && pod.proxy_ready) {
             return None;
         }
-        pod_id::expand(
-            &self.pod_id_template,
-            &self.trust_domain,
-            &pod.namespace,
-            &pod.service_account,
-            &pod.name,
-        )
-        .ok()
-        .map(|id| id.to_string())
+        match self.registrations.current().resolve(pod) {
+            lanyard_registration::Resolution::Issued(identity) => {
+                Some(identity.spiffe_id.to_string())
+            }
+            _ => None,
+        }
     }
 
     fn pod_answer(&self, ip: &IpAddr) -> PodAnswer {

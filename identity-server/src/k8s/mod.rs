@@ -1,5 +1,5 @@
-//! Everything the server learns from the Kubernetes API, and the one thing it writes there (its CA
-//! report). Only the server talks to it; agents get what they need through `WatchNode`.
+//! Everything the server learns from the Kubernetes API, and what it writes there (its CA
+//! report; the LanyardIdentity statuses, on one replica at a time). Only the server talks to it; agents get what they need through `WatchNode`.
 //!
 //! - [`pods`]: an index of every pod, kept current by a watch: by UID, by node, by name.
 //! - [`services`], [`endpoint_slices`]: what discovery needs of Services and EndpointSlices,
@@ -8,10 +8,15 @@
 //! - [`ca_source`]: the CA from the CA Secret (and `--ca-jwt-secret`) and the bundle
 //!   ConfigMap, watched and installed in the authority.
 //! - [`ca_report`]: this replica's CA report ConfigMap, for `lanyard ca status`.
+//! - [`identities`]: the LanyardIdentity and Namespace informers that rebuild the registry.
+//! - [`identity_status`]: the `lanyard-identity-status` Lease, and the LanyardIdentity
+//!   statuses its holder writes.
 
 pub mod ca_report;
 pub mod ca_source;
 pub mod endpoint_slices;
+pub mod identities;
+pub mod identity_status;
 pub mod object_index;
 pub mod pods;
 pub mod services;

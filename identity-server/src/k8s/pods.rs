@@ -25,6 +25,9 @@ pub struct PodInfo {
     pub annotations: BTreeMap<String, String>,
     /// Runtime container IDs without their `containerd://`-style prefix.
     pub container_ids: Vec<String>,
+    /// Container name by runtime container ID (as in `container_ids`), from the regular and
+    /// init containers' statuses: what `k8s:container-name` selectors are checked against.
+    pub container_names: BTreeMap<String, String>,
     pub pod_ips: Vec<String>,
     /// False once the pod has finished (Succeeded/Failed) or is being deleted.
     pub active: bool,
@@ -56,6 +59,7 @@ impl PodInfo {
         let meta = &pod.metadata;
         let spec = pod.spec.as_ref()?;
         let status = pod.status.as_ref();
+        let strip = |id: &str| id.split_once("://").map_or(id, |(_, id)| id).to_owned();
         let container_ids = status
             .into_iter()
             .flat_map(|s| {
@@ -66,7 +70,17 @@ impl PodInfo {
                     .chain(s.ephemeral_container_statuses.iter().flatten())
             })
             .filter_map(|c| c.container_id.as_deref())
-            .map(|id| id.split_once("://").map_or(id, |(_, id)| id).to_owned())
+            .map(strip)
+            .collect();
+        let container_names = status
+            .into_iter()
+            .flat_map(|s| {
+                s.container_statuses
+                    .iter()
+                    .flatten()
+                    .chain(s.init_container_statuses.iter().flatten())
+            })
+            .filter_map(|c| Some((strip(c.container_id.as_deref()?), c.name.clone())))
             .collect();
         let phase = status.and_then(|s| s.phase.as_deref()).unwrap_or("Pending");
         Some(Self {
@@ -81,6 +95,7 @@ impl PodInfo {
             labels: meta.labels.clone().unwrap_or_default(),
             annotations: meta.annotations.clone().unwrap_or_default(),
             container_ids,
+            container_names,
             pod_ips: status
                 .and_then(|s| s.pod_ips.as_ref())
                 .map(|ips| ips.iter().map(|ip| ip.ip.clone()).collect())
@@ -259,6 +274,12 @@ impl PodIndex {
             .collect()
     }
 
+    /// Every pod in the index (the status writer counts them all).
+    pub fn all(&self) -> Vec<PodInfo> {
+        let index = self.index.read().expect("pod index");
+        index.by_uid.values().cloned().collect()
+    }
+
     /// Pods in the index.
     pub fn len(&self) -> usize {
         self.index.read().expect("pod index").by_uid.len()
@@ -314,6 +335,7 @@ pub(crate) fn test_pod(ns: &str, name: &str, uid: &str, sa: &str, node: &str) ->
         labels: BTreeMap::new(),
         annotations: BTreeMap::new(),
         container_ids: vec![],
+        container_names: BTreeMap::new(),
         pod_ips: vec![],
         active: true,
         host_network: false,
@@ -415,11 +437,24 @@ mod tests {
             "status": {"phase": "Succeeded", "containerStatuses": [{
                 "name": "c", "image": "i", "imageID": "", "ready": true, "restartCount": 0,
                 "containerID": "containerd://abc123"
+            }], "initContainerStatuses": [{
+                "name": "proxy", "image": "i", "imageID": "", "ready": true, "restartCount": 0,
+                "containerID": "cri-o://def456"
+            }, {
+                "name": "not-started", "image": "i", "imageID": "", "ready": false,
+                "restartCount": 0
             }]}
         }))
         .unwrap();
         let info = PodInfo::from_pod(&pod).unwrap();
-        assert_eq!(info.container_ids, ["abc123"]);
+        assert_eq!(info.container_ids, ["abc123", "def456"]);
+        assert_eq!(
+            info.container_names,
+            BTreeMap::from([
+                ("abc123".to_owned(), "c".to_owned()),
+                ("def456".to_owned(), "proxy".to_owned())
+            ])
+        );
         assert_eq!(info.service_account, "web");
         assert!(!info.active);
     }
