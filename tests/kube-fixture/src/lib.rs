@@ -37,6 +37,8 @@
 //! - [`watch`]: chunked newline-delimited events, selector
 //!   transitions, bookmarks, `timeoutSeconds`, in-stream 410
 //!   (<https://kubernetes.io/docs/reference/using-api/api-concepts/#efficient-detection-of-changes>).
+//! - [`resources`]: the served types, shared as [`resources::TypeRef`]: built-in
+//!   `k8s-openapi` types (strict decoding) and the versions of stored CRDs.
 //! - [`router`]: paths, verbs, list semantics; **`limit` is ignored**
 //!   (one complete page), `dryRun` refused.
 //! - [`selectors`]: label and field selectors, per-type supported fields (`spec.nodeName`...).
@@ -49,21 +51,23 @@
 //! - [`custom_resources`]: CRD checks (name, scope, one storage version, schemas), status
 //!   (`Established`, `NamesAccepted`, `acceptedNames`), serving and deleting their objects;
 //!   versions share objects by rewriting `apiVersion`; no conversion webhooks or `scale`.
-//! - [`schema`]: structural-schema pruning (unknown fields dropped, not refused), defaults and
-//!   validation (`type`, `properties`, `required`, `items`, `enum`, `pattern`, lengths, item
-//!   and property counts, bounds, `nullable`, `additionalProperties`, `x-kubernetes-preserve-unknown-fields`)
-//!   with the API server's field-error wording and `details.causes`. **`x-kubernetes-validations`
-//!   (CEL) rules are not evaluated**, nor `format`, `allOf`/`anyOf`/`oneOf`/`not`,
-//!   `uniqueItems` or list and map types.
+//! - [`schema`]: structural-schema pruning (unknown fields dropped, not refused), defaults
+//!   and validation (`type`, `properties`, `required`, `items`, `enum`, `pattern`, lengths,
+//!   item and property counts, bounds, `nullable`, `additionalProperties`,
+//!   `x-kubernetes-preserve-unknown-fields`) with the API server's field-error wording and
+//!   `details.causes`. **`x-kubernetes-validations` (CEL) rules are not evaluated**, nor
+//!   `format`, `allOf`/`anyOf`/`oneOf`/`not`, `uniqueItems` or list and map types: an object
+//!   only CEL would refuse is accepted.
 //! - [`status`]: `metav1.Status` errors with the API server's codes and reasons; `422` with
 //!   field causes.
 //! - [`tls`], [`kubeconfig`]: the fixture's own CA, HTTPS (HTTP/1.1 and h2), kubeconfig.
 //!
 //! Not modelled at all: admission (defaulting and validation of built-in types beyond
-//! decoding), namespaces
-//! having to exist, graceful deletion and finalizers, garbage collection, aggregated
-//! ClusterRoles, API discovery documents, protobuf, and any controller (nothing creates
-//! EndpointSlices for Services; tests seed them).
+//! decoding), namespaces having to exist, graceful deletion and finalizers, garbage
+//! collection, aggregated ClusterRoles, API discovery documents (so `kube::Discovery` cannot
+//! find custom resources: build their `ApiResource` from group, version, kind and plural),
+//! protobuf, and any controller (nothing creates EndpointSlices for Services; tests seed
+//! them).
 //!
 //! # Identities
 //! Every request carries a bearer token: the admin token ([`KubeFixture::admin_token`],
