@@ -26,9 +26,9 @@ use lanyard_cli::inject::{
 use lanyard_cli::install::ca::GeneratedCa;
 use lanyard_cli::install::{
     BUNDLE_CONFIGMAP_NAME, CA_SECRET_NAME, DEFAULT_NAMESPACE, DEFAULT_REPLICAS,
-    DEFAULT_TRUST_DOMAIN, InstallOptions, Parts, render,
+    DEFAULT_TRUST_DOMAIN, InstallOptions, Parts, render, to_text,
 };
-use lanyard_cli::yaml::{MAX_STREAM_BYTES, write_stream};
+use lanyard_cli::yaml::MAX_STREAM_BYTES;
 use lanyard_client::tap::TapError;
 use lanyard_daemon::address::HostPort;
 use lanyard_registration::ClassPolicy;
@@ -598,7 +598,7 @@ fn install(args: InstallArgs) -> Result<String, String> {
         }
     };
     let docs = render(&options, parts, ca.as_ref());
-    Ok(write_stream(&docs))
+    Ok(to_text(&docs))
 }
 
 fn ca(args: CaArgs) -> ExitCode {

@@ -15,7 +15,7 @@ use std::time::SystemTime;
 use base64::Engine;
 use lanyard_cli::images::Images;
 use lanyard_cli::install::ca::GeneratedCa;
-use lanyard_cli::install::{InstallError, InstallOptions, Parts, render};
+use lanyard_cli::install::{InstallError, InstallOptions, Parts, render, to_text};
 use lanyard_cli::yaml::{Yaml, read_stream, write_stream};
 use lanyard_svid::TrustDomain;
 use lanyard_svid::ca::{Issuer, RootCa};
@@ -70,7 +70,16 @@ fn check_committed(relative: &str, rendered: &str, what: &str) -> String {
 #[test]
 fn deploy_kubernetes_is_the_rendering() {
     let base = render(&InstallOptions::defaults(), Parts::WithoutCa, None);
-    let committed = check_committed(DEPLOY_FILE, &write_stream(&base), "`lanyard install`");
+    let committed = check_committed(DEPLOY_FILE, &to_text(&base), "`lanyard install`");
+    // The same documents, the CRD's text with its comments.
+    assert_eq!(
+        read_stream(&committed)
+            .unwrap()
+            .into_iter()
+            .filter_map(|d| d.value)
+            .collect::<Vec<_>>(),
+        base
+    );
     // And the binary prints the same, with or without --without-ca.
     for args in [&["install"][..], &["install", "--without-ca"]] {
         let out = Command::new(env!("CARGO_BIN_EXE_lanyard"))
@@ -135,10 +144,7 @@ fn deploy_kubernetes_is_the_rendering() {
         .output()
         .unwrap();
     assert!(out.status.success());
-    assert_eq!(
-        String::from_utf8(out.stdout).unwrap(),
-        write_stream(&with_cni)
-    );
+    assert_eq!(String::from_utf8(out.stdout).unwrap(), to_text(&with_cni));
 }
 
 #[test]
@@ -1087,6 +1093,19 @@ fn the_crd_comes_first_and_is_the_registrations() {
             "{what}"
         );
     }
+    // Printed as the registration crate wrote it, comments and all.
+    let out = Command::new(env!("CARGO_BIN_EXE_lanyard"))
+        .arg("install")
+        .env_clear()
+        .output()
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    let crd_text = lanyard_registration::crd::CRD_YAML.trim_end();
+    assert!(
+        text.starts_with(&format!("{crd_text}\n---\n")),
+        "the CRD is not printed verbatim first:\n{}",
+        &text[..text.len().min(2000)]
+    );
     // Not with --ca-only: that prints the CA objects alone.
     assert_eq!(
         kinds(&render(&options, Parts::CaOnly, Some(&ca))),

@@ -7,6 +7,7 @@
 //! - [`rbac`]: ServiceAccounts and the RBAC of the server and of the CNI plugin;
 //! - [`ca`]: the CA Secret and bundle ConfigMap of a CA generated on the spot (`--include-ca`).
 //!
+//! [`to_text`] prints them, the CRD as the registration crate wrote it (comments included).
 //! [`render::base_manifests`] is deterministic: `deploy/kubernetes/lanyard.yaml` is exactly
 //! what `lanyard install` prints with the defaults, `deploy/kubernetes/cni/lanyard-cni.yaml`
 //! what `--cni` adds or changes, and a test keeps them identical to the rendering. The CA is
@@ -174,6 +175,26 @@ pub fn render(options: &InstallOptions, parts: Parts, ca: Option<&ca::GeneratedC
             out.extend_from_slice(&base[split..]);
             out
         }
+    }
+}
+
+/// The text `lanyard install` prints for `docs` (from [`render`]): the LanyardIdentity CRD,
+/// when it leads, exactly as the registration crate writes it (its comments explain the
+/// schema), then the other documents re-emitted.
+pub fn to_text(docs: &[Yaml]) -> String {
+    let crd = render::crd();
+    match docs.split_first() {
+        Some((first, rest)) if crd.len() == 1 && crd[0] == *first => {
+            let text = lanyard_registration::crd::CRD_YAML;
+            let text = text.strip_prefix("---\n").unwrap_or(text).trim_end();
+            let mut out = format!("{text}\n");
+            if !rest.is_empty() {
+                out.push_str("---\n");
+                out.push_str(&crate::yaml::write_stream(rest));
+            }
+            out
+        }
+        _ => crate::yaml::write_stream(docs),
     }
 }
 
