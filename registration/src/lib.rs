@@ -13,7 +13,8 @@
 //! - [`compiled`]: a resource checked once (templates parsed, TTLs bounded, reserved and
 //!   foreign IDs refused) or the reason it is refused as a whole.
 //! - [`registry`]: all resources of our class plus the default template: one pod's
-//!   [`registry::Resolution`] (issued, refused and why, or unregistered).
+//!   [`registry::Resolution`] (issued, refused and why, or unregistered), and with
+//!   [`registry::Registry::decide`] each selecting resource's part in it.
 //! - [`status`]: each resource's `status` (pods matched, issued, refused and why).
 //! - [`crd`]: the CustomResourceDefinition manifest (OpenAPI schema and CEL rules).
 
@@ -28,7 +29,7 @@ pub mod status;
 pub mod template;
 
 pub use registry::{
-    ClassPolicy, IdentitySource, PodFacts, PodIdentity, PodRefusal, RefusalReason, Registry,
-    RegistryConfig, Resolution,
+    ClassPolicy, IdentitySource, PodDecision, PodFacts, PodIdentity, PodRefusal, RefusalReason,
+    Registry, RegistryConfig, Resolution, ResourceOutcome,
 };
 pub use resource::{LanyardIdentity, LanyardIdentitySpec, LanyardIdentityStatus};

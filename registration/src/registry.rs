@@ -466,7 +466,7 @@ fn conflict(successes: &[(&CompiledIdentity, &PodIdentity)]) -> Option<PodRefusa
     Some(PodRefusal {
         reason: RefusalReason::Conflict,
         message: format!(
-            "{KIND}s {} select this pod and render different identities (they differ in {what}: \
+            "{KIND} resources {} select this pod and render different identities (they differ in {what}: \
              {}); one pod gets one identity, so it gets none of them",
             names.join(", "),
             ids.join(", ")
