@@ -86,6 +86,8 @@ async fn cluster(redirect: RedirectMode) -> Cluster {
         "ClusterRoleBinding",
         "ConfigMap",
         "ConfigMap",
+        // The kube fixture serves CRDs: the LanyardIdentity CRD is applied.
+        "CustomResourceDefinition",
         "Namespace",
         "Role",
         "RoleBinding",
