@@ -128,6 +128,7 @@ fn build_sources(pods: usize) -> DiscoverySources {
             )]
             .into(),
             container_ids: vec![format!("{i:064x}")],
+            container_names: Default::default(),
             pod_ips: vec![pod_ip(i)],
             active: true,
             host_network: false,
