@@ -215,7 +215,7 @@ pub struct Reloader {
 }
 
 impl Reloader {
-    /// The entries in `store` are taken to be the file's as it reads now.
+    /// Follows `path` into `store`, which holds the entries start-up read from it.
     pub fn new(
         path: PathBuf,
         trust_domain: TrustDomain,
@@ -224,12 +224,19 @@ impl Reloader {
     ) -> Self {
         let now = read_bounded(&path);
         let startup_settings = now.as_ref().ok().and_then(|t| other_settings(t));
+        // Edited since start-up read it (or broken since)? Then the first poll applies it.
+        let in_force = now
+            .as_ref()
+            .ok()
+            .and_then(|text| toml::from_str::<RunArgs>(text).ok())
+            .and_then(|args| validate_entries(args.entries, &trust_domain).ok())
+            .is_some_and(|entries| entries[..] == store.current()[..]);
         Self {
             path,
             trust_domain,
             store,
             status,
-            seen: Some(now),
+            seen: in_force.then_some(now),
             startup_settings,
             noted_settings: None,
         }
@@ -563,6 +570,23 @@ mod tests {
         .await
         .expect("SIGHUP with nothing changed is recorded");
         task.abort();
+    }
+
+    /// An edit made between start-up's reading and the reloader's start is not missed.
+    #[tokio::test(start_paused = true)]
+    async fn an_edit_before_the_reloader_started_is_applied() {
+        let f = fixture(&["/a"]);
+        let mut in_sync = f.reloader();
+        in_sync.poll().await;
+        assert_eq!(f.status.last(), None);
+        f.write(&file_with(&["/b"]));
+        let mut r = f.reloader();
+        r.poll().await;
+        assert_eq!(ids(&f.store), ["/b"]);
+        assert_eq!(
+            f.status.last().unwrap().outcome,
+            ReloadOutcome::Reloaded { entries: 1 }
+        );
     }
 
     /// A file caught being written (different on the second read) is not applied until it

@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use common::*;
+use lanyard_proto::identity::v1 as wire;
+use lanyard_proto::identity::v1::attest_node_request::Method;
 use lanyard_server::admin::{AdminRequest, AdminResponse, EntriesView, ReloadView};
 
 fn entry(id: &str, nodes: &[&str], extra: &str) -> String {
@@ -210,4 +212,87 @@ async fn edits_reload_broken_edits_are_refused_and_sighup_reads_again() {
                 .is_some_and(|r| r.result == "reloaded")
     })
     .await;
+}
+
+/// The DNS SANs of a minted X.509-SVID.
+fn dns_sans(result: &wire::MintX509SvidResult) -> Vec<String> {
+    use x509_parser::extensions::GeneralName;
+    let Some(wire::mint_x509_svid_result::Result::Svid(svid)) = &result.result else {
+        panic!("not minted: {result:?}")
+    };
+    let (_, cert) = x509_parser::parse_x509_certificate(&svid.cert_chain[0][..]).unwrap();
+    let san = cert.subject_alternative_name().unwrap().expect("has SANs");
+    san.value
+        .general_names
+        .iter()
+        .filter_map(|name| match name {
+            GeneralName::DNSName(dns) => Some(dns.to_string()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// What an agent may mint, and the DNS names it carries, follow the reloaded entries.
+#[tokio::test]
+async fn a_reload_changes_what_is_minted() {
+    let f = start(&entry(
+        "/old",
+        &["node-1"],
+        "dns_names = [\"old.example.org\"]",
+    ))
+    .await;
+    let caller = Caller::new(f.server.bundle().await);
+    let token = f.server.join_token("node-1").await;
+    caller
+        .attest(f.server.addr, Method::JoinToken(token))
+        .await
+        .unwrap();
+    let mint = |ids: [&'static str; 2]| {
+        let caller = &caller;
+        let addr = f.server.addr;
+        async move {
+            let requests = ids.iter().map(|id| entry_request(id, new_csr())).collect();
+            caller
+                .client(addr)
+                .await
+                .mint_x509svi_ds(wire::MintX509SvidsRequest { requests })
+                .await
+                .unwrap()
+                .into_inner()
+                .results
+        }
+    };
+    let outcomes =
+        |results: &[wire::MintX509SvidResult]| results.iter().map(outcome).collect::<Vec<_>>();
+    let both = ["spiffe://example.org/old", "spiffe://example.org/new"];
+    let results = mint(both).await;
+    assert_eq!(
+        outcomes(&results),
+        [
+            Ok("spiffe://example.org/old".to_owned()),
+            Err("entry_not_found".to_owned())
+        ]
+    );
+    assert_eq!(dns_sans(&results[0]), ["old.example.org"]);
+    f.write(&entry(
+        "/new",
+        &["node-1"],
+        "dns_names = [\"new.example.org\", \"api.new.example.org\"]",
+    ));
+    f.wait_for("the edit is in force", |v| {
+        ids(v) == ["spiffe://example.org/new"]
+    })
+    .await;
+    let results = mint(both).await;
+    assert_eq!(
+        outcomes(&results),
+        [
+            Err("entry_not_found".to_owned()),
+            Ok("spiffe://example.org/new".to_owned())
+        ]
+    );
+    assert_eq!(
+        dns_sans(&results[1]),
+        ["new.example.org", "api.new.example.org"]
+    );
 }
