@@ -323,8 +323,10 @@ async fn every_pod_is_shown_with_what_it_is_issued_and_why() {
         "{report}"
     );
 
-    // The table says the same, a line per pod.
+    // The table says the same, a line per pod (`text`, `lanyard ca status`'s word, is the
+    // table).
     let table = env.identities(&[]).await;
+    assert_eq!(env.identities(&["--output", "text"]).await.ok(), table.ok());
     let lines: Vec<&str> = table.ok().lines().collect();
     assert_eq!(
         lines[0],

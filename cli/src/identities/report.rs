@@ -40,9 +40,11 @@ use serde::Serialize;
 use super::cluster::{Objects, PodRecord};
 use super::{IdentitiesError, Settings};
 
-/// `--output`.
+/// `--output`. `text` is accepted for `table`: `LANYARD_OUTPUT=text` is also `lanyard ca
+/// status`'s setting.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Output {
+    #[value(alias = "text")]
     Table,
     Json,
 }
