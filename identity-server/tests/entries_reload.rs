@@ -11,6 +11,7 @@ use common::*;
 use lanyard_proto::identity::v1 as wire;
 use lanyard_proto::identity::v1::attest_node_request::Method;
 use lanyard_server::admin::{AdminRequest, AdminResponse, EntriesView, ReloadView};
+use lanyard_server::config::RunArgs;
 
 fn entry(id: &str, nodes: &[&str], extra: &str) -> String {
     let nodes: Vec<String> = nodes.iter().map(|n| format!("{n:?}")).collect();
@@ -26,13 +27,27 @@ struct Fixture {
     config: PathBuf,
 }
 
+/// A data-dir server whose `--config` file holds `entries`, with a health listener.
 async fn start(entries: &str) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let data_dir = dir.path().join("data");
-    let server = start_data_dir(&data_dir, entries).await;
+    let config = data_dir.with_extension("toml");
+    std::fs::write(&config, entries).unwrap();
+    let server = common::start(
+        RunArgs {
+            config: Some(config.clone()),
+            trust_domain: Some(TD.into()),
+            listen: Some("127.0.0.1:0".parse().unwrap()),
+            health: Some("127.0.0.1:0".parse().unwrap()),
+            data_dir: Some(data_dir),
+            ..Default::default()
+        },
+        None,
+    )
+    .await;
     Fixture {
         _dir: dir,
-        config: data_dir.with_extension("toml"),
+        config,
         server,
     }
 }
@@ -202,6 +217,15 @@ async fn edits_reload_broken_edits_are_refused_and_sighup_reads_again() {
     );
     assert!(r.at_unix_secs >= before);
     assert_eq!(view.total, 2);
+
+    // Every reading is counted.
+    let metrics = http_get(f.server.health.unwrap(), "/metrics").await;
+    for line in [
+        "lanyard_server_entries_reload_total{result=\"reloaded\"} 1",
+        "lanyard_server_entries_reload_total{result=\"refused\"} 3",
+    ] {
+        assert!(metrics.contains(line), "{line} in\n{metrics}");
+    }
 
     // Fixed again: in force.
     f.write(&entry("/web", &["*"], ""));
