@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::{ConfigMap, Container, Namespace, Pod, PodSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use kube::Api;
-use kube::api::PostParams;
+use kube::api::{Patch, PatchParams, PostParams};
 use kube_fixture::{FixtureOptions, KubeFixture};
 use lanyard_registration::{LanyardIdentity, LanyardIdentitySpec};
 use support::Run;
@@ -214,6 +214,16 @@ impl Env {
         )
         .await;
         self.pod("ops", "tool", None, &[]).await;
+        // A finished pod: not listed (the servers issue nothing to it).
+        self.pod("ops", "job-done", Some("node-1"), &[]).await;
+        Api::<Pod>::namespaced(self.client(), "ops")
+            .patch_status(
+                "job-done",
+                &PatchParams::default(),
+                &Patch::Merge(serde_json::json!({"status": {"phase": "Succeeded"}})),
+            )
+            .await
+            .unwrap();
     }
 }
 
@@ -257,6 +267,7 @@ async fn every_pod_is_shown_with_what_it_is_issued_and_why() {
             )
         })
         .collect();
+    // ops/job-done has finished: not listed.
     assert_eq!(
         names,
         [

@@ -30,9 +30,15 @@ pub struct PodRecord {
 
 impl PodRecord {
     /// As the server reads a pod: a missing service account is `default`, a missing node "".
-    /// `None` for a pod without namespace, name or UID (the API server always sets them).
+    /// `None` for a pod without namespace, name or UID (the API server always sets them), and
+    /// for one that is finished (`Succeeded`, `Failed`) or being deleted: the servers issue
+    /// nothing to those and leave them out of the resources' status counts.
     pub fn from_pod(pod: &Pod) -> Option<Self> {
         let meta = &pod.metadata;
+        let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+        if meta.deletion_timestamp.is_some() || matches!(phase, Some("Succeeded" | "Failed")) {
+            return None;
+        }
         let spec = pod.spec.as_ref();
         Some(Self {
             namespace: meta.namespace.clone()?,

@@ -23,7 +23,8 @@
 //!   "refused_resources": [{"name": "bad", "error": "spiffeIDTemplate: ..."}]
 //! }
 //! ```
-//! `pods` is sorted by namespace then name; `node` is null for an unscheduled pod;
+//! `pods` (finished and terminating pods left out, as the servers leave them out) is sorted
+//! by namespace then name; `node` is null for an unscheduled pod;
 //! `default_template` is null with `--no-default-pod-identity`; a refusal's `reason` is the
 //! label of [`lanyard_registration::RefusalReason`] and its `resources` the resources involved
 //! (empty: the default template); `source` is `LanyardIdentity/<name>` or `default-template`.
