@@ -780,6 +780,18 @@ pub(crate) mod tests {
         assert_eq!(id.jwt_ttl, Some(Duration::from_secs(90)));
         assert_eq!(id.hint, "frontend");
         assert_eq!(id.source, IdentitySource::Resource("web".into()));
+
+        // The container-name selector (so a sidecar in the same pod is not served).
+        let mut r = resource("c", "/c", "c");
+        r.spec.workload_selector_templates = vec!["k8s:container-name:{label:container}".into()];
+        let reg2 = Registry::new(config(None), &[r]);
+        let p2 = pod("prod", "c-1", &[("app", "c"), ("container", "app")]);
+        let selectors: Vec<String> = issued(reg2.resolve(&p2.facts()))
+            .workload_selectors
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(selectors, ["k8s:container-name:app"]);
         assert_eq!(id.source.to_string(), "LanyardIdentity/web");
         // A pod it does not select gets the default.
         let p = pod("prod", "api-1", &[("app", "api")]);
