@@ -171,6 +171,11 @@ pub fn pod_selectors(pod: &PodInfo) -> SelectorSet {
     for id in &pod.container_ids {
         add(SelectorKey::ContainerId, id);
     }
+    // Every container's name: the server cannot tell which container calls (the agent
+    // attests that), so it checks only that the pod has one of that name, as with IDs.
+    for name in pod.container_names.values() {
+        add(SelectorKey::ContainerName, name);
+    }
     for (k, v) in &pod.labels {
         if let Ok(s) = Selector::pod_label(k, v) {
             let _ = set.insert(s);
@@ -531,6 +536,48 @@ mod tests {
                 &want("spiffe://example.org/web", Some(claim("u1")))
             ),
             Err(MintRefusal::PodOnOtherNode)
+        );
+    }
+
+    #[test]
+    fn entries_may_name_a_container_of_the_pod() {
+        let entries = [
+            entry(
+                "spiffe://example.org/app",
+                &["k8s:ns:default", "k8s:container-name:app"],
+                &["*"],
+            ),
+            entry(
+                "spiffe://example.org/other",
+                &["k8s:ns:default", "k8s:container-name:other"],
+                &["*"],
+            ),
+        ];
+        let pods = PodIndex::new();
+        let mut web = test_pod("default", "web-1", "u1", "web", "node-1");
+        web.container_ids = vec!["c1".into()];
+        web.container_names = [("c1".to_owned(), "app".to_owned())].into();
+        pods.replace_all(vec![web]);
+        let registrations = default_registrations();
+        let policy = MintPolicy {
+            entries: &entries,
+            pods: Some(&pods),
+            registrations: &registrations,
+        };
+        let want = |id: &str| WorkloadClaim::Entry {
+            spiffe_id: id.into(),
+            pod: Some(claim("u1")),
+        };
+        let agent = psat_agent("node-1");
+        assert_eq!(
+            policy
+                .decide(&agent, &want("spiffe://example.org/app"))
+                .map(|d| d.spiffe_id.to_string()),
+            Ok("spiffe://example.org/app".to_owned())
+        );
+        assert_eq!(
+            policy.decide(&agent, &want("spiffe://example.org/other")),
+            Err(MintRefusal::EntrySelectorsMismatch)
         );
     }
 

@@ -300,6 +300,7 @@ pub async fn run(
             x509_ttl: config.x509_ttl,
             jwt_ttl: config.jwt_ttl,
             node_ttl: config.node_ttl,
+            max_svid_ttl: longest_svid_ttl(&config),
             entries: entries.clone(),
             registrations: discovery.registrations.clone(),
             mint_rate_limit: config.mint_rate_limit,
@@ -413,7 +414,8 @@ pub async fn run(
 }
 
 /// The longest lifetime of anything the server issues: the default workload X.509 and JWT
-/// TTLs, the node SVID TTL, and any static entry's own TTLs.
+/// TTLs, the node SVID TTL, and the static entries' own TTLs at start. Per-identity TTLs set
+/// later (LanyardIdentity, reloaded entries) are capped to it when minting.
 fn longest_svid_ttl(config: &ServerConfig) -> Duration {
     config
         .entries

@@ -48,6 +48,10 @@ pub struct ServiceSettings {
     pub x509_ttl: Duration,
     pub jwt_ttl: Duration,
     pub node_ttl: Duration,
+    /// The longest lifetime anything is issued for, fixed at start: CA rotation phases wait
+    /// this long for SVIDs under an old root (the CA report says so), so a LanyardIdentity's
+    /// or a reloaded entry's longer TTL is shortened to it.
+    pub max_svid_ttl: Duration,
     /// The static entries in force (reloadable).
     pub entries: EntryStore,
     /// What names pods' identities (the `LanyardIdentity` informers, or fixed).
@@ -506,7 +510,10 @@ impl NodeIdentity for IdentityService {
                     Ok(decision) => match VerifiedCsr::from_der(&item.csr) {
                         Err(e) => refusal(format!("csr_{}", e.label()), e.message()),
                         Ok(csr) => {
-                            let ttl = decision.x509_ttl.unwrap_or(self.settings.x509_ttl);
+                            let ttl = decision
+                                .x509_ttl
+                                .unwrap_or(self.settings.x509_ttl)
+                                .min(self.settings.max_svid_ttl);
                             // The SPIFFE ID stays the only URI SAN; DNS names are added.
                             match material.issuer.sign_x509_svid_with_dns(
                                 &csr,
@@ -572,7 +579,10 @@ impl NodeIdentity for IdentityService {
                 }
             })?;
         let now = SystemTime::now();
-        let ttl = decision.jwt_ttl.unwrap_or(self.settings.jwt_ttl);
+        let ttl = decision
+            .jwt_ttl
+            .unwrap_or(self.settings.jwt_ttl)
+            .min(self.settings.max_svid_ttl);
         let token = material
             .jwt
             .mint(&decision.spiffe_id, audience, ttl, now)

@@ -5,7 +5,8 @@
 //!
 //! - Without a resource, pods get the default template's ID.
 //! - Creating a LanyardIdentity gives the pods it selects its templated ID and DNS names at
-//!   their next SVID, without a restart; editing it changes the ID; deleting it falls back.
+//!   their next SVID, without a restart, in the container its workload selector names (not a
+//!   sidecar's); editing it changes the ID; deleting it falls back.
 //! - Two resources giving one pod different IDs: the pod gets neither, and both statuses say
 //!   why. A resource whose template renders a reserved or foreign ID is refused.
 //! - Both replicas (and so both agents) agree at every step.
@@ -69,6 +70,8 @@ fn fetch_until(socket: &Path, cgroup: &Path, out_dir: &Path, want: Option<&str>)
 struct Sans {
     uris: Vec<String>,
     dns: Vec<String>,
+    /// notAfter - notBefore of the leaf.
+    lifetime_secs: i64,
 }
 
 /// The subject alternative names of the leaf in a PEM chain.
@@ -77,7 +80,11 @@ fn sans(path: &Path) -> Sans {
     let pem = std::fs::read(path).expect("read svid.pem");
     let (_, block) = x509_parser::pem::parse_x509_pem(&pem).expect("a PEM certificate");
     let cert = block.parse_x509().expect("a certificate");
-    let mut out = Sans::default();
+    let validity = cert.validity();
+    let mut out = Sans {
+        lifetime_secs: validity.not_after.timestamp() - validity.not_before.timestamp(),
+        ..Default::default()
+    };
     if let Some(ext) = cert.subject_alternative_name().expect("one SAN extension") {
         for name in &ext.value.general_names {
             match name {
@@ -163,9 +170,21 @@ async fn lanyard_identities_decide_what_pods_are_issued() {
         })
         .expect("create namespace default");
     let (cid_web, cid_api) = (fresh_container_id(), fresh_container_id());
-    let web = store
-        .create(&pod("default", "web-1", "web", "node-1", Some(&cid_web)))
+    // web-1 runs its app and a sidecar container.
+    let cid_sidecar = fresh_container_id();
+    let mut web = pod("default", "web-1", "web", "node-1", Some(&cid_web));
+    let statuses = web
+        .status
+        .as_mut()
+        .unwrap()
+        .container_statuses
+        .as_mut()
         .unwrap();
+    let mut sidecar = statuses[0].clone();
+    sidecar.name = "sidecar".into();
+    sidecar.container_id = Some(format!("containerd://{cid_sidecar}"));
+    statuses.push(sidecar);
+    let web = store.create(&web).unwrap();
     let mut api_pod = pod("default", "api-1", "api", "node-1", Some(&cid_api));
     api_pod
         .metadata
@@ -177,6 +196,7 @@ async fn lanyard_identities_decide_what_pods_are_issued() {
     let uid = |p: &Pod| p.metadata.uid.clone().expect("the fixture assigns UIDs");
     let in_web = cgroups.container(&pids, &uid(&web), &cid_web);
     let in_api = cgroups.container(&pids, &uid(&api_pod), &cid_api);
+    let in_sidecar = cgroups.container(&pids, &uid(&web), &cid_sidecar);
 
     // Two replicas under the installed RBAC, and an agent on node-1 against each.
     let kubeconfig = server_kubeconfig(&fixture);
@@ -203,7 +223,11 @@ async fn lanyard_identities_decide_what_pods_are_issued() {
         let [a, b] = &sockets;
         let sans_a = blocking(|| fetch_until(a, cgroup, &out("a"), want));
         let sans_b = blocking(|| fetch_until(b, cgroup, &out("b"), want));
-        assert_eq!(sans_a, sans_b, "the two replicas disagree");
+        assert_eq!(
+            (&sans_a.uris, &sans_a.dns),
+            (&sans_b.uris, &sans_b.dns),
+            "the two replicas disagree"
+        );
         sans_a
     };
 
@@ -241,6 +265,12 @@ async fn lanyard_identities_decide_what_pods_are_issued() {
         sans.dns,
         ["web-1.default.svc.cluster.local", "web-1.example.internal"]
     );
+    assert!(
+        (20 * 60..=21 * 60).contains(&sans.lifetime_secs),
+        "the resource's x509TTL (20m) applies: {sans:?}"
+    );
+    // The sidecar in the same pod is not the container the resource names: nothing.
+    both_until(&in_sidecar, None);
     let status = status_until(&identities, "web", |r, s| {
         current(s, r) && s.pods_issued == 1
     })
@@ -255,12 +285,19 @@ async fn lanyard_identities_decide_what_pods_are_issued() {
     // Editing it changes the ID at the pod's next SVID.
     let mut edited = identities.get("web").await.unwrap();
     edited.spec.spiffe_id_template = "/team/{namespace_label:team}/{label:app}/v2".into();
+    // Longer than anything the servers were started to issue (1 h): capped, since CA rotation
+    // waits only that long for SVIDs under an old root.
+    edited.spec.x509_ttl = Some("48h".into());
     identities
         .replace("web", &PostParams::default(), &edited)
         .await
         .expect("edit LanyardIdentity web");
     let web_v2 = "spiffe://example.org/team/payments/web-1/v2";
-    both_until(&in_web, Some(web_v2));
+    let sans = both_until(&in_web, Some(web_v2));
+    assert!(
+        (3600..=3660).contains(&sans.lifetime_secs),
+        "48h is capped to the servers' longest TTL, 1h: {sans:?}"
+    );
 
     // A second resource giving web-1 another ID: a conflict; the pod gets neither (and not
     // the default), and both statuses report it.
