@@ -877,8 +877,23 @@ fn scope_namespace(
 }
 
 /// Names must be usable as a path segment (the rule every type shares; RBAC names such as
-/// `system:auth-delegator` are valid, so no stricter DNS rule is applied).
+/// `system:auth-delegator` are valid, so no stricter DNS rule is applied to built-in types).
+/// Custom resources' names must be DNS subdomains, as the API server requires.
 fn validate_name(rt: &ResourceType, name: &str) -> Result<(), ApiError> {
+    if rt.is_custom() && !is_dns_subdomain(name) {
+        return Err(ApiError::invalid_object(
+            &rt.group,
+            &rt.kind,
+            name,
+            vec![crate::status::FieldError {
+                field: "metadata.name".into(),
+                kind: crate::status::FieldErrorKind::Invalid,
+                detail: format!(
+                    "Invalid value: \"{name}\": a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')"
+                ),
+            }],
+        ));
+    }
     let bad = name.len() > 253
         || name == "."
         || name == ".."
@@ -892,6 +907,19 @@ fn validate_name(rt: &ResourceType, name: &str) -> Result<(), ApiError> {
         )));
     }
     Ok(())
+}
+
+/// `metadata.name` of a custom resource: at most 253 characters, dot-separated DNS labels.
+fn is_dns_subdomain(name: &str) -> bool {
+    name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
 }
 
 /// Whether an update changes anything but `metadata` (and `status`, which the status

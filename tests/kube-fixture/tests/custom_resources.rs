@@ -15,6 +15,7 @@ use kube::api::{
     PostParams, WatchEvent, WatchParams,
 };
 use kube::runtime::wait::{await_condition, conditions};
+use kube::runtime::{reflector, watcher};
 use kube::{Api, Client, ResourceExt as _};
 use kube_fixture::KubeFixture;
 use serde_json::{Value, json};
@@ -366,6 +367,70 @@ async fn schema_violations_are_422_naming_the_field() {
     assert_eq!(
         api.get("w").await.unwrap().resource_version(),
         created.resource_version()
+    );
+}
+
+#[tokio::test]
+async fn custom_resource_names_must_be_dns_subdomains() {
+    let fixture = start().await;
+    let client = install_widget_crd(&fixture).await;
+    let api = widgets(&client, "default");
+    let status = api_status(
+        api.create(
+            &PostParams::default(),
+            &widget("Not_A_Name", json!({"size": 1})),
+        )
+        .await,
+    );
+    assert_eq!(status.code, 422);
+    assert_eq!(status.details.unwrap().causes[0].field, "metadata.name");
+    api.create(&PostParams::default(), &widget("a-b.c", json!({"size": 1})))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn the_kube_watcher_relists_custom_objects_after_410() {
+    let fixture = start().await;
+    let client = install_widget_crd(&fixture).await;
+    let api = widgets(&client, "default");
+    api.create(&PostParams::default(), &widget("one", json!({"size": 1})))
+        .await
+        .unwrap();
+    let writer = reflector::store::Writer::<DynamicObject>::new(widget_resource("v1"));
+    let reader = writer.as_reader();
+    let mut stream = reflector(writer, watcher(api.clone(), watcher::Config::default())).boxed();
+    loop {
+        match within("the initial list", stream.next()).await {
+            Some(Ok(watcher::Event::InitDone)) => break,
+            Some(Ok(_)) => {}
+            other => panic!("unexpected watcher item: {other:?}"),
+        }
+    }
+    assert_eq!(reader.state().len(), 1);
+
+    fixture.expire_watches();
+    api.create(&PostParams::default(), &widget("two", json!({"size": 2})))
+        .await
+        .unwrap();
+    // Relisted objects reach the reflector's store at InitDone; a live one at once.
+    let mut relisted_two = false;
+    loop {
+        match within("the new object after a relist", stream.next()).await {
+            Some(Ok(watcher::Event::Apply(o))) if o.name_any() == "two" => break,
+            Some(Ok(watcher::Event::InitApply(o))) if o.name_any() == "two" => relisted_two = true,
+            Some(Ok(watcher::Event::InitDone)) if relisted_two => break,
+            Some(Ok(_)) => {}
+            Some(Err(watcher::Error::WatchError(status))) if status.code == 410 => {}
+            other => panic!("unexpected watcher item: {other:?}"),
+        }
+    }
+    let mut cached: Vec<String> = reader.state().iter().map(|o| o.name_any()).collect();
+    cached.sort();
+    assert_eq!(cached, ["one", "two"]);
+    assert_eq!(
+        reader.state()[0].types.as_ref().unwrap().api_version,
+        "example.lanyard.dev/v1"
     );
 }
 
