@@ -122,7 +122,10 @@ pub(super) fn leaf_params(
     let mut sans = Vec::with_capacity(1 + dns.len());
     sans.push(uri_san(id.to_string())?);
     for name in dns {
-        if rustls_pki_types::DnsName::try_from(name.as_str()).is_err() {
+        // A wildcard is allowed as the whole first label only (RFC 6125 6.4.3); the rest must
+        // be a DNS name (rustls's check, which refuses '*' itself).
+        let checked = name.strip_prefix("*.").unwrap_or(name);
+        if rustls_pki_types::DnsName::try_from(checked).is_err() {
             return Err(CaError::BadDnsName(format!("{name:?} is not a DNS name")));
         }
         let ia5 = name

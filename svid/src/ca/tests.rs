@@ -222,6 +222,7 @@ fn dns_sans_are_added_after_the_uri() {
     let dns = vec![
         "lanyard-server".to_owned(),
         "lanyard.svc.cluster.local".to_owned(),
+        "*.lanyard.example".to_owned(),
     ];
     let server = id("spiffe://example.org/lanyard/server");
     let svid = issuer
@@ -231,7 +232,11 @@ fn dns_sans_are_added_after_the_uri() {
     assert_eq!(uris(&leaf), vec!["spiffe://example.org/lanyard/server"]);
     assert_eq!(
         dns_names(&leaf),
-        vec!["lanyard-server", "lanyard.svc.cluster.local"]
+        vec![
+            "lanyard-server",
+            "lanyard.svc.cluster.local",
+            "*.lanyard.example"
+        ]
     );
     assert!(is_critical(&leaf, &OID_X509_EXT_SUBJECT_ALT_NAME));
 }
@@ -240,7 +245,17 @@ fn dns_sans_are_added_after_the_uri() {
 fn refuses_bad_dns_sans() {
     let (_root, issuer) = ca();
     let server = id("spiffe://example.org/lanyard/server");
-    for bad in ["", "has space", "ünïcode.example", "a..b"] {
+    // A wildcard only as the whole first label.
+    for bad in [
+        "",
+        "has space",
+        "ünïcode.example",
+        "a..b",
+        "*",
+        "*.*.example",
+        "a.*.example",
+        "w*.example",
+    ] {
         let err = issuer
             .sign_x509_svid_with_dns(&csr(), &server, &[bad.to_owned()], HOUR, now())
             .unwrap_err();
