@@ -26,7 +26,7 @@ pub const DEFAULT_MINT_RATE_LIMIT: f64 = 500.0;
 /// Node attestations per second from one source address: generous for real agents (a node
 /// attests about once an hour), tight for a guessing loop.
 pub const DEFAULT_ATTEST_RATE_LIMIT: f64 = 5.0;
-pub const DEFAULT_POD_ID_TEMPLATE: &str = "/ns/{namespace}/sa/{service_account}";
+pub use lanyard_registration::resource::DEFAULT_POD_ID_TEMPLATE;
 
 /// Why a configuration is refused.
 #[derive(Debug, thiserror::Error)]
@@ -108,7 +108,7 @@ pub struct RunArgs {
     #[arg(long, env = "LANYARD_NODE_TTL")]
     pub node_ttl: Option<String>,
 
-    /// SPIFFE ID of pods no LanyardIdentity selects: a path (or a whole `spiffe://` ID) where
+    /// SPIFFE ID of pods no LanyardIdentity selects: a path in the trust domain where
     /// `{namespace}`, `{service_account}`, `{pod_name}`, `{pod_uid}`, `{node_name}`,
     /// `{label:KEY}`, `{namespace_label:KEY}` expand
     /// [default: /ns/{namespace}/sa/{service_account}]

@@ -12,6 +12,9 @@ pub const PLURAL: &str = "lanyardidentities";
 pub const SINGULAR: &str = "lanyardidentity";
 /// The class a server serves unless `--identity-class` says otherwise.
 pub const DEFAULT_CLASS: &str = "lanyard";
+/// The ID of pods no resource selects, unless `--pod-id-template` says otherwise (the server
+/// and `lanyard identities` share it).
+pub const DEFAULT_POD_ID_TEMPLATE: &str = "/ns/{namespace}/sa/{service_account}";
 
 /// One registration: which pods it selects and what they are issued.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]

@@ -17,9 +17,8 @@ use crate::ca::kube::KubeError;
 
 pub use self::report::{Output, Report};
 
-/// The server's `--pod-id-template` default, kept equal by hand to identity-server's
-/// `DEFAULT_POD_ID_TEMPLATE` (this crate depends on no daemon crate).
-pub const DEFAULT_POD_ID_TEMPLATE: &str = "/ns/{namespace}/sa/{service_account}";
+/// The server's `--pod-id-template` default.
+pub use lanyard_registration::resource::DEFAULT_POD_ID_TEMPLATE;
 
 /// The registration settings, named as the server's flags are.
 #[derive(Debug, Clone)]
