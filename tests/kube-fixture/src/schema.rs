@@ -374,7 +374,7 @@ impl Schema {
             errors.push(FieldError {
                 field: path.to_string(),
                 kind: FieldErrorKind::TooLong,
-                detail: format!("Too long: may not be more than {max} bytes"),
+                detail: format!("Too long: may not be longer than {max}"),
             });
         }
         if let Some((source, regex)) = &self.pattern
@@ -730,6 +730,11 @@ mod tests {
         let errors = schema.validate_root(&json!({"spec": {"name": "toolongname"}}));
         assert_eq!(errors.len(), 1);
         assert_eq!(errors[0].kind, FieldErrorKind::TooLong);
+        // apiextensions reports maxLength with field.TooLongMaxLength.
+        assert_eq!(
+            errors[0].to_string(),
+            "spec.name: Too long: may not be longer than 8"
+        );
     }
 
     #[test]
