@@ -399,6 +399,7 @@ async fn lanyard_identities_decide_what_pods_are_issued() {
 async fn static_entries_follow_their_file() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
+    // SAFETY: getuid has no preconditions.
     let uid = unsafe { libc::getuid() };
     let entries = |id: &str, dns: &str| {
         format!(
