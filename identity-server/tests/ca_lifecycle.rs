@@ -230,24 +230,6 @@ fn pod_workload(fixture: &KubeFixture) -> wire::Workload {
     }
 }
 
-/// Waits until `check` gives `Some`.
-async fn eventually<T, F: std::future::Future<Output = Option<T>>>(
-    what: &str,
-    mut check: impl FnMut() -> F,
-) -> T {
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 #[tokio::test]
 async fn a_cert_manager_secret_and_jwt_secret_are_loaded_and_sign() {
     let now = SystemTime::now();

@@ -147,25 +147,6 @@ fn uid_of(fixture: &KubeFixture, ns: &str, name: &str) -> String {
         .unwrap()
 }
 
-/// Polls `check` until it returns `Some` or the deadline passes (the server's caches follow
-/// the API asynchronously, so the tests wait for a condition, never for a fixed time).
-async fn eventually<T, F: std::future::Future<Output = Option<T>>>(
-    what: &str,
-    mut check: impl FnMut() -> F,
-) -> T {
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 #[tokio::test]
 async fn psat_attestation_and_pod_minting() {
     let c = cluster(FixtureOptions::default()).await;

@@ -23,24 +23,6 @@ use lanyard_server::config::RunArgs;
 use lanyard_svid::{BundleSet, TrustBundle};
 use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 
-/// Polls `check` until it returns `Some` or the deadline passes.
-async fn eventually<T, F: std::future::Future<Output = Option<T>>>(
-    what: &str,
-    mut check: impl FnMut() -> F,
-) -> T {
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 fn identity(template: &str, dns: &[&str]) -> LanyardIdentity {
     LanyardIdentity::new(
         "web",

@@ -29,6 +29,25 @@ pub const TD: &str = "example.org";
 /// Every wait in these tests is bounded by this.
 pub const DEADLINE: Duration = Duration::from_secs(20);
 
+/// Polls `check` until it returns `Some` or [`DEADLINE`] passes (the server's caches follow
+/// the API asynchronously, so tests wait for a condition, never for a fixed time).
+pub async fn eventually<T, F: std::future::Future<Output = Option<T>>>(
+    what: &str,
+    mut check: impl FnMut() -> F,
+) -> T {
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 pub fn td() -> TrustDomain {
     TrustDomain::new(TD).unwrap()
 }
