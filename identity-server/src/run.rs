@@ -39,7 +39,7 @@ use lanyard_daemon::private_file::ensure_dir;
 const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
 /// How long shutdown waits for open calls before closing them.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
-/// How long shutdown waits for the CA report to be deleted.
+/// How long shutdown waits for the CA report to be deleted and the status Lease released.
 const REPORT_DELETE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest join-token lifetime an operator may ask for.
 const MAX_JOIN_TOKEN_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
@@ -312,18 +312,23 @@ pub async fn run(
         metrics.clone(),
         acks.clone(),
     ));
-    if let (Some((sink, settings, informer, registrations)), Some(pods)) = (status_writer, &pods) {
-        tasks.push(tokio::spawn(crate::k8s::identity_status::run(
-            sink,
-            settings,
-            informer,
-            registrations,
-            pods.clone(),
-            metrics.clone(),
-        )));
-    }
     // Feeds never end on their own: tell them at shutdown, so the graceful drain finishes.
     let (stop_feeds, feeds_stopping) = tokio::sync::watch::channel(false);
+    // The status writer gives its Lease up at shutdown, so it is awaited, not aborted.
+    let status_task = match (status_writer, &pods) {
+        (Some((sink, settings, informer, registrations)), Some(pods)) => {
+            Some(tokio::spawn(crate::k8s::identity_status::run(
+                sink,
+                settings,
+                informer,
+                registrations,
+                pods.clone(),
+                metrics.clone(),
+                feeds_stopping.clone(),
+            )))
+        }
+        _ => None,
+    };
     // The report is deleted when the server stops, so its task is awaited, not aborted.
     let report_task = report_sink.map(|sink| {
         let settings = ReportSettings {
@@ -400,16 +405,29 @@ pub async fn run(
     for task in tasks {
         task.abort();
     }
-    if let Some(task) = report_task {
-        // `stop_feeds` was dropped with the shutdown future, or sent: the task is deleting
-        // the report. A hung API server must not hold the exit.
-        if tokio::time::timeout(REPORT_DELETE_TIMEOUT, task)
-            .await
-            .is_err()
+    // `stop_feeds` was dropped with the shutdown future, or sent: the CA report is being
+    // deleted and the status Lease released, at once. A hung API server must not hold the exit.
+    let report = async {
+        if let Some(task) = report_task
+            && tokio::time::timeout(REPORT_DELETE_TIMEOUT, task)
+                .await
+                .is_err()
         {
             tracing::warn!("CA report not deleted within {REPORT_DELETE_TIMEOUT:?}; it goes stale");
         }
-    }
+    };
+    let status = async {
+        if let Some(task) = status_task
+            && tokio::time::timeout(REPORT_DELETE_TIMEOUT, task)
+                .await
+                .is_err()
+        {
+            tracing::warn!(
+                "status Lease not released within {REPORT_DELETE_TIMEOUT:?}; another replica takes it when it expires"
+            );
+        }
+    };
+    tokio::join!(report, status);
     Ok(())
 }
 

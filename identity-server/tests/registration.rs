@@ -2,7 +2,7 @@
 //! LanyardIdentity created, edited and deleted through the API changes what the server (in
 //! --kube mode, with the RBAC `lanyard install` renders) issues a pod over its gRPC API (ID
 //! and DNS SANs) and what it feeds the node's agent, and the holder of the status Lease writes
-//! each resource's status.
+//! each resource's status (and gives the Lease up when it stops).
 
 mod common;
 
@@ -294,4 +294,12 @@ async fn lanyard_identity_drives_issuance_feed_and_status() {
         .await
         .unwrap();
     mint_until("spiffe://example.org/ns/default/sa/web").await;
+
+    // A clean shutdown gives the status Lease up, so another replica need not wait it out.
+    server.stop().await;
+    let lease: Lease = fixture
+        .store()
+        .get("lanyard", "lanyard-identity-status")
+        .unwrap();
+    assert_eq!(lease.spec.unwrap().holder_identity, None);
 }

@@ -224,6 +224,25 @@ impl KubeStatusSink {
         result.map(drop).map_err(StatusWriteError::from_kube)
     }
 
+    /// Gives the Lease up if `me` holds it (a compare-and-swap on the version read), so
+    /// another replica takes over at its next renewal instead of after the lease duration.
+    async fn release_lease(&self, me: &str) -> Result<bool, StatusWriteError> {
+        let Some(mut lease) = self.read_lease().await? else {
+            return Ok(false);
+        };
+        if LeaseRecord::of(&lease).holder.as_deref() != Some(me) {
+            return Ok(false);
+        }
+        let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
+        spec.holder_identity = None;
+        spec.renew_time = Some(MicroTime(k8s_openapi::jiff::Timestamp::now()));
+        self.leases
+            .replace(LEASE_NAME, &PostParams::default(), &lease)
+            .await
+            .map(|_| true)
+            .map_err(StatusWriteError::from_kube)
+    }
+
     async fn write_status(
         &self,
         name: &str,
@@ -334,7 +353,8 @@ impl Schedule {
     }
 }
 
-/// Keeps the Lease and, while holding it, the statuses, until the task is aborted.
+/// Keeps the Lease and, while holding it, the statuses, until `stopping` turns true; then
+/// gives the Lease up (if held) and returns.
 pub async fn run(
     sink: KubeStatusSink,
     settings: StatusSettings,
@@ -342,6 +362,7 @@ pub async fn run(
     registrations: Registrations,
     pods: PodIndex,
     metrics: Arc<ServerMetrics>,
+    mut stopping: tokio::sync::watch::Receiver<bool>,
 ) {
     let mut keeper = LeaseKeeper {
         me: settings.replica,
@@ -372,6 +393,16 @@ pub async fn run(
                 continue;
             }
             () = tokio::time::sleep_until(schedule.due()), if holding => {}
+            // A closed channel (the server's shutdown future dropped) is a stop too.
+            () = async { drop(stopping.wait_for(|stop| *stop).await) } => {
+                metrics.identity_status_lease_held.set(0);
+                match sink.release_lease(&keeper.me).await {
+                    Ok(true) => tracing::info!(lease = LEASE_NAME, "status lease released"),
+                    Ok(false) => {}
+                    Err(e) => tracing::warn!(lease = LEASE_NAME, reason = %e, "{}", e.message(&format!("releasing Lease {LEASE_NAME}"))),
+                }
+                return;
+            }
             changed = registry_changes.changed() => {
                 if changed.is_err() { return; }
                 schedule.dirty = true;

@@ -62,6 +62,21 @@ pub struct TestServer {
     pub task: tokio::task::JoinHandle<Result<(), lanyard_server::run::RunError>>,
 }
 
+impl TestServer {
+    /// Shuts the server down as SIGTERM does and waits (bounded) until `run` has returned, so
+    /// what it does on the way out (the CA report deleted, the status Lease released) is done.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        tokio::time::timeout(DEADLINE, &mut self.task)
+            .await
+            .expect("the server stops within the deadline")
+            .expect("the server task was not aborted")
+            .expect("the server stops cleanly");
+    }
+}
+
 impl Drop for TestServer {
     fn drop(&mut self) {
         if let Some(stop) = self.stop.take() {
