@@ -38,6 +38,7 @@ use tokio::time::Instant;
 
 use crate::authority::{ActiveMaterial, Authority};
 use crate::bundle_acks::BundleAcks;
+use crate::k8s::write_schedule::WriteSchedule;
 
 /// The heartbeat and the least time between two writes.
 pub const HEARTBEAT: Duration = Duration::from_secs(REPORT_HEARTBEAT_SECS as u64);
@@ -194,25 +195,6 @@ pub fn build(
     }
 }
 
-/// When the next write is due.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Schedule {
-    /// The last write (or attempt); `None` before the first.
-    last: Option<Instant>,
-    /// Something changed since then.
-    dirty: bool,
-}
-
-impl Schedule {
-    fn due(&self) -> Instant {
-        match self.last {
-            None => Instant::now(),
-            Some(last) if self.dirty => last + MIN_INTERVAL,
-            Some(last) => last + HEARTBEAT,
-        }
-    }
-}
-
 /// Writes reports to `sink` until `stopping` turns true (or its sender is gone), then deletes
 /// the report and returns.
 pub async fn run<S: ReportSink>(
@@ -225,10 +207,7 @@ pub async fn run<S: ReportSink>(
     let object = sink.object();
     let mut bundles = authority.subscribe_bundle();
     let mut ack_changes = acks.subscribe();
-    let mut schedule = Schedule {
-        last: None,
-        dirty: false,
-    };
+    let mut schedule = WriteSchedule::new(MIN_INTERVAL, HEARTBEAT, false);
     // What the last successful write said, `updated_at` aside.
     let mut written: Option<ReplicaReport> = None;
     // The label of the failure last logged at WARN, while writes keep failing.

@@ -27,6 +27,7 @@ use tokio::time::Instant;
 
 use super::identities::IdentityInformer;
 use super::pods::PodIndex;
+use super::write_schedule::WriteSchedule;
 use crate::metrics::ServerMetrics;
 use crate::registry_view::Registrations;
 
@@ -336,23 +337,6 @@ impl LeaseKeeper {
     }
 }
 
-/// When the next status round is due.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Schedule {
-    last: Option<Instant>,
-    dirty: bool,
-}
-
-impl Schedule {
-    fn due(&self) -> Instant {
-        match self.last {
-            None => Instant::now(),
-            Some(last) if self.dirty => last + MIN_INTERVAL,
-            Some(last) => last + HEARTBEAT,
-        }
-    }
-}
-
 /// Keeps the Lease and, while holding it, the statuses, until `stopping` turns true; then
 /// gives the Lease up (if held) and returns.
 pub async fn run(
@@ -373,10 +357,7 @@ pub async fn run(
     let mut registry_changes = registrations.subscribe();
     let mut pod_changes = pods.subscribe();
     let mut next_renew = Instant::now();
-    let mut schedule = Schedule {
-        last: None,
-        dirty: true,
-    };
+    let mut schedule = WriteSchedule::new(MIN_INTERVAL, HEARTBEAT, true);
     let mut failing: Option<String> = None;
     loop {
         let holding = keeper.holding(Instant::now());
@@ -388,7 +369,7 @@ pub async fn run(
                 metrics.identity_status_lease_held.set(i64::from(now_holding));
                 if now_holding && !holding {
                     // A new holder writes at once.
-                    schedule = Schedule { last: None, dirty: true };
+                    schedule = WriteSchedule::new(MIN_INTERVAL, HEARTBEAT, true);
                 }
                 continue;
             }
@@ -414,10 +395,7 @@ pub async fn run(
                 continue;
             }
         }
-        schedule = Schedule {
-            last: Some(Instant::now()),
-            dirty: false,
-        };
+        schedule.written();
         let snapshot = registrations.current();
         if !snapshot.synced || !crate::k8s::pods::PodLookup::is_synced(&pods) {
             schedule.dirty = true;
@@ -554,19 +532,5 @@ mod tests {
         assert!(status["specError"].is_null());
         assert!(status.as_object().unwrap().contains_key("specError"));
         assert!(status.as_object().unwrap().contains_key("refusals"));
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn schedule_debounces_changes_and_beats() {
-        let start = Instant::now();
-        let mut s = Schedule {
-            last: None,
-            dirty: true,
-        };
-        assert_eq!(s.due(), start);
-        s.last = Some(start);
-        assert_eq!(s.due(), start + MIN_INTERVAL);
-        s.dirty = false;
-        assert_eq!(s.due(), start + HEARTBEAT);
     }
 }

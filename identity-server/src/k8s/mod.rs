@@ -11,6 +11,7 @@
 //! - [`identities`]: the LanyardIdentity and Namespace informers that rebuild the registry.
 //! - [`identity_status`]: the `lanyard-identity-status` Lease, and the LanyardIdentity
 //!   statuses its holder writes.
+//! - [`write_schedule`]: when those periodic writes (report, statuses) are next due.
 
 pub mod ca_report;
 pub mod ca_source;
@@ -21,3 +22,4 @@ pub mod object_index;
 pub mod pods;
 pub mod services;
 pub mod token_review;
+pub mod write_schedule;
