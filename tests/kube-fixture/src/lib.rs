@@ -57,7 +57,8 @@
 //!   `x-kubernetes-preserve-unknown-fields`) with the API server's field-error wording and
 //!   `details.causes`. **`x-kubernetes-validations` (CEL) rules are not evaluated**, nor
 //!   `format`, `allOf`/`anyOf`/`oneOf`/`not`, `uniqueItems` or list and map types: an object
-//!   only CEL would refuse is accepted.
+//!   only CEL would refuse is accepted (the LanyardIdentity CRD's rules are compiled and run
+//!   by cel-python in `registration/tests/crd_cel.rs` instead).
 //! - [`status`]: `metav1.Status` errors with the API server's codes and reasons; `422` with
 //!   field causes.
 //! - [`tls`], [`kubeconfig`]: the fixture's own CA, HTTPS (HTTP/1.1 and h2), kubeconfig.
