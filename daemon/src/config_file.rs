@@ -26,16 +26,34 @@ pub enum ConfigFileError {
 /// Reads and parses `path` as `T` (which should `deny_unknown_fields`, so a misspelt key is an
 /// error rather than silently ignored).
 pub fn read<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, ConfigFileError> {
+    parse(path, &read_text(path)?)
+}
+
+/// The file's text: at most [`MAX_CONFIG_FILE_BYTES`], UTF-8, read from one open file so the
+/// bound holds even while the file grows (a reload may read it mid-write).
+pub fn read_text(path: &Path) -> Result<String, ConfigFileError> {
+    use std::io::Read;
     let read_err = |source| ConfigFileError::Read {
         path: path.to_owned(),
         source,
     };
-    let len = std::fs::metadata(path).map_err(read_err)?.len();
-    if len > MAX_CONFIG_FILE_BYTES {
+    let file = std::fs::File::open(path).map_err(read_err)?;
+    let mut text = String::new();
+    file.take(MAX_CONFIG_FILE_BYTES + 1)
+        .read_to_string(&mut text)
+        .map_err(read_err)?;
+    if text.len() as u64 > MAX_CONFIG_FILE_BYTES {
         return Err(ConfigFileError::TooLarge(path.to_owned()));
     }
-    let text = std::fs::read_to_string(path).map_err(read_err)?;
-    toml::from_str(&text).map_err(|source| ConfigFileError::Parse {
+    Ok(text)
+}
+
+/// Parses `text`, read from `path` (named in the error), as `T`.
+pub fn parse<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    text: &str,
+) -> Result<T, ConfigFileError> {
+    toml::from_str(text).map_err(|source| ConfigFileError::Parse {
         path: path.to_owned(),
         source,
     })

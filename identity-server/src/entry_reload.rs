@@ -2,20 +2,19 @@
 //!
 //! The file is read again when its content changes (a poll every [`POLL_INTERVAL`]; no
 //! inotify, which misses the symlink swaps of a mounted ConfigMap and needs another crate) and
-//! on SIGHUP. It is read as at start-up (bounded to [`MAX_CONFIG_FILE_BYTES`], parsed as
+//! on SIGHUP. It is read as at start-up (bounded to [`config_file::MAX_CONFIG_FILE_BYTES`], parsed as
 //! [`RunArgs`], entries checked by [`validate_entries`]), but only `[[entries]]` are taken:
 //! every other setting stays as the server started, and one INFO line says so when they differ.
 //! A file that cannot be read, parsed or validated changes nothing: the entries in force stay,
 //! a WARN says why, and [`ReloadStatus`] keeps the refusal for `lanyard-server entry show` and
 //! the `lanyard_server_entries_reload_total{result}` counter.
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use futures::{Stream, StreamExt};
-use lanyard_daemon::config_file::{ConfigFileError, MAX_CONFIG_FILE_BYTES};
+use lanyard_daemon::config_file;
 use lanyard_svid::TrustDomain;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -305,15 +304,8 @@ impl Reloader {
 
     fn parse(&mut self, read: FileRead) -> Result<Vec<StaticEntry>, ReloadRefusal> {
         let text = read?;
-        let args: RunArgs = toml::from_str(&text).map_err(|source| {
-            ReloadRefusal::Parse(
-                ConfigFileError::Parse {
-                    path: self.path.clone(),
-                    source,
-                }
-                .to_string(),
-            )
-        })?;
+        let args: RunArgs = config_file::parse(&self.path, &text)
+            .map_err(|e| ReloadRefusal::Parse(e.to_string()))?;
         self.note_other_settings(other_settings(&text));
         validate_entries(args.entries, &self.trust_domain).map_err(ReloadRefusal::Invalid)
     }
@@ -332,29 +324,9 @@ impl Reloader {
     }
 }
 
-/// The file's text, read as `lanyard_daemon::config_file::read` does (at most
-/// [`MAX_CONFIG_FILE_BYTES`], UTF-8), from one open file so the bound holds while it grows.
+/// The file's text, read as at start-up ([`config_file::read_text`]: bounded, UTF-8).
 fn read_bounded(path: &Path) -> FileRead {
-    let unreadable = |source| {
-        ReloadRefusal::Unreadable(
-            ConfigFileError::Read {
-                path: path.to_owned(),
-                source,
-            }
-            .to_string(),
-        )
-    };
-    let file = std::fs::File::open(path).map_err(unreadable)?;
-    let mut text = String::new();
-    file.take(MAX_CONFIG_FILE_BYTES + 1)
-        .read_to_string(&mut text)
-        .map_err(unreadable)?;
-    if text.len() as u64 > MAX_CONFIG_FILE_BYTES {
-        return Err(ReloadRefusal::Unreadable(
-            ConfigFileError::TooLarge(path.to_owned()).to_string(),
-        ));
-    }
-    Ok(text)
+    config_file::read_text(path).map_err(|e| ReloadRefusal::Unreadable(e.to_string()))
 }
 
 /// Every top-level key but `entries`, or `None` when the text is not TOML.
@@ -476,7 +448,7 @@ mod tests {
             matches!(&outcome, ReloadOutcome::Refused(ReloadRefusal::Unreadable(m)) if m.contains("server.toml")),
             "{outcome:?}"
         );
-        f.write(&"#".repeat(MAX_CONFIG_FILE_BYTES as usize + 1));
+        f.write(&"#".repeat(config_file::MAX_CONFIG_FILE_BYTES as usize + 1));
         let outcome = r.apply(Trigger::FileChange, r.read());
         assert!(
             matches!(&outcome, ReloadOutcome::Refused(ReloadRefusal::Unreadable(m)) if m.contains("larger than 1 MiB")),
