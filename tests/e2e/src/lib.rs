@@ -20,6 +20,7 @@
 //! - [`proxy`]: `lanyard-proxy` processes as other uids, in namespaces or cgroups; their tap.
 //! - [`echo`]: an echo application (optionally server-speaks-first) served by test threads.
 //! - [`probe`]: an mTLS client with an SVID from a real agent, seeing what proxies present.
+//! - [`wait`]: waiting on a condition with a deadline (`eventually`).
 //! - [`netns`]: network namespaces joined by veth, with the init container's redirect rules.
 
 pub mod cgroup;
@@ -32,6 +33,7 @@ pub mod probe;
 pub mod process;
 pub mod proxy;
 pub mod stack;
+pub mod wait;
 
 use std::path::PathBuf;
 

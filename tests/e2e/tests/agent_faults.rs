@@ -18,6 +18,7 @@ use std::time::{Duration, Instant, SystemTime};
 use lanyard_e2e::DEADLINE;
 use lanyard_e2e::client::metric;
 use lanyard_e2e::stack::{Agent, Attestation, Server, TRUST_DOMAIN};
+use lanyard_e2e::wait::eventually;
 use lanyard_svid::bundle::certificates_from_pem;
 use lanyard_svid::{BundleSet, PeerRole, TrustBundle, TrustDomain, verify_peer};
 
@@ -63,21 +64,6 @@ async fn fetch(client: &spiffe::WorkloadApiClient) -> Result<Seen, String> {
         Ok(Ok(svid)) => Ok(seen(&svid)),
         Ok(Err(e)) => Err(e.to_string()),
         Err(_) => Err("timed out".into()),
-    }
-}
-
-/// Polls `check` (every 100 ms) until it gives `Some`, failing after the deadline.
-async fn eventually<T, F: std::future::Future<Output = Option<T>>>(
-    what: &str,
-    mut check: impl FnMut() -> F,
-) -> T {
-    let deadline = Instant::now() + DEADLINE;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 

@@ -33,6 +33,7 @@ use lanyard_cli::install::render::{agent_args, server_args};
 use lanyard_cli::install::{InstallOptions, Parts, RedirectMode, render};
 use lanyard_cli::yaml::write_stream;
 use lanyard_e2e::cluster::pod;
+use lanyard_e2e::wait::eventually;
 use lanyard_proto::identity::v1 as wire;
 use lanyard_proto::identity::v1::node_identity_client::NodeIdentityClient;
 use lanyard_svid::csr::KeyAndCsr;
@@ -278,24 +279,6 @@ async fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
         .ok()?
         .ok()?;
     Some(out)
-}
-
-/// Polls `check` until it returns `Some` or the deadline passes.
-async fn eventually<T, F: std::future::Future<Output = Option<T>>>(
-    what: &str,
-    mut check: impl FnMut() -> F,
-) -> T {
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// What an agent holds: a TLS store that pins the server's ID.
