@@ -15,6 +15,9 @@ use serde::Deserialize;
 
 use crate::duration::parse_duration;
 use crate::entries::{EntryConfig, StaticEntry};
+use crate::federation::config::FederationConfig;
+use crate::federation::{BundleEndpointSettings, FederationSettings, ServedProfile};
+use crate::oidc::{OidcSettings, OidcTransport};
 
 /// Defaults from DESIGN §1.
 pub const DEFAULT_X509_TTL: Duration = Duration::from_secs(3600);
@@ -35,6 +38,8 @@ pub enum ConfigError {
     Option(#[from] OptionError),
     #[error("static entry {index}: {message}")]
     Entry { index: usize, message: String },
+    #[error(transparent)]
+    Federation(#[from] crate::federation::config::FederationConfigError),
 }
 
 /// The raw `run` options. Every field is optional here so the three sources can be merged;
@@ -151,10 +156,61 @@ pub struct RunArgs {
     #[serde(default)]
     pub init: bool,
 
+    /// IP address and port of this trust domain's SPIFFE bundle endpoint (e.g.
+    /// `0.0.0.0:8443`), authenticated by the server's SVID (`https_spiffe`), or with
+    /// --bundle-endpoint-cert and --bundle-endpoint-key by that certificate (`https_web`);
+    /// none without it.
+    #[arg(long, env = "LANYARD_BUNDLE_ENDPOINT", value_parser = parse_listen)]
+    #[serde(default, deserialize_with = "deserialize_listen")]
+    pub bundle_endpoint: Option<SocketAddr>,
+
+    /// PEM certificate chain of the bundle endpoint's `https_web` profile.
+    #[arg(long, env = "LANYARD_BUNDLE_ENDPOINT_CERT")]
+    pub bundle_endpoint_cert: Option<PathBuf>,
+
+    /// PEM private key of --bundle-endpoint-cert (a 0600 file).
+    #[arg(long, env = "LANYARD_BUNDLE_ENDPOINT_KEY")]
+    pub bundle_endpoint_key: Option<PathBuf>,
+
+    /// Cluster mode: fetch the bundles of the trust domains named by LanyardFederation
+    /// resources too (beside `[[federation]]` in --config) [default: true]
+    #[arg(long, env = "LANYARD_WATCH_FEDERATIONS", action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub watch_federations: Option<bool>,
+
+    /// The `iss` claim of every JWT-SVID and the `issuer` of the OIDC discovery document: an
+    /// https:// URL (e.g. `https://oidc.example.org`); JWT-SVIDs carry no `iss` without it.
+    #[arg(long, env = "LANYARD_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+
+    /// IP address and port serving OIDC discovery (`/.well-known/openid-configuration` and
+    /// `/keys`) for JWT-SVIDs; needs --jwt-issuer and either --oidc-cert and --oidc-key or
+    /// --oidc-insecure-http.
+    #[arg(long, env = "LANYARD_OIDC_LISTEN", value_parser = parse_listen)]
+    #[serde(default, deserialize_with = "deserialize_listen")]
+    pub oidc_listen: Option<SocketAddr>,
+
+    /// PEM certificate chain the OIDC listener serves (for the issuer's host name).
+    #[arg(long, env = "LANYARD_OIDC_CERT")]
+    pub oidc_cert: Option<PathBuf>,
+
+    /// PEM private key of --oidc-cert (a 0600 file).
+    #[arg(long, env = "LANYARD_OIDC_KEY")]
+    pub oidc_key: Option<PathBuf>,
+
+    /// Serve OIDC discovery over plain HTTP, for a TLS-terminating ingress in front.
+    #[arg(long, env = "LANYARD_OIDC_INSECURE_HTTP")]
+    #[serde(default)]
+    pub oidc_insecure_http: bool,
+
     /// Static workload entries (config file only).
     #[arg(skip)]
     #[serde(default)]
     pub entries: Vec<EntryConfig>,
+
+    /// Federated trust domains (config file only; see [`crate::federation::config`]).
+    #[arg(skip)]
+    #[serde(default)]
+    pub federation: Vec<FederationConfig>,
 }
 
 /// Where the CA comes from and how agents attest.
@@ -220,6 +276,12 @@ pub struct ServerConfig {
     pub listener_limits: crate::tls_listener::Limits,
     /// `--init`: create a CA in an existing data dir that has none.
     pub init: bool,
+    /// Bundle endpoint and federated trust domains.
+    pub federation: FederationSettings,
+    /// `--jwt-issuer`: the `iss` of JWT-SVIDs.
+    pub jwt_issuer: Option<String>,
+    /// `--oidc-listen` and its transport.
+    pub oidc: Option<OidcSettings>,
 }
 
 impl RunArgs {
@@ -233,9 +295,12 @@ impl RunArgs {
                 replica_name, agent_sa,
                 k8s_audience, x509_ttl, jwt_ttl, node_ttl, pod_id_template, health,
                 mint_rate_limit, attest_rate_limit, init, no_default_pod_identity,
-                identity_class, watch_classless);
-            // Entries exist only in the file.
+                identity_class, watch_classless, bundle_endpoint, bundle_endpoint_cert,
+                bundle_endpoint_key, watch_federations, jwt_issuer, oidc_listen, oidc_cert,
+                oidc_key, oidc_insecure_http);
+            // Entries and federations exist only in the file.
             self.entries = file.entries;
+            self.federation = file.federation;
         }
         self.validate().map_err(|e| match e {
             ConfigError::Option(e) => provenance.name_origin(e).into(),
@@ -340,6 +405,40 @@ impl RunArgs {
                 }
             })?;
 
+        let config_dir = self
+            .config
+            .as_deref()
+            .and_then(|p| p.parent())
+            .map(|p| p.to_path_buf())
+            .unwrap_or_default();
+        let federation = FederationSettings {
+            bundle_endpoint: bundle_endpoint_settings(
+                self.bundle_endpoint,
+                self.bundle_endpoint_cert,
+                self.bundle_endpoint_key,
+            )?,
+            domains: crate::federation::config::validate(
+                self.federation,
+                &trust_domain,
+                &config_dir,
+            )?,
+            watch_resources: self.kube && self.watch_federations.unwrap_or(true),
+        };
+        if !self.kube && self.watch_federations.is_some() {
+            return Err(invalid("watch-federations", "only meaningful with --kube").into());
+        }
+        let jwt_issuer = self
+            .jwt_issuer
+            .map(|issuer| check_issuer(&issuer).map(|()| issuer))
+            .transpose()?;
+        let oidc = oidc_settings(
+            self.oidc_listen,
+            jwt_issuer.as_deref(),
+            self.oidc_cert,
+            self.oidc_key,
+            self.oidc_insecure_http,
+        )?;
+
         Ok(ServerConfig {
             trust_domain,
             listen,
@@ -366,8 +465,105 @@ impl RunArgs {
             config_file: self.config,
             listener_limits: Default::default(),
             init: self.init,
+            federation,
+            jwt_issuer,
+            oidc,
         })
     }
+}
+
+/// `--bundle-endpoint` with its `https_web` certificate, if any.
+fn bundle_endpoint_settings(
+    listen: Option<SocketAddr>,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+) -> Result<Option<BundleEndpointSettings>, OptionError> {
+    let profile = match (cert, key) {
+        (None, None) => ServedProfile::HttpsSpiffe,
+        (Some(cert_file), Some(key_file)) => ServedProfile::HttpsWeb {
+            cert_file,
+            key_file,
+        },
+        (Some(_), None) => return Err(OptionError::Missing("bundle-endpoint-key")),
+        (None, Some(_)) => return Err(OptionError::Missing("bundle-endpoint-cert")),
+    };
+    match listen {
+        Some(listen) => Ok(Some(BundleEndpointSettings { listen, profile })),
+        None if profile == ServedProfile::HttpsSpiffe => Ok(None),
+        None => Err(invalid(
+            "bundle-endpoint-cert",
+            "only meaningful with --bundle-endpoint",
+        )),
+    }
+}
+
+/// `--jwt-issuer`: an `https://` URL with a host and no query or fragment (OIDC Discovery
+/// section 3: relying parties compare it byte for byte with the token's `iss`).
+fn check_issuer(issuer: &str) -> Result<(), OptionError> {
+    lanyard_registration::federation::check_endpoint_url(issuer).map_err(|_| {
+        invalid(
+            "jwt-issuer",
+            format!("{issuer:?} is not an https:// URL with a host (and no query or fragment)"),
+        )
+    })?;
+    if issuer.ends_with('/') {
+        return Err(invalid(
+            "jwt-issuer",
+            format!(
+                "{issuer:?}: leave out the trailing '/' (the discovery path is appended to it)"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// `--oidc-listen` and its transport, checked against the issuer.
+fn oidc_settings(
+    listen: Option<SocketAddr>,
+    issuer: Option<&str>,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    insecure_http: bool,
+) -> Result<Option<OidcSettings>, OptionError> {
+    let Some(listen) = listen else {
+        for (flag, given) in [
+            ("oidc-cert", cert.is_some()),
+            ("oidc-key", key.is_some()),
+            ("oidc-insecure-http", insecure_http),
+        ] {
+            if given {
+                return Err(invalid(flag, "only meaningful with --oidc-listen"));
+            }
+        }
+        return Ok(None);
+    };
+    let issuer = issuer.ok_or(OptionError::Missing("jwt-issuer"))?;
+    let transport = match (cert, key, insecure_http) {
+        (Some(cert_file), Some(key_file), false) => OidcTransport::Https {
+            cert_file,
+            key_file,
+        },
+        (None, None, true) => OidcTransport::InsecureHttp,
+        (Some(_), None, false) => return Err(OptionError::Missing("oidc-key")),
+        (None, Some(_), false) => return Err(OptionError::Missing("oidc-cert")),
+        (None, None, false) => {
+            return Err(invalid(
+                "oidc-listen",
+                "give --oidc-cert and --oidc-key (HTTPS), or --oidc-insecure-http behind a TLS-terminating ingress",
+            ));
+        }
+        (_, _, true) => {
+            return Err(invalid(
+                "oidc-insecure-http",
+                "conflicts with --oidc-cert and --oidc-key",
+            ));
+        }
+    };
+    Ok(Some(OidcSettings {
+        listen,
+        issuer: issuer.to_owned(),
+        transport,
+    }))
 }
 
 impl ServerConfig {

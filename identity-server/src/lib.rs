@@ -27,6 +27,9 @@
 //! - [`service`]: the `lanyard.identity.v1.NodeIdentity` gRPC service.
 //! - [`tls_listener`]: TCP accept + concurrent, bounded TLS handshakes feeding tonic.
 //! - [`admin`]: the admin Unix socket behind `token generate`, `agent evict`, `bundle show`.
+//! - [`federation`]: federation with other trust domains: `[[federation]]`, the federated
+//!   bundles held, this trust domain's bundle endpoint and the fetcher of the others'.
+//! - [`oidc`]: OIDC discovery (`/.well-known/openid-configuration`, JWKS) for JWT-SVIDs.
 //! - [`metrics`]: Prometheus metrics (issuance, refusals, CA expiries, bundle propagation).
 //! - [`run`]: wiring it all together for `lanyard-server run`.
 
@@ -42,12 +45,14 @@ pub mod entries;
 pub mod entry_reload;
 pub mod entry_store;
 pub mod evictions;
+pub mod federation;
 pub mod join_token;
 pub mod k8s;
 pub mod metrics;
 pub mod mint_policy;
 pub mod node_attest;
 pub mod node_feed;
+pub mod oidc;
 pub mod rate_limit;
 pub mod registry_view;
 pub mod run;

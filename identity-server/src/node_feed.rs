@@ -43,6 +43,8 @@ pub fn entry_to_wire(e: &StaticEntry) -> wire::StaticEntry {
         x509_ttl_seconds: seconds(e.x509_ttl),
         jwt_ttl_seconds: seconds(e.jwt_ttl),
         dns_names: e.dns_names.clone(),
+        // Filled in with the entries' `federates_with` (federation work).
+        federates_with: Vec::new(),
     }
 }
 

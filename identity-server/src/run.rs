@@ -78,6 +78,10 @@ pub enum RunError {
     },
     #[error("admin socket: {0}")]
     Admin(#[from] admin::AdminError),
+    #[error("federation: {0}")]
+    Federation(#[from] crate::federation::FederationError),
+    #[error("OIDC discovery: {0}")]
+    Oidc(#[from] crate::oidc::OidcError),
 }
 
 /// Runs the server until `shutdown` resolves. `on_listening` sees each bound listener. In
@@ -294,6 +298,23 @@ pub async fn run(
         )));
     }
 
+    // Federation: the bundles of other trust domains (fetched from their bundle endpoints),
+    // this trust domain's bundle endpoint, and OIDC discovery for JWT-SVIDs.
+    let federated = crate::federation::FederatedBundles::new();
+    tasks.extend(
+        crate::federation::start(
+            &config,
+            authority.clone(),
+            store.clone(),
+            federated.clone(),
+            &on_listening,
+        )
+        .await?,
+    );
+    if let Some(oidc) = &config.oidc {
+        tasks.push(crate::oidc::start(oidc, authority.clone(), &on_listening).await?);
+    }
+
     let service = Arc::new(IdentityService::new(
         ServiceSettings {
             trust_domain: config.trust_domain.clone(),
@@ -305,6 +326,8 @@ pub async fn run(
             registrations: discovery.registrations.clone(),
             mint_rate_limit: config.mint_rate_limit,
             attest_rate_limit: config.attest_rate_limit,
+            jwt_issuer: config.jwt_issuer.clone(),
+            federated: federated.clone(),
         },
         authority.clone(),
         Arc::new(attestor),

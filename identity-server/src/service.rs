@@ -60,6 +60,10 @@ pub struct ServiceSettings {
     pub mint_rate_limit: f64,
     /// Node attestations per second per source address.
     pub attest_rate_limit: f64,
+    /// `--jwt-issuer`: the `iss` claim of JWT-SVIDs.
+    pub jwt_issuer: Option<String>,
+    /// The federated trust domains' bundles, sent to agents beside our own.
+    pub federated: crate::federation::FederatedBundles,
 }
 
 pub struct IdentityService {
@@ -288,6 +292,8 @@ fn bundle_stream(
         std::future::ready(bundle.map(|b| {
             Ok(wire::WatchBundleResponse {
                 bundle: Some(wire::Bundle::from(b.as_ref())),
+                // Filled in from FederatedBundles (federation work).
+                federated_bundles: Vec::new(),
             })
         }))
     })
@@ -585,7 +591,13 @@ impl NodeIdentity for IdentityService {
             .min(self.settings.max_svid_ttl);
         let token = material
             .jwt
-            .mint(&decision.spiffe_id, audience, ttl, now)
+            .mint_with_issuer(
+                &decision.spiffe_id,
+                audience,
+                ttl,
+                now,
+                self.settings.jwt_issuer.as_deref(),
+            )
             .map_err(|e| Status::internal(format!("signing failed: {e}")))?;
         self.metrics.issued("jwt");
         let expires_at = unix_seconds(now + ttl);

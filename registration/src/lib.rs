@@ -17,11 +17,14 @@
 //!   [`registry::Registry::decide`] each selecting resource's part in it.
 //! - [`status`]: each resource's `status` (pods matched, issued, refused and why).
 //! - [`crd`]: the CustomResourceDefinition manifest (OpenAPI schema and CEL rules).
+//! - [`federation`]: the `LanyardFederation` resource and `[[federation]]` configuration,
+//!   checked into a [`federation::FederatedDomain`] (a trust domain and its bundle endpoint).
 
 #![forbid(unsafe_code)]
 
 pub mod compiled;
 pub mod crd;
+pub mod federation;
 pub mod label_selector;
 pub mod registry;
 pub mod resource;

@@ -173,6 +173,11 @@ impl BundleSet {
         self.bundles.insert(bundle.trust_domain().clone(), bundle);
     }
 
+    /// Removes `trust_domain`'s bundle, returning it.
+    pub fn remove(&mut self, trust_domain: &TrustDomain) -> Option<TrustBundle> {
+        self.bundles.remove(trust_domain)
+    }
+
     /// The bundle of `trust_domain`: the only one a peer of that domain is validated against.
     pub fn get(&self, trust_domain: &TrustDomain) -> Option<&TrustBundle> {
         self.bundles.get(trust_domain)

@@ -338,6 +338,19 @@ impl JwtSigner {
         ttl: Duration,
         now: SystemTime,
     ) -> Result<String, MintError> {
+        self.mint_with_issuer(subject, audiences, ttl, now, None)
+    }
+
+    /// As [`Self::mint`], with an `iss` claim when `issuer` is given (the server's
+    /// `--jwt-issuer`, which OIDC relying parties match against their discovery URL).
+    pub fn mint_with_issuer(
+        &self,
+        subject: &SpiffeId,
+        audiences: &[String],
+        ttl: Duration,
+        now: SystemTime,
+        issuer: Option<&str>,
+    ) -> Result<String, MintError> {
         if subject.is_trust_domain_id() {
             return Err(MintError::SubjectWithoutPath {
                 subject: subject.to_string(),
@@ -364,12 +377,15 @@ impl JwtSigner {
             .ok_or(MintError::TimeOutOfRange)?;
 
         let header = serde_json::json!({"alg": "ES256", "kid": self.key_id, "typ": "JWT"});
-        let claims = serde_json::json!({
+        let mut claims = serde_json::json!({
             "sub": subject.to_string(),
             "aud": audiences,
             "exp": expires_at,
             "iat": issued_at,
         });
+        if let Some(issuer) = issuer {
+            claims["iss"] = serde_json::Value::String(issuer.to_owned());
+        }
         let mut token = URL_SAFE_NO_PAD.encode(header.to_string());
         token.push('.');
         token.push_str(&URL_SAFE_NO_PAD.encode(claims.to_string()));

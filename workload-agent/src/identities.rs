@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use lanyard_proto::identity::v1 as wire;
 use lanyard_svid::x509::X509Svid;
-use lanyard_svid::{BundleSet, SpiffeId};
+use lanyard_svid::{BundleSet, SpiffeId, TrustDomain};
 use tokio::sync::watch;
 
 use crate::attest::Attested;
@@ -29,6 +29,25 @@ pub struct Entitlement {
     /// `internal`), from the pod's registration; empty: none. Part of the entitlement's
     /// equality, so a changed hint is a changed response.
     pub hint: String,
+    /// Federated trust domains whose bundles a caller holding this identity receives beside
+    /// its own (the registration's `federates_with`), in a stable order.
+    pub federates_with: Vec<TrustDomain>,
+}
+
+/// The bundles a caller entitled to `entitlements` is served: every trust domain of its own
+/// identities, plus the federated domains any of them `federates_with` (those `all` holds).
+/// Nothing else: a workload never sees a federated bundle its registration did not name.
+pub fn bundles_for(all: &BundleSet, entitlements: &[Entitlement]) -> BundleSet {
+    let mut out = BundleSet::new();
+    let wanted = entitlements
+        .iter()
+        .flat_map(|e| std::iter::once(e.spiffe_id.trust_domain()).chain(e.federates_with.iter()));
+    for trust_domain in wanted {
+        if let Some(bundle) = all.get(trust_domain) {
+            out.insert(bundle.clone());
+        }
+    }
+    out
 }
 
 /// Why identities could not be served. `Display` is a metric label.

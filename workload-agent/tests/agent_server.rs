@@ -306,6 +306,7 @@ async fn agent_attests_mints_rotates_and_survives_a_server_outage() {
         },
         x509_ttl: None,
         hint: String::new(),
+        federates_with: Vec::new(),
     };
     assert!(matches!(
         agent.manager.jwt_svid(&stranger, &["db".into()]).await,

@@ -57,6 +57,7 @@ impl WorkloadIdentities for Granted {
             },
             x509_ttl: None,
             hint: String::new(),
+            federates_with: Vec::new(),
         }]
     }
     async fn x509_svids(&self, _: &[Entitlement]) -> Result<Vec<Arc<X509Svid>>, IdentityError> {

@@ -13,6 +13,7 @@ use workload_api_support::*;
 fn hinted(id: &SpiffeId, hint: &str) -> Entitlement {
     Entitlement {
         hint: hint.to_owned(),
+        federates_with: Vec::new(),
         ..entitlement(id)
     }
 }

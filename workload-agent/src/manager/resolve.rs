@@ -296,6 +296,7 @@ impl NodeView {
                         },
                         x509_ttl: pod.x509_ttl,
                         hint: pod.hint.clone(),
+                        federates_with: Vec::new(),
                     });
                 }
                 all
@@ -314,6 +315,7 @@ impl NodeView {
                 x509_ttl: entry.x509_ttl,
                 // Static entries name no hint; empty ones need not be unique.
                 hint: String::new(),
+                federates_with: Vec::new(),
             });
         }
         out

@@ -367,6 +367,7 @@ mod tests {
                 sequence,
                 ..Default::default()
             }),
+            federated_bundles: Vec::new(),
         })
     }
 

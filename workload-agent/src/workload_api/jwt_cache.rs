@@ -258,6 +258,7 @@ mod tests {
             },
             x509_ttl: None,
             hint: String::new(),
+            federates_with: Vec::new(),
         }
     }
 

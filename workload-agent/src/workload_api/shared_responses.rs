@@ -331,6 +331,7 @@ mod tests {
             workload: Default::default(),
             x509_ttl: None,
             hint: String::new(),
+            federates_with: Vec::new(),
         }]
     }
 

@@ -137,6 +137,7 @@ impl WorkloadIdentities for Identities {
             workload: Default::default(),
             x509_ttl: None,
             hint: String::new(),
+            federates_with: Vec::new(),
         }]
     }
 

@@ -205,6 +205,7 @@ pub fn entry(path: &str) -> Entitlement {
         },
         x509_ttl: None,
         hint: String::new(),
+        federates_with: Vec::new(),
     }
 }
 
@@ -223,5 +224,6 @@ pub fn pod(ns: &str, sa: &str, name: &str, uid: &str) -> Entitlement {
         },
         x509_ttl: None,
         hint: String::new(),
+        federates_with: Vec::new(),
     }
 }

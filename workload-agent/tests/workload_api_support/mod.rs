@@ -119,6 +119,7 @@ pub fn entitlement(id: &SpiffeId) -> Entitlement {
         workload: Default::default(),
         x509_ttl: None,
         hint: String::new(),
+        federates_with: Vec::new(),
     }
 }
 
