@@ -20,6 +20,7 @@
 //! - [`proxy`]: `lanyard-proxy` processes as other uids, in namespaces or cgroups; their tap.
 //! - [`echo`]: an echo application (optionally server-speaks-first) served by test threads.
 //! - [`probe`]: an mTLS client with an SVID from a real agent, seeing what proxies present.
+//! - [`python`]: the Python interoperability clients (py-spiffe, PyJWT) and their JSON lines.
 //! - [`wait`]: waiting on a condition with a deadline (`eventually`).
 //! - [`netns`]: network namespaces joined by veth, with the init container's redirect rules.
 
@@ -32,6 +33,7 @@ pub mod netns;
 pub mod probe;
 pub mod process;
 pub mod proxy;
+pub mod python;
 pub mod stack;
 pub mod wait;
 

@@ -6,13 +6,10 @@
 //! Needs the Python clients' venv: run through `./scripts/test`, which sets
 //! `LANYARD_TEST_PYTHON`. Without it these tests fail (they never pass silently).
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::path::Path;
 
-use lanyard_e2e::DEADLINE;
 use lanyard_e2e::client::{RunAs, api_until};
+use lanyard_e2e::python::{PyClient, field, script};
 use lanyard_e2e::stack::{Agent, Server, TRUST_DOMAIN};
 
 /// `nobody`: the only uid with an entry in the no-identity test.
@@ -32,97 +29,6 @@ fn entry(path: &str, uid: u32, ttl: Option<&str>) -> String {
     )
 }
 
-fn python() -> PathBuf {
-    match std::env::var_os("LANYARD_TEST_PYTHON") {
-        Some(p) => PathBuf::from(p),
-        None => panic!(
-            "LANYARD_TEST_PYTHON is not set: run the tests with ./scripts/test, which builds \
-             the py-spiffe/grpcio venv from tests/python-requirements.txt and sets it"
-        ),
-    }
-}
-
-fn script(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../workload-agent/tests/python")
-        .join(name)
-}
-
-/// A Python client process whose JSON stdout lines arrive on a channel.
-struct PyClient {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-}
-
-impl PyClient {
-    fn spawn(script_name: &str, args: &[&str]) -> Self {
-        let mut child = Command::new(python())
-            .arg(script(script_name))
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start the Python client");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    return;
-                }
-            }
-        });
-        Self { child, lines }
-    }
-
-    fn next(&self) -> String {
-        self.lines
-            .recv_timeout(DEADLINE * 2)
-            .expect("a line from the Python client (its stderr is above)")
-    }
-
-    fn succeeds(mut self) {
-        let deadline = std::time::Instant::now() + DEADLINE;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                assert!(status.success(), "the Python client failed: {status}");
-                return;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the Python client did not exit"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for PyClient {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// The JSON value of `key` in a line printed by the Python clients (`json.dumps`, flat
-/// objects): a string's contents, or a number or list as written.
-fn field(line: &str, key: &str) -> String {
-    let start = line
-        .find(&format!("\"{key}\": "))
-        .unwrap_or_else(|| panic!("no {key} in {line}"))
-        + key.len()
-        + 4;
-    let rest = &line[start..];
-    if let Some(s) = rest.strip_prefix('"') {
-        s[..s.find('"').unwrap()].to_owned()
-    } else if rest.starts_with('[') {
-        rest[..=rest.find(']').unwrap()].to_owned()
-    } else {
-        rest[..rest.find([',', '}']).unwrap()].to_owned()
-    }
-}
-
 fn start(dir: &Path, config: &str) -> (Server, Agent) {
     let server = Server::start(dir, config);
     let agent = Agent::start(dir, &server, "node-1");
@@ -138,7 +44,7 @@ fn py_spiffe_fetches_validates_and_follows_a_rotation() {
     api_until(&agent.socket, &["fetch", "x509"], RunAs::Me, |o| o.success);
     let want = format!("spiffe://{TRUST_DOMAIN}/py");
 
-    let py = PyClient::spawn("py_spiffe_client.py", &[socket, "fetch", "db"]);
+    let py = PyClient::spawn(&script("py_spiffe_client.py"), &[socket, "fetch", "db"]);
     let svid = py.next();
     assert_eq!(field(&svid, "step"), "x509_svid", "{svid}");
     assert_eq!(field(&svid, "spiffe_id"), want);
@@ -163,7 +69,7 @@ fn py_spiffe_fetches_validates_and_follows_a_rotation() {
     py.succeeds();
 
     // The 4 s SVID is renewed at about half its life: the open stream sees a new one.
-    let py = PyClient::spawn("py_spiffe_client.py", &[socket, "watch", "2"]);
+    let py = PyClient::spawn(&script("py_spiffe_client.py"), &[socket, "watch", "2"]);
     let first = py.next();
     assert_eq!(field(&first, "step"), "x509_context", "{first}");
     assert_eq!(field(&first, "spiffe_id"), want);
@@ -175,7 +81,7 @@ fn py_spiffe_fetches_validates_and_follows_a_rotation() {
     py.succeeds();
 
     // Raw grpcio without the security header: refused by the Workload API itself.
-    let py = PyClient::spawn("grpc_raw_client.py", &[socket, "without-header"]);
+    let py = PyClient::spawn(&script("grpc_raw_client.py"), &[socket, "without-header"]);
     let result = py.next();
     assert_eq!(field(&result, "code"), "INVALID_ARGUMENT", "{result}");
     assert!(field(&result, "details").contains("workload.spiffe.io"));
@@ -188,7 +94,7 @@ fn raw_grpcio_without_an_identity_is_permission_denied() {
     // Only `nobody` has an entry: this test process has none.
     let (_server, agent) = start(tmp.path(), &entry("/nobody", NOBODY, None));
     let socket = agent.socket.to_str().unwrap();
-    let py = PyClient::spawn("grpc_raw_client.py", &[socket, "with-header"]);
+    let py = PyClient::spawn(&script("grpc_raw_client.py"), &[socket, "with-header"]);
     let result = py.next();
     assert_eq!(field(&result, "code"), "PERMISSION_DENIED", "{result}");
     assert_eq!(field(&result, "details"), "no identity issued");
