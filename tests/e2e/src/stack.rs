@@ -73,12 +73,41 @@ impl Server {
         )
     }
 
+    /// A data-dir server of `trust_domain` (the others serve [`TRUST_DOMAIN`]) whose
+    /// `--config` holds `config`, listening on `listen`, with `extra` flags (e.g.
+    /// `--bundle-endpoint`). Started again with the same `dir` and addresses, it is the same
+    /// server restarted (its CA is in the data dir).
+    pub fn start_in_domain(
+        dir: &Path,
+        trust_domain: &str,
+        config: &str,
+        listen: &str,
+        extra: &[&str],
+    ) -> Self {
+        let config_path = dir.join("server.toml");
+        std::fs::write(&config_path, config).expect("write server config");
+        let config_arg = config_path.to_str().expect("utf-8 path").to_owned();
+        let mut args = vec!["--config", &config_arg];
+        args.extend_from_slice(extra);
+        Self::launch_in(dir, trust_domain, listen, &args, &[])
+    }
+
     fn launch(dir: &Path, listen: &str, extra: &[&str], envs: &[(&str, &str)]) -> Self {
+        Self::launch_in(dir, TRUST_DOMAIN, listen, extra, envs)
+    }
+
+    fn launch_in(
+        dir: &Path,
+        trust_domain: &str,
+        listen: &str,
+        extra: &[&str],
+        envs: &[(&str, &str)],
+    ) -> Self {
         let data_dir = dir.join("server");
         let mut args = vec![
             "run",
             "--trust-domain",
-            TRUST_DOMAIN,
+            trust_domain,
             "--listen",
             listen,
             "--data-dir",

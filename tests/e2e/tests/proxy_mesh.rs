@@ -17,13 +17,10 @@
 //! these show the same with real SVIDs from the real agent and real processes.
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
 
-use lanyard_e2e::binary;
 use lanyard_e2e::client::RunAs;
 use lanyard_e2e::echo::EchoApp;
 use lanyard_e2e::probe::{Identity, bundle_from_pem_file};
-use lanyard_e2e::process::Process;
 use lanyard_e2e::proxy::{Launch, Proxy, assert_refused, field, finish, round_trip};
 use lanyard_e2e::stack::{Agent, Server, TRUST_DOMAIN};
 
@@ -58,34 +55,6 @@ fn as_uid(uid: u32) -> Launch<'static> {
     Launch {
         uid: Some(uid),
         ..Launch::default()
-    }
-}
-
-/// A data-dir server for `trust_domain` (the stack's own always serves example.org).
-fn server_in_domain(dir: &Path, trust_domain: &str, config: &str) -> Server {
-    let config_path = dir.join("server.toml");
-    std::fs::write(&config_path, config).unwrap();
-    let data_dir = dir.join("server");
-    let process = Process::start(
-        &binary("lanyard-server"),
-        &[
-            "run",
-            "--trust-domain",
-            trust_domain,
-            "--listen",
-            "127.0.0.1:0",
-            "--data-dir",
-            data_dir.to_str().unwrap(),
-            "--config",
-            config_path.to_str().unwrap(),
-        ],
-        &[],
-    );
-    let addr = process.listener("grpc");
-    Server {
-        process,
-        addr,
-        data_dir,
     }
 }
 
@@ -247,13 +216,15 @@ fn a_client_svid_from_another_trust_domain_is_refused() {
     }
     let server = Server::start(&ours, &entries(&[(&id("/server"), SERVER_UID)]));
     let agent = Agent::start(&ours, &server, "node-1");
-    let other_server = server_in_domain(
+    let other_server = Server::start_in_domain(
         &theirs,
         "other.org",
         &entries(&[
             ("spiffe://other.org/client", OTHER_UID),
             ("spiffe://other.org/probe", 0),
         ]),
+        "127.0.0.1:0",
+        &[],
     );
     let other_agent = Agent::start(&theirs, &other_server, "node-9");
 
