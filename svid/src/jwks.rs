@@ -9,6 +9,9 @@
 //!
 //! [`JwtAuthority`] keeps SubjectPublicKeyInfo DER; [`JwtPublicKey`] converts between that and
 //! the JWK members, and gives the verifier the raw key.
+//!
+//! A third form, for relying parties outside SPIFFE: [`TrustBundle::to_oidc_jwks`], the JWT
+//! authorities as an ordinary JWK Set (`use: "sig"`, `alg` set), which OIDC discovery serves.
 
 use std::time::Duration;
 
@@ -38,6 +41,8 @@ pub const MAX_KEY_ID_LEN: usize = 256;
 const USE_X509_SVID: &str = "x509-svid";
 /// `use` of a JWT authority entry.
 const USE_JWT_SVID: &str = "jwt-svid";
+/// `use` of a signature key in a plain (OIDC) JWK Set, RFC 7517 section 4.2.
+const USE_SIG: &str = "sig";
 
 /// Uncompressed-point lengths (`04 || x || y`).
 const P256_POINT_LEN: usize = 65;
@@ -204,6 +209,16 @@ impl JwtPublicKey {
         }
     }
 
+    /// The JWS `alg` relying parties verify this key's signatures with: ES256 (P-256), ES384
+    /// (P-384), RS256 (RSA), as SPIRE's OIDC discovery provider names them.
+    pub fn jws_algorithm(&self) -> &'static str {
+        match self {
+            Self::EcP256 { .. } => "ES256",
+            Self::EcP384 { .. } => "ES384",
+            Self::Rsa { .. } => "RS256",
+        }
+    }
+
     /// The JWK `kty`.
     pub fn kty(&self) -> &'static str {
         match self {
@@ -305,6 +320,40 @@ impl TrustBundle {
         Ok(Value::Object(document).to_string())
     }
 
+    /// The JWT authorities as a plain JWK Set for OIDC relying parties (cloud IAM, Vault,
+    /// PyJWT): each key with `kid`, `use: "sig"` and its `alg`
+    /// ([`JwtPublicKey::jws_algorithm`]), no SPIFFE members. OIDC clients pick keys by `kid`
+    /// and some refuse a `use` other than `sig`, so this is not the `jwt-svid` form.
+    pub fn to_oidc_jwks(&self) -> Result<String, JwksError> {
+        let keys = self
+            .jwt_authorities()
+            .iter()
+            .map(|authority| {
+                let (key, mut jwk) = jwt_authority_key(authority)?;
+                jwk.insert("use".into(), USE_SIG.into());
+                jwk.insert("alg".into(), key.jws_algorithm().into());
+                Ok(Value::Object(jwk))
+            })
+            .collect::<Result<Vec<_>, JwksError>>()?;
+        let mut document = Map::new();
+        document.insert("keys".into(), Value::Array(keys));
+        Ok(Value::Object(document).to_string())
+    }
+
+    /// The JWS algorithms of this bundle's JWT authorities, each once, in key order; keys that
+    /// cannot be read are left out (the encoders refuse them).
+    pub fn jwt_algorithms(&self) -> Vec<&'static str> {
+        let mut algorithms = Vec::new();
+        for authority in self.jwt_authorities() {
+            if let Ok(key) = JwtPublicKey::from_spki_der(&authority.public_key)
+                && !algorithms.contains(&key.jws_algorithm())
+            {
+                algorithms.push(key.jws_algorithm());
+            }
+        }
+        algorithms
+    }
+
     /// Reads a JWT-only JWK Set (the Workload API's form) into a bundle with JWT authorities
     /// only; `x509-svid` entries are skipped.
     pub fn from_jwt_jwks(trust_domain: TrustDomain, document: &[u8]) -> Result<Self, JwksError> {
@@ -330,6 +379,15 @@ fn x509_authority_jwk(index: usize, cert: &[u8]) -> Result<Value, JwksError> {
 }
 
 fn jwt_authority_jwk(authority: &JwtAuthority) -> Result<Value, JwksError> {
+    let (_, mut jwk) = jwt_authority_key(authority)?;
+    jwk.insert("use".into(), USE_JWT_SVID.into());
+    Ok(Value::Object(jwk))
+}
+
+/// A JWT authority's key, and its JWK with `kid` and the key members (no `use`).
+fn jwt_authority_key(
+    authority: &JwtAuthority,
+) -> Result<(JwtPublicKey, Map<String, Value>), JwksError> {
     let key = JwtPublicKey::from_spki_der(&authority.public_key).map_err(|source| {
         JwksError::UnencodableJwtAuthority {
             kid: authority.key_id.clone(),
@@ -337,10 +395,9 @@ fn jwt_authority_jwk(authority: &JwtAuthority) -> Result<Value, JwksError> {
         }
     })?;
     let mut jwk = Map::new();
-    jwk.insert("use".into(), USE_JWT_SVID.into());
     jwk.insert("kid".into(), authority.key_id.clone().into());
     key.jwk_members(&mut jwk);
-    Ok(Value::Object(jwk))
+    Ok((key, jwk))
 }
 
 #[derive(serde::Deserialize)]
@@ -571,5 +628,96 @@ fn bad(index: usize, member: &'static str, reason: &str) -> JwksError {
         index,
         member,
         reason: reason.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::jwt::JwtSigner;
+
+    fn td() -> TrustDomain {
+        TrustDomain::new("example.org").unwrap()
+    }
+
+    #[test]
+    fn oidc_jwks_is_a_plain_signature_key_set() {
+        let signer = JwtSigner::generate().unwrap().0;
+        let mut bundle = TrustBundle::new(td());
+        bundle.add_jwt_authority(signer.authority());
+        // A P-384 and an RSA authority, as a rotation from another source could publish.
+        let p384 = JwtPublicKey::EcP384 {
+            point: [&[0x04][..], &[7; 96]].concat(),
+        };
+        let rsa = JwtPublicKey::Rsa {
+            modulus: vec![0xc5; 256],
+            exponent: vec![1, 0, 1],
+        };
+        for (kid, key) in [("p384", &p384), ("rsa", &rsa)] {
+            bundle.add_jwt_authority(JwtAuthority {
+                key_id: kid.into(),
+                public_key: key.to_spki_der(),
+                expires_at: None,
+            });
+        }
+        let doc: Value = serde_json::from_str(&bundle.to_oidc_jwks().unwrap()).unwrap();
+        let keys = doc["keys"].as_array().unwrap();
+        assert_eq!(doc.as_object().unwrap().len(), 1, "only keys: {doc}");
+        assert_eq!(keys.len(), 3);
+        let ec = keys
+            .iter()
+            .find(|k| k["kid"] == signer.key_id())
+            .expect("the signer's kid");
+        let mut members: Vec<_> = ec.as_object().unwrap().keys().cloned().collect();
+        members.sort();
+        assert_eq!(members, ["alg", "crv", "kid", "kty", "use", "x", "y"]);
+        assert_eq!(
+            (&ec["kty"], &ec["crv"], &ec["alg"], &ec["use"]),
+            (
+                &Value::from("EC"),
+                &Value::from("P-256"),
+                &Value::from("ES256"),
+                &Value::from("sig")
+            )
+        );
+        let by_kid = |kid: &str| keys.iter().find(|k| k["kid"] == kid).unwrap().clone();
+        assert_eq!(by_kid("p384")["alg"], "ES384");
+        assert_eq!(by_kid("p384")["crv"], "P-384");
+        let rsa_jwk = by_kid("rsa");
+        assert_eq!(
+            (&rsa_jwk["alg"], &rsa_jwk["kty"]),
+            (&"RS256".into(), &"RSA".into())
+        );
+        assert_eq!(rsa_jwk["e"], "AQAB");
+        assert!(rsa_jwk.get("crv").is_none());
+        assert_eq!(bundle.jwt_algorithms(), ["ES256", "ES384", "RS256"]);
+
+        // The keys are the same ones the SPIFFE form carries: read back as a JWT bundle (bare
+        // entries are JWT authorities there; `sig` is not), the points match.
+        let spiffe: Value = serde_json::from_str(&bundle.to_jwt_jwks().unwrap()).unwrap();
+        assert_eq!(spiffe["keys"][0]["x"], keys[0]["x"]);
+        assert_eq!(spiffe["keys"][0]["use"], "jwt-svid");
+    }
+
+    #[test]
+    fn oidc_jwks_of_a_bundle_without_jwt_keys_is_empty_and_x509_only_is_left_out() {
+        let bundle = TrustBundle::new(td());
+        assert_eq!(bundle.to_oidc_jwks().unwrap(), r#"{"keys":[]}"#);
+        assert!(bundle.jwt_algorithms().is_empty());
+    }
+
+    #[test]
+    fn an_unreadable_jwt_authority_refuses_the_oidc_document() {
+        let mut bundle = TrustBundle::new(td());
+        bundle.add_jwt_authority(JwtAuthority {
+            key_id: "bad".into(),
+            public_key: vec![1, 2, 3],
+            expires_at: None,
+        });
+        assert!(matches!(
+            bundle.to_oidc_jwks(),
+            Err(JwksError::UnencodableJwtAuthority { .. })
+        ));
+        assert!(bundle.jwt_algorithms().is_empty());
     }
 }
