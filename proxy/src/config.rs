@@ -68,9 +68,12 @@ pub struct RunArgs {
     #[serde(default)]
     pub outbound: Vec<String>,
 
-    /// Which client IDs inbound mTLS accepts: `any`, an ID, or `PREFIX*`. Anything but `any`
-    /// makes inbound listeners strict [default: any]
+    /// Which client IDs inbound mTLS accepts, comma separated: `any` (every workload of this
+    /// proxy's own trust domain), an ID, `PREFIX*`. A peer of another (federated) trust
+    /// domain needs an ID or PREFIX* rule of its domain. Without `any`, inbound listeners are
+    /// strict [default: any]
     #[arg(long, env = "LANYARD_ALLOW")]
+    #[serde(default, deserialize_with = "deserialize_allow")]
     pub allow: Option<String>,
 
     /// Close inbound connections that do not start mTLS instead of forwarding them.
@@ -248,13 +251,8 @@ impl RunArgs {
         }
 
         let allow: AllowPolicy = match self.allow.as_deref() {
-            None => AllowPolicy::Any,
-            Some(text) => text.parse().map_err(|e| {
-                invalid(
-                    "allow",
-                    format!("{text:?} is not `any`, a SPIFFE ID or `PREFIX*`: {e}"),
-                )
-            })?,
+            None => AllowPolicy::any(),
+            Some(text) => text.parse().map_err(|e| invalid("allow", e))?,
         };
         let strict = self.strict || allow.is_restrictive();
         if strict && !self.opaque_port.is_empty() {
@@ -333,6 +331,28 @@ impl RunArgs {
             idle_timeout,
         })
     }
+}
+
+/// `allow` in the file: one string of comma-separated rules, or an array of rules.
+fn deserialize_allow<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    struct Rules;
+    impl<'de> serde::de::Visitor<'de> for Rules {
+        type Value = String;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a string of comma-separated rules or an array of rules")
+        }
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<String, E> {
+            Ok(v.to_owned())
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<String, A::Error> {
+            let mut rules = Vec::new();
+            while let Some(rule) = seq.next_element::<String>()? {
+                rules.push(rule);
+            }
+            Ok(rules.join(","))
+        }
+    }
+    d.deserialize_any(Rules).map(Some)
 }
 
 /// Splits comma-separated list items; with `join_id`, an `id=` item joins the one before.
@@ -443,7 +463,7 @@ mod tests {
     fn defaults_apply() {
         let c = args().resolve(None).unwrap();
         assert_eq!(c.workload_socket, PathBuf::from("/run/agent.sock"));
-        assert_eq!(c.allow, AllowPolicy::Any);
+        assert_eq!(c.allow, AllowPolicy::any());
         assert!(!c.strict);
         assert_eq!(c.admin, DEFAULT_ADMIN);
         assert_eq!(c.detect_timeout, DEFAULT_DETECT_TIMEOUT);
@@ -587,7 +607,7 @@ mod tests {
             ("--handshake-timeout", duration(DEFAULT_HANDSHAKE_TIMEOUT)),
             ("--idle-timeout", duration(DEFAULT_IDLE_TIMEOUT)),
             ("--max-connections", DEFAULT_MAX_CONNECTIONS.to_string()),
-            ("--allow", AllowPolicy::Any.to_string()),
+            ("--allow", AllowPolicy::any().to_string()),
         ] {
             let start = help.find(&format!("{flag} <")).expect(flag);
             let end = help[start + 2..]
@@ -666,6 +686,71 @@ mod tests {
             .unwrap_err()
             .to_string()
             .starts_with("--allow")
+        );
+    }
+
+    #[test]
+    fn allow_is_a_list_of_rules_from_flag_or_file() {
+        use lanyard_svid::tls::AllowRule;
+        const PARTNER: &str = "spiffe://partner.example/ns/pay/sa/api";
+        // `any` plus a foreign ID: still permissive, so not strict.
+        let c = RunArgs {
+            allow: Some(format!("any,{PARTNER}")),
+            ..args()
+        }
+        .resolve(None)
+        .unwrap();
+        assert_eq!(c.allow.rules().len(), 2);
+        assert_eq!(
+            c.allow.rules()[1],
+            AllowRule::Exact(SpiffeId::parse(PARTNER).unwrap())
+        );
+        assert!(!c.strict);
+        assert_eq!(c.allow.to_string(), format!("any,{PARTNER}"));
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("proxy.toml");
+        let from_file = |toml: &str| {
+            std::fs::write(&path, toml).unwrap();
+            RunArgs {
+                config: Some(path.clone()),
+                ..args()
+            }
+            .resolve(None)
+        };
+        for toml in [
+            format!("allow = \"any,{PARTNER}\"\n"),
+            format!("allow = [\"any\", \"{PARTNER}\"]\n"),
+        ] {
+            let c = from_file(&toml).unwrap();
+            assert_eq!(c.allow.to_string(), format!("any,{PARTNER}"), "{toml}");
+        }
+        let c = from_file("allow = [\"spiffe://td/ns/*\"]\n").unwrap();
+        assert!(c.strict, "no `any` rule: strict");
+        // A bad rule is named, and so is where it came from.
+        let err = from_file("allow = [\"any\", \"partner\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("--allow: rule \"partner\" ")
+                && err.ends_with(&format!("(from `allow` in {})", path.display())),
+            "{err}"
+        );
+        let err = from_file("allow = []\n").unwrap_err().to_string();
+        assert!(err.starts_with("--allow: no rule"), "{err}");
+        let err = from_file("allow = 3\n").unwrap_err().to_string();
+        assert!(err.contains("comma-separated rules"), "{err}");
+        let err = RunArgs {
+            allow: Some("any,spiffe://partner.example".into()),
+            ..args()
+        }
+        .resolve(None)
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.starts_with("--allow: rule \"spiffe://partner.example\" names a trust domain")
+                && err.ends_with("(from the flag or LANYARD_ALLOW)"),
+            "{err}"
         );
     }
 

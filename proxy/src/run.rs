@@ -201,7 +201,7 @@ pub async fn start(config: &ProxyConfig) -> Result<RunningProxy, RunError> {
         detect_timeout: config.detect_timeout,
         acceptor: TlsAcceptor::from(Arc::new(server_config(
             store.clone(),
-            config.allow.clone().into_authorizer(),
+            config.allow.clone().into_authorizer(store.clone()),
             vec![LANYARD_ALPN.to_vec()],
         ))),
     });

@@ -252,7 +252,8 @@ async fn federated_domain_is_verified_but_policy_can_still_refuse_it() {
 async fn client_id_outside_the_allow_policy_is_refused() {
     let ca = TestCa::new("example.org");
     let policy: AllowPolicy = "spiffe://example.org/ns/prod/*".parse().unwrap();
-    let (_, server) = server_with(&ca, policy.into_authorizer());
+    let store = store(Some(ca.svid(SERVER)), ca.bundle_set());
+    let server = tls::server_config(store.clone(), policy.into_authorizer(store), alpn());
     let (addr, mut events) = start_server(server).await;
 
     let (_, outsider) = client_with(&ca, ca.svid("spiffe://example.org/ns/dev/sa/x"), SERVER);

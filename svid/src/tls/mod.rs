@@ -28,7 +28,8 @@ use rustls::{ClientConfig, CommonState, ServerConfig};
 use rustls_pki_types::ServerName;
 
 pub use authz::{
-    AllowPolicy, AnyId, AuthorizeFn, Authorizer, AuthzError, ExactId, IdPrefix, MemberOf, OneOf,
+    AllowAuthorizer, AllowParseError, AllowPolicy, AllowRule, AnyId, AuthorizeFn, Authorizer,
+    AuthzError, ExactId, IdPrefix, MemberOf, OneOf,
 };
 pub use store::{StoreError, SvidStore};
 
