@@ -61,6 +61,8 @@ pub struct CompiledIdentity {
     pub jwt_ttl: Option<Duration>,
     pub fallback: bool,
     pub hint: String,
+    /// `federatesWith`, checked: a set, sorted.
+    pub federates_with: Vec<TrustDomain>,
     /// Whether the spec had a `namespaceSelector` at all: a resource with one does not select
     /// a pod whose namespace is not known yet (even `{}`).
     has_namespace_selector: bool,
@@ -163,6 +165,10 @@ impl CompiledIdentity {
             ));
         }
 
+        let federates_with =
+            crate::federation::check_federates_with(&spec.federates_with, trust_domain)
+                .map_err(|e| spec_error("spec.federatesWith", e.to_string()))?;
+
         Ok(Self {
             name: resource.name().to_owned(),
             generation: resource.metadata.generation,
@@ -175,6 +181,7 @@ impl CompiledIdentity {
             jwt_ttl,
             fallback: spec.fallback,
             hint,
+            federates_with,
             has_namespace_selector: spec.namespace_selector.is_some(),
         })
     }
@@ -369,6 +376,7 @@ mod tests {
                 class_name: Some("lanyard".into()),
                 fallback: true,
                 hint: Some("web".into()),
+                federates_with: vec!["partner.example".into(), "a.example".into()],
             },
         );
         r.metadata.generation = Some(7);
@@ -381,6 +389,13 @@ mod tests {
         assert_eq!(c.workload_selectors.len(), 2);
         assert!(c.fallback);
         assert_eq!(c.hint, "web");
+        assert_eq!(
+            c.federates_with,
+            [
+                TrustDomain::new("a.example").unwrap(),
+                TrustDomain::new("partner.example").unwrap()
+            ]
+        );
         // Literal own trust domain, any case of path.
         compile(spec("spiffe://example.org/Web")).unwrap();
         compile(spec("/ns/{namespace}/sa/{service_account}")).unwrap();
@@ -482,6 +497,22 @@ mod tests {
         let mut s = base();
         s.hint = Some("h".repeat(MAX_HINT_LEN));
         compile(s).unwrap();
+        for bad in [
+            vec!["example.org".to_owned()],
+            vec!["Partner.example".to_owned()],
+            vec!["spiffe://partner.example".to_owned()],
+            (0..=crate::federation::MAX_FEDERATES_WITH)
+                .map(|i| format!("d{i}.example"))
+                .collect(),
+        ] {
+            let mut s = base();
+            s.federates_with = bad.clone();
+            assert_eq!(
+                field_of(compile(s).unwrap_err()),
+                "spec.federatesWith",
+                "{bad:?}"
+            );
+        }
         let bad_selector = LabelSelector {
             match_labels: None,
             match_expressions: Some(vec![LabelSelectorRequirement {

@@ -1,5 +1,6 @@
-//! The CustomResourceDefinition for `LanyardIdentity`: the OpenAPI schema (and CEL rules where
-//! a schema cannot say it) that the API server checks before any replica sees a resource.
+//! The CustomResourceDefinitions for `LanyardIdentity` and `LanyardFederation`: the OpenAPI
+//! schemas (and CEL rules where a schema cannot say it) that the API server checks before any
+//! replica sees a resource.
 //!
 //! The schema mirrors [`crate::resource`] field for field, with the bounds [`crate::compiled`],
 //! [`crate::template`], [`crate::label_selector`] and [`crate::status`] enforce; the tests
@@ -10,6 +11,16 @@
 
 /// The manifest as YAML (one document), as `lanyard install` prints it.
 pub const CRD_YAML: &str = include_str!("../crd/lanyardidentities.lanyard.dev.yaml");
+
+/// The `LanyardFederation` manifest (one document), as `lanyard install` prints it after
+/// [`CRD_YAML`]. Its schema mirrors [`crate::federation::LanyardFederationSpec`]; the CEL rules
+/// pair the endpoint profile with its fields (`endpointSPIFFEID`, `trustDomainBundle` for
+/// `https_spiffe`, `caBundle` for `https_web`) as [`crate::federation::FederatedDomain::from_resource`]
+/// does.
+pub const FEDERATION_CRD_YAML: &str = include_str!("../crd/lanyardfederations.lanyard.dev.yaml");
+
+/// Every CRD of the project, in the order `lanyard install` prints them.
+pub const ALL_CRD_YAML: [&str; 2] = [CRD_YAML, FEDERATION_CRD_YAML];
 
 /// The `pattern` of `x509TTL` and `jwtTTL`: one whole number and a unit (`s`, `m`, `h`, `d`),
 /// a subset of what `lanyard_daemon::duration::parse_duration` (humantime) reads.
@@ -27,6 +38,10 @@ mod tests {
 
     use super::*;
     use crate::compiled::{MAX_DNS_NAMES, MAX_HINT_LEN, MAX_WORKLOAD_SELECTORS};
+    use crate::federation::{
+        BundleEndpointProfile, LanyardFederation, LanyardFederationSpec, MAX_BUNDLE_TEXT_LEN,
+        MAX_FEDERATES_WITH, PROFILE_HTTPS_SPIFFE, PROFILE_HTTPS_WEB, check_endpoint_url,
+    };
     use crate::label_selector::{
         CompiledSelector, MAX_EXPRESSION_VALUES, MAX_MATCH_EXPRESSIONS, MAX_MATCH_LABELS,
     };
@@ -37,16 +52,24 @@ mod tests {
     use crate::status::MAX_LISTED_REFUSALS;
     use crate::template::MAX_TEMPLATE_LEN;
 
-    fn yaml() -> Value {
-        serde_saphyr::from_str::<Value>(CRD_YAML).expect("CRD_YAML is YAML")
+    fn yaml_of(text: &str) -> Value {
+        serde_saphyr::from_str::<Value>(text).expect("the CRD is YAML")
     }
 
     fn crd() -> CustomResourceDefinition {
-        serde_json::from_value(yaml()).expect("CRD_YAML is a CustomResourceDefinition")
+        crd_of(CRD_YAML)
+    }
+
+    fn crd_of(text: &str) -> CustomResourceDefinition {
+        serde_json::from_value(yaml_of(text)).expect("a CustomResourceDefinition")
     }
 
     fn root() -> JSONSchemaProps {
-        let crd = crd();
+        root_of(CRD_YAML)
+    }
+
+    fn root_of(text: &str) -> JSONSchemaProps {
+        let crd = crd_of(text);
         let version = &crd.spec.versions[0];
         version
             .schema
@@ -113,6 +136,7 @@ mod tests {
             class_name: Some("lanyard".into()),
             fallback: true,
             hint: Some("h".into()),
+            federates_with: vec!["partner.example".into()],
         }
     }
 
@@ -175,8 +199,10 @@ mod tests {
     fn every_yaml_key_is_a_crd_field() {
         // The typed CRD drops keys it does not know: a misspelt one (maxitems, x-kubernetes-
         // validation) would make the round trip differ.
-        let typed = serde_json::to_value(crd()).unwrap();
-        assert_eq!(typed, yaml());
+        for text in ALL_CRD_YAML {
+            let typed = serde_json::to_value(crd_of(text)).unwrap();
+            assert_eq!(typed, yaml_of(text));
+        }
     }
 
     #[test]
@@ -257,7 +283,7 @@ mod tests {
     }
 
     #[test]
-    fn the_schema_is_structural() {
+    fn the_schemas_are_structural() {
         // Every node has a type (the API server refuses a non-structural v1 schema).
         fn walk(path: &str, s: &JSONSchemaProps) {
             assert!(s.type_.is_some(), "{path} has no type");
@@ -271,7 +297,9 @@ mod tests {
                 walk(&format!("{path}{{}}"), a);
             }
         }
-        walk("", &root());
+        for text in ALL_CRD_YAML {
+            walk("", &root_of(text));
+        }
     }
 
     #[test]
@@ -288,6 +316,13 @@ mod tests {
         assert_eq!(sel.max_items, n(MAX_WORKLOAD_SELECTORS));
         assert_eq!(items(sel).max_length, n(MAX_TEMPLATE_LEN));
         assert_eq!(prop(spec, "hint").max_length, n(MAX_HINT_LEN));
+        let federates = prop(spec, "federatesWith");
+        assert_eq!(federates.max_items, n(MAX_FEDERATES_WITH));
+        assert_eq!(federates.x_kubernetes_list_type.as_deref(), Some("set"));
+        assert_eq!(
+            items(federates).max_length,
+            n(lanyard_svid::id::MAX_TRUST_DOMAIN_LEN)
+        );
         let status = prop(&root, "status");
         assert_eq!(prop(status, "refusals").max_items, n(MAX_LISTED_REFUSALS));
         for selector in ["podSelector", "namespaceSelector"] {
@@ -376,6 +411,120 @@ mod tests {
                 secs,
                 "{text}"
             );
+        }
+    }
+
+    fn full_federation_spec() -> LanyardFederationSpec {
+        LanyardFederationSpec {
+            trust_domain: "partner.example".into(),
+            bundle_endpoint_url: "https://partner.example".into(),
+            bundle_endpoint_profile: full_profile(),
+            trust_domain_bundle: Some("b".into()),
+            ca_bundle: Some("c".into()),
+            class_name: Some("lanyard".into()),
+        }
+    }
+
+    fn full_profile() -> BundleEndpointProfile {
+        BundleEndpointProfile {
+            type_: "https_spiffe".into(),
+            endpoint_spiffe_id: Some("spiffe://partner.example/x".into()),
+        }
+    }
+
+    #[test]
+    fn federation_names_match_the_resource_constants() {
+        use crate::federation::{KIND, PLURAL, SINGULAR};
+        let crd = crd_of(FEDERATION_CRD_YAML);
+        assert_eq!(
+            crd.metadata.name.as_deref(),
+            Some(&*format!("{PLURAL}.{GROUP}"))
+        );
+        assert_eq!(crd.spec.group, GROUP);
+        assert_eq!(crd.spec.scope, "Cluster");
+        assert_eq!(crd.spec.names.kind, KIND);
+        assert_eq!(crd.spec.names.plural, PLURAL);
+        assert_eq!(crd.spec.names.singular.as_deref(), Some(SINGULAR));
+        assert_eq!(
+            crd.spec.names.list_kind.as_deref(),
+            Some(<LanyardFederation as k8s_openapi::ListableResource>::LIST_KIND)
+        );
+        assert_eq!(crd.spec.versions.len(), 1);
+        let v = &crd.spec.versions[0];
+        assert_eq!(format!("{GROUP}/{}", v.name), API_VERSION);
+        assert!(v.served && v.storage);
+        // No status yet: nothing writes one.
+        assert!(v.subresources.is_none());
+    }
+
+    #[test]
+    fn federation_schema_is_the_serde_fields_with_the_checker_bounds() {
+        let root = root_of(FEDERATION_CRD_YAML);
+        let full = LanyardFederation::new("x", full_federation_spec());
+        assert_eq!(property_names(&root), keys(&full));
+        let spec = prop(&root, "spec");
+        assert_eq!(property_names(spec), keys(full_federation_spec()));
+        let profile = prop(spec, "bundleEndpointProfile");
+        assert_eq!(property_names(profile), keys(full_profile()));
+        // Required: what serde cannot do without.
+        assert_eq!(
+            spec.required.as_deref(),
+            Some(
+                &[
+                    "trustDomain".to_owned(),
+                    "bundleEndpointURL".to_owned(),
+                    "bundleEndpointProfile".to_owned()
+                ][..]
+            )
+        );
+        let minimal = serde_json::json!({
+            "trustDomain": "p", "bundleEndpointURL": "https://p", "bundleEndpointProfile": {"type": "https_web"}
+        });
+        serde_json::from_value::<LanyardFederationSpec>(minimal.clone()).unwrap();
+        for field in ["trustDomain", "bundleEndpointURL", "bundleEndpointProfile"] {
+            let mut v = minimal.clone();
+            v.as_object_mut().unwrap().remove(field);
+            assert!(
+                serde_json::from_value::<LanyardFederationSpec>(v).is_err(),
+                "{field}"
+            );
+        }
+        assert_eq!(profile.required.as_deref(), Some(&["type".to_owned()][..]));
+        for (field, v) in serde_json::to_value(full_federation_spec())
+            .unwrap()
+            .as_object()
+            .unwrap()
+        {
+            let want = if v.is_object() { "object" } else { "string" };
+            assert_eq!(prop(spec, field).type_.as_deref(), Some(want), "{field}");
+        }
+        // The profile names are the checker's.
+        let types: Vec<String> = prop(profile, "type")
+            .enum_
+            .iter()
+            .flatten()
+            .map(|j| j.0.as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(types, [PROFILE_HTTPS_SPIFFE, PROFILE_HTTPS_WEB]);
+        let n = |v: usize| Some(i64::try_from(v).unwrap());
+        assert_eq!(
+            prop(spec, "trustDomainBundle").max_length,
+            n(MAX_BUNDLE_TEXT_LEN)
+        );
+        assert_eq!(prop(spec, "caBundle").max_length, n(MAX_BUNDLE_TEXT_LEN));
+        assert_eq!(
+            prop(spec, "trustDomain").max_length,
+            n(lanyard_svid::id::MAX_TRUST_DOMAIN_LEN)
+        );
+        assert_eq!(prop(spec, "bundleEndpointURL").max_length, n(2048));
+        // The URL pattern admits no more than check_endpoint_url does.
+        let pattern = prop(spec, "bundleEndpointURL").pattern.clone().unwrap();
+        assert_eq!(pattern, "^https://[^/?#@\\s]+(/[^?#\\s]*)?$");
+        for url in [
+            "https://partner.example",
+            "https://partner.example:8443/bundle",
+        ] {
+            check_endpoint_url(url).unwrap();
         }
     }
 }

@@ -16,9 +16,10 @@
 //!   [`registry::Resolution`] (issued, refused and why, or unregistered), and with
 //!   [`registry::Registry::decide`] each selecting resource's part in it.
 //! - [`status`]: each resource's `status` (pods matched, issued, refused and why).
-//! - [`crd`]: the CustomResourceDefinition manifest (OpenAPI schema and CEL rules).
+//! - [`crd`]: the CustomResourceDefinition manifests (OpenAPI schemas and CEL rules).
 //! - [`federation`]: the `LanyardFederation` resource and `[[federation]]` configuration,
-//!   checked into a [`federation::FederatedDomain`] (a trust domain and its bundle endpoint).
+//!   checked into a [`federation::FederatedDomain`] (a trust domain and its bundle endpoint),
+//!   and the `federatesWith` check shared with static entries.
 
 #![forbid(unsafe_code)]
 

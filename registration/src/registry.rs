@@ -8,7 +8,7 @@
 //!    resources only when no non-fallback resource selects the pod; the default template only
 //!    when no resource at all selects it (and it is enabled).
 //! 3. Each selecting resource renders an identity (ID, DNS names, TTLs, workload selectors,
-//!    hint). A render that fails, or yields an invalid, reserved or foreign ID, an invalid DNS
+//!    hint, federated trust domains). A render that fails, or yields an invalid, reserved or foreign ID, an invalid DNS
 //!    name or selector, refuses the pod *for that resource*.
 //! 4. One pod, one identity: when the selecting resources render different identities (in
 //!    anything), the pod is refused with `Conflict` and gets none of them - and not the default
@@ -73,6 +73,8 @@ pub struct PodIdentity {
     pub jwt_ttl: Option<Duration>,
     pub workload_selectors: Vec<Selector>,
     pub hint: String,
+    /// Federated trust domains whose bundles the pod receives (sorted, each once).
+    pub federates_with: Vec<TrustDomain>,
     pub source: IdentitySource,
 }
 
@@ -368,6 +370,7 @@ impl Registry {
                     jwt_ttl: None,
                     workload_selectors: Vec::new(),
                     hint: String::new(),
+                    federates_with: Vec::new(),
                     source: IdentitySource::DefaultTemplate,
                 }),
                 Err((reason, cause)) => refused(
@@ -431,6 +434,7 @@ impl Registry {
             jwt_ttl: c.jwt_ttl,
             workload_selectors,
             hint: c.hint.clone(),
+            federates_with: c.federates_with.clone(),
             source: IdentitySource::Resource(c.name.clone()),
         })
     }
@@ -489,6 +493,8 @@ fn differs_in(a: &PodIdentity, b: &PodIdentity) -> Option<&'static str> {
         Some("workload selectors")
     } else if a.hint != b.hint {
         Some("hint")
+    } else if a.federates_with != b.federates_with {
+        Some("federatesWith")
     } else {
         None
     }
@@ -659,6 +665,7 @@ pub(crate) mod tests {
         assert!(id.dns_names.is_empty() && id.workload_selectors.is_empty());
         assert_eq!((id.x509_ttl, id.jwt_ttl), (None, None));
         assert_eq!(id.hint, "");
+        assert!(id.federates_with.is_empty());
         // Off: nothing names the pod.
         let reg = Registry::new(config(None), &[]);
         assert_eq!(reg.resolve(&p.facts()), Resolution::Unregistered);
@@ -761,6 +768,7 @@ pub(crate) mod tests {
         r.spec.x509_ttl = Some("10m".into());
         r.spec.jwt_ttl = Some("90s".into());
         r.spec.hint = Some("frontend".into());
+        r.spec.federates_with = vec!["partner.example".into()];
         let reg = Registry::new(config(Some(DEFAULT)), &[r]);
         let p = pod("prod", "web-1", &[("app", "web"), ("uid", "01000")]);
         let id = issued(reg.resolve(&p.facts()));
@@ -779,6 +787,10 @@ pub(crate) mod tests {
         assert_eq!(id.x509_ttl, Some(Duration::from_secs(600)));
         assert_eq!(id.jwt_ttl, Some(Duration::from_secs(90)));
         assert_eq!(id.hint, "frontend");
+        assert_eq!(
+            id.federates_with,
+            [TrustDomain::new("partner.example").unwrap()]
+        );
         assert_eq!(id.source, IdentitySource::Resource("web".into()));
 
         // The container-name selector (so a sidecar in the same pod is not served).
@@ -961,6 +973,24 @@ pub(crate) mod tests {
         for (_, o) in &d.resources {
             assert_eq!(*o, ResourceOutcome::Refused(r.clone()));
         }
+    }
+
+    #[test]
+    fn federates_with_is_part_of_the_identity() {
+        let mut a = resource("a", "/same", "");
+        a.spec.federates_with = vec!["p.example".into(), "q.example".into()];
+        let mut b = resource("b", "/same", "");
+        // The same set, written in another order and with a repeat: they agree.
+        b.spec.federates_with = vec!["q.example".into(), "p.example".into(), "q.example".into()];
+        let reg = Registry::new(config(None), &[a.clone(), b]);
+        let id = issued(reg.resolve(&pod("n", "p", &[]).facts()));
+        assert_eq!(id.federates_with.len(), 2);
+        let mut c = resource("c", "/same", "");
+        c.spec.federates_with = vec!["p.example".into()];
+        let reg = Registry::new(config(None), &[a, c]);
+        let r = refused(reg.resolve(&pod("n", "p", &[]).facts()));
+        assert_eq!(r.reason, RefusalReason::Conflict);
+        assert!(r.message.contains("federatesWith"), "{}", r.message);
     }
 
     #[test]

@@ -86,6 +86,10 @@ pub struct LanyardIdentitySpec {
     /// The Workload API `hint` of the X.509-SVID (tells a workload holding several apart).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hint: Option<String>,
+    /// Federated trust domains (bare names, `partner.example`) whose bundles the pods receive
+    /// beside their own, and whose peers they can thus authenticate.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub federates_with: Vec<String>,
 }
 
 /// Written by one server replica at a time (the holder of the status Lease).

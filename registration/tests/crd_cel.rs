@@ -90,6 +90,68 @@ fn every_cel_rule_compiles_and_decides_as_intended() {
         },
     });
 
+    check_rules(lanyard_registration::crd::CRD_YAML, &cases, 5);
+}
+
+#[test]
+fn every_federation_cel_rule_compiles_and_decides_as_intended() {
+    let pairing =
+        "self.type == 'https_spiffe' ? has(self.endpointSPIFFEID) : !has(self.endpointSPIFFEID)";
+    let in_domain = "self.bundleEndpointProfile.type == 'https_web' || !has(self.bundleEndpointProfile.endpointSPIFFEID) || self.bundleEndpointProfile.endpointSPIFFEID.startsWith('spiffe://' + self.trustDomain + '/')";
+    let bundle =
+        "!has(self.trustDomainBundle) || self.bundleEndpointProfile.type == 'https_spiffe'";
+    let ca = "!has(self.caBundle) || self.bundleEndpointProfile.type == 'https_web'";
+    let spiffe = |id: &str| json!({"type": "https_spiffe", "endpointSPIFFEID": id});
+    let web = json!({"type": "https_web"});
+    let spec = |profile: &Value, extra: Value| {
+        let mut v = json!({
+            "trustDomain": "partner.example",
+            "bundleEndpointURL": "https://partner.example",
+            "bundleEndpointProfile": profile,
+        });
+        v.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        v
+    };
+    let good = spiffe("spiffe://partner.example/lanyard/server");
+    let cases = json!({
+        "spec.bundleEndpointProfile": {
+            pairing: [
+                [good, true],
+                [web, true],
+                [{"type": "https_spiffe"}, false],
+                [{"type": "https_web", "endpointSPIFFEID": "spiffe://partner.example/x"}, false],
+            ],
+        },
+        "spec": {
+            in_domain: [
+                [spec(&good, json!({})), true],
+                [spec(&web, json!({})), true],
+                [spec(&json!({"type": "https_spiffe"}), json!({})), true],
+                [spec(&spiffe("spiffe://other.example/server"), json!({})), false],
+                // A prefix of the name is not the trust domain.
+                [spec(&spiffe("spiffe://partner.example.evil/server"), json!({})), false],
+                [spec(&spiffe("spiffe://partner.example"), json!({})), false],
+            ],
+            bundle: [
+                [spec(&good, json!({"trustDomainBundle": "PEM"})), true],
+                [spec(&web, json!({})), true],
+                [spec(&web, json!({"trustDomainBundle": "PEM"})), false],
+            ],
+            ca: [
+                [spec(&web, json!({"caBundle": "PEM"})), true],
+                [spec(&good, json!({})), true],
+                [spec(&good, json!({"caBundle": "PEM"})), false],
+            ],
+        },
+    });
+    check_rules(lanyard_registration::crd::FEDERATION_CRD_YAML, &cases, 4);
+}
+
+/// Compiles every rule of `crd_yaml` (there must be `rule_count`) and evaluates `cases`
+/// (`{path: {rule: [[value, accepted], ...]}}`) with cel-python; every rule needs cases.
+fn check_rules(crd_yaml: &str, cases: &Value, rule_count: usize) {
     let mut child = Command::new(python())
         .args(["-c", EVALUATE, &cases.to_string()])
         .stdin(std::process::Stdio::piped())
@@ -100,9 +162,7 @@ fn every_cel_rule_compiles_and_decides_as_intended() {
     {
         use std::io::Write;
         let mut stdin = child.stdin.take().unwrap();
-        stdin
-            .write_all(lanyard_registration::crd::CRD_YAML.as_bytes())
-            .unwrap();
+        stdin.write_all(crd_yaml.as_bytes()).unwrap();
     }
     let output = child.wait_with_output().unwrap();
     assert!(
@@ -114,7 +174,7 @@ fn every_cel_rule_compiles_and_decides_as_intended() {
 
     // Every rule in the CRD has cases, and every case ran against a rule that exists.
     let rules = report["rules"].as_array().unwrap();
-    assert_eq!(rules.len(), 5, "the CRD's rules: {rules:?}");
+    assert_eq!(rules.len(), rule_count, "the CRD's rules: {rules:?}");
     for rule in rules {
         let (path, text) = (rule[0].as_str().unwrap(), rule[1].as_str().unwrap());
         assert!(

@@ -103,6 +103,8 @@ impl From<Resolution> for Decision {
                 jwt_ttl,
                 workload_selectors,
                 hint,
+                // Not shown by `lanyard identities` (yet): which bundles, not which identity.
+                federates_with: _,
                 source,
             }) => Self::Issued {
                 spiffe_id: spiffe_id.to_string(),
