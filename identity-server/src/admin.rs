@@ -77,6 +77,9 @@ pub struct EntryView {
     /// Node names, or `["*"]` for every node.
     pub nodes: Vec<String>,
     pub dns_names: Vec<String>,
+    /// Federated trust domains whose bundles the workload receives.
+    #[serde(default)]
+    pub federates_with: Vec<String>,
     /// The entry's own TTLs; `None`: the server's default.
     pub x509_ttl_secs: Option<u64>,
     pub jwt_ttl_secs: Option<u64>,
@@ -157,6 +160,11 @@ fn entry_view(entry: &StaticEntry) -> EntryView {
             NodeSet::Named(names) => names.iter().cloned().collect(),
         },
         dns_names: entry.dns_names.clone(),
+        federates_with: entry
+            .federates_with
+            .iter()
+            .map(ToString::to_string)
+            .collect(),
         x509_ttl_secs: entry.x509_ttl.map(|t| t.as_secs()),
         jwt_ttl_secs: entry.jwt_ttl.map(|t| t.as_secs()),
     }
@@ -360,6 +368,7 @@ mod tests {
                 x509_ttl: Some("10m".into()),
                 jwt_ttl: None,
                 dns_names: Some(vec!["web.example.org".into()]),
+                federates_with: Some(vec!["partner.example".into()]),
             })
             .collect();
         EntryShow {
@@ -398,6 +407,7 @@ mod tests {
                 selectors: vec!["unix:uid:1".into()],
                 nodes: vec!["node-1".into(), "node-2".into()],
                 dns_names: vec!["web.example.org".into()],
+                federates_with: vec!["partner.example".into()],
                 x509_ttl_secs: Some(600),
                 jwt_ttl_secs: None,
             }

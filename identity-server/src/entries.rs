@@ -1,5 +1,7 @@
 //! Static workload entries from the server's TOML file: an ID, the selectors a workload must
-//! show, the nodes allowed to serve it, and the DNS names its X.509-SVID carries.
+//! show, the nodes allowed to serve it, the DNS names its X.509-SVID carries, and the
+//! federated trust domains whose bundles it receives (`federates_with`, checked as a
+//! LanyardIdentity's `federatesWith` is).
 //!
 //! [`validate_entries`] is the one validation of a whole `[[entries]]` list, shared by start-up
 //! ([`crate::config`]) and reload ([`crate::entry_reload`]).
@@ -7,6 +9,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use lanyard_registration::federation::{FederatesWithError, check_federates_with};
 use lanyard_svid::reserved::is_reserved;
 use lanyard_svid::selector::{Selector, SelectorKind};
 use lanyard_svid::{SpiffeId, TrustDomain};
@@ -34,6 +37,8 @@ pub struct EntryConfig {
     pub jwt_ttl: Option<String>,
     /// DNS SANs for the entry's X.509-SVIDs (lowercase; `*.` allowed as the first label).
     pub dns_names: Option<Vec<String>>,
+    /// Federated trust domains (`["partner.example"]`) whose bundles the workload receives.
+    pub federates_with: Option<Vec<String>>,
 }
 
 /// Why an entry is refused (at start-up or on reload).
@@ -65,6 +70,8 @@ pub enum EntryError {
     DnsName(String),
     #[error("dns_names: {0:?} is listed twice")]
     DnsNameDuplicate(String),
+    #[error("federates_with: {0}")]
+    FederatesWith(#[from] FederatesWithError),
 }
 
 /// Why a list of entries is refused: the first failing entry, by position and ID.
@@ -116,6 +123,8 @@ pub struct StaticEntry {
     pub jwt_ttl: Option<Duration>,
     /// Validated DNS names, in the order written (empty: none).
     pub dns_names: Vec<String>,
+    /// Federated trust domains whose bundles the workload receives (sorted, each once).
+    pub federates_with: Vec<TrustDomain>,
 }
 
 impl EntryConfig {
@@ -161,6 +170,10 @@ impl EntryConfig {
             x509_ttl: ttl(self.x509_ttl, "x509_ttl")?,
             jwt_ttl: ttl(self.jwt_ttl, "jwt_ttl")?,
             dns_names: validate_dns_names(self.dns_names.unwrap_or_default())?,
+            federates_with: check_federates_with(
+                self.federates_with.as_deref().unwrap_or_default(),
+                trust_domain,
+            )?,
         })
     }
 }
@@ -236,6 +249,7 @@ mod tests {
             x509_ttl: None,
             jwt_ttl: None,
             dns_names: None,
+            federates_with: None,
         }
     }
 
@@ -305,6 +319,53 @@ mod tests {
             EntryError::DnsNameCount
         );
         assert!(with_dns(&many[..MAX_DNS_NAMES]).validate(&td()).is_ok());
+    }
+
+    #[test]
+    fn federates_with() {
+        let with = |names: &[&str]| EntryConfig {
+            federates_with: Some(names.iter().map(|s| s.to_string()).collect()),
+            ..entry("spiffe://example.org/web", &["unix:uid:1"], Some(&["*"]))
+        };
+        let e = with(&["partner.example", "a.example", "partner.example"])
+            .validate(&td())
+            .unwrap();
+        assert_eq!(
+            e.federates_with,
+            [
+                TrustDomain::new("a.example").unwrap(),
+                TrustDomain::new("partner.example").unwrap()
+            ]
+        );
+        for bad in [
+            "example.org",
+            "Partner.example",
+            "spiffe://partner.example",
+            "",
+        ] {
+            let err = with(&[bad]).validate(&td()).unwrap_err();
+            assert!(
+                matches!(err, EntryError::FederatesWith(_)),
+                "{bad:?}: {err:?}"
+            );
+            assert!(err.to_string().starts_with("federates_with: [0]"), "{err}");
+        }
+        // As TOML, in a whole list.
+        let configs: Vec<EntryConfig> =
+            toml::from_str::<std::collections::BTreeMap<String, Vec<EntryConfig>>>(
+                r#"
+            [[entries]]
+            spiffe_id = "spiffe://example.org/web"
+            selectors = ["unix:uid:1"]
+            nodes = ["*"]
+            federates_with = ["partner.example"]
+            "#,
+            )
+            .unwrap()
+            .remove("entries")
+            .unwrap();
+        let entries = validate_entries(configs, &td()).unwrap();
+        assert_eq!(entries[0].federates_with[0].name(), "partner.example");
     }
 
     #[test]

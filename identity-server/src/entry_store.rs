@@ -55,6 +55,7 @@ mod tests {
             x509_ttl: None,
             jwt_ttl: None,
             dns_names: None,
+            federates_with: None,
         }
         .validate(&TrustDomain::new("example.org").unwrap())
         .unwrap()

@@ -208,6 +208,9 @@ fn entries_text(view: &EntriesView, now: std::time::SystemTime) -> String {
         let _ = writeln!(out, "  selectors: {}", list(&e.selectors));
         let _ = writeln!(out, "  nodes:     {nodes}");
         let _ = writeln!(out, "  dns names: {}", list(&e.dns_names));
+        if !e.federates_with.is_empty() {
+            let _ = writeln!(out, "  federates: {}", list(&e.federates_with));
+        }
         let _ = writeln!(
             out,
             "  x509 ttl:  {}",
@@ -306,6 +309,7 @@ mod tests {
                 selectors: vec!["unix:uid:1001".into(), "unix:gid:10".into()],
                 nodes: vec!["*".into()],
                 dns_names: vec!["web.example.org".into()],
+                federates_with: vec!["a.example".into(), "partner.example".into()],
                 x509_ttl_secs: Some(600),
                 jwt_ttl_secs: None,
             }],
@@ -327,6 +331,7 @@ mod tests {
   selectors: unix:uid:1001, unix:gid:10
   nodes:     * (every node)
   dns names: web.example.org
+  federates: a.example, partner.example
   x509 ttl:  10m
   jwt ttl:   5m (server default)
 

@@ -323,6 +323,7 @@ mod tests {
             x509_ttl: None,
             jwt_ttl: None,
             dns_names: None,
+            federates_with: None,
         }
         .validate(&td())
         .unwrap()

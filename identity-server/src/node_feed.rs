@@ -43,8 +43,7 @@ pub fn entry_to_wire(e: &StaticEntry) -> wire::StaticEntry {
         x509_ttl_seconds: seconds(e.x509_ttl),
         jwt_ttl_seconds: seconds(e.jwt_ttl),
         dns_names: e.dns_names.clone(),
-        // Filled in with the entries' `federates_with` (federation work).
-        federates_with: Vec::new(),
+        federates_with: e.federates_with.iter().map(ToString::to_string).collect(),
     }
 }
 
@@ -64,6 +63,11 @@ pub fn pod_to_wire(pod: PodInfo, registrations: &RegistrationSnapshot) -> wire::
         info.x509_ttl_seconds = seconds(identity.x509_ttl);
         info.jwt_ttl_seconds = seconds(identity.jwt_ttl);
         info.registered_by = identity.source.to_string();
+        info.federates_with = identity
+            .federates_with
+            .iter()
+            .map(ToString::to_string)
+            .collect();
     }
     wire::PodInfo {
         namespace: pod.namespace,
@@ -179,6 +183,14 @@ mod tests {
     const DEADLINE: Duration = Duration::from_secs(5);
 
     fn entry(id: &str, dns: Option<Vec<String>>) -> StaticEntry {
+        federated_entry(id, dns, None)
+    }
+
+    fn federated_entry(
+        id: &str,
+        dns: Option<Vec<String>>,
+        federates_with: Option<Vec<String>>,
+    ) -> StaticEntry {
         EntryConfig {
             spiffe_id: id.into(),
             selectors: vec!["k8s:ns:db".into()],
@@ -186,6 +198,7 @@ mod tests {
             x509_ttl: None,
             jwt_ttl: None,
             dns_names: dns,
+            federates_with,
         }
         .validate(&TrustDomain::new("example.org").unwrap())
         .unwrap()
@@ -272,6 +285,7 @@ mod tests {
                 workload_selector_templates: vec!["k8s:container-name:app".into()],
                 hint: Some("web".into()),
                 x509_ttl: Some("10m".into()),
+                federates_with: vec!["partner.example".into()],
                 ..Default::default()
             },
         );
@@ -285,6 +299,7 @@ mod tests {
         assert_eq!(pod.x509_ttl_seconds, 600);
         assert_eq!(pod.jwt_ttl_seconds, 0);
         assert_eq!(pod.registered_by, "LanyardIdentity/web");
+        assert_eq!(pod.federates_with, ["partner.example"]);
         assert_eq!(
             pod.container_names.get("c1").map(String::as_str),
             Some("app")
@@ -294,13 +309,16 @@ mod tests {
         let second = next(&mut stream).await;
         assert_eq!(second.pods[0].spiffe_id, "");
         assert_eq!(second.pods[0].registered_by, "");
+        assert!(second.pods[0].federates_with.is_empty());
         // A reload of the entries is sent too, with the DNS names.
-        entries.replace(vec![entry(
+        entries.replace(vec![federated_entry(
             "spiffe://example.org/db",
             Some(vec!["db.example.org".into()]),
+            Some(vec!["partner.example".into()]),
         )]);
         let third = next(&mut stream).await;
         assert_eq!(third.entries[0].dns_names, ["db.example.org"]);
+        assert_eq!(third.entries[0].federates_with, ["partner.example"]);
         // A publish that changes nothing for this node sends nothing.
         registrations.publish(test_snapshot(None, &[], &[("default", &[])]));
         assert!(

@@ -135,6 +135,7 @@ fn start_server(data_dir: &Path) -> (tokio::runtime::Runtime, SocketAddr) {
             x509_ttl: None,
             jwt_ttl: None,
             dns_names: None,
+            federates_with: None,
         }],
         ..Default::default()
     }

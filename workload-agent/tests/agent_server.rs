@@ -47,6 +47,7 @@ impl TestServer {
             x509_ttl: ttl.map(Into::into),
             jwt_ttl: None,
             dns_names: None,
+            federates_with: None,
         };
         let config = ServerArgs {
             trust_domain: Some("example.org".into()),
