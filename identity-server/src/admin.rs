@@ -1,5 +1,5 @@
-//! The admin socket: how `lanyard-server token generate`, `agent evict`, `bundle show` and
-//! `entry show` reach the running server, rather than touching files the server is also
+//! The admin socket: how `lanyard-server token generate`, `agent evict`, `bundle show`,
+//! `entry show` and `ca rotate-jwt-key` reach the running server, rather than touching files the server is also
 //! writing.
 //!
 //! A Unix socket at `<data-dir>/admin/admin.sock`, in a 0700 directory, speaking one JSON
@@ -42,16 +42,51 @@ pub enum AdminRequest {
     EntryShow {
         node: Option<String>,
     },
+    /// Data-dir mode: sign JWT-SVIDs with a new key; the old one stays published for the
+    /// retired-key grace.
+    CaRotateJwtKey,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "result", rename_all = "snake_case")]
 pub enum AdminResponse {
-    Token { token: String, node: String },
-    Evicted { node: String },
-    Bundle { pem: String },
+    Token {
+        token: String,
+        node: String,
+    },
+    Evicted {
+        node: String,
+    },
+    Bundle {
+        pem: String,
+    },
     Entries(EntriesView),
-    Error { message: String },
+    JwtKeyRotated {
+        kid: String,
+        previous_kid: String,
+        /// Until when the previous key stays published (Unix seconds).
+        previous_published_until_unix_secs: u64,
+    },
+    Error {
+        message: String,
+    },
+}
+
+/// Answers [`AdminRequest::CaRotateJwtKey`] for the CA in `data_dir`.
+pub fn rotate_jwt_key(data_dir: &Path, authority: &crate::authority::Authority) -> AdminResponse {
+    match crate::ca_rotation::rotate_jwt_key(data_dir, authority, std::time::SystemTime::now()) {
+        Ok(rotated) => AdminResponse::JwtKeyRotated {
+            kid: rotated.kid,
+            previous_kid: rotated.previous_kid,
+            previous_published_until_unix_secs: rotated
+                .previous_until
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+        },
+        Err(e) => AdminResponse::Error {
+            message: e.to_string(),
+        },
+    }
 }
 
 /// What `entry show` prints: the static entries in force and the last reading of the file.

@@ -6,9 +6,12 @@
 //! being published with it, so nothing is ever signed under a root agents have not been given.
 //!
 //! The bundle holds the roots, the signing JWT key, the JWT keys the source publishes without
-//! signing with them (a root rotation's next and previous keys), and for
-//! [`RETIRED_JWT_KEY_GRACE`] each JWT key that stopped signing here (unless the
-//! source still publishes it: then the source says when it goes). The authority also keeps
+//! signing with them (a root rotation's next and previous keys), and each JWT key that stopped
+//! signing here for the *retired-key grace* (unless the source still publishes it: then the
+//! source says when it goes). The grace is the longest JWT-SVID lifetime the server can issue
+//! plus clock skew ([`retired_jwt_grace`]), so a key stays published until every token it
+//! signed has expired (the SPIFFE JWT-SVID standard and OIDC relying parties need it), and goes
+//! then: [`spawn_retirer`] republishes the bundle without it. The authority also keeps
 //! *since when* it has signed under its current root ([`ActiveMaterial::signing_since`]): a new
 //! intermediate under the same root keeps that time, a switch to another root resets it, and
 //! a process starting counts as a switch (it signed nothing before).
@@ -23,8 +26,18 @@ use rustls_pki_types::CertificateDer;
 use tokio::sync::watch;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
-/// How long a retired JWT key stays in the bundle: longer than any JWT it signed lives.
-const RETIRED_JWT_KEY_GRACE: Duration = Duration::from_secs(3600);
+/// How long a retired JWT key stays in the bundle when no grace is given
+/// ([`Authority::new`]): the default JWT-SVID lifetime cap (one hour) plus skew.
+pub const DEFAULT_RETIRED_JWT_KEY_GRACE: Duration = Duration::from_secs(3600 + JWT_CLOCK_SKEW_SECS);
+/// Skew allowed between our clock and a relying party's: the leeway our own validator gives
+/// `exp` ([`lanyard_svid::jwt::CLOCK_SKEW_LEEWAY_SECS`]).
+const JWT_CLOCK_SKEW_SECS: u64 = lanyard_svid::jwt::CLOCK_SKEW_LEEWAY_SECS as u64;
+
+/// The retired-key grace for a server whose JWT-SVIDs live at most `longest_jwt_svid_ttl`: a
+/// retired key is published until every token it signed has expired, plus clock skew.
+pub fn retired_jwt_grace(longest_jwt_svid_ttl: Duration) -> Duration {
+    longest_jwt_svid_ttl + Duration::from_secs(JWT_CLOCK_SKEW_SECS)
+}
 /// The `spiffe_refresh_hint` we publish.
 pub const BUNDLE_REFRESH_HINT: Duration = Duration::from_secs(300);
 
@@ -40,8 +53,8 @@ pub struct SigningMaterial {
 
 /// The material currently used for signing, with the bundle published for it.
 pub struct ActiveMaterial {
-    pub issuer: Issuer,
-    pub jwt: JwtSigner,
+    pub issuer: Arc<Issuer>,
+    pub jwt: Arc<JwtSigner>,
     pub bundle: Arc<TrustBundle>,
     /// The root in `bundle` that the intermediate chains to.
     pub signing_root: CertificateDer<'static>,
@@ -71,14 +84,24 @@ struct Inner {
 /// The server's signing state. Cheap to share behind an `Arc`.
 pub struct Authority {
     trust_domain: TrustDomain,
+    /// How long a JWT key that stopped signing stays published.
+    retired_jwt_grace: Duration,
     inner: RwLock<Inner>,
     bundle_tx: watch::Sender<Option<Arc<TrustBundle>>>,
 }
 
 impl Authority {
+    /// An authority keeping retired JWT keys for [`DEFAULT_RETIRED_JWT_KEY_GRACE`].
     pub fn new(trust_domain: TrustDomain) -> Self {
+        Self::with_retired_jwt_grace(trust_domain, DEFAULT_RETIRED_JWT_KEY_GRACE)
+    }
+
+    /// An authority keeping each retired JWT key published for `grace` (see
+    /// [`retired_jwt_grace`]).
+    pub fn with_retired_jwt_grace(trust_domain: TrustDomain, grace: Duration) -> Self {
         Self {
             trust_domain,
+            retired_jwt_grace: grace,
             inner: RwLock::new(Inner {
                 active: None,
                 retired_jwt: Vec::new(),
@@ -90,6 +113,104 @@ impl Authority {
 
     pub fn trust_domain(&self) -> &TrustDomain {
         &self.trust_domain
+    }
+
+    /// How long a JWT key that stopped signing stays published.
+    pub fn retired_jwt_grace(&self) -> Duration {
+        self.retired_jwt_grace
+    }
+
+    /// Retired JWT keys and when each stops being published, soonest first.
+    pub fn retired_jwt(&self) -> Vec<(JwtAuthority, SystemTime)> {
+        let mut retired = self
+            .inner
+            .read()
+            .expect("authority lock")
+            .retired_jwt
+            .clone();
+        retired.sort_by_key(|(_, until)| *until);
+        retired
+    }
+
+    /// Publishes JWT keys retired before this process started (a data dir's record of them)
+    /// until their own time; those past it at `now` are dropped. Call before the first
+    /// [`Authority::install`], or the bundle is republished with them.
+    pub fn keep_retired_jwt(&self, keys: Vec<(JwtAuthority, SystemTime)>, now: SystemTime) {
+        let mut inner = self.inner.write().expect("authority lock");
+        for (key, until) in keys {
+            if until > now
+                && !inner
+                    .retired_jwt
+                    .iter()
+                    .any(|(k, _)| k.key_id == key.key_id)
+            {
+                inner.retired_jwt.push((key, until));
+            }
+        }
+        self.republish(inner, now);
+    }
+
+    /// Drops the retired JWT keys whose grace has ended at `now` and republishes the bundle
+    /// without them; returns whether any went.
+    pub fn expire_retired_jwt(&self, now: SystemTime) -> bool {
+        let mut inner = self.inner.write().expect("authority lock");
+        let before = inner.retired_jwt.len();
+        inner.retired_jwt.retain(|(_, until)| *until > now);
+        if inner.retired_jwt.len() == before {
+            return false;
+        }
+        self.republish(inner, now);
+        true
+    }
+
+    /// Rebuilds the active material's bundle from `inner` (a new sequence) and publishes it.
+    fn republish(&self, mut inner: std::sync::RwLockWriteGuard<'_, Inner>, now: SystemTime) {
+        let Some(active) = inner.active.clone() else {
+            return;
+        };
+        inner.retired_jwt.retain(|(_, until)| *until > now);
+        inner.sequence += 1;
+        let bundle = Arc::new(self.bundle_of(
+            &inner,
+            active.bundle.x509_authorities(),
+            &active.published_jwt,
+            &active.jwt,
+        ));
+        inner.active = Some(Arc::new(ActiveMaterial {
+            issuer: active.issuer.clone(),
+            jwt: active.jwt.clone(),
+            bundle: bundle.clone(),
+            signing_root: active.signing_root.clone(),
+            signing_since: active.signing_since,
+            published_jwt: active.published_jwt.clone(),
+        }));
+        drop(inner);
+        self.bundle_tx.send_replace(Some(bundle));
+    }
+
+    /// The bundle of `roots`, `inner`'s retired JWT keys, the `published` ones and the signer.
+    fn bundle_of(
+        &self,
+        inner: &Inner,
+        roots: &[CertificateDer<'static>],
+        published: &[JwtAuthority],
+        signer: &JwtSigner,
+    ) -> TrustBundle {
+        let mut bundle = TrustBundle::new(self.trust_domain.clone());
+        for root in roots {
+            bundle.add_x509_authority(root.clone());
+        }
+        for (retired, _) in &inner.retired_jwt {
+            bundle.add_jwt_authority(retired.clone());
+        }
+        for published in published {
+            bundle.add_jwt_authority(published.clone());
+        }
+        // Last: an entry with the signing key's ID is exactly the signer's.
+        bundle.add_jwt_authority(signer.authority());
+        bundle.set_sequence(inner.sequence);
+        bundle.set_refresh_hint(Some(BUNDLE_REFRESH_HINT));
+        bundle
     }
 
     /// The material in force, or `None` before the CA has been loaded (not ready).
@@ -156,32 +277,23 @@ impl Authority {
             .filter(|old| old.jwt.key_id() != material.jwt.key_id() && !published(old.jwt.key_id()))
             .map(|old| old.jwt.authority());
         if let Some(old) = retiring {
-            inner.retired_jwt.push((old, now + RETIRED_JWT_KEY_GRACE));
+            inner.retired_jwt.push((old, now + self.retired_jwt_grace));
         }
         inner.retired_jwt.retain(|(a, until)| {
             *until > now && a.key_id != material.jwt.key_id() && !published(&a.key_id)
         });
         inner.sequence += 1;
 
-        let mut bundle = TrustBundle::new(self.trust_domain.clone());
-        for root in &material.roots {
-            bundle.add_x509_authority(root.clone());
-        }
-        for (retired, _) in &inner.retired_jwt {
-            bundle.add_jwt_authority(retired.clone());
-        }
-        for published in &material.published_jwt {
-            bundle.add_jwt_authority(published.clone());
-        }
-        // Last: an entry with the signing key's ID is exactly the signer's.
-        bundle.add_jwt_authority(material.jwt.authority());
-        bundle.set_sequence(inner.sequence);
-        bundle.set_refresh_hint(Some(BUNDLE_REFRESH_HINT));
-        let bundle = Arc::new(bundle);
+        let bundle = Arc::new(self.bundle_of(
+            &inner,
+            &material.roots,
+            &material.published_jwt,
+            &material.jwt,
+        ));
 
         inner.active = Some(Arc::new(ActiveMaterial {
-            issuer: material.issuer,
-            jwt: material.jwt,
+            issuer: Arc::new(material.issuer),
+            jwt: Arc::new(material.jwt),
             bundle: bundle.clone(),
             signing_root,
             signing_since,
@@ -190,6 +302,38 @@ impl Authority {
         drop(inner);
         self.bundle_tx.send_replace(Some(bundle.clone()));
         Ok(bundle)
+    }
+}
+
+/// Keeps the bundle free of retired JWT keys past their grace, on the wall clock.
+pub fn spawn_retirer(authority: Arc<Authority>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(run_retirer(authority, SystemTime::now))
+}
+
+/// Longest wait between two looks at the retired keys: a wall clock that jumps (a suspended
+/// machine, a stepped clock) is caught up with within this.
+const RETIRER_MAX_WAIT: Duration = Duration::from_secs(60);
+
+/// The retirer loop: sleeps until the next retired key's time (or a bundle change, which may
+/// retire another key), then drops what is due. `wall_clock` is what the times are judged at
+/// (tests derive it from tokio's paused clock).
+pub async fn run_retirer(authority: Arc<Authority>, wall_clock: impl Fn() -> SystemTime) {
+    let mut bundles = authority.subscribe_bundle();
+    loop {
+        // Marked seen first: a change from here on (an install retiring a key) wakes us.
+        bundles.borrow_and_update();
+        let now = wall_clock();
+        authority.expire_retired_jwt(now);
+        let next = authority
+            .retired_jwt()
+            .first()
+            .map(|(_, until)| until.duration_since(now).unwrap_or_default())
+            .unwrap_or(RETIRER_MAX_WAIT)
+            .min(RETIRER_MAX_WAIT);
+        tokio::select! {
+            () = tokio::time::sleep(next) => {}
+            changed = bundles.changed() => if changed.is_err() { return },
+        }
     }
 }
 
@@ -260,7 +404,7 @@ mod tests {
         assert!(b2.sequence() > b1.sequence());
         // The retired JWT key is still published next to the new one.
         assert_eq!(b2.jwt_authorities().len(), 2);
-        let later = now + RETIRED_JWT_KEY_GRACE + Duration::from_secs(1);
+        let later = now + DEFAULT_RETIRED_JWT_KEY_GRACE + Duration::from_secs(1);
         let b3 = authority.install(material(&root, now), later).unwrap();
         assert_eq!(
             b3.jwt_authorities().len(),
@@ -405,5 +549,95 @@ mod tests {
         let active = authority.active().unwrap();
         assert_eq!(active.signing_since, t2);
         assert_eq!(&active.signing_root, new_root.cert_der());
+    }
+
+    fn kids(bundle: &TrustBundle) -> Vec<String> {
+        let mut kids: Vec<_> = bundle
+            .jwt_authorities()
+            .iter()
+            .map(|a| a.key_id.clone())
+            .collect();
+        kids.sort();
+        kids
+    }
+
+    #[test]
+    fn the_grace_is_the_longest_lifetime_plus_skew() {
+        assert_eq!(
+            retired_jwt_grace(Duration::from_secs(300)),
+            Duration::from_secs(330)
+        );
+        assert_eq!(
+            Authority::new(td()).retired_jwt_grace(),
+            retired_jwt_grace(Duration::from_secs(3600))
+        );
+    }
+
+    /// The retirer on tokio's paused clock, the wall clock derived from it: a retired key is
+    /// published until exactly its grace ends, then the bundle is republished without it.
+    #[tokio::test(start_paused = true)]
+    async fn a_retired_key_leaves_the_bundle_when_its_grace_ends() {
+        const GRACE: Duration = Duration::from_secs(330);
+        let start = SystemTime::now();
+        let t0 = tokio::time::Instant::now();
+        let clock = move || start + t0.elapsed();
+        let root = RootCa::generate(&td(), DAY, start).unwrap();
+        let authority = Arc::new(Authority::with_retired_jwt_grace(td(), GRACE));
+        authority.install(material(&root, start), start).unwrap();
+        let old_kid = authority.active().unwrap().jwt.key_id().to_owned();
+        let task = tokio::spawn(run_retirer(authority.clone(), clock));
+
+        // A minute in, the key is replaced: both are published.
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        let rotated_at = clock();
+        let rotated = authority
+            .install(material(&root, start), rotated_at)
+            .unwrap();
+        let new_kid = authority.active().unwrap().jwt.key_id().to_owned();
+        let mut both = vec![old_kid.clone(), new_kid.clone()];
+        both.sort();
+        assert_eq!(kids(&rotated), both);
+        let mut bundles = authority.subscribe_bundle();
+        bundles.borrow_and_update();
+
+        // Nothing changes until a second before the grace ends.
+        let quiet = tokio::time::timeout(GRACE - Duration::from_secs(1), bundles.changed()).await;
+        assert!(quiet.is_err(), "the retired key left early");
+        // Then it goes, with a new sequence, and the signer stays.
+        tokio::time::timeout(Duration::from_secs(2), bundles.changed())
+            .await
+            .expect("retired when the grace ended")
+            .unwrap();
+        let after = bundles.borrow().clone().unwrap();
+        assert_eq!(kids(&after), [new_kid.clone()]);
+        assert!(after.sequence() > rotated.sequence());
+        assert!(clock() >= rotated_at + GRACE);
+        assert_eq!(authority.active().unwrap().jwt.key_id(), new_kid);
+        assert!(authority.retired_jwt().is_empty());
+        task.abort();
+    }
+
+    #[test]
+    fn keys_retired_before_a_restart_are_published_until_their_time() {
+        let now = SystemTime::now();
+        let root = RootCa::generate(&td(), DAY, now).unwrap();
+        let authority = Authority::new(td());
+        let old = JwtSigner::generate().unwrap().0.authority();
+        let expired = JwtSigner::generate().unwrap().0.authority();
+        authority.keep_retired_jwt(
+            vec![
+                (old.clone(), now + Duration::from_secs(100)),
+                (expired, now - Duration::from_secs(1)),
+            ],
+            now,
+        );
+        let bundle = authority.install(material(&root, now), now).unwrap();
+        let signer = authority.active().unwrap().jwt.key_id().to_owned();
+        let mut want = vec![old.key_id.clone(), signer.clone()];
+        want.sort();
+        assert_eq!(kids(&bundle), want);
+        assert!(!authority.expire_retired_jwt(now + Duration::from_secs(99)));
+        assert!(authority.expire_retired_jwt(now + Duration::from_secs(100)));
+        assert_eq!(kids(&authority.active().unwrap().bundle), [signer]);
     }
 }

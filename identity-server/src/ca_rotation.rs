@@ -5,6 +5,10 @@
 //!
 //! A failed check or rotation is logged and changes nothing; the next hour tries again, with
 //! a third of the intermediate's life (four months by default) left for it to succeed.
+//!
+//! The JWT key is replaced with the intermediate, and on demand ([`rotate_jwt_key`], the admin
+//! socket's `ca rotate-jwt-key`); the key replaced stays in the bundle for the authority's
+//! retired-key grace, so tokens it signed keep validating until they expire.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -41,7 +45,8 @@ pub async fn run(
     loop {
         ticks.tick().await;
         let now = wall_clock();
-        let rotated = match DataDirCa::rotate_if_due(&data_dir, &trust_domain, now) {
+        let grace = authority.retired_jwt_grace();
+        let rotated = match DataDirCa::rotate_if_due(&data_dir, &trust_domain, now, grace) {
             Ok(Some(ca)) => ca,
             Ok(None) => continue,
             Err(e) => {
@@ -59,6 +64,58 @@ pub async fn run(
             tracing::error!(error = %e, "the rotated intermediate CA was refused; signing continues with the current one");
         }
     }
+}
+
+/// What [`rotate_jwt_key`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JwtKeyRotated {
+    /// The key signing from now on.
+    pub kid: String,
+    /// The key it replaced, still published until `previous_until`.
+    pub previous_kid: String,
+    pub previous_until: SystemTime,
+}
+
+/// Why a JWT key rotation did not happen (nothing changed).
+#[derive(Debug, thiserror::Error)]
+pub enum RotateJwtKeyError {
+    #[error("{0}")]
+    CaStore(#[from] crate::ca_store::CaStoreError),
+    #[error(
+        "the new JWT key was written but refused by the running CA ({0}); restart the server to load it"
+    )]
+    Install(#[from] crate::authority::InstallError),
+}
+
+/// Replaces the data dir's JWT key with a new one and installs it in `authority`: new tokens
+/// are signed with it at once, and the old key stays published (in the running bundle and
+/// on disk, for a restart) for the authority's retired-key grace.
+pub fn rotate_jwt_key(
+    data_dir: &std::path::Path,
+    authority: &Authority,
+    now: SystemTime,
+) -> Result<JwtKeyRotated, RotateJwtKeyError> {
+    let grace = authority.retired_jwt_grace();
+    let previous_kid = authority
+        .active()
+        .map(|active| active.jwt.key_id().to_owned())
+        .unwrap_or_default();
+    let rotated = DataDirCa::rotate_jwt_key(data_dir, authority.trust_domain(), now, grace)?;
+    let kid = rotated.jwt.key_id().to_owned();
+    authority.install(
+        SigningMaterial {
+            roots: vec![rotated.root.cert_der().clone()],
+            issuer: rotated.issuer,
+            jwt: rotated.jwt,
+            published_jwt: Vec::new(),
+        },
+        now,
+    )?;
+    Ok(JwtKeyRotated {
+        kid,
+        previous_kid,
+        previous_until: now + grace,
+    })
 }
 
 #[cfg(test)]
@@ -90,6 +147,7 @@ mod tests {
             )
             .unwrap();
         let first_issuer = authority.active().unwrap().issuer.cert_der().clone();
+        let first_kid = authority.active().unwrap().jwt.key_id().to_owned();
         let mut bundles = authority.subscribe_bundle();
         bundles.borrow_and_update();
 
@@ -127,6 +185,10 @@ mod tests {
             active.bundle.x509_authorities(),
             std::slice::from_ref(&root)
         );
+        // The JWT key rotates with it; the old one stays published for the grace.
+        assert_ne!(active.jwt.key_id(), first_kid);
+        assert!(active.bundle.jwt_authority(&first_kid).is_some());
+        assert!(active.bundle.jwt_authority(active.jwt.key_id()).is_some());
         task.abort();
     }
 }

@@ -16,13 +16,22 @@
 //! over the old certificate; a start finding leftovers of a rotation cut short finishes or
 //! undoes it ([`recover_rotation`]), so every crash point leaves a matching pair. The root is
 //! never rotated automatically: a new root must reach every relying party first.
+//!
+//! The JWT key is replaced with the intermediate, and on demand (`lanyard-server ca
+//! rotate-jwt-key`, [`DataDirCa::rotate_jwt_key`]). The key it replaces keeps being published
+//! until the tokens it signed have expired: its public half and that time are recorded in
+//! `jwt-retired.json` (written before the new `jwt.key`, so a crash between the two only
+//! lists the still-signing key, which is ignored), and a restart within the grace publishes
+//! it again ([`DataDirCa::retired_jwt`]).
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use lanyard_svid::TrustDomain;
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
 use lanyard_svid::ca::{Issuer, RootCa};
 use lanyard_svid::jwt::JwtSigner;
+use lanyard_svid::{JwtAuthority, TrustDomain};
 use rustls_pki_types::CertificateDer;
 use serde::{Deserialize, Serialize};
 use x509_parser::prelude::{FromDer, X509Certificate};
@@ -41,6 +50,10 @@ const INTERMEDIATE_CRT: &str = "intermediate.crt";
 const INTERMEDIATE_KEY: &str = "intermediate.key";
 const JWT_KEY: &str = "jwt.key";
 const MANIFEST: &str = "ca.json";
+/// JWT keys that stopped signing and until when they are published (optional).
+const JWT_RETIRED: &str = "jwt-retired.json";
+/// Most retired JWT keys recorded: more would mean rotations faster than tokens expire.
+const MAX_RETIRED_JWT_KEYS: usize = 32;
 /// A rotation's new pair, before it is renamed into place.
 const NEXT_INTERMEDIATE_CRT: &str = "intermediate.next.crt";
 const NEXT_INTERMEDIATE_KEY: &str = "intermediate.next.key";
@@ -88,11 +101,35 @@ struct Manifest {
     version: u32,
 }
 
+/// `jwt-retired.json`.
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RetiredJwtFile {
+    keys: Vec<RetiredJwtKey>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RetiredJwtKey {
+    kid: String,
+    /// SubjectPublicKeyInfo DER, standard base64.
+    public_key: String,
+    /// Published until then (Unix seconds).
+    retire_at: u64,
+}
+
+/// Serialises the writes to a `ca/` directory (the hourly intermediate check and the admin
+/// socket's JWT key rotation).
+static CA_WRITES: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// CA material of a data dir.
 pub struct DataDirCa {
     pub root: RootCa,
     pub issuer: Issuer,
     pub jwt: JwtSigner,
+    /// JWT keys that stopped signing and until when they stay published (not yet past at
+    /// load time).
+    pub retired_jwt: Vec<(JwtAuthority, SystemTime)>,
 }
 
 impl DataDirCa {
@@ -149,13 +186,16 @@ impl DataDirCa {
     }
 
     /// Replaces the intermediate of `data_dir` with a new one from the root when `now` is past
-    /// [`DataDirCa::rotation_due`]; returns the CA as reloaded from disk if it did. The root and
-    /// JWT key stay: agents' bundles do not change.
+    /// [`DataDirCa::rotation_due`], and the JWT key with it (the old one published for
+    /// `jwt_grace`); returns the CA as reloaded from disk if it did. The root stays: agents'
+    /// X.509 bundles do not change.
     pub fn rotate_if_due(
         data_dir: &Path,
         trust_domain: &TrustDomain,
         now: SystemTime,
+        jwt_grace: Duration,
     ) -> Result<Option<Self>, CaStoreError> {
+        let _writing = CA_WRITES.lock().unwrap_or_else(|e| e.into_inner());
         // A CA deleted while the server runs is an error, never a new root.
         let current = Self::load_existing(data_dir, trust_domain, now)?;
         if now < current.rotation_due() {
@@ -181,6 +221,8 @@ impl DataDirCa {
         std::fs::rename(&next_key, dir.join(INTERMEDIATE_KEY)).map_err(io(next_key))?;
         std::fs::rename(&next_crt, dir.join(INTERMEDIATE_CRT)).map_err(io(next_crt))?;
         sync_dir(&dir).map_err(io(dir.clone()))?;
+        // A new JWT key with the new intermediate, so JWT keys rotate in data-dir mode too.
+        replace_jwt_key(&dir, &current, now, jwt_grace)?;
         let rotated = Self::load(&dir, trust_domain, now)?;
         tracing::info!(
             serial = %rotated.issuer.serial_hex(),
@@ -201,6 +243,21 @@ impl DataDirCa {
             );
         }
         Ok(Some(rotated))
+    }
+
+    /// Replaces the JWT key of `data_dir` with a new one; the old one stays published until
+    /// `now + grace` (recorded in `jwt-retired.json`). Returns the CA as reloaded from disk.
+    pub fn rotate_jwt_key(
+        data_dir: &Path,
+        trust_domain: &TrustDomain,
+        now: SystemTime,
+        grace: Duration,
+    ) -> Result<Self, CaStoreError> {
+        let _writing = CA_WRITES.lock().unwrap_or_else(|e| e.into_inner());
+        let current = Self::load_existing(data_dir, trust_domain, now)?;
+        let dir = data_dir.join("ca");
+        replace_jwt_key(&dir, &current, now, grace)?;
+        Self::load(&dir, trust_domain, now)
     }
 
     fn create(dir: &Path, td: &TrustDomain, now: SystemTime) -> Result<Self, CaStoreError> {
@@ -240,7 +297,12 @@ impl DataDirCa {
                 .map_err(|source| CaStoreError::Io { path, source })?;
         }
         tracing::info!(trust_domain = %td, dir = %dir.display(), "generated a new root and intermediate CA");
-        Ok(Self { root, issuer, jwt })
+        Ok(Self {
+            root,
+            issuer,
+            jwt,
+            retired_jwt: Vec::new(),
+        })
     }
 
     fn load(dir: &Path, td: &TrustDomain, now: SystemTime) -> Result<Self, CaStoreError> {
@@ -281,8 +343,103 @@ impl DataDirCa {
         let jwt_der = pem_decode_private_key(&jwt_pem)
             .ok_or_else(|| invalid(JWT_KEY, "not a PEM private key".into()))?;
         let jwt = JwtSigner::from_pkcs8(&jwt_der).map_err(|e| invalid(JWT_KEY, e.to_string()))?;
-        Ok(Self { root, issuer, jwt })
+        let retired_jwt = if dir.join(JWT_RETIRED).exists() {
+            parse_retired(&read(JWT_RETIRED)?)
+                .map_err(|m| invalid(JWT_RETIRED, m))?
+                .into_iter()
+                .filter(|(key, until)| *until > now && key.key_id != jwt.key_id())
+                .collect()
+        } else {
+            Vec::new()
+        };
+        Ok(Self {
+            root,
+            issuer,
+            jwt,
+            retired_jwt,
+        })
     }
+}
+
+/// Writes a new `jwt.key` in `dir`, recording `current`'s JWT key as retired until
+/// `now + grace` first (with the retired keys still in their grace).
+fn replace_jwt_key(
+    dir: &Path,
+    current: &DataDirCa,
+    now: SystemTime,
+    grace: Duration,
+) -> Result<(), CaStoreError> {
+    let (next, next_pkcs8) = JwtSigner::generate().map_err(|e| CaStoreError::Invalid {
+        path: dir.join(JWT_KEY),
+        message: format!("generating a JWT key: {e}"),
+    })?;
+    let mut retired: Vec<_> = current
+        .retired_jwt
+        .iter()
+        .filter(|(_, until)| *until > now)
+        .cloned()
+        .collect();
+    retired.push((current.jwt.authority(), now + grace));
+    // The soonest to go are dropped first if rotations outpace the grace.
+    retired.sort_by_key(|(_, until)| std::cmp::Reverse(*until));
+    retired.truncate(MAX_RETIRED_JWT_KEYS);
+    let file = RetiredJwtFile {
+        keys: retired
+            .iter()
+            .map(|(key, until)| RetiredJwtKey {
+                kid: key.key_id.clone(),
+                public_key: BASE64.encode(&key.public_key),
+                // Rounded up: never retired before the grace ends.
+                retire_at: until
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs() + u64::from(d.subsec_nanos() > 0)),
+            })
+            .collect(),
+    };
+    let json = serde_json::to_vec_pretty(&file).expect("retired keys serialise");
+    let write = |name: &str, contents: &[u8]| {
+        let path = dir.join(name);
+        write_private_atomic(&path, contents).map_err(|source| CaStoreError::Io { path, source })
+    };
+    // The record first: a crash before the key is replaced lists the signing key as retired,
+    // which load ignores; the other order could lose the old key while its tokens live.
+    write(JWT_RETIRED, &json)?;
+    let pem = lanyard_svid::pem::encode_private_key(&next_pkcs8);
+    write(JWT_KEY, pem.as_bytes())?;
+    tracing::info!(
+        kid = next.key_id(),
+        previous_kid = current.jwt.key_id(),
+        previous_published_until = humantime::format_rfc3339_seconds(now + grace).to_string(),
+        "rotated the JWT signing key"
+    );
+    Ok(())
+}
+
+/// Reads `jwt-retired.json`.
+fn parse_retired(text: &str) -> Result<Vec<(JwtAuthority, SystemTime)>, String> {
+    let file: RetiredJwtFile = serde_json::from_str(text).map_err(|e| e.to_string())?;
+    if file.keys.len() > MAX_RETIRED_JWT_KEYS {
+        return Err(format!("more than {MAX_RETIRED_JWT_KEYS} keys"));
+    }
+    file.keys
+        .into_iter()
+        .map(|key| {
+            let public_key = BASE64
+                .decode(&key.public_key)
+                .map_err(|e| format!("key {:?}: public_key is not base64: {e}", key.kid))?;
+            lanyard_svid::jwks::JwtPublicKey::from_spki_der(&public_key)
+                .map_err(|e| format!("key {:?}: {e}", key.kid))?;
+            let until = std::time::UNIX_EPOCH + Duration::from_secs(key.retire_at);
+            Ok((
+                JwtAuthority {
+                    key_id: key.kid,
+                    public_key,
+                    expires_at: None,
+                },
+                until,
+            ))
+        })
+        .collect()
 }
 
 /// Finishes or undoes a rotation that a crash cut short (see the module docs):
@@ -363,6 +520,104 @@ mod tests {
     }
 
     const DAY: Duration = Duration::from_secs(86_400);
+    const GRACE: Duration = Duration::from_secs(330);
+
+    /// Whole seconds, as `jwt-retired.json` records times.
+    fn secs(t: SystemTime) -> SystemTime {
+        std::time::UNIX_EPOCH
+            + Duration::from_secs(t.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs())
+    }
+
+    #[test]
+    fn a_jwt_key_rotation_keeps_the_old_key_published_for_the_grace_across_restarts() {
+        let dir = tempfile::tempdir().unwrap();
+        let t0 = secs(SystemTime::now());
+        let first = DataDirCa::load_or_create(dir.path(), &td("example.org"), t0).unwrap();
+        assert!(first.retired_jwt.is_empty());
+        let second = DataDirCa::rotate_jwt_key(dir.path(), &td("example.org"), t0, GRACE).unwrap();
+        assert_ne!(second.jwt.key_id(), first.jwt.key_id());
+        assert_eq!(
+            second.issuer.cert_der(),
+            first.issuer.cert_der(),
+            "the CA stays"
+        );
+        assert_eq!(second.retired_jwt, [(first.jwt.authority(), t0 + GRACE)]);
+        let ca = dir.path().join("ca");
+        assert_eq!(mode_of(&ca.join(JWT_KEY)).unwrap(), 0o600);
+        assert_eq!(mode_of(&ca.join(JWT_RETIRED)).unwrap(), 0o600);
+
+        // A second rotation a minute later: both old keys, each until its own time.
+        let t1 = t0 + Duration::from_secs(60);
+        let third = DataDirCa::rotate_jwt_key(dir.path(), &td("example.org"), t1, GRACE).unwrap();
+        let mut kids: Vec<_> = third
+            .retired_jwt
+            .iter()
+            .map(|(k, until)| (k.key_id.clone(), *until))
+            .collect();
+        kids.sort_by_key(|(_, until)| *until);
+        assert_eq!(
+            kids,
+            [
+                (first.jwt.key_id().to_owned(), t0 + GRACE),
+                (second.jwt.key_id().to_owned(), t1 + GRACE)
+            ]
+        );
+
+        // A restart within the grace of the second only: the first is gone.
+        let restarted =
+            DataDirCa::load_or_create(dir.path(), &td("example.org"), t0 + GRACE).unwrap();
+        assert_eq!(restarted.jwt.key_id(), third.jwt.key_id());
+        assert_eq!(
+            restarted.retired_jwt,
+            [(second.jwt.authority(), t1 + GRACE)]
+        );
+        // After it: none.
+        let later = DataDirCa::load_or_create(dir.path(), &td("example.org"), t1 + GRACE).unwrap();
+        assert!(later.retired_jwt.is_empty());
+    }
+
+    #[test]
+    fn a_jwt_rotation_cut_short_after_the_record_keeps_the_signing_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = secs(SystemTime::now());
+        let ca = DataDirCa::load_or_create(dir.path(), &td("example.org"), now).unwrap();
+        // The record written, the new key not: it lists the key still signing.
+        let record = format!(
+            r#"{{"keys":[{{"kid":"{}","public_key":"{}","retire_at":{}}}]}}"#,
+            ca.jwt.key_id(),
+            BASE64.encode(&ca.jwt.authority().public_key),
+            (now + GRACE)
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs()
+        );
+        write_private_atomic(&dir.path().join("ca").join(JWT_RETIRED), record.as_bytes()).unwrap();
+        let loaded = DataDirCa::load_or_create(dir.path(), &td("example.org"), now).unwrap();
+        assert_eq!(loaded.jwt.key_id(), ca.jwt.key_id());
+        assert!(
+            loaded.retired_jwt.is_empty(),
+            "the signing key is not retired"
+        );
+    }
+
+    #[test]
+    fn a_bad_retired_key_record_refuses_with_its_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = SystemTime::now();
+        DataDirCa::load_or_create(dir.path(), &td("example.org"), now).unwrap();
+        let path = dir.path().join("ca").join(JWT_RETIRED);
+        for bad in [
+            "not json",
+            r#"{"keys":[{"kid":"a","public_key":"AAAA","retire_at":1}]}"#,
+            r#"{"keys":[],"extra":1}"#,
+        ] {
+            write_private_atomic(&path, bad.as_bytes()).unwrap();
+            let err = DataDirCa::load_or_create(dir.path(), &td("example.org"), now)
+                .err()
+                .unwrap_or_else(|| panic!("{bad} accepted"));
+            assert!(err.to_string().contains(JWT_RETIRED), "{bad}: {err}");
+        }
+    }
 
     #[test]
     fn the_intermediate_is_rotated_at_two_thirds_of_its_life() {
@@ -376,9 +631,10 @@ mod tests {
         );
 
         let before_due = due - DAY;
-        let kept = DataDirCa::rotate_if_due(dir.path(), &td("example.org"), before_due).unwrap();
+        let kept =
+            DataDirCa::rotate_if_due(dir.path(), &td("example.org"), before_due, GRACE).unwrap();
         assert!(kept.is_none());
-        let rotated = DataDirCa::rotate_if_due(dir.path(), &td("example.org"), due)
+        let rotated = DataDirCa::rotate_if_due(dir.path(), &td("example.org"), due, GRACE)
             .unwrap()
             .expect("rotated when due");
         assert_ne!(rotated.issuer.cert_der(), first.issuer.cert_der());
@@ -387,10 +643,18 @@ mod tests {
             first.root.cert_der(),
             "the root stays"
         );
-        assert_eq!(
+        assert_ne!(
             rotated.jwt.key_id(),
             first.jwt.key_id(),
-            "the JWT key stays"
+            "the JWT key is replaced with the intermediate"
+        );
+        let [(retired, until)] = rotated.retired_jwt.as_slice() else {
+            panic!("one retired key: {:?}", rotated.retired_jwt)
+        };
+        assert_eq!(retired, &first.jwt.authority());
+        assert!(
+            *until >= due + GRACE && *until < due + GRACE + Duration::from_secs(1),
+            "the old JWT key stays published for the grace (to the second, rounded up)"
         );
         assert!(rotated.issuer.not_after() >= due + 364 * DAY);
         check_signed_by(rotated.issuer.cert_der(), first.root.cert_der()).unwrap();
@@ -403,7 +667,7 @@ mod tests {
         assert!(!ca.join(NEXT_INTERMEDIATE_CRT).exists());
         // Not due again until two thirds of the new one's life.
         assert!(
-            DataDirCa::rotate_if_due(dir.path(), &td("example.org"), due + DAY)
+            DataDirCa::rotate_if_due(dir.path(), &td("example.org"), due + DAY, GRACE)
                 .unwrap()
                 .is_none()
         );

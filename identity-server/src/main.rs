@@ -42,6 +42,22 @@ enum Command {
         #[command(subcommand)]
         command: EntryCommand,
     },
+    /// The data dir's CA.
+    Ca {
+        #[command(subcommand)]
+        command: CaCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum CaCommand {
+    /// Sign JWT-SVIDs with a new key from now on. The old key stays in the trust bundle (and
+    /// the OIDC JWK Set) until every token it signed has expired, also across a restart.
+    RotateJwtKey {
+        /// Data dir of the running server (its admin socket lives there).
+        #[arg(long, env = "LANYARD_DATA_DIR")]
+        data_dir: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -173,6 +189,23 @@ async fn main() -> anyhow::Result<()> {
                     .write_all(text.as_bytes())
                     .and_then(|()| stdout.flush())
                     .context("writing to stdout")?;
+            }
+            other => fail(other)?,
+        },
+        Command::Ca {
+            command: CaCommand::RotateJwtKey { data_dir },
+        } => match admin::call(&data_dir, &AdminRequest::CaRotateJwtKey).await? {
+            AdminResponse::JwtKeyRotated {
+                kid,
+                previous_kid,
+                previous_published_until_unix_secs,
+            } => {
+                let until = std::time::UNIX_EPOCH
+                    + std::time::Duration::from_secs(previous_published_until_unix_secs);
+                println!(
+                    "JWT-SVIDs are signed with key {kid} now; the previous key {previous_kid} stays published until {}",
+                    humantime::format_rfc3339_seconds(until)
+                );
             }
             other => fail(other)?,
         },

@@ -2,9 +2,65 @@
 //! to (`jwks_uri`), so relying parties that speak OIDC (cloud IAM, Vault) verify JWT-SVIDs
 //! from the issuer URL alone. The keys are the trust bundle's JWT authorities, so they follow
 //! every JWT key rotation (a retired key stays published until the tokens it signed expire).
+//!
+//! Served (under the issuer's own path, if it has one):
+//! - `/.well-known/openid-configuration`: `issuer`, `jwks_uri` (`<issuer>/keys`),
+//!   `authorization_endpoint` (empty: there is none), `response_types_supported: ["id_token"]`,
+//!   `subject_types_supported: ["public"]`, `id_token_signing_alg_values_supported` (ES256,
+//!   which Lanyard signs with, and the algorithms of any other published key), as SPIRE's
+//!   OIDC discovery provider serves it;
+//! - `/keys`: the JWT authorities as a plain JWK Set (`kid`, `use: "sig"`, `alg`; see
+//!   [`lanyard_svid::TrustBundle::to_oidc_jwks`]).
+//!
+//! Documents are encoded once per bundle (read from the authority's bundle watch at each
+//! request, so a rotation shows at once). GET and HEAD only; HTTP/1.1; bounded: connections,
+//! TLS handshake time, header size and read time, and each connection's lifetime.
 
+use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::Full;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use lanyard_svid::TrustBundle;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, watch};
+use tokio_rustls::TlsAcceptor;
+
+use crate::authority::Authority;
+
+/// Connections served at once; more wait in the kernel's backlog.
+const MAX_CONNECTIONS: usize = 512;
+/// A TLS handshake not finished in this time is dropped.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// A request's headers not received in this time (also between keep-alive requests).
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest request head read (hyper's smallest allowed buffer): the requests are tiny GETs.
+const MAX_HEADER_BYTES: usize = 8192;
+/// A connection is closed (gracefully) after this, however busy.
+const CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
+/// How long a connection closing at its lifetime may finish its response.
+const CLOSE_GRACE: Duration = Duration::from_secs(5);
+/// Largest certificate or key file read.
+const MAX_PEM_FILE: u64 = 1 << 20;
+/// `Cache-Control` of the discovery document: it changes only with the algorithms in use.
+const DISCOVERY_CACHE_CONTROL: &str = "public, max-age=3600";
+/// `Cache-Control` of the JWK Set: short, so a relying party that caches it and does not
+/// refetch on an unknown `kid` still sees a new key soon after a rotation.
+const KEYS_CACHE_CONTROL: &str = "public, max-age=60";
+/// The discovery path, appended to the issuer's path.
+const DISCOVERY_PATH: &str = "/.well-known/openid-configuration";
+/// The JWK Set's path, appended to the issuer's path.
+const KEYS_PATH: &str = "/keys";
+/// What Lanyard signs JWT-SVIDs with, always listed.
+const SIGNING_ALGORITHM: &str = "ES256";
 
 /// `--oidc-listen` and what goes with it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,6 +92,17 @@ pub enum OidcError {
         addr: std::net::SocketAddr,
         source: std::io::Error,
     },
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path} is readable by others (mode {mode:o}); run `chmod 600` on it (--oidc-key)")]
+    InsecureKey { path: PathBuf, mode: u32 },
+    #[error("{path}: {message}")]
+    Pem { path: PathBuf, message: String },
+    #[error("--oidc-cert and --oidc-key: {0}")]
+    Tls(String),
 }
 
 /// Serves the discovery document and JWKS of `authority`'s bundle on `settings.listen`,
@@ -45,7 +112,433 @@ pub async fn start(
     authority: std::sync::Arc<crate::authority::Authority>,
     on_listening: &impl Fn(&'static str, SocketAddr),
 ) -> Result<tokio::task::JoinHandle<()>, OidcError> {
-    // Filled in by the OIDC work.
-    let _ = (settings, authority, on_listening);
-    Ok(tokio::spawn(async {}))
+    let tls = match &settings.transport {
+        OidcTransport::Https {
+            cert_file,
+            key_file,
+        } => Some(TlsAcceptor::from(Arc::new(tls_config(
+            cert_file, key_file,
+        )?))),
+        OidcTransport::InsecureHttp => None,
+    };
+    let listener = TcpListener::bind(settings.listen)
+        .await
+        .map_err(|source| OidcError::Bind {
+            addr: settings.listen,
+            source,
+        })?;
+    let documents = Arc::new(Documents::new(&settings.issuer, &authority));
+    on_listening("oidc", listener.local_addr().unwrap_or(settings.listen));
+    Ok(tokio::spawn(serve(listener, tls, documents)))
+}
+
+/// The documents of one bundle, encoded.
+struct Encoded {
+    discovery: Bytes,
+    /// `Err` when a key cannot be written as a JWK (then `/keys` answers 500, not a partial
+    /// set).
+    keys: Result<Bytes, String>,
+}
+
+/// What the listener serves, following the authority's bundle.
+struct Documents {
+    issuer: String,
+    jwks_uri: String,
+    discovery_path: String,
+    keys_path: String,
+    bundles: watch::Receiver<Option<Arc<TrustBundle>>>,
+    /// The last bundle encoded, and its documents.
+    cache: Mutex<Option<(Arc<TrustBundle>, Arc<Encoded>)>>,
+}
+
+impl Documents {
+    fn new(issuer: &str, authority: &Authority) -> Self {
+        // The issuer is checked (https, a host, no query, fragment or trailing '/'), so its
+        // path is what follows the host.
+        let after_scheme = issuer.split_once("://").map_or(issuer, |(_, rest)| rest);
+        let prefix = after_scheme.find('/').map_or("", |i| &after_scheme[i..]);
+        Self {
+            issuer: issuer.to_owned(),
+            jwks_uri: format!("{issuer}{KEYS_PATH}"),
+            discovery_path: format!("{prefix}{DISCOVERY_PATH}"),
+            keys_path: format!("{prefix}{KEYS_PATH}"),
+            bundles: authority.subscribe_bundle(),
+            cache: Mutex::new(None),
+        }
+    }
+
+    /// The documents of the current bundle; `None` before the CA is loaded.
+    fn current(&self) -> Option<Arc<Encoded>> {
+        let bundle = self.bundles.borrow().clone()?;
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((cached, encoded)) = cache.as_ref()
+            && Arc::ptr_eq(cached, &bundle)
+        {
+            return Some(encoded.clone());
+        }
+        let encoded = Arc::new(self.encode(&bundle));
+        *cache = Some((bundle, encoded.clone()));
+        Some(encoded)
+    }
+
+    fn encode(&self, bundle: &TrustBundle) -> Encoded {
+        let mut algorithms = vec![SIGNING_ALGORITHM];
+        for algorithm in bundle.jwt_algorithms() {
+            if !algorithms.contains(&algorithm) {
+                algorithms.push(algorithm);
+            }
+        }
+        let discovery = serde_json::json!({
+            "issuer": self.issuer,
+            "jwks_uri": self.jwks_uri,
+            // Required by OIDC Discovery; there is no authorization flow, only ID-token-like
+            // JWT-SVIDs (SPIRE's provider serves the same).
+            "authorization_endpoint": "",
+            "response_types_supported": ["id_token"],
+            "subject_types_supported": ["public"],
+            "id_token_signing_alg_values_supported": algorithms,
+        });
+        let keys = bundle.to_oidc_jwks().map(Bytes::from).map_err(|e| {
+            tracing::error!(error = %e, "the JWT keys cannot be served as a JWK Set");
+            e.to_string()
+        });
+        Encoded {
+            discovery: Bytes::from(discovery.to_string()),
+            keys,
+        }
+    }
+
+    fn respond<B>(&self, request: &Request<B>) -> Response<Full<Bytes>> {
+        let path = request.uri().path();
+        let document = if path == self.discovery_path {
+            Document::Discovery
+        } else if path == self.keys_path {
+            Document::Keys
+        } else {
+            return text(StatusCode::NOT_FOUND, "not found\n");
+        };
+        if request.method() != Method::GET && request.method() != Method::HEAD {
+            let mut response = text(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD\n");
+            response
+                .headers_mut()
+                .insert(header::ALLOW, header::HeaderValue::from_static("GET, HEAD"));
+            return response;
+        }
+        let Some(encoded) = self.current() else {
+            return text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the CA is not loaded yet\n",
+            );
+        };
+        let (body, cache_control) = match document {
+            Document::Discovery => (encoded.discovery.clone(), DISCOVERY_CACHE_CONTROL),
+            Document::Keys => match &encoded.keys {
+                Ok(keys) => (keys.clone(), KEYS_CACHE_CONTROL),
+                Err(_) => {
+                    return text(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "a JWT key cannot be written as a JWK; see the server's log\n",
+                    );
+                }
+            },
+        };
+        // hyper leaves the body out of a HEAD answer and keeps its length.
+        let mut response = Response::new(Full::new(body));
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            header::HeaderValue::from_static("application/json"),
+        );
+        headers.insert(
+            header::CACHE_CONTROL,
+            header::HeaderValue::from_static(cache_control),
+        );
+        headers.insert(
+            header::X_CONTENT_TYPE_OPTIONS,
+            header::HeaderValue::from_static("nosniff"),
+        );
+        response
+    }
+}
+
+/// Which document a request names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Document {
+    Discovery,
+    Keys,
+}
+
+impl std::fmt::Display for Document {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Discovery => "discovery",
+            Self::Keys => "keys",
+        })
+    }
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+async fn serve(listener: TcpListener, tls: Option<TlsAcceptor>, documents: Arc<Documents>) {
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // Out of file descriptors, say: back off rather than spin.
+                tracing::warn!(error = %e, "OIDC discovery listener: accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let (tls, documents) = (tls.clone(), documents.clone());
+        tokio::spawn(async move {
+            let _slot = slot;
+            match tls {
+                None => serve_connection(TokioIo::new(stream), documents).await,
+                Some(acceptor) => {
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                        Ok(Ok(stream)) => serve_connection(TokioIo::new(stream), documents).await,
+                        Ok(Err(e)) => {
+                            tracing::debug!(error = %e, "OIDC discovery: TLS handshake failed")
+                        }
+                        Err(_) => tracing::debug!("OIDC discovery: TLS handshake timed out"),
+                    }
+                }
+            }
+        });
+    }
+}
+
+async fn serve_connection<I>(io: I, documents: Arc<Documents>)
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let service = service_fn(move |request: Request<hyper::body::Incoming>| {
+        let response = documents.respond(&request);
+        tracing::debug!(
+            method = %request.method(),
+            path = request.uri().path(),
+            status = response.status().as_u16(),
+            "OIDC discovery request"
+        );
+        async move { Ok::<_, Infallible>(response) }
+    });
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_buf_size(MAX_HEADER_BYTES);
+    let connection = builder.serve_connection(io, service);
+    tokio::pin!(connection);
+    tokio::select! {
+        _ = connection.as_mut() => {}
+        () = tokio::time::sleep(CONNECTION_LIFETIME) => {
+            connection.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(CLOSE_GRACE, connection).await;
+        }
+    }
+}
+
+/// The listener's TLS configuration from PEM files; the key file must be private.
+fn tls_config(cert_file: &Path, key_file: &Path) -> Result<rustls::ServerConfig, OidcError> {
+    let mode = lanyard_daemon::private_file::mode_of(key_file).map_err(|source| OidcError::Io {
+        path: key_file.to_owned(),
+        source,
+    })?;
+    if mode & 0o077 != 0 {
+        return Err(OidcError::InsecureKey {
+            path: key_file.to_owned(),
+            mode,
+        });
+    }
+    let cert_pem = read_bounded(cert_file)?;
+    let chain = CertificateDer::pem_slice_iter(&cert_pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| OidcError::Pem {
+            path: cert_file.to_owned(),
+            message: format!("not a PEM certificate chain: {e}"),
+        })?;
+    if chain.is_empty() {
+        return Err(OidcError::Pem {
+            path: cert_file.to_owned(),
+            message: "holds no certificate".into(),
+        });
+    }
+    let key_pem = zeroize::Zeroizing::new(read_bounded(key_file)?);
+    let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| OidcError::Pem {
+        path: key_file.to_owned(),
+        message: format!("not a PEM private key: {e}"),
+    })?;
+    let mut config =
+        rustls::ServerConfig::builder_with_provider(lanyard_svid::verify::crypto_provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| OidcError::Tls(e.to_string()))?
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .map_err(|e| OidcError::Tls(format!("the key does not fit the certificate: {e}")))?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+fn read_bounded(path: &Path) -> Result<Vec<u8>, OidcError> {
+    use std::io::Read;
+    let io = |source| OidcError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let mut contents = Vec::new();
+    std::fs::File::open(path)
+        .map_err(io)?
+        .take(MAX_PEM_FILE + 1)
+        .read_to_end(&mut contents)
+        .map_err(io)?;
+    if contents.len() as u64 > MAX_PEM_FILE {
+        return Err(OidcError::Pem {
+            path: path.to_owned(),
+            message: format!("larger than {MAX_PEM_FILE} bytes"),
+        });
+    }
+    Ok(contents)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lanyard_svid::TrustDomain;
+    use lanyard_svid::ca::RootCa;
+    use lanyard_svid::jwt::JwtSigner;
+    use std::time::SystemTime;
+
+    fn authority() -> Arc<Authority> {
+        let td = TrustDomain::new("example.org").unwrap();
+        let now = SystemTime::now();
+        let root = RootCa::generate(&td, Duration::from_secs(86_400), now).unwrap();
+        let authority = Arc::new(Authority::new(td));
+        authority
+            .install(
+                crate::authority::SigningMaterial {
+                    issuer: root
+                        .issue_intermediate(Duration::from_secs(86_400), now)
+                        .unwrap(),
+                    roots: vec![root.cert_der().clone()],
+                    jwt: JwtSigner::generate().unwrap().0,
+                    published_jwt: Vec::new(),
+                },
+                now,
+            )
+            .unwrap();
+        authority
+    }
+
+    fn get(documents: &Documents, method: Method, path: &str) -> Response<Full<Bytes>> {
+        let request = Request::builder()
+            .method(method)
+            .uri(path)
+            .body(())
+            .unwrap();
+        documents.respond(&request)
+    }
+
+    #[test]
+    fn an_issuer_with_a_path_serves_under_it() {
+        let authority = authority();
+        let documents = Documents::new("https://auth.example.org/lanyard/prod", &authority);
+        assert_eq!(
+            documents.discovery_path,
+            "/lanyard/prod/.well-known/openid-configuration"
+        );
+        assert_eq!(
+            documents.jwks_uri,
+            "https://auth.example.org/lanyard/prod/keys"
+        );
+        assert_eq!(
+            get(&documents, Method::GET, "/lanyard/prod/keys").status(),
+            StatusCode::OK
+        );
+        assert_eq!(
+            get(&documents, Method::GET, "/keys").status(),
+            StatusCode::NOT_FOUND
+        );
+        let plain = Documents::new("https://auth.example.org", &authority);
+        assert_eq!(plain.discovery_path, DISCOVERY_PATH);
+        assert_eq!(plain.keys_path, KEYS_PATH);
+    }
+
+    #[test]
+    fn documents_follow_the_bundle_and_are_encoded_once_per_bundle() {
+        let authority = authority();
+        let documents = Documents::new("https://auth.example.org", &authority);
+        let first = documents.current().unwrap();
+        assert!(Arc::ptr_eq(&first, &documents.current().unwrap()));
+        let kid = authority.active().unwrap().jwt.key_id().to_owned();
+        assert!(String::from_utf8_lossy(first.keys.as_ref().unwrap()).contains(&kid));
+        // A JWT key rotation: the next request sees the new bundle.
+        let active = authority.active().unwrap();
+        authority
+            .install(
+                crate::authority::SigningMaterial {
+                    issuer: lanyard_svid::Issuer::from_pem(
+                        authority.trust_domain(),
+                        &active.issuer.cert_chain_pem(),
+                        &active.issuer.key_pem(),
+                    )
+                    .unwrap(),
+                    roots: active.bundle.x509_authorities().to_vec(),
+                    jwt: JwtSigner::generate().unwrap().0,
+                    published_jwt: Vec::new(),
+                },
+                SystemTime::now(),
+            )
+            .unwrap();
+        let second = documents.current().unwrap();
+        assert!(!Arc::ptr_eq(&first, &second));
+        let keys: serde_json::Value =
+            serde_json::from_slice(second.keys.as_ref().unwrap()).unwrap();
+        assert_eq!(keys["keys"].as_array().unwrap().len(), 2, "{keys}");
+    }
+
+    #[test]
+    fn before_the_ca_is_loaded_both_documents_are_unavailable() {
+        let authority = Authority::new(TrustDomain::new("example.org").unwrap());
+        let documents = Documents::new("https://auth.example.org", &authority);
+        for path in [DISCOVERY_PATH, KEYS_PATH] {
+            assert_eq!(
+                get(&documents, Method::GET, path).status(),
+                StatusCode::SERVICE_UNAVAILABLE
+            );
+        }
+    }
+
+    #[test]
+    fn a_group_readable_key_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+        let pair = rcgen::generate_simple_self_signed(vec!["oidc.example.org".into()]).unwrap();
+        std::fs::write(&cert, pair.cert.pem()).unwrap();
+        std::fs::write(&key, pair.signing_key.serialize_pem()).unwrap();
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o640)).unwrap();
+        assert!(matches!(
+            tls_config(&cert, &key),
+            Err(OidcError::InsecureKey { mode: 0o640, .. })
+        ));
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+        tls_config(&cert, &key).expect("a private key file is accepted");
+        // A certificate file holding no certificate.
+        std::fs::write(&cert, "nothing here\n").unwrap();
+        let err = tls_config(&cert, &key).unwrap_err();
+        assert!(err.to_string().contains("no certificate"), "{err}");
+    }
 }

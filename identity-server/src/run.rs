@@ -118,11 +118,15 @@ pub async fn run(
     let mut registry = Registry::default();
     let metrics = ServerMetrics::register(&mut registry);
     let reload_status = crate::entry_reload::ReloadStatus::register(&mut registry);
-    let authority = Arc::new(Authority::new(config.trust_domain.clone()));
+    // A JWT key that stops signing stays published until the tokens it signed expire.
+    let authority = Arc::new(Authority::with_retired_jwt_grace(
+        config.trust_domain.clone(),
+        crate::authority::retired_jwt_grace(longest_svid_ttl(&config)),
+    ));
     // A departed agent's workloads live on its last bundle until their SVIDs run out.
     let acks = BundleAcks::remembering_departed(longest_svid_ttl(&config));
 
-    let mut tasks = Vec::new();
+    let mut tasks = vec![crate::authority::spawn_retirer(authority.clone())];
     // Cluster mode: where this replica's CA report goes.
     let mut report_sink = None;
     let entries = EntryStore::new(config.entries.clone());
@@ -140,6 +144,7 @@ pub async fn run(
             } else {
                 DataDirCa::load_existing(data_dir, &config.trust_domain, now)?
             };
+            authority.keep_retired_jwt(ca.retired_jwt.clone(), now);
             authority.install(
                 SigningMaterial {
                     roots: vec![ca.root.cert_der().clone()],
@@ -261,6 +266,7 @@ pub async fn run(
             data_dir,
             Arc::new(Admin {
                 authority: authority.clone(),
+                data_dir: matches!(config.mode, Mode::DataDir).then(|| data_dir.clone()),
                 join_tokens,
                 evictions,
                 entry_show: admin::EntryShow {
@@ -564,6 +570,8 @@ fn spawn_ca_metrics(
 /// The admin socket's requests, answered from the running server's state.
 struct Admin {
     authority: Arc<Authority>,
+    /// Data-dir mode: where the CA lives (`ca rotate-jwt-key` writes there).
+    data_dir: Option<std::path::PathBuf>,
     join_tokens: Option<Arc<JoinTokens>>,
     evictions: Option<Arc<Evictions>>,
     entry_show: admin::EntryShow,
@@ -617,6 +625,10 @@ impl AdminHandler for Admin {
                 }
             }
             AdminRequest::EntryShow { node } => self.entry_show.answer(node),
+            AdminRequest::CaRotateJwtKey => match &self.data_dir {
+                Some(data_dir) => admin::rotate_jwt_key(data_dir, &self.authority),
+                None => error("in cluster mode the JWT key rotates with `lanyard ca rotate-root` (jwt-next.key, jwt-previous.key)".into()),
+            },
             AdminRequest::BundleShow => match self.authority.active() {
                 Some(active) => AdminResponse::Bundle {
                     pem: lanyard_svid::pem::encode_certificates(active.bundle.x509_authorities()),
