@@ -2,7 +2,9 @@
 //! to us (server side) or may be the server we meant to reach (client side).
 //!
 //! Verification (is this chain a genuine SVID of its trust domain?) always runs first; an
-//! [`Authorizer`] only ever sees IDs of verified peers.
+//! [`Authorizer`] only ever sees IDs of verified peers. Holding a bundle makes a domain's
+//! peers verifiable, not allowed: [`AllowPolicy`] (the proxy's `--allow`) reads `any` as our
+//! own trust domain, so a federated domain's workloads need a rule naming them.
 
 use std::fmt;
 use std::str::FromStr;
