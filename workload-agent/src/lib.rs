@@ -9,6 +9,8 @@
 //!   layer (header check, caller attested once per call and handed down as a typed
 //!   [`socket::Caller`]) and the one [`socket::serve()`] that mounts the services below.
 //! - [`workload_api`]: the SPIFFE Workload API, a plain service on that socket.
+//! - [`sds`]: Envoy SDS v3 (`SecretDiscoveryService`), a plain service on that socket too:
+//!   the caller's X.509-SVIDs and bundles as Envoy `Secret`s, pushed at every rotation.
 //! - [`csi`]: the CSI node plugin `csi.lanyard.dev` on its own socket for the kubelet:
 //!   publishing a pod's inline volume gives that pod a socket of its own (a pod socket,
 //!   served by [`socket`]), its caller's pod known from the mount.
@@ -44,6 +46,7 @@ pub mod manager;
 pub mod metrics;
 pub mod node_svid;
 pub mod run;
+pub mod sds;
 pub mod server_client;
 pub mod socket;
 pub mod workload_api;

@@ -3,8 +3,10 @@
 //!
 //! For a call to a mounted service's known method, in this order (as SPIRE's endpoint
 //! middleware does):
-//! 1. the `workload.spiffe.io: true` metadata, for a service that requires it (the SPIFFE
-//!    Workload API); missing or wrong is refused here;
+//! 1. the `workload.spiffe.io: true` metadata, for a service that requires it
+//!    ([`AdmissionPolicy::requires_header`]: the SPIFFE Workload API does; Envoy SDS does not,
+//!    since Envoy never sends it, as SPIRE exempts SDS from it); missing or wrong is refused
+//!    here;
 //! 2. the caller, from the connection's peer credentials (pinned at accept, see
 //!    [`super::accept`]), attested once for the call; a refused attestation is refused here.
 //!    On a pod's own socket the attestor is handed that socket's pod (known from the CSI
@@ -305,6 +307,27 @@ mod tests {
         }
     }
 
+    /// A policy like SDS's: no header, every call attested.
+    struct NoHeaderPolicy;
+
+    impl AdmissionPolicy for NoHeaderPolicy {
+        fn service_name(&self) -> &'static str {
+            "Open"
+        }
+        fn method(&self, name: &str) -> Option<&'static str> {
+            (name == "Call").then_some("Call")
+        }
+        fn requires_header(&self) -> bool {
+            false
+        }
+        fn attests(&self, _method: &'static str) -> bool {
+            true
+        }
+        fn refuse(&self, _method: &'static str, refusal: AdmissionRefusal) -> Status {
+            Status::unavailable(refusal.to_string())
+        }
+    }
+
     /// Runs one call through the layer over a service that counts the calls reaching it and
     /// records the caller it was handed.
     async fn call(
@@ -326,7 +349,7 @@ mod tests {
         });
         let layer = AdmissionLayer::new(
             Arc::new(WorkloadAttestor::default()),
-            vec![Arc::new(HeaderPolicy)],
+            vec![Arc::new(HeaderPolicy), Arc::new(NoHeaderPolicy)],
         );
         let mut request = http::Request::builder().uri(path);
         if header {
@@ -385,6 +408,23 @@ mod tests {
         let caller = caller.expect("the caller is handed down");
         assert_eq!(caller.cred, peer.cred.unwrap());
         assert!(!caller.attested.selectors.is_empty());
+    }
+
+    #[tokio::test]
+    async fn the_header_is_checked_per_service() {
+        // Without the header: refused by the service that requires it, admitted (and
+        // attested) by the one that does not.
+        let (response, reached, _) = call("/Svc/Call", false, Some(this_process())).await;
+        assert_eq!(grpc_status(&response), Some("3"));
+        assert_eq!(reached, 0);
+        let (response, reached, caller) = call("/Open/Call", false, Some(this_process())).await;
+        assert_eq!(grpc_status(&response), None);
+        assert_eq!(reached, 1);
+        assert!(caller.is_some(), "attested all the same");
+        // Attestation still applies to it.
+        let (response, reached, _) = call("/Open/Call", false, None).await;
+        assert_eq!(grpc_status(&response), Some("14"));
+        assert_eq!(reached, 0);
     }
 
     #[tokio::test]

@@ -1,6 +1,7 @@
 //! The agent's Unix socket, with one owner: everything between a connecting process and the
-//! services that answer it. The SPIFFE Workload API and `lanyard.discovery.v1` are plain gRPC
-//! services mounted here by [`serve()`]; they read the attested [`Caller`] from each request.
+//! services that answer it. The SPIFFE Workload API, Envoy SDS ([`crate::sds`]) and
+//! `lanyard.discovery.v1` are plain gRPC services mounted here by [`serve()`]; they read the
+//! attested [`Caller`] from each request.
 //!
 //! - [`bind`](mod@bind): binding (0755 parent, stale socket replaced, 0777 socket) and
 //!   removal when the server stops.
@@ -11,8 +12,9 @@
 //! - [`open_files`]: the open-files limit raised at start (two descriptors per connection).
 //! - [`limits`]: the connection-level bounds ([`ConnectionLimits`]) and the HTTP/2 server
 //!   built from them.
-//! - [`admission`]: the one admission layer: the `workload.spiffe.io` header check for the
-//!   SPIFFE service, the caller attested once per call and handed down as a [`Caller`].
+//! - [`admission`]: the one admission layer: the `workload.spiffe.io` header check per
+//!   service (the Workload API requires it; SDS and discovery do not), the caller attested
+//!   once per call and handed down as a [`Caller`].
 //! - [`caller`]: the typed [`Caller`], and the per-caller stream budget services count in.
 //! - [`pods`]: pod sockets, the socket published into one pod by the CSI plugin: bound while
 //!   [`serve()`] runs, each connection carrying its pod ([`SocketPod`]) to the admission layer.

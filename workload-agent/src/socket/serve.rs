@@ -15,6 +15,7 @@ use super::pods::{DetachOnDrop, PodSockets};
 use crate::attest::WorkloadAttestor;
 use crate::discovery::{DiscoveryService, WATCHES_PER_CALLER};
 use crate::identities::WorkloadIdentities;
+use crate::sds::{SdsLimits, SdsService};
 use crate::server_client::discovery_cache::DiscoveryCache;
 use crate::workload_api::{self, WorkloadApiMetrics, WorkloadApiService};
 
@@ -38,11 +39,16 @@ pub fn listener_line(socket: &Path) -> String {
     format!("listening on unix:{} ({LISTENER_ROLE})", socket.display())
 }
 
-/// What [`serve`] mounts on the socket: the Workload API, `lanyard.discovery.v1`, or both;
-/// and the pod sockets served beside the node socket, if any.
+/// What [`serve`] mounts on the socket: the Workload API (with Envoy SDS beside it, over the
+/// same identities, as SPIRE's agent serves both on its socket), `lanyard.discovery.v1`, or
+/// both; and the pod sockets served beside the node socket, if any.
 #[derive(Default)]
 pub struct Services {
     workload_api: Option<WorkloadApiMount>,
+    /// `None` with a Workload API mounted: SDS with [`SdsLimits::default`].
+    sds_limits: Option<SdsLimits>,
+    /// SDS left out (see [`Services::without_sds`]).
+    no_sds: bool,
     discovery: Option<DiscoveryMount>,
     pod_sockets: Option<PodSockets>,
 }
@@ -76,6 +82,18 @@ impl Services {
             limits,
             metrics,
         });
+        self
+    }
+
+    /// SDS (mounted with the Workload API) within `limits` instead of the defaults.
+    pub fn sds_limits(mut self, limits: SdsLimits) -> Self {
+        self.sds_limits = Some(limits);
+        self
+    }
+
+    /// The Workload API without Envoy SDS beside it.
+    pub fn without_sds(mut self) -> Self {
+        self.no_sds = true;
         self
     }
 
@@ -134,6 +152,17 @@ pub async fn serve(
     let _remove = RemoveOnDrop(socket.to_owned());
     let (stop_tx, stopping) = watch::channel(false);
     let mut policies: Vec<Arc<dyn AdmissionPolicy>> = Vec::new();
+    // SDS rides with the Workload API: same identities, same socket, same admission (without
+    // the `workload.spiffe.io` header, which Envoy does not send).
+    let sds = match (&services.workload_api, services.no_sds) {
+        (Some(m), false) => {
+            let limits = services.sds_limits.unwrap_or_default();
+            let service = SdsService::new(m.identities.clone(), limits, stopping.clone());
+            policies.push(Arc::new(service.admission_policy()));
+            Some(service.into_server())
+        }
+        _ => None,
+    };
     let workload_api = services.workload_api.map(|m| {
         let service = WorkloadApiService::new(m.identities, &m.limits, m.metrics, stopping.clone());
         policies.push(Arc::new(service.admission_policy()));
@@ -167,6 +196,7 @@ pub async fn serve(
     server_builder(&limits)
         .layer(AdmissionLayer::new(attestor, policies))
         .add_optional_service(workload_api)
+        .add_optional_service(sds)
         .add_optional_service(discovery)
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await?;
