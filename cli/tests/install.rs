@@ -168,6 +168,7 @@ fn full_install_is_the_base_plus_the_ca() {
         kinds(&all),
         [
             "CustomResourceDefinition",
+            "CustomResourceDefinition",
             "Namespace",
             "ServiceAccount",
             "ServiceAccount",
@@ -1049,23 +1050,31 @@ fn cni_objects_only_with_cni() {
     );
 }
 
-/// The LanyardIdentity CRD is the first document of every rendering (so `kubectl apply`
-/// creates it before anything uses it) and is the registration crate's manifest, as data.
+/// The CRDs (LanyardIdentity, then LanyardFederation) are the first documents of every
+/// rendering (so `kubectl apply` creates them before anything uses them) and are the
+/// registration crate's manifests, as data.
 #[test]
-fn the_crd_comes_first_and_is_the_registrations() {
-    let crd: Vec<Yaml> = read_stream(lanyard_registration::crd::CRD_YAML)
-        .unwrap()
-        .into_iter()
+fn the_crds_come_first_and_are_the_registrations() {
+    let crds: Vec<Yaml> = lanyard_registration::crd::ALL_CRD_YAML
+        .iter()
+        .flat_map(|text| read_stream(text).unwrap())
         .filter_map(|d| d.value)
         .collect();
     assert_eq!(
-        kinds(&crd),
-        ["CustomResourceDefinition"],
-        "CRD_YAML is one CRD"
+        kinds(&crds),
+        ["CustomResourceDefinition", "CustomResourceDefinition"],
+        "each CRD text is one CRD"
     );
+    let names: Vec<_> = crds
+        .iter()
+        .map(|c| c.at(&["metadata", "name"]).and_then(Yaml::as_str))
+        .collect();
     assert_eq!(
-        crd[0].at(&["metadata", "name"]).and_then(Yaml::as_str),
-        Some("lanyardidentities.lanyard.dev")
+        names,
+        [
+            Some("lanyardidentities.lanyard.dev"),
+            Some("lanyardfederations.lanyard.dev")
+        ]
     );
     let options = InstallOptions::defaults();
     let ca = GeneratedCa::generate(
@@ -1083,27 +1092,28 @@ fn the_crd_comes_first_and_is_the_registrations() {
             render(&options.clone().with_cni(), Parts::WithoutCa, None),
         ),
     ] {
-        assert_eq!(docs[0], crd[0], "{what}: the CRD is not first");
+        assert_eq!(docs[..2], crds[..], "{what}: the CRDs are not first");
         assert_eq!(
             kinds(&docs)
                 .iter()
                 .filter(|k| *k == "CustomResourceDefinition")
                 .count(),
-            1,
+            2,
             "{what}"
         );
     }
-    // Printed as the registration crate wrote it, comments and all.
+    // Printed as the registration crate wrote them, comments and all.
     let out = Command::new(env!("CARGO_BIN_EXE_lanyard"))
         .arg("install")
         .env_clear()
         .output()
         .unwrap();
     let text = String::from_utf8(out.stdout).unwrap();
-    let crd_text = lanyard_registration::crd::CRD_YAML.trim_end();
+    let identity = lanyard_registration::crd::CRD_YAML.trim_end();
+    let federation = lanyard_registration::crd::FEDERATION_CRD_YAML.trim_end();
     assert!(
-        text.starts_with(&format!("{crd_text}\n---\n")),
-        "the CRD is not printed verbatim first:\n{}",
+        text.starts_with(&format!("{identity}\n---\n{federation}\n---\n")),
+        "the CRDs are not printed verbatim first:\n{}",
         &text[..text.len().min(2000)]
     );
     // Not with --ca-only: that prints the CA objects alone.
@@ -1113,9 +1123,9 @@ fn the_crd_comes_first_and_is_the_registrations() {
     );
 }
 
-/// What registration adds to the server's RBAC: read LanyardIdentities and Namespaces, write
-/// only the `status` subresource, and the status Lease: create (never limitable by name),
-/// get/update/patch of that one Lease by name.
+/// What registration adds to the server's RBAC: read LanyardIdentities, LanyardFederations and
+/// Namespaces, write only the LanyardIdentity `status` subresource, and the status Lease:
+/// create (never limitable by name), get/update/patch of that one Lease by name.
 #[test]
 fn the_server_may_read_identities_and_write_only_their_status() {
     let docs =
@@ -1146,12 +1156,18 @@ fn the_server_may_read_identities_and_write_only_their_status() {
         ["get", "patch", "update"]
     );
     assert_eq!(rule("", "namespaces"), ["get", "list", "watch"]);
+    assert_eq!(
+        rule("lanyard.dev", "lanyardfederations"),
+        ["get", "list", "watch"]
+    );
     // Nothing else on lanyard.dev (no spec writes, no other resource).
     for r in &rules {
         if strings(&r["apiGroups"]).contains(&"lanyard.dev".to_owned()) {
             let resources = strings(&r["resources"]);
             assert!(
-                resources == ["lanyardidentities"] || resources == ["lanyardidentities/status"],
+                resources == ["lanyardidentities"]
+                    || resources == ["lanyardidentities/status"]
+                    || resources == ["lanyardfederations"],
                 "{r}"
             );
         }

@@ -1,5 +1,5 @@
 //! Kubernetes schema validation of what `lanyard install` (with and without `--cni`: the
-//! LanyardIdentity CRD, the CSIDriver, both DaemonSets, the RBAC) and `lanyard inject` print, with
+//! LanyardIdentity and LanyardFederation CRDs, the CSIDriver, both DaemonSets, the RBAC) and `lanyard inject` print, with
 //! PyPI `kubernetes-validate` (it ships the API schemas: no cluster, no kubectl, no network),
 //! in strict mode (unknown fields are errors), against the oldest Kubernetes Lanyard supports
 //! and the API version the project's own Kubernetes types use.
@@ -237,13 +237,15 @@ fn install_and_inject_output_pass_schema_validation() {
     for version in KUBERNETES_VERSIONS {
         let (ok, output) = validate(&files, version);
         assert!(ok, "kubernetes-validate {version} failed:\n{output}");
-        // Every object was checked (16 from install --include-ca, 14 pinned (no CA by
-        // default), 18 with --cni, 14 customised (each with the LanyardIdentity CRD), 7 + 7
-        // injected with the init container, 7 with the CNI redirect).
+        // Every object was checked (17 from install --include-ca, 15 pinned (no CA by
+        // default), 19 with --cni, 15 customised (each with the LanyardIdentity and
+        // LanyardFederation CRDs), 7 + 7 injected with the init container, 7 with the CNI
+        // redirect).
         let passed = output.matches(" passed for resource ").count();
-        assert_eq!(passed, 16 + 14 + 18 + 14 + 7 + 7 + 7, "{output}");
+        assert_eq!(passed, 17 + 15 + 19 + 15 + 7 + 7 + 7, "{output}");
         for resource in [
             "customresourcedefinition/lanyardidentities.lanyard.dev",
+            "customresourcedefinition/lanyardfederations.lanyard.dev",
             "csidriver/csi.lanyard.dev",
             "daemonset/lanyard-agent",
             "daemonset/lanyard-cni",

@@ -1,13 +1,14 @@
 //! `lanyard install`: the cluster manifests for a Lanyard control plane.
 //!
-//! - [`render`]: the deterministic objects (the `LanyardIdentity` CustomResourceDefinition,
+//! - [`render`]: the deterministic objects (the `LanyardIdentity` and `LanyardFederation`
+//!   CustomResourceDefinitions,
 //!   namespace, ServiceAccounts, RBAC, the
 //!   `lanyard-config` ConfigMap, Service, server Deployment, PodDisruptionBudget, CSIDriver,
 //!   agent DaemonSet with its CSI registrar, and with `--cni` the CNI installer DaemonSet);
 //! - [`rbac`]: ServiceAccounts and the RBAC of the server and of the CNI plugin;
 //! - [`ca`]: the CA Secret and bundle ConfigMap of a CA generated on the spot (`--include-ca`).
 //!
-//! [`to_text`] prints them, the CRD as the registration crate wrote it (comments included).
+//! [`to_text`] prints them, the CRDs as the registration crate wrote them (comments included).
 //! [`render::base_manifests`] is deterministic: `deploy/kubernetes/lanyard.yaml` is exactly
 //! what `lanyard install` prints with the defaults, `deploy/kubernetes/cni/lanyard-cni.yaml`
 //! what `--cni` adds or changes, and a test keeps them identical to the rendering. The CA is
@@ -178,24 +179,25 @@ pub fn render(options: &InstallOptions, parts: Parts, ca: Option<&ca::GeneratedC
     }
 }
 
-/// The text `lanyard install` prints for `docs` (from [`render`]): the LanyardIdentity CRD,
-/// when it leads, exactly as the registration crate writes it (its comments explain the
-/// schema), then the other documents re-emitted.
+/// The text `lanyard install` prints for `docs` (from [`render`]): the CRDs, when they lead,
+/// exactly as the registration crate writes them (their comments explain the schemas), then
+/// the other documents re-emitted.
 pub fn to_text(docs: &[Yaml]) -> String {
-    let crd = render::crd();
-    match docs.split_first() {
-        Some((first, rest)) if crd.len() == 1 && crd[0] == *first => {
-            let text = lanyard_registration::crd::CRD_YAML;
-            let text = text.strip_prefix("---\n").unwrap_or(text).trim_end();
-            let mut out = format!("{text}\n");
-            if !rest.is_empty() {
-                out.push_str("---\n");
-                out.push_str(&crate::yaml::write_stream(rest));
-            }
-            out
-        }
-        _ => crate::yaml::write_stream(docs),
+    let crds = render::crd();
+    if docs.len() < crds.len() || docs[..crds.len()] != crds[..] {
+        return crate::yaml::write_stream(docs);
     }
+    let texts: Vec<&str> = lanyard_registration::crd::ALL_CRD_YAML
+        .iter()
+        .map(|text| text.strip_prefix("---\n").unwrap_or(text).trim_end())
+        .collect();
+    let mut out = format!("{}\n", texts.join("\n---\n"));
+    let rest = &docs[crds.len()..];
+    if !rest.is_empty() {
+        out.push_str("---\n");
+        out.push_str(&crate::yaml::write_stream(rest));
+    }
+    out
 }
 
 /// RFC 1123 label: what Kubernetes allows for namespace names.

@@ -2,7 +2,8 @@
 //! control plane only the server talks to the Kubernetes API (DESIGN §1). Cluster-wide it may
 //! create TokenReviews (node attestation) and read Pods, Services and EndpointSlices (pod
 //! identities, node feeds, discovery), Namespaces and LanyardIdentities (registration: a
-//! resource's namespace selector matches namespace labels), and write LanyardIdentity
+//! resource's namespace selector matches namespace labels), LanyardFederations (the federated
+//! trust domains whose bundles it fetches), and write LanyardIdentity
 //! statuses (`get`/`patch`/`update` on the `status` subresource only, never the spec); in its
 //! own namespace it may read exactly its CA Secret
 //! and bundle ConfigMap, by name. `list`/`watch` on a named object work because the server
@@ -26,6 +27,7 @@
 
 use serde_json::json;
 
+use lanyard_registration::federation::PLURAL as FEDERATION_PLURAL;
 use lanyard_registration::resource::{GROUP, PLURAL};
 
 use super::{
@@ -57,6 +59,8 @@ pub fn server_rbac(options: &InstallOptions) -> Vec<Yaml> {
                 {"apiGroups": [""], "resources": ["namespaces"], "verbs": READ},
                 {"apiGroups": [GROUP], "resources": [PLURAL], "verbs": READ},
                 {"apiGroups": [GROUP], "resources": [format!("{PLURAL}/status")], "verbs": ["get", "patch", "update"]},
+                // Federation: the trust domains whose bundles the servers fetch (read only).
+                {"apiGroups": [GROUP], "resources": [FEDERATION_PLURAL], "verbs": READ},
             ],
         }),
         json!({

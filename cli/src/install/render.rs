@@ -1,4 +1,4 @@
-//! The deterministic manifests: the `LanyardIdentity` CRD, namespace, ServiceAccounts and RBAC ([`super::rbac`]), the
+//! The deterministic manifests: the `LanyardIdentity` and `LanyardFederation` CRDs, namespace, ServiceAccounts and RBAC ([`super::rbac`]), the
 //! `lanyard-config` ConfigMap, the server's Service, Deployment and PodDisruptionBudget, the
 //! `CSIDriver`, the agent's DaemonSet (the agent, which also serves the CSI node plugin, and
 //! the upstream node-driver-registrar), and with `--cni` the CNI plugin's installer DaemonSet.
@@ -7,7 +7,7 @@
 
 use lanyard_ca_lifecycle::names::CONFIGMAP_BUNDLE_KEY;
 use lanyard_client::endpoint::DEFAULT_SOCKET;
-use lanyard_registration::crd::CRD_YAML;
+use lanyard_registration::crd::ALL_CRD_YAML;
 use serde_json::{Value, json};
 
 use super::{
@@ -62,7 +62,7 @@ fn selector(component: &str) -> Value {
     json!({"app.kubernetes.io/name": component})
 }
 
-/// Everything `lanyard install` prints (without `--include-ca`), in apply order: the CRD
+/// Everything `lanyard install` prints (without `--include-ca`), in apply order: the CRDs
 /// first, so `kubectl apply` has created it before anything refers to it.
 pub fn base_manifests(options: &InstallOptions) -> Vec<Yaml> {
     let mut docs = crd();
@@ -88,13 +88,16 @@ pub fn base_manifests(options: &InstallOptions) -> Vec<Yaml> {
     docs
 }
 
-/// The `LanyardIdentity` CustomResourceDefinition: the registration crate's manifest, the
-/// same data (re-emitted like every document here; not options-dependent: the resource is
-/// cluster scoped and its `className` tells installations apart).
+/// The `LanyardIdentity` and `LanyardFederation` CustomResourceDefinitions, in that order: the
+/// registration crate's manifests, the same data (re-emitted like every document here; not
+/// options-dependent: the resources are cluster scoped and their `className` tells
+/// installations apart).
 pub fn crd() -> Vec<Yaml> {
-    read_stream(CRD_YAML)
-        .expect("lanyard-registration's CRD_YAML is YAML (its tests parse it)")
-        .into_iter()
+    ALL_CRD_YAML
+        .iter()
+        .flat_map(|text| {
+            read_stream(text).expect("lanyard-registration's CRDs are YAML (its tests parse them)")
+        })
         .filter_map(|doc| doc.value)
         .collect()
 }

@@ -87,7 +87,9 @@ async fn cluster(redirect: RedirectMode) -> Cluster {
         "ClusterRoleBinding",
         "ConfigMap",
         "ConfigMap",
-        // The kube fixture serves CRDs: the LanyardIdentity CRD is applied.
+        // The kube fixture serves CRDs: the LanyardIdentity and LanyardFederation CRDs are
+        // applied.
+        "CustomResourceDefinition",
         "CustomResourceDefinition",
         "Namespace",
         "Role",
