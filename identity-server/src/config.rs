@@ -1031,4 +1031,132 @@ mod tests {
             "{err}"
         );
     }
+
+    #[test]
+    fn jwt_issuer_and_oidc_options_are_checked_together() {
+        let listen: SocketAddr = "127.0.0.1:8443".parse().unwrap();
+        let issuer = || Some("https://oidc.example.org".to_owned());
+        let refusal = |a: RunArgs| a.resolve().unwrap_err().to_string();
+
+        // --jwt-issuer alone: JWT-SVIDs carry it, nothing is served.
+        let c = RunArgs {
+            jwt_issuer: issuer(),
+            ..args()
+        }
+        .resolve()
+        .unwrap();
+        assert_eq!(c.jwt_issuer.as_deref(), Some("https://oidc.example.org"));
+        assert_eq!(c.oidc, None);
+
+        // HTTPS and plain HTTP.
+        let c = RunArgs {
+            jwt_issuer: issuer(),
+            oidc_listen: Some(listen),
+            oidc_cert: Some("/etc/oidc/tls.crt".into()),
+            oidc_key: Some("/etc/oidc/tls.key".into()),
+            ..args()
+        }
+        .resolve()
+        .unwrap();
+        assert_eq!(
+            c.oidc,
+            Some(OidcSettings {
+                listen,
+                issuer: "https://oidc.example.org".into(),
+                transport: OidcTransport::Https {
+                    cert_file: "/etc/oidc/tls.crt".into(),
+                    key_file: "/etc/oidc/tls.key".into(),
+                },
+            })
+        );
+        let c = RunArgs {
+            jwt_issuer: issuer(),
+            oidc_listen: Some(listen),
+            oidc_insecure_http: true,
+            ..args()
+        }
+        .resolve()
+        .unwrap();
+        assert_eq!(c.oidc.unwrap().transport, OidcTransport::InsecureHttp);
+
+        // --oidc-listen needs the issuer, and exactly one transport.
+        let err = refusal(RunArgs {
+            oidc_listen: Some(listen),
+            oidc_insecure_http: true,
+            ..args()
+        });
+        assert!(err.starts_with("--jwt-issuer is required"), "{err}");
+        let err = refusal(RunArgs {
+            jwt_issuer: issuer(),
+            oidc_listen: Some(listen),
+            ..args()
+        });
+        assert!(
+            err.starts_with("--oidc-listen: ") && err.contains("--oidc-insecure-http"),
+            "{err}"
+        );
+        let err = refusal(RunArgs {
+            jwt_issuer: issuer(),
+            oidc_listen: Some(listen),
+            oidc_cert: Some("/c".into()),
+            oidc_key: Some("/k".into()),
+            oidc_insecure_http: true,
+            ..args()
+        });
+        assert!(err.starts_with("--oidc-insecure-http: conflicts"), "{err}");
+        let err = refusal(RunArgs {
+            jwt_issuer: issuer(),
+            oidc_listen: Some(listen),
+            oidc_cert: Some("/c".into()),
+            ..args()
+        });
+        assert!(err.starts_with("--oidc-key is required"), "{err}");
+        let err = refusal(RunArgs {
+            jwt_issuer: issuer(),
+            oidc_listen: Some(listen),
+            oidc_key: Some("/k".into()),
+            ..args()
+        });
+        assert!(err.starts_with("--oidc-cert is required"), "{err}");
+
+        // Transport flags without a listener.
+        for stray in [
+            RunArgs {
+                jwt_issuer: issuer(),
+                oidc_cert: Some("/c".into()),
+                ..args()
+            },
+            RunArgs {
+                jwt_issuer: issuer(),
+                oidc_insecure_http: true,
+                ..args()
+            },
+        ] {
+            let err = refusal(stray);
+            assert!(err.contains("only meaningful with --oidc-listen"), "{err}");
+        }
+
+        // The issuer: https, a host, no query, fragment or trailing '/'.
+        for bad in [
+            "http://oidc.example.org",
+            "https://",
+            "https://oidc.example.org/",
+            "https://oidc.example.org?x=1",
+            "https://oidc.example.org#f",
+            "oidc.example.org",
+        ] {
+            let err = refusal(RunArgs {
+                jwt_issuer: Some(bad.into()),
+                ..args()
+            });
+            assert!(err.starts_with("--jwt-issuer: "), "{bad}: {err}");
+        }
+        // A path is fine (discovery is served under it).
+        RunArgs {
+            jwt_issuer: Some("https://auth.example.org/lanyard".into()),
+            ..args()
+        }
+        .resolve()
+        .unwrap();
+    }
 }
