@@ -39,13 +39,36 @@ pub struct Entitlement {
 /// Nothing else: a workload never sees a federated bundle its registration did not name.
 pub fn bundles_for(all: &BundleSet, entitlements: &[Entitlement]) -> BundleSet {
     let mut out = BundleSet::new();
-    let wanted = entitlements
-        .iter()
-        .flat_map(|e| std::iter::once(e.spiffe_id.trust_domain()).chain(e.federates_with.iter()));
-    for trust_domain in wanted {
-        if let Some(bundle) = all.get(trust_domain) {
+    for trust_domain in federation_key(entitlements) {
+        if let Some(bundle) = all.get(&trust_domain) {
             out.insert(bundle.clone());
         }
+    }
+    out
+}
+
+/// The trust domains whose bundles [`bundles_for`] picks for `entitlements`, sorted and
+/// without duplicates: callers with the same key are served the same bundles, so the
+/// Workload API builds a bundle response once per key (in the common case, no federation,
+/// every caller of the node has the same one).
+pub fn federation_key(entitlements: &[Entitlement]) -> Vec<TrustDomain> {
+    let mut key: Vec<TrustDomain> = entitlements
+        .iter()
+        .flat_map(|e| std::iter::once(e.spiffe_id.trust_domain()).chain(e.federates_with.iter()))
+        .cloned()
+        .collect();
+    key.sort();
+    key.dedup();
+    key
+}
+
+/// What a caller is served: the agent's `own` bundles (its trust domain's, which every caller
+/// gets, as the Workload API asks), plus [`bundles_for`] its entitlements out of `all`. For a
+/// caller with no identity, `own` alone.
+pub fn served_bundles(own: &BundleSet, all: &BundleSet, entitlements: &[Entitlement]) -> BundleSet {
+    let mut out = own.clone();
+    for bundle in bundles_for(all, entitlements).iter() {
+        out.insert(bundle.clone());
     }
     out
 }
@@ -106,8 +129,16 @@ pub trait WorkloadIdentities: Send + Sync + 'static {
         audience: &[String],
     ) -> Result<String, IdentityError>;
 
-    /// The trust bundles to serve: our own trust domain's, plus any federated ones.
+    /// Every trust bundle held: our own trust domain's, plus every federated one. Which of
+    /// them a caller is served is [`served_bundles`] of its entitlements.
     fn bundles(&self) -> Arc<BundleSet>;
+
+    /// The agent's own bundles only (its trust domain's, never a federated one): what a
+    /// caller without an identity may validate JWT-SVIDs against. The default, for a source
+    /// that holds no federated bundle, is [`WorkloadIdentities::bundles`].
+    fn own_bundles(&self) -> Arc<BundleSet> {
+        self.bundles()
+    }
 
     /// Changes every time anything above may answer differently.
     fn changes(&self) -> watch::Receiver<u64>;
@@ -119,5 +150,70 @@ pub trait WorkloadIdentities: Send + Sync + 'static {
     /// change.
     fn view_version(&self) -> Option<u64> {
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, SystemTime};
+
+    use lanyard_svid::{RootCa, TrustBundle};
+
+    use super::*;
+
+    fn td(name: &str) -> TrustDomain {
+        TrustDomain::new(name).unwrap()
+    }
+
+    fn bundle(name: &str) -> TrustBundle {
+        let root =
+            RootCa::generate(&td(name), Duration::from_secs(3600), SystemTime::now()).unwrap();
+        TrustBundle::from_x509_authorities(td(name), [root.cert_der().clone()])
+    }
+
+    fn entitled(path: &str, federates_with: &[&str]) -> Entitlement {
+        Entitlement {
+            spiffe_id: td("example.org").id(path).unwrap(),
+            workload: Default::default(),
+            x509_ttl: None,
+            hint: String::new(),
+            federates_with: federates_with.iter().map(|d| td(d)).collect(),
+        }
+    }
+
+    fn domains(set: &BundleSet) -> Vec<String> {
+        set.iter().map(|b| b.trust_domain().to_string()).collect()
+    }
+
+    #[test]
+    fn a_caller_is_served_its_own_domain_and_the_federated_ones_it_names() {
+        let mut all = BundleSet::new();
+        for name in ["example.org", "a.test", "b.test", "c.test"] {
+            all.insert(bundle(name));
+        }
+        let own = BundleSet::from(all.get(&td("example.org")).unwrap().clone());
+        let web = entitled("/web", &["b.test", "missing.test"]);
+        let db = entitled("/db", &["a.test", "b.test"]);
+        assert_eq!(
+            domains(&bundles_for(&all, &[web.clone(), db.clone()])),
+            ["a.test", "b.test", "example.org"]
+        );
+        assert_eq!(
+            domains(&served_bundles(&own, &all, std::slice::from_ref(&web))),
+            ["b.test", "example.org"]
+        );
+        // No identity: our own domain only.
+        assert_eq!(domains(&served_bundles(&own, &all, &[])), ["example.org"]);
+        // The key: sorted, deduplicated, names a domain even when none is held for it.
+        let key: Vec<String> = federation_key(&[db, web])
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(key, ["a.test", "b.test", "example.org", "missing.test"]);
+        assert_eq!(
+            federation_key(&[entitled("/x", &[])]),
+            federation_key(&[entitled("/y", &[])]),
+            "callers without federation share one key"
+        );
     }
 }

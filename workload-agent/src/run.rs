@@ -33,6 +33,7 @@ use crate::node_svid::{NodeAttestError, NodeSvidKeeper};
 use crate::server_client::bundle_ack::bundle_ack;
 use crate::server_client::bundle_file::{self, BundleFile};
 use crate::server_client::discovery_cache::{CacheSettings, DiscoveryCache};
+use crate::server_client::federated::FederatedFeed;
 use crate::server_client::feeds::{self, AckSource, BundleFeed};
 use crate::server_client::{ServerClient, ServerError, discovery_feed};
 use crate::socket::{self, ConnectionLimits, PodSockets, Services};
@@ -193,6 +194,11 @@ impl Agent {
             acks: Arc::new(acks),
             changes,
             metrics: metrics.clone(),
+            // Federated bundles go to the Workload API only, never to the TLS `store`.
+            federated: FederatedFeed::new(trust_domain.clone(), {
+                let manager = manager.clone();
+                move |set| manager.set_federated_bundles(set)
+            }),
         };
         tasks.push(bundle_feed.spawn(move |b| apply.apply(b)));
         let (view_manager, view_td) = (manager.clone(), trust_domain.clone());

@@ -88,7 +88,11 @@ fn sock(agent: &Agent) -> &str {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn py_spiffe_fetches_svids_bundles_and_jwts() {
-    let (agent, _ids) = setup(&["/web", "/web-admin"]).await;
+    let (agent, ids) = setup(&["/web", "/web-admin"]).await;
+    // Registered as federating with partner.test: py-spiffe sees that bundle too.
+    let partner = ids.pki.federated.trust_domain().clone();
+    let federated = ["/web", "/web-admin"].map(|p| federating(&ids.pki.id(p), &[&partner]));
+    ids.set_entitlements(federated.to_vec());
     let mut py = PyClient::spawn("py_spiffe_client.py", &[sock(&agent), "fetch", "db"]);
 
     let svid = py.next().await;
@@ -119,7 +123,33 @@ async fn py_spiffe_fetches_svids_bundles_and_jwts() {
     let local = py.next().await;
     assert_eq!(local["step"], "jwt_local_validation");
     assert_eq!(local["spiffe_id"], "spiffe://example.org/web");
+    assert_eq!(
+        local["jwt_trust_domains"],
+        serde_json::json!(["example.org", "partner.test"])
+    );
 
+    assert_eq!(py.next().await["step"], "done");
+    py.succeeds().await;
+    agent.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn py_spiffe_sees_no_federated_bundle_its_registration_does_not_name() {
+    // The agent holds partner.test's bundle, but these identities do not federate with it.
+    let (agent, _ids) = setup(&["/web"]).await;
+    let mut py = PyClient::spawn("py_spiffe_client.py", &[sock(&agent), "fetch", "db"]);
+    assert_eq!(py.next().await["step"], "x509_svid");
+    let bundles = py.next().await;
+    assert_eq!(bundles["step"], "x509_bundles");
+    assert_eq!(bundles["trust_domains"], serde_json::json!(["example.org"]));
+    assert_eq!(py.next().await["step"], "jwt_svid");
+    assert_eq!(py.next().await["step"], "validate_jwt_svid");
+    let local = py.next().await;
+    assert_eq!(local["step"], "jwt_local_validation");
+    assert_eq!(
+        local["jwt_trust_domains"],
+        serde_json::json!(["example.org"])
+    );
     assert_eq!(py.next().await["step"], "done");
     py.succeeds().await;
     agent.stop().await.unwrap();

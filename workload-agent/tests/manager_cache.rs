@@ -257,3 +257,45 @@ async fn bundle_and_view_changes_reach_streams_only_when_they_change() {
     m.set_view(view);
     assert!(!changes.has_changed().unwrap());
 }
+
+#[tokio::test(start_paused = true)]
+async fn federated_bundles_are_served_apart_from_ours_and_tick_changes() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let server = Arc::new(FakeServer::new(Duration::from_secs(3600)));
+    let m = manager(server.clone(), ManagerSettings::default());
+    m.set_bundles(server.bundles());
+    let mut changes = m.changes();
+    changes.mark_unchanged();
+
+    let foreign = |name: &str| {
+        let td = lanyard_svid::TrustDomain::new(name).unwrap();
+        let root =
+            lanyard_svid::RootCa::generate(&td, Duration::from_secs(3600), SystemTime::now())
+                .unwrap();
+        lanyard_svid::TrustBundle::from_x509_authorities(td, [root.cert_der().clone()])
+    };
+    let b = foreign("b.test");
+    m.set_federated_bundles(BundleSet::from(b.clone()));
+    assert!(changes.has_changed().unwrap());
+    changes.mark_unchanged();
+    assert_eq!(*m.own_bundles(), server.bundles(), "ours only");
+    let mut all = server.bundles();
+    all.insert(b.clone());
+    assert_eq!(*m.bundles(), all);
+    m.set_federated_bundles(BundleSet::from(b.clone()));
+    assert!(!changes.has_changed().unwrap(), "the same set again");
+
+    // A federated bundle of our own domain never shadows ours.
+    let mut with_ours = BundleSet::from(b.clone());
+    with_ours.insert(foreign(fake_server::TD));
+    m.set_federated_bundles(with_ours);
+    assert_eq!(*m.bundles(), all);
+    assert!(!changes.has_changed().unwrap(), "nothing served changed");
+
+    // A new own bundle keeps the federated ones; an empty federated set drops them.
+    m.set_bundles(server.bundles());
+    assert_eq!(*m.bundles(), all);
+    m.set_federated_bundles(BundleSet::new());
+    assert!(changes.has_changed().unwrap());
+    assert_eq!(*m.bundles(), server.bundles());
+}

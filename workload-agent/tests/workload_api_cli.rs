@@ -35,7 +35,8 @@ async fn fetch_write_jwt_validate_and_bundles() {
     install_ring();
     let pki = Pki::new();
     let web = pki.id("/web");
-    let identities = FakeIdentities::new(pki, std::slice::from_ref(&web));
+    // Federating with partner.test, so `fetch bundles` lists it.
+    let identities = FakeIdentities::federating(pki, std::slice::from_ref(&web));
     let agent = Agent::start(identities.clone(), Limits::default()).await;
     let socket = format!("unix://{}", agent.socket.display());
 

@@ -18,7 +18,8 @@ async fn spiffe_client_fetches_svids_bundles_and_jwts() {
     let pki = Pki::new();
     let web = pki.id("/web");
     let admin = pki.id("/admin");
-    let identities = FakeIdentities::new(pki, &[web.clone(), admin.clone()]);
+    // Registered as federating with partner.test, so it is served that bundle too.
+    let identities = FakeIdentities::federating(pki, &[web.clone(), admin.clone()]);
     let agent = Agent::start(identities.clone(), Limits::default()).await;
     let client = agent.spiffe_client().await;
 

@@ -98,7 +98,7 @@ struct Shared {
     metrics: Arc<AgentMetrics>,
     /// Never held across an `.await`.
     state: Mutex<HashMap<SpiffeId, Slot>>,
-    bundles: RwLock<Arc<BundleSet>>,
+    bundles: RwLock<HeldBundles>,
     view: RwLock<Arc<NodeView>>,
     /// Moves at every node view change, before `changes` does (see
     /// [`WorkloadIdentities::view_version`]).
@@ -127,7 +127,7 @@ impl CertificateManager {
                 server,
                 metrics,
                 state: Mutex::new(HashMap::new()),
-                bundles: RwLock::new(Arc::new(BundleSet::new())),
+                bundles: RwLock::new(HeldBundles::default()),
                 view: RwLock::new(Arc::new(NodeView::default())),
                 view_version: AtomicU64::new(0),
                 changes: watch::channel(0).0,
@@ -155,18 +155,50 @@ impl CertificateManager {
         self.shared.wake.notify_one();
     }
 
-    /// Replaces the trust bundles served to workloads (no-op when unchanged).
+    /// Replaces our own trust domain's bundles (what the server connection trusts too),
+    /// keeping the federated ones (no-op when unchanged).
     pub fn set_bundles(&self, bundles: BundleSet) {
+        self.update_bundles(|held| held.own = Arc::new(bundles));
+    }
+
+    /// Replaces the federated bundles (the whole set: a trust domain absent from `federated`
+    /// is dropped). They are served to workloads whose identities federate with them, never
+    /// trusted by the agent itself. A bundle of a domain `set_bundles` holds is ignored (ours
+    /// wins). No-op when unchanged.
+    pub fn set_federated_bundles(&self, federated: BundleSet) {
+        self.update_bundles(|held| held.federated = Arc::new(federated));
+    }
+
+    /// The federated bundles held.
+    pub fn federated_bundles(&self) -> Arc<BundleSet> {
+        self.held_bundles().federated
+    }
+
+    fn held_bundles(&self) -> HeldBundles {
+        self.shared
+            .bundles
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Applies `change`, recomputes the union, and ticks `changes` if it moved.
+    fn update_bundles(&self, change: impl FnOnce(&mut HeldBundles)) {
         {
-            let mut current = self
+            let mut held = self
                 .shared
                 .bundles
                 .write()
                 .unwrap_or_else(|e| e.into_inner());
-            if **current == bundles {
+            let mut next = held.clone();
+            change(&mut next);
+            next.all = Arc::new(next.union());
+            if next.own == held.own && next.all == held.all {
+                // The federated set may differ only in domains ours shadows: keep it.
+                held.federated = next.federated;
                 return;
             }
-            *current = Arc::new(bundles);
+            *held = next;
         }
         self.shared.bump_changes();
     }
@@ -219,6 +251,28 @@ impl CertificateManager {
         let mut ids: Vec<SpiffeId> = self.shared.lock().keys().cloned().collect();
         ids.sort_by_key(|id| id.to_string());
         ids
+    }
+}
+
+/// The bundles held: ours, the federated ones, and their union (what
+/// [`WorkloadIdentities::bundles`](crate::identities::WorkloadIdentities::bundles) serves),
+/// kept so that readers never rebuild it.
+#[derive(Clone, Default)]
+struct HeldBundles {
+    own: Arc<BundleSet>,
+    federated: Arc<BundleSet>,
+    all: Arc<BundleSet>,
+}
+
+impl HeldBundles {
+    fn union(&self) -> BundleSet {
+        let mut all = (*self.own).clone();
+        for bundle in self.federated.iter() {
+            if all.get(bundle.trust_domain()).is_none() {
+                all.insert(bundle.clone());
+            }
+        }
+        all
     }
 }
 

@@ -23,6 +23,10 @@
 //! identity must not reach a container it was not meant for). A pod's hint, DNS names,
 //! `registered_by` and container names over their bounds are dropped on their own (the
 //! identity stays; a caller whose container is unnamed just has no `k8s:container-name`).
+//!
+//! An entry's or pod's `federates_with` (the registration's federated trust domains) rides on
+//! its entitlements, parsed, without our own domain or duplicates, sorted; a name that does not
+//! parse is dropped with a WARN (the identity stays: it just gets fewer bundles).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
@@ -49,6 +53,8 @@ pub const MAX_DNS_NAMES: usize = 16;
 pub const MAX_DNS_NAME_LEN: usize = 253;
 /// The longest hint kept, in bytes (the Workload API allows 1024; registrations 256).
 pub const MAX_HINT_LEN: usize = 256;
+/// Most federated trust domains one entry or pod names (the agent holds at most as many).
+pub const MAX_FEDERATES_WITH: usize = crate::server_client::federated::MAX_FEDERATED_DOMAINS;
 /// The longest `registered_by` kept, in bytes (`LanyardIdentity/<name>`: a name is at most
 /// 253).
 pub const MAX_REGISTERED_BY_LEN: usize = 300;
@@ -59,6 +65,8 @@ pub struct ViewEntry {
     pub spiffe_id: SpiffeId,
     pub selectors: Vec<Selector>,
     pub x509_ttl: Option<Duration>,
+    /// Federated trust domains whose bundles its callers get, sorted.
+    pub federates_with: Vec<TrustDomain>,
 }
 
 /// A pod on this node, as the server sees it.
@@ -86,6 +94,8 @@ pub struct ViewPod {
     pub x509_ttl: Option<Duration>,
     /// What named the pod's identity (`LanyardIdentity/<name>`, `default-template`), for logs.
     pub registered_by: String,
+    /// Federated trust domains whose bundles callers holding the pod's identity get, sorted.
+    pub federates_with: Vec<TrustDomain>,
 }
 
 impl ViewPod {
@@ -157,6 +167,9 @@ impl NodeView {
                     if !selectors.is_empty() && selectors.len() <= MAX_ENTRY_SELECTORS =>
                 {
                     entries.push(ViewEntry {
+                        federates_with: federates_with(&e.federates_with, trust_domain, || {
+                            spiffe_id.to_string()
+                        }),
                         spiffe_id,
                         selectors,
                         x509_ttl: ttl(e.x509_ttl_seconds),
@@ -203,6 +216,9 @@ impl NodeView {
                 tracing::warn!(%ns, pod = %name, %registered_by, "node view: pod DNS names unusable; ignored");
                 Vec::new()
             });
+            let federates_with = federates_with(&p.federates_with, trust_domain, || {
+                format!("pod {ns}/{name} ({registered_by})")
+            });
             pods.insert(
                 key,
                 ViewPod {
@@ -223,6 +239,7 @@ impl NodeView {
                     hint,
                     x509_ttl: ttl(p.x509_ttl_seconds),
                     registered_by,
+                    federates_with,
                 },
             );
         }
@@ -296,7 +313,7 @@ impl NodeView {
                         },
                         x509_ttl: pod.x509_ttl,
                         hint: pod.hint.clone(),
-                        federates_with: Vec::new(),
+                        federates_with: pod.federates_with.clone(),
                     });
                 }
                 all
@@ -315,7 +332,7 @@ impl NodeView {
                 x509_ttl: entry.x509_ttl,
                 // Static entries name no hint; empty ones need not be unique.
                 hint: String::new(),
-                federates_with: Vec::new(),
+                federates_with: entry.federates_with.clone(),
             });
         }
         out
@@ -339,6 +356,33 @@ fn ttl(seconds: i64) -> Option<Duration> {
 /// lines); `None` otherwise.
 fn bounded_text(text: &str, max: usize) -> Option<String> {
     (text.len() <= max && !text.chars().any(char::is_control)).then(|| text.to_owned())
+}
+
+/// The federated trust domains `list` names (names or `spiffe://` IDs), parsed, sorted and
+/// deduplicated, without `own` (its bundle is served anyway) and at most
+/// [`MAX_FEDERATES_WITH`]; a name that does not parse is dropped with a WARN naming `what`.
+fn federates_with(
+    list: &[String],
+    own: &TrustDomain,
+    what: impl Fn() -> String,
+) -> Vec<TrustDomain> {
+    let mut out = Vec::new();
+    for name in list.iter().take(MAX_FEDERATES_WITH) {
+        match TrustDomain::parse(name) {
+            Ok(td) if &td == own => {}
+            Ok(td) => out.push(td),
+            Err(e) => {
+                // Escaped: the name comes from a registration, and must not forge log lines.
+                tracing::warn!(registration = %what(), name = ?name, "node view: a federates_with trust domain does not parse; ignored: {e}");
+            }
+        }
+    }
+    if list.len() > MAX_FEDERATES_WITH {
+        tracing::warn!(registration = %what(), count = list.len(), "node view: more federates_with trust domains than the agent keeps ({MAX_FEDERATES_WITH}); the rest are ignored");
+    }
+    out.sort();
+    out.dedup();
+    out
 }
 
 /// Why a pod's workload selectors are unusable (and its own identity is not served).
@@ -794,5 +838,39 @@ mod tests {
             ids(&v.resolve(&attested_in(7, Some(UID), STRANGER))),
             ["/ns/web/sa/api"]
         );
+    }
+
+    #[test]
+    fn federates_with_rides_on_entitlements_parsed_deduplicated_and_sorted() {
+        let names = |list: &[&str]| list.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let mut pod = gated(&[]);
+        pod.federates_with = names(&["partner.test", "spiffe://Other.Test", "bad name", ""]);
+        let mut web = entry("spiffe://example.org/web", &["k8s:ns:web"]);
+        web.federates_with = names(&[
+            "b.test",
+            "spiffe://a.test",
+            "example.org",
+            "B.TEST",
+            "spiffe://b.test/not-a-domain-id",
+        ]);
+        let plain = entry("spiffe://example.org/plain", &["k8s:ns:web"]);
+        let v = view_with(pod, vec![web, plain]);
+        let got = v.resolve(&attested_in(7, Some(UID), CID));
+        assert_eq!(ids(&got), ["/ns/web/sa/api", "/web", "/plain"]);
+        let domains = |e: &Entitlement| -> Vec<String> {
+            e.federates_with.iter().map(|t| t.to_string()).collect()
+        };
+        assert_eq!(domains(&got[0]), ["other.test", "partner.test"]);
+        // Our own domain and an ID with a path are not federated domains.
+        assert_eq!(domains(&got[1]), ["a.test", "b.test"]);
+        assert!(got[2].federates_with.is_empty());
+
+        let too_many: Vec<String> = (0..MAX_FEDERATES_WITH + 5)
+            .map(|i| format!("d{i}.test"))
+            .collect();
+        let mut pod = gated(&[]);
+        pod.federates_with = too_many;
+        let v = view_with(pod, Vec::new());
+        assert_eq!(v.pods[UID].federates_with.len(), MAX_FEDERATES_WITH);
     }
 }

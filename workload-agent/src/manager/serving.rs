@@ -166,11 +166,11 @@ impl WorkloadIdentities for CertificateManager {
     }
 
     fn bundles(&self) -> Arc<BundleSet> {
-        self.shared
-            .bundles
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.held_bundles().all
+    }
+
+    fn own_bundles(&self) -> Arc<BundleSet> {
+        self.held_bundles().own
     }
 
     fn changes(&self) -> watch::Receiver<u64> {

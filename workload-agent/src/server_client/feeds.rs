@@ -8,7 +8,9 @@
 //!   twice the same in a row after a change, and at most one a second (what changes meanwhile
 //!   is coalesced into the next). A server that answers `Unimplemented` predates `SyncBundle`:
 //!   that stream is `WatchBundle` instead (said once in the log), with no acknowledgements;
-//!   `SyncBundle` is tried again at every reopen, so an upgraded server gets them.
+//!   `SyncBundle` is tried again at every reopen, so an upgraded server gets them. Each
+//!   message's federated bundles replace the federated set ([`FederatedFeed`]); they take no
+//!   part in the acknowledgements, which are about our own bundle.
 //! - The node: [`spawn_node_feed`] follows `WatchNode`.
 
 use std::future::Future;
@@ -24,6 +26,7 @@ use tokio::time::Instant;
 use tokio_stream::wrappers::WatchStream;
 use tonic::{Code, Status, Streaming};
 
+use super::federated::FederatedFeed;
 use super::{BundleFeedApi, BundleStream, ServerClient, ServerError};
 use crate::manager::backoff::Backoff;
 use crate::metrics::AgentMetrics;
@@ -69,6 +72,9 @@ pub struct BundleFeed {
     /// expired, a bundle installed); bursts may be coalesced.
     pub changes: BoxStream<'static, ()>,
     pub metrics: Arc<AgentMetrics>,
+    /// Where each message's federated bundles go (the Workload API's set, never the TLS
+    /// store).
+    pub federated: FederatedFeed,
 }
 
 impl BundleFeed {
@@ -147,6 +153,9 @@ impl BundleFeed {
                         if let Some(bundle) = &msg.bundle {
                             on_bundle(bundle);
                         }
+                        // The whole set every time: a server without federation sends none,
+                        // which drops what an earlier one sent.
+                        self.federated.apply(&msg.federated_bundles);
                         acked.owed = Some(Owed::AfterBundle);
                     }
                     Some(Err(status)) => {
@@ -378,6 +387,8 @@ mod tests {
         )>,
         acks: mpsc::UnboundedReceiver<(Instant, wire::BundleAck)>,
         installed: mpsc::UnboundedReceiver<u64>,
+        /// The federated sets installed, as their trust domains.
+        federated: mpsc::UnboundedReceiver<Vec<String>>,
         state: Arc<FakeState>,
         changes: watch::Sender<u64>,
         metrics: Arc<AgentMetrics>,
@@ -389,6 +400,7 @@ mod tests {
             let (opened_tx, opened) = mpsc::unbounded_channel();
             let (acks_tx, acks) = mpsc::unbounded_channel();
             let (installed_tx, installed) = mpsc::unbounded_channel();
+            let (federated_tx, federated) = mpsc::unbounded_channel();
             let state = Arc::new(FakeState::default());
             let (changes, changes_rx) = watch::channel(0u64);
             let metrics = AgentMetrics::unregistered();
@@ -401,6 +413,13 @@ mod tests {
                 acks: state.clone(),
                 changes: WatchStream::from_changes(changes_rx).map(|_| ()).boxed(),
                 metrics: metrics.clone(),
+                federated: FederatedFeed::new(
+                    lanyard_svid::TrustDomain::new("example.org").unwrap(),
+                    move |set: lanyard_svid::BundleSet| {
+                        let domains = set.iter().map(|b| b.trust_domain().to_string());
+                        let _ = federated_tx.send(domains.collect());
+                    },
+                ),
             };
             let task = feed.spawn(move |b: &wire::Bundle| {
                 let _ = installed_tx.send(b.sequence);
@@ -409,6 +428,7 @@ mod tests {
                 opened,
                 acks,
                 installed,
+                federated,
                 state,
                 changes,
                 metrics,
@@ -443,6 +463,13 @@ mod tests {
 
         async fn next_installed(&mut self) -> u64 {
             timeout(DEADLINE, self.installed.recv())
+                .await
+                .unwrap()
+                .unwrap()
+        }
+
+        async fn next_federated(&mut self) -> Vec<String> {
+            timeout(DEADLINE, self.federated.recv())
                 .await
                 .unwrap()
                 .unwrap()
@@ -554,5 +581,58 @@ mod tests {
         assert_eq!(h.next_installed().await, 1);
         assert_eq!(h.next_installed().await, 2);
         assert_eq!(h.next_installed().await, 3);
+    }
+
+    /// A bundle of `name` with one X.509 authority (the feed checks that it parses).
+    fn federated_bundle(name: &str) -> wire::Bundle {
+        let td = lanyard_svid::TrustDomain::new(name).unwrap();
+        let root = lanyard_svid::ca::RootCa::generate(
+            &td,
+            Duration::from_secs(3600),
+            std::time::SystemTime::now(),
+        )
+        .unwrap();
+        let bundle =
+            lanyard_svid::TrustBundle::from_x509_authorities(td, [root.cert_der().clone()]);
+        wire::Bundle::from(&bundle)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn federated_bundles_replace_the_federated_set_and_are_not_acknowledged() {
+        let mut h = Harness::start(true);
+        let (_, server) = h.next_open().await;
+        *h.state.0.lock().unwrap() = Some(ack("v1", &["a"]));
+        let with = |sequence, federated: Vec<wire::Bundle>| {
+            let mut msg = bundle(sequence).unwrap();
+            msg.federated_bundles = federated;
+            Ok(msg)
+        };
+        // Our own domain among the federated ones is not taken as federated, and not as ours.
+        server
+            .send(with(
+                1,
+                vec![
+                    federated_bundle("b.test"),
+                    federated_bundle("example.org"),
+                    federated_bundle("a.test"),
+                ],
+            ))
+            .unwrap();
+        assert_eq!(h.next_installed().await, 1, "our own bundle only");
+        assert_eq!(h.next_federated().await, ["a.test", "b.test"]);
+        assert_eq!(h.next_ack().await, ack("v1", &["a"]));
+        // The next message without a.test drops it; one without any drops them all.
+        server
+            .send(with(2, vec![federated_bundle("b.test")]))
+            .unwrap();
+        assert_eq!(h.next_installed().await, 2);
+        assert_eq!(h.next_federated().await, ["b.test"]);
+        server.send(with(3, Vec::new())).unwrap();
+        assert_eq!(h.next_installed().await, 3);
+        assert!(h.next_federated().await.is_empty());
+        assert!(
+            h.installed.try_recv().is_err(),
+            "no federated bundle reached the own-bundle path"
+        );
     }
 }

@@ -16,6 +16,8 @@
 //!
 //! - [`feeds`]: the `SyncBundle` stream (bundles in, acknowledgements out; `WatchBundle` with a
 //!   server that predates it) and the `WatchNode` stream.
+//! - [`federated`]: the federated bundles of each bundle message, checked and handed to the
+//!   Workload API only (never trusted for this connection).
 //! - [`bundle_ack`]: what the agent acknowledges: the installed bundle's version and the roots
 //!   its SVIDs chain to.
 //! - [`bundle_file`]: the `--trust-bundle` file, read at start and again when the server's
@@ -29,6 +31,7 @@ pub mod bundle_ack;
 pub mod bundle_file;
 pub mod discovery_cache;
 pub mod discovery_feed;
+pub mod federated;
 pub mod feeds;
 
 use std::sync::{Arc, RwLock};

@@ -81,7 +81,8 @@ fn hint_of<'a>(entitlements: &'a [Entitlement], id: &SpiffeId) -> &'a str {
 /// The `X509SVIDResponse` for `svids` (first = default): each SVID with its chain, key, its
 /// own trust domain's bundle and the hint its entitlement (in `entitlements`, matched by ID:
 /// the manager may hand over fewer SVIDs than entitlements) carries; every other trust
-/// domain's bundle in `federated_bundles`.
+/// domain's bundle of `bundles` (the caller's served set, so only the federated domains its
+/// registrations name) in `federated_bundles`.
 pub fn x509_svid_response(
     svids: &[Arc<X509Svid>],
     entitlements: &[Entitlement],
@@ -125,7 +126,7 @@ pub fn x509_svid_response(
     })
 }
 
-/// Every trust domain's X.509 authorities (domains with none are left out: an empty entry
+/// Every trust domain's X.509 authorities in `bundles` (the caller's served set; domains with none are left out: an empty entry
 /// would read as a bundle that trusts nothing).
 pub fn x509_bundles_response(bundles: &BundleSet) -> X509BundlesResponse {
     X509BundlesResponse {
@@ -138,7 +139,7 @@ pub fn x509_bundles_response(bundles: &BundleSet) -> X509BundlesResponse {
     }
 }
 
-/// Every trust domain's JWT authorities as a JWT-only JWK Set (an empty `keys` list is kept:
+/// Every trust domain's JWT authorities in `bundles` (the caller's served set) as a JWT-only JWK Set (an empty `keys` list is kept:
 /// it says the domain has no JWT keys).
 pub fn jwt_bundles_response(bundles: &BundleSet) -> Result<JwtBundlesResponse, ConvertError> {
     let mut out = HashMap::new();

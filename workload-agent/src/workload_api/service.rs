@@ -15,7 +15,15 @@
 //! identity, and end with "no identity issued" when it loses the last one: bundles are not
 //! secret, but an agent answering only its workloads gives an attacker on the node nothing
 //! to enumerate trust domains with. ValidateJWTSVID needs an attested caller but no identity
-//! of its own: a pure verifier (one that holds no SVID) is a legitimate caller.
+//! of its own: a pure verifier (one that holds no SVID) is a legitimate caller, validating
+//! against our own trust domain's bundle only.
+//!
+//! Which bundles a caller is served ([`served_bundles`]): our own trust domain's, plus the
+//! federated ones its identities' registrations name (`federates_with`), never others, in
+//! every place (`X509SVIDResponse.federated_bundles`, FetchX509Bundles, FetchJWTBundles and
+//! ValidateJWTSVID). A stream re-sends when what its caller is served changes, and only
+//! then: a change of a federated domain it is not served builds the same response again,
+//! which is not sent twice ([`super::watch_stream`]).
 //!
 //! Streams ([`super::watch_stream`]): the responses themselves are built once per change and
 //! shared by every stream that sends the same one ([`SharedResponses`]), so a change costs one
@@ -52,7 +60,7 @@ use super::shared_responses::{BuildCounts, Purpose, SharedResponse, SharedRespon
 use super::watch_stream::{
     Opened, ResponseStream, StreamCaller, StreamGuards, WatchStream, Watched,
 };
-use crate::identities::{Entitlement, WorkloadIdentities};
+use crate::identities::{Entitlement, WorkloadIdentities, federation_key, served_bundles};
 use crate::socket::{AdmissionPolicy, AdmissionRefusal, Caller, StreamLimiter};
 
 /// Longest audience accepted (one value).
@@ -225,6 +233,15 @@ impl Shared {
             .collect())
     }
 
+    /// The bundles a caller entitled to `entitlements` is served, as of now.
+    fn served(&self, entitlements: &[Entitlement]) -> lanyard_svid::BundleSet {
+        served_bundles(
+            &self.identities.own_bundles(),
+            &self.identities.bundles(),
+            entitlements,
+        )
+    }
+
     /// The caller the admission layer attested for this call.
     fn caller<T>(&self, request: &Request<T>) -> Result<Caller, Refusal> {
         Caller::of(request)
@@ -270,7 +287,7 @@ impl Shared {
             if svids.is_empty() {
                 return Err(Refusal::NoIdentity);
             }
-            let bundles = self.identities.bundles();
+            let bundles = self.served(entitlements);
             convert::x509_svid_response(&svids, entitlements, &bundles).map_err(Refusal::Convert)
         };
         self.responses
@@ -284,10 +301,11 @@ impl Shared {
         generation: u64,
         purpose: Purpose,
     ) -> Result<SharedResponse<X509BundlesResponse>, Refusal> {
-        self.entitlements(caller)?;
-        let build = || async { Ok(convert::x509_bundles_response(&self.identities.bundles())) };
+        let entitlements = self.entitlements(caller)?;
+        let key = federation_key(entitlements);
+        let build = || async { Ok(convert::x509_bundles_response(&self.served(entitlements))) };
         self.responses
-            .x509_bundles(generation, purpose, build)
+            .x509_bundles(generation, &key, purpose, build)
             .await
     }
 
@@ -297,11 +315,14 @@ impl Shared {
         generation: u64,
         purpose: Purpose,
     ) -> Result<SharedResponse<JwtBundlesResponse>, Refusal> {
-        self.entitlements(caller)?;
+        let entitlements = self.entitlements(caller)?;
+        let key = federation_key(entitlements);
         let build = || async {
-            convert::jwt_bundles_response(&self.identities.bundles()).map_err(Refusal::Convert)
+            convert::jwt_bundles_response(&self.served(entitlements)).map_err(Refusal::Convert)
         };
-        self.responses.jwt_bundles(generation, purpose, build).await
+        self.responses
+            .jwt_bundles(generation, &key, purpose, build)
+            .await
     }
 }
 
@@ -492,7 +513,7 @@ impl SpiffeWorkloadApi for WorkloadApiService {
         request: Request<ValidateJwtsvidRequest>,
     ) -> Result<Response<ValidateJwtsvidResponse>, Status> {
         self.observe("ValidateJWTSVID", async {
-            self.shared.caller(&request)?;
+            let caller = self.shared.caller(&request)?;
             let body = request.get_ref();
             if body.audience.is_empty() {
                 return Err(Refusal::MissingAudience);
@@ -500,7 +521,14 @@ impl SpiffeWorkloadApi for WorkloadApiService {
             if body.svid.is_empty() {
                 return Err(Refusal::MissingSvid);
             }
-            let bundles = self.shared.identities.bundles();
+            // Validated against the caller's own bundles, as SPIRE's agent does
+            // (`getWorkloadBundles`: the agent's trust domain bundle plus the federated
+            // bundles of the registration entries matching the caller): a workload federating
+            // with B may validate B's JWT-SVIDs, one that does not may not, and a pure
+            // verifier without an identity validates our own trust domain's only (before
+            // federation, that was everything it could validate, so it keeps that).
+            let entitlements = self.shared.identities.resolve(&caller.attested);
+            let bundles = self.shared.served(&entitlements);
             let validated = lanyard_svid::jwt::validate(
                 &body.svid,
                 &body.audience,

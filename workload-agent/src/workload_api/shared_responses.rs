@@ -10,8 +10,13 @@
 //! - an `X509SVIDResponse` per distinct entitlement list (the caller's resolved
 //!   [`Entitlement`]s, claims included), so streams share one only when they would have asked
 //!   the certificate manager for exactly the same thing: a caller never sees another's SVIDs;
-//! - one `X509BundlesResponse` and one `JWTBundlesResponse` per generation (bundles do not
-//!   depend on the caller; whether the caller may read them is checked per stream).
+//! - an `X509BundlesResponse` and a `JWTBundlesResponse` per distinct *federation key* (the
+//!   trust domains the caller's identities are in or federate with,
+//!   [`federation_key`](crate::identities::federation_key)): callers are served different
+//!   federated bundles, but in the common case (no federation, or one federation set for the
+//!   whole node) every stream has the same key, so each is still built once per generation.
+//!   Whether the caller may read them is checked per stream. At most [`MAX_BUNDLE_KEYS`]
+//!   keys are cached per generation; a stream beyond builds its own.
 //!
 //! Two ways to ask ([`Purpose`]): an *update* of an open stream waits for a build already
 //! running for the same response (so N streams cause one build) and shares its failure (the
@@ -29,6 +34,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex, Weak};
 
 use lanyard_proto::workload::{JwtBundlesResponse, X509BundlesResponse, X509svidResponse};
+use lanyard_svid::TrustDomain;
 use tokio::sync::{OnceCell, SetError};
 use zeroize::Zeroize;
 
@@ -38,6 +44,13 @@ use crate::identities::Entitlement;
 /// Dead cache entries are swept once the SVID map holds this many, or twice the live count
 /// after the last sweep, whichever is more (so sweeps stay amortised O(1) per insert).
 const MIN_SWEEP_AT: usize = 64;
+
+/// Most federation keys whose bundle responses one generation caches (each distinct
+/// federation set of the node's registrations is one).
+pub const MAX_BUNDLE_KEYS: usize = 1024;
+
+/// A bundle response cache key: the trust domains served, sorted.
+type BundleKey = Vec<TrustDomain>;
 
 /// Why a response is wanted; see the module doc.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -146,8 +159,10 @@ struct Generation {
     /// Held weakly: an SVID response (with its keys) lives only while a stream holds it.
     x509_svids: HashMap<Vec<Entitlement>, Weak<Slot<X509svidResponse>>>,
     sweep_at: usize,
-    x509_bundles: Arc<Slot<X509BundlesResponse>>,
-    jwt_bundles: Arc<Slot<JwtBundlesResponse>>,
+    /// Bundles are not secret: held strongly, so a stream opened later in the generation
+    /// reuses them.
+    x509_bundles: HashMap<BundleKey, Arc<Slot<X509BundlesResponse>>>,
+    jwt_bundles: HashMap<BundleKey, Arc<Slot<JwtBundlesResponse>>>,
 }
 
 impl Generation {
@@ -156,8 +171,8 @@ impl Generation {
             number,
             x509_svids: HashMap::new(),
             sweep_at: MIN_SWEEP_AT,
-            x509_bundles: Arc::new(Slot::empty()),
-            jwt_bundles: Arc::new(Slot::empty()),
+            x509_bundles: HashMap::new(),
+            jwt_bundles: HashMap::new(),
         }
     }
 
@@ -173,6 +188,22 @@ impl Generation {
         self.x509_svids.insert(key.to_vec(), Arc::downgrade(&slot));
         slot
     }
+}
+
+/// The slot of `key` in `map`, made if missing; a private one once `map` holds
+/// [`MAX_BUNDLE_KEYS`] others.
+fn bundle_slot<M: WipeSecrets>(
+    map: &mut HashMap<BundleKey, Arc<Slot<M>>>,
+    key: &[TrustDomain],
+) -> Arc<Slot<M>> {
+    if let Some(slot) = map.get(key) {
+        return slot.clone();
+    }
+    let slot = Arc::new(Slot::empty());
+    if map.len() < MAX_BUNDLE_KEYS {
+        map.insert(key.to_vec(), slot.clone());
+    }
+    slot
 }
 
 /// How many responses were built, by kind (each build is one read of the identity source
@@ -226,10 +257,11 @@ impl SharedResponses {
         self.fill(slot, purpose, build, |b| b.x509_svid += 1).await
     }
 
-    /// The `X509BundlesResponse` as of `generation`.
+    /// The `X509BundlesResponse` for federation key `key` as of `generation`.
     pub async fn x509_bundles<F, Fut>(
         &self,
         generation: u64,
+        key: &[TrustDomain],
         purpose: Purpose,
         build: F,
     ) -> Result<SharedResponse<X509BundlesResponse>, Refusal>
@@ -237,15 +269,16 @@ impl SharedResponses {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<X509BundlesResponse, Refusal>>,
     {
-        let slot = self.with_generation(generation, |g| g.x509_bundles.clone());
+        let slot = self.with_generation(generation, |g| bundle_slot(&mut g.x509_bundles, key));
         self.fill(slot, purpose, build, |b| b.x509_bundles += 1)
             .await
     }
 
-    /// The `JWTBundlesResponse` as of `generation`.
+    /// The `JWTBundlesResponse` for federation key `key` as of `generation`.
     pub async fn jwt_bundles<F, Fut>(
         &self,
         generation: u64,
+        key: &[TrustDomain],
         purpose: Purpose,
         build: F,
     ) -> Result<SharedResponse<JwtBundlesResponse>, Refusal>
@@ -253,7 +286,7 @@ impl SharedResponses {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<JwtBundlesResponse, Refusal>>,
     {
-        let slot = self.with_generation(generation, |g| g.jwt_bundles.clone());
+        let slot = self.with_generation(generation, |g| bundle_slot(&mut g.jwt_bundles, key));
         self.fill(slot, purpose, build, |b| b.jwt_bundles += 1)
             .await
     }
@@ -320,7 +353,6 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     use lanyard_proto::workload::X509svid;
-    use lanyard_svid::TrustDomain;
 
     use super::*;
 
@@ -501,14 +533,88 @@ mod tests {
             runs.fetch_add(1, Ordering::SeqCst);
             Ok(X509BundlesResponse::default())
         };
-        let a = cache.x509_bundles(4, Purpose::First, build).await.unwrap();
-        let b = cache.x509_bundles(4, Purpose::Update, build).await.unwrap();
+        let key = [TrustDomain::new("example.org").unwrap()];
+        let a = cache
+            .x509_bundles(4, &key, Purpose::First, build)
+            .await
+            .unwrap();
+        let b = cache
+            .x509_bundles(4, &key, Purpose::Update, build)
+            .await
+            .unwrap();
         assert!(a.is_same_build(&b));
         assert_eq!(runs.load(Ordering::SeqCst), 1);
-        cache.x509_bundles(5, Purpose::Update, build).await.unwrap();
+        cache
+            .x509_bundles(5, &key, Purpose::Update, build)
+            .await
+            .unwrap();
         assert_eq!(runs.load(Ordering::SeqCst), 2);
         assert_eq!(cache.builds().x509_bundles, 2);
         assert_eq!(cache.builds().x509_svid, 0);
+    }
+
+    #[tokio::test]
+    async fn bundles_are_built_once_per_federation_key() {
+        let cache = SharedResponses::new();
+        let td = |name: &str| TrustDomain::new(name).unwrap();
+        let plain = vec![td("example.org")];
+        let federated = vec![td("example.org"), td("partner.test")];
+        let build = |domains: &[TrustDomain]| {
+            let response = JwtBundlesResponse {
+                bundles: domains
+                    .iter()
+                    .map(|d| (d.id_string(), b"{}".to_vec()))
+                    .collect(),
+            };
+            move || async move { Ok(response) }
+        };
+        let a = cache
+            .jwt_bundles(1, &plain, Purpose::First, build(&plain))
+            .await
+            .unwrap();
+        let b = cache
+            .jwt_bundles(1, &federated, Purpose::First, build(&federated))
+            .await
+            .unwrap();
+        assert!(
+            !a.is_same_build(&b),
+            "another federation set, another build"
+        );
+        assert_eq!(a.message().bundles.len(), 1);
+        assert_eq!(b.message().bundles.len(), 2);
+        // Every further caller of either set shares its build.
+        for _ in 0..3 {
+            let again = cache
+                .jwt_bundles(1, &plain, Purpose::Update, build(&federated))
+                .await
+                .unwrap();
+            assert!(again.is_same_build(&a));
+        }
+        assert_eq!(cache.builds().jwt_bundles, 2);
+
+        // Beyond the bound, a key is built for its caller without being cached.
+        for i in 0..MAX_BUNDLE_KEYS {
+            let key = vec![td(&format!("d{i}.test"))];
+            cache
+                .jwt_bundles(1, &key, Purpose::First, build(&key))
+                .await
+                .unwrap();
+        }
+        let extra = vec![td("extra.test")];
+        let one = cache
+            .jwt_bundles(1, &extra, Purpose::First, build(&extra))
+            .await
+            .unwrap();
+        let two = cache
+            .jwt_bundles(1, &extra, Purpose::First, build(&extra))
+            .await
+            .unwrap();
+        assert!(!one.is_same_build(&two));
+        let a_again = cache
+            .jwt_bundles(1, &plain, Purpose::Update, build(&plain))
+            .await
+            .unwrap();
+        assert!(a_again.is_same_build(&a), "cached keys stay cached");
     }
 
     #[test]

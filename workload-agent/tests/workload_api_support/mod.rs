@@ -123,6 +123,14 @@ pub fn entitlement(id: &SpiffeId) -> Entitlement {
     }
 }
 
+/// An entitlement to `id` whose registration federates with `domains`.
+pub fn federating(id: &SpiffeId, domains: &[&TrustDomain]) -> Entitlement {
+    Entitlement {
+        federates_with: domains.iter().map(|d| (*d).clone()).collect(),
+        ..entitlement(id)
+    }
+}
+
 struct State {
     entitlements: Vec<Entitlement>,
     svids: HashMap<SpiffeId, Arc<X509Svid>>,
@@ -157,6 +165,22 @@ impl FakeIdentities {
 
     fn bump(&self) {
         self.changes.send_modify(|n| *n += 1);
+    }
+
+    /// Entitled to `ids` (first = default), each with an SVID, every one federating with the
+    /// Pki's federated domain (`partner.test`).
+    pub fn federating(pki: Pki, ids: &[SpiffeId]) -> Arc<Self> {
+        let partner = pki.federated.trust_domain().clone();
+        let this = Self::new(pki, ids);
+        this.state.lock().unwrap().entitlements =
+            ids.iter().map(|id| federating(id, &[&partner])).collect();
+        this
+    }
+
+    /// Replaces every bundle held (own and federated) and announces the change.
+    pub fn set_bundles(&self, bundles: BundleSet) {
+        self.state.lock().unwrap().bundles = Arc::new(bundles);
+        self.bump();
     }
 
     /// Replaces the entitlements (SVIDs made for new IDs) and announces the change.
@@ -259,6 +283,16 @@ impl WorkloadIdentities for FakeIdentities {
 
     fn bundles(&self) -> Arc<BundleSet> {
         self.state.lock().unwrap().bundles.clone()
+    }
+
+    /// The Pki's own trust domain's bundle: `partner.test` is a federated one.
+    fn own_bundles(&self) -> Arc<BundleSet> {
+        let all = self.bundles();
+        Arc::new(
+            all.get(&self.pki.td)
+                .map(|own| BundleSet::from(own.clone()))
+                .unwrap_or_default(),
+        )
     }
 
     fn changes(&self) -> watch::Receiver<u64> {
