@@ -423,6 +423,7 @@ impl RunArgs {
                 &config_dir,
             )?,
             watch_resources: self.kube && self.watch_federations.unwrap_or(true),
+            timing: Default::default(),
         };
         if !self.kube && self.watch_federations.is_some() {
             return Err(invalid("watch-federations", "only meaningful with --kube").into());

@@ -94,6 +94,13 @@ pub struct ServerMetrics {
     /// 1 while this replica holds the `lanyard-identity-status` Lease (it writes the
     /// LanyardIdentity statuses), else 0.
     pub identity_status_lease_held: Gauge,
+    /// Fetches of federated bundles, by `trust_domain` and `result`
+    /// ([`crate::federation::fetch::FetchOutcome`]).
+    pub federation_fetches: Family<Labels, Counter>,
+    /// The `spiffe_sequence` of each federated bundle held, by `trust_domain`.
+    pub federation_bundle_sequence: Family<Labels, Gauge>,
+    /// Unix seconds of the last good fetch of each federated bundle, by `trust_domain`.
+    pub federation_bundle_fetched: Family<Labels, Gauge>,
 }
 
 #[derive(Default)]
@@ -176,7 +183,57 @@ impl ServerMetrics {
             "1 while this replica holds the lease to write LanyardIdentity statuses",
             metrics.identity_status_lease_held.clone(),
         );
+        sub.register(
+            "federation_fetch",
+            "Fetches of federated trust domains' bundles, by trust domain and result",
+            metrics.federation_fetches.clone(),
+        );
+        sub.register(
+            "federation_bundle_sequence",
+            "spiffe_sequence of the federated bundle held, by trust domain",
+            metrics.federation_bundle_sequence.clone(),
+        );
+        sub.register(
+            "federation_bundle_fetched_timestamp_seconds",
+            "When the federated bundle held was last fetched successfully, by trust domain",
+            metrics.federation_bundle_fetched.clone(),
+        );
         metrics
+    }
+
+    pub fn federation_fetched(
+        &self,
+        trust_domain: &lanyard_svid::TrustDomain,
+        outcome: crate::federation::fetch::FetchOutcome,
+    ) {
+        self.federation_fetches
+            .get_or_create(&vec![
+                ("trust_domain", trust_domain.to_string()),
+                ("result", outcome.to_string()),
+            ])
+            .inc();
+    }
+
+    pub fn set_federated_bundle(
+        &self,
+        trust_domain: &lanyard_svid::TrustDomain,
+        sequence: u64,
+        fetched: std::time::SystemTime,
+    ) {
+        let labels = vec![("trust_domain", trust_domain.to_string())];
+        self.federation_bundle_sequence
+            .get_or_create(&labels)
+            .set(i64::try_from(sequence).unwrap_or(i64::MAX));
+        self.federation_bundle_fetched
+            .get_or_create(&labels)
+            .set(lanyard_proto::convert::unix_seconds(fetched));
+    }
+
+    /// A federation removed: its series go.
+    pub fn forget_federated(&self, trust_domain: &lanyard_svid::TrustDomain) {
+        let labels = vec![("trust_domain", trust_domain.to_string())];
+        self.federation_bundle_sequence.remove(&labels);
+        self.federation_bundle_fetched.remove(&labels);
     }
 
     pub fn discovery_answer_sent(&self, kind: AnswerKind) {

@@ -132,6 +132,8 @@ pub async fn run(
     let entries = EntryStore::new(config.entries.clone());
     // Cluster mode: the LanyardIdentity informers and, on one replica at a time, the status.
     let mut status_writer = None;
+    // Cluster mode: the API client, for federation's LanyardFederation watch.
+    let mut kube_client = None;
     let (attestor, pods, join_tokens, evictions, discovery) = match &config.mode {
         Mode::DataDir => {
             let Some(data_dir) = &config.data_dir else {
@@ -181,6 +183,7 @@ pub async fn run(
                 Some(client) => client,
                 None => kube::Client::try_default().await?,
             };
+            kube_client = Some(client.clone());
             let pods = PodIndex::new();
             tasks.push(pods.spawn_watcher(client.clone()));
             let registrations = Registrations::unsynced(config.registry_config());
@@ -308,13 +311,15 @@ pub async fn run(
     // this trust domain's bundle endpoint, and OIDC discovery for JWT-SVIDs.
     let federated = crate::federation::FederatedBundles::new();
     tasks.extend(
-        crate::federation::start(
-            &config,
-            authority.clone(),
-            store.clone(),
-            federated.clone(),
-            &on_listening,
-        )
+        crate::federation::start(crate::federation::Context {
+            config: &config,
+            authority: authority.clone(),
+            server_svid: store.clone(),
+            federated: federated.clone(),
+            metrics: metrics.clone(),
+            kube: kube_client,
+            on_listening: &on_listening,
+        })
         .await?,
     );
     if let Some(oidc) = &config.oidc {

@@ -284,19 +284,53 @@ where
     }
 }
 
-/// The bundle now (once the CA is loaded), then on every change.
+/// The bundle now (once the CA is loaded) with every federated bundle held, then again on
+/// every change of either.
 fn bundle_stream(
-    bundles: tokio::sync::watch::Receiver<Option<Arc<lanyard_svid::TrustBundle>>>,
+    ours: tokio::sync::watch::Receiver<Option<Arc<lanyard_svid::TrustBundle>>>,
+    federated: tokio::sync::watch::Receiver<Arc<lanyard_svid::BundleSet>>,
 ) -> impl Stream<Item = Result<wire::WatchBundleResponse, Status>> + Send + Unpin + 'static {
-    tokio_stream::wrappers::WatchStream::new(bundles).filter_map(|bundle| {
-        std::future::ready(bundle.map(|b| {
-            Ok(wire::WatchBundleResponse {
-                bundle: Some(wire::Bundle::from(b.as_ref())),
-                // Filled in from FederatedBundles (federation work).
-                federated_bundles: Vec::new(),
-            })
-        }))
-    })
+    struct State {
+        ours: tokio::sync::watch::Receiver<Option<Arc<lanyard_svid::TrustBundle>>>,
+        federated: tokio::sync::watch::Receiver<Arc<lanyard_svid::BundleSet>>,
+        /// The federated set's sender is gone: only our bundle is followed.
+        federated_closed: bool,
+        first: bool,
+    }
+    let state = State {
+        ours,
+        federated,
+        federated_closed: false,
+        first: true,
+    };
+    Box::pin(futures::stream::unfold(state, |mut s| async move {
+        loop {
+            if !s.first {
+                if s.federated_closed {
+                    s.ours.changed().await.ok()?;
+                } else {
+                    tokio::select! {
+                        changed = s.ours.changed() => changed.ok()?,
+                        changed = s.federated.changed() => {
+                            if changed.is_err() {
+                                s.federated_closed = true;
+                            }
+                        }
+                    }
+                }
+            }
+            s.first = false;
+            let Some(bundle) = s.ours.borrow_and_update().clone() else {
+                continue;
+            };
+            let federated = s.federated.borrow_and_update().clone();
+            let response = wire::WatchBundleResponse {
+                bundle: Some(wire::Bundle::from(bundle.as_ref())),
+                federated_bundles: federated.iter().map(wire::Bundle::from).collect(),
+            };
+            return Some((Ok(response), s));
+        }
+    }))
 }
 
 /// A stream that keeps `_held` alive as long as itself (a registration whose drop says the
@@ -617,7 +651,7 @@ impl NodeIdentity for IdentityService {
     ) -> Result<Response<Self::WatchBundleStream>, Status> {
         let bundles = self.authority.subscribe_bundle();
         let stream = self.feed_for("watch_bundle", &request, |agent| Holding {
-            inner: bundle_stream(bundles),
+            inner: bundle_stream(bundles, self.settings.federated.subscribe()),
             // Counted as an agent that never acknowledges, while the stream lives.
             _held: self.acks.register_watch(&agent.node),
         })?;
@@ -646,7 +680,10 @@ impl NodeIdentity for IdentityService {
             let refusal =
                 futures::stream::once(end_rx).filter_map(|r| std::future::ready(r.ok().map(Err)));
             Holding {
-                inner: futures::stream::select(bundle_stream(bundles), refusal),
+                inner: futures::stream::select(
+                    bundle_stream(bundles, self.settings.federated.subscribe()),
+                    refusal,
+                ),
                 // Dropped when the stream ends: the agent is forgotten, the reader stops.
                 _held: (held, gone_tx),
             }

@@ -3,11 +3,22 @@
 //! - [`config`]: `[[federation]]` in `--config`, checked into federated domains.
 //! - [`FederatedBundles`]: the federated trust domains' bundles this replica holds now, one
 //!   per trust domain, watched by the agents' bundle feeds (`WatchBundleResponse.federated_bundles`).
+//! - [`endpoint`]: this trust domain's bundle endpoint (`--bundle-endpoint`, `https_spiffe` or
+//!   `https_web`).
+//! - [`fetch`]: one fetch of a federated trust domain's bundle, checked; its typed outcome.
+//! - [`schedule`]: when to fetch again (refresh hint, backoff) and the per-domain fetch task.
+//! - [`domains`]: the desired set (configuration, plus `LanyardFederation` resources in
+//!   cluster mode) and one fetch task per domain in it.
+//! - [`persist`]: data-dir mode keeps each fetched bundle in `<data-dir>/federation/<td>.json`.
 //!
-//! Serving this trust domain's bundle endpoint and fetching the others' are separate tasks
-//! started by [`crate::run`] from [`FederationSettings`].
+//! [`start`] starts them from [`FederationSettings`].
 
 pub mod config;
+pub mod domains;
+pub mod endpoint;
+pub mod fetch;
+pub mod persist;
+pub mod schedule;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -27,6 +38,8 @@ pub struct FederationSettings {
     /// Cluster mode: also fetch the trust domains of `LanyardFederation` resources
     /// (`--watch-federations`, default true in cluster mode).
     pub watch_resources: bool,
+    /// Refresh and backoff bounds of the fetches (no flag: tests shorten them).
+    pub timing: schedule::FetchTiming,
 }
 
 /// This replica's bundle endpoint.
@@ -114,20 +127,90 @@ pub enum FederationError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("bundle endpoint certificate (--bundle-endpoint-cert/-key) {path}: {reason}")]
+    Certificate { path: PathBuf, reason: String },
+    #[error("bundle endpoint TLS: {0}")]
+    Tls(String),
+}
+
+/// What [`start`] needs from the running server.
+pub struct Context<'a, L: Fn(&'static str, SocketAddr)> {
+    pub config: &'a crate::config::ServerConfig,
+    pub authority: Arc<crate::authority::Authority>,
+    /// The server's own SVID store (the `https_spiffe` endpoint presents it).
+    pub server_svid: Arc<lanyard_svid::SvidStore>,
+    pub federated: FederatedBundles,
+    pub metrics: Arc<crate::metrics::ServerMetrics>,
+    /// Cluster mode: the API client, to watch `LanyardFederation` resources.
+    pub kube: Option<kube::Client>,
+    pub on_listening: &'a L,
 }
 
 /// Starts what `config.federation` asks for: the bundle endpoint (announced to
 /// `on_listening` as `"bundle-endpoint"`), the fetcher of every federated trust domain's
 /// bundle into `federated`, and in cluster mode the `LanyardFederation` informer.
-/// `server_svid` is the server's own SVID store (the `https_spiffe` endpoint presents it).
-pub async fn start(
-    config: &crate::config::ServerConfig,
-    authority: Arc<crate::authority::Authority>,
-    server_svid: Arc<lanyard_svid::SvidStore>,
-    federated: FederatedBundles,
-    on_listening: &impl Fn(&'static str, SocketAddr),
+pub async fn start<L: Fn(&'static str, SocketAddr)>(
+    cx: Context<'_, L>,
 ) -> Result<Vec<tokio::task::JoinHandle<()>>, FederationError> {
-    // Filled in by the federation work (bundle endpoint, fetcher, informer).
-    let _ = (config, authority, server_svid, federated, on_listening);
-    Ok(Vec::new())
+    let settings = &cx.config.federation;
+    let mut tasks = Vec::new();
+    if let Some(endpoint) = &settings.bundle_endpoint {
+        tasks.push(
+            endpoint::start(
+                endpoint,
+                cx.authority.clone(),
+                cx.server_svid.clone(),
+                cx.on_listening,
+            )
+            .await?,
+        );
+    }
+    let resources = match (settings.watch_resources, cx.kube) {
+        (true, Some(client)) => {
+            let (rx, task) = watch_resources(client, cx.config.trust_domain.clone());
+            tasks.extend(task);
+            rx
+        }
+        (true, None) => {
+            tracing::warn!("LanyardFederation resources not watched: no Kubernetes client");
+            None
+        }
+        (false, _) => None,
+    };
+    if settings.domains.is_empty() && resources.is_none() {
+        return Ok(tasks);
+    }
+    // Cluster mode keeps fetched bundles in memory only (no data dir): a restarted replica
+    // starts again from the bootstrap bundles.
+    let persist_dir = match cx.config.mode {
+        crate::config::Mode::DataDir => cx.config.data_dir.as_ref().map(|d| d.join(persist::DIR)),
+        crate::config::Mode::Cluster(_) => None,
+    };
+    let sink = schedule::Sink {
+        federated: cx.federated,
+        metrics: Some(cx.metrics),
+        persist_dir,
+    };
+    let domains = domains::Domains::new(settings.timing, sink);
+    tasks.push(tokio::spawn(domains::run(
+        domains,
+        settings.domains.clone(),
+        resources,
+    )));
+    Ok(tasks)
+}
+
+/// The `LanyardFederation` resources' checked domains, watched (cluster mode).
+type ResourceWatch = (
+    Option<tokio::sync::watch::Receiver<Vec<FederatedDomain>>>,
+    Option<tokio::task::JoinHandle<()>>,
+);
+
+fn watch_resources(client: kube::Client, own: TrustDomain) -> ResourceWatch {
+    // `crate::k8s::federations::spawn(client, own)` once that informer lands.
+    let _ = (client, own);
+    tracing::warn!(
+        "LanyardFederation resources are not watched by this build; [[federation]] in --config applies"
+    );
+    (None, None)
 }
