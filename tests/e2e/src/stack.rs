@@ -36,6 +36,16 @@ impl Server {
         Self::launch(dir, listen, &["--config", &config_arg], &[])
     }
 
+    /// As [`Server::start`], with `extra` flags for `run` (e.g. OIDC discovery, lifetimes).
+    pub fn start_with(dir: &Path, config: &str, extra: &[&str]) -> Self {
+        let config_path = dir.join("server.toml");
+        std::fs::write(&config_path, config).expect("write server config");
+        let config_arg = config_path.to_str().expect("utf-8 path").to_owned();
+        let mut args = vec!["--config", config_arg.as_str()];
+        args.extend_from_slice(extra);
+        Self::launch(dir, "127.0.0.1:0", &args, &[])
+    }
+
     /// A server in cluster mode (`--kube`), its kube client from the kubeconfig at
     /// `kubeconfig`, reading its CA from `lanyard/lanyard-ca` and its bundle from
     /// `lanyard/lanyard-bundle`, accepting agents of the `lanyard:lanyard-agent` account.
