@@ -61,6 +61,10 @@ impl Unavailable {
     /// What the operator should do, for the WARN.
     fn advice(self, what: &str) -> String {
         match (self, what) {
+            (Self::NotInstalled, super::federations::WHAT) => format!(
+                "the {what} resource type is not installed; no trust domain is federated from \
+                 resources. Install the CRD (`lanyard install` renders it) to federate"
+            ),
             (Self::NotInstalled, _) => format!(
                 "the {what} resource type is not installed; pods get the default pod identity \
                  only. Install the CRD (`lanyard install` renders it) to register identities"
@@ -257,7 +261,7 @@ impl IdentityInformer {
 }
 
 /// What a watch of one kind reports.
-enum Step<K> {
+pub(crate) enum Step<K> {
     Listed(Vec<K>),
     /// The kind cannot be listed (404 or 403): count it as none.
     Unavailable,
@@ -268,7 +272,7 @@ enum Step<K> {
 /// Watches every `K` (cluster scoped) until the task is dropped, with the watcher's backoff
 /// between failures. A 404 or 403 is reported once as [`Step::Unavailable`] with a WARN, and
 /// again only after the kind was listed successfully in between.
-async fn watch_kind<K>(api: Api<K>, what: &'static str, mut on: impl FnMut(Step<K>))
+pub(crate) async fn watch_kind<K>(api: Api<K>, what: &'static str, mut on: impl FnMut(Step<K>))
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
 {

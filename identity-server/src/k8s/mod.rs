@@ -9,6 +9,7 @@
 //!   ConfigMap, watched and installed in the authority.
 //! - [`ca_report`]: this replica's CA report ConfigMap, for `lanyard ca status`.
 //! - [`identities`]: the LanyardIdentity and Namespace informers that rebuild the registry.
+//! - [`federations`]: the LanyardFederation informer: the federated trust domains to fetch.
 //! - [`identity_status`]: the `lanyard-identity-status` Lease, and the LanyardIdentity
 //!   statuses its holder writes.
 //! - [`write_schedule`]: when those periodic writes (report, statuses) are next due.
@@ -16,6 +17,7 @@
 pub mod ca_report;
 pub mod ca_source;
 pub mod endpoint_slices;
+pub mod federations;
 pub mod identities;
 pub mod identity_status;
 pub mod object_index;
