@@ -22,7 +22,9 @@ use crate::metrics::ServerMetrics;
 /// tests shorten it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FetchTiming {
-    /// Shortest wait after a good fetch, whatever the hint says.
+    /// Shortest wait after a good fetch, whatever the hint says. Low enough that an operator
+    /// can ask for quick propagation (a hint of seconds during a root rotation), high enough
+    /// that an endpoint cannot make us poll it in a loop.
     pub min_refresh: Duration,
     /// Longest wait after a good fetch, whatever the hint says.
     pub max_refresh: Duration,
@@ -37,7 +39,7 @@ pub struct FetchTiming {
 impl Default for FetchTiming {
     fn default() -> Self {
         Self {
-            min_refresh: Duration::from_secs(30),
+            min_refresh: Duration::from_secs(5),
             max_refresh: Duration::from_secs(3600),
             default_refresh: Duration::from_secs(300),
             backoff_initial: Duration::from_secs(5),
@@ -220,7 +222,7 @@ mod tests {
         assert_eq!(t.after_success(None), Duration::from_secs(300));
         assert_eq!(
             t.after_success(Some(Duration::from_secs(1))),
-            Duration::from_secs(30)
+            Duration::from_secs(5)
         );
         assert_eq!(
             t.after_success(Some(Duration::from_secs(600))),
@@ -263,7 +265,7 @@ mod tests {
         };
         let start = Instant::now();
         let task = tokio::spawn(run_domain(td(), script, None, FetchTiming::default(), sink));
-        // Seven fetches: the six scripted and one more (30 s after the last, its hint clamped).
+        // Seven fetches: the six scripted and one more (5 s after the last, its hint clamped).
         let deadline = start + Duration::from_secs(3600);
         while calls.lock().unwrap().len() < 7 {
             assert!(Instant::now() < deadline, "fetches stalled");
@@ -273,8 +275,8 @@ mod tests {
         let calls = calls.lock().unwrap().clone();
         let at: Vec<u64> = calls.iter().map(|(t, _)| (*t - start).as_secs()).collect();
         // 0: ok (hint 120 s); 120: fail (5 s); 125: fail (10 s); 135: fail (20 s);
-        // 155: ok, no hint (300 s); 455: ok, hint 1 s (clamped to 30 s); 485.
-        assert_eq!(at, [0, 120, 125, 135, 155, 455, 485]);
+        // 155: ok, no hint (300 s); 455: ok, hint 1 s (clamped to 5 s); 460.
+        assert_eq!(at, [0, 120, 125, 135, 155, 455, 460]);
         // Each fetch was authenticated with the bundle held: failures kept sequence 1.
         let held: Vec<Option<u64>> = calls.iter().map(|(_, h)| *h).collect();
         assert_eq!(
