@@ -20,11 +20,14 @@
 //! - [`server_client`]: everything facing lanyard-server: the mTLS gRPC connection (server ID
 //!   pinned; the `--trust-bundle` file read again when the server's certificate does not
 //!   verify), its `SyncBundle` feed (bundles in; acknowledgements out: the installed bundle's
-//!   version and the roots the held SVIDs chain to; `WatchBundle` with an older server) and
-//!   `WatchNode` feed, and the discovery cache with the `DiscoveryFeed` that keeps it current.
+//!   version and the roots the held SVIDs chain to; `WatchBundle` with an older server; the
+//!   federated bundles it carries, for the Workload API only, never trusted for the
+//!   connection) and `WatchNode` feed, and the discovery cache with the `DiscoveryFeed` that
+//!   keeps it current.
 //! - [`manager`]: the certificate manager: resolves callers to identities from the node view
 //!   (a pod's own identity only for callers showing its registration's workload selectors,
-//!   e.g. `k8s:container-name`, with its Workload API hint), mints and renews their
+//!   e.g. `k8s:container-name`, with its Workload API hint and the federated trust domains
+//!   its registration names), holds our own and the federated bundles, mints and renews their
 //!   X.509-SVIDs, implements [`identities::WorkloadIdentities`].
 //! - [`metrics`]: the agent's Prometheus metrics (server-facing half).
 //! - [`h2_authority`]: a frame layer (applied by [`socket`] only) that rewrites the

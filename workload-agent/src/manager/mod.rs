@@ -18,6 +18,13 @@
 //!   identity set once per change and shares the result); the view version moves just before
 //!   a view change, so streams re-resolve their caller only then.
 //!
+//! - Bundles: our own trust domain's ([`CertificateManager::set_bundles`], from the server's
+//!   bundle, also what the server connection trusts) and the federated ones
+//!   ([`CertificateManager::set_federated_bundles`], replaced whole from each bundle message,
+//!   never trusted by the agent itself), served together by
+//!   [`bundles`](crate::identities::WorkloadIdentities::bundles); each caller gets the part its
+//!   entitlements name ([`crate::identities::served_bundles`]).
+//!
 //! Timers use `tokio::time::Instant` (see [`renew`]), so tests run them on a paused clock.
 //!
 //! - `slot`: one identity: its SVID, workload claims and timers.
