@@ -167,9 +167,14 @@ pub async fn start<L: Fn(&'static str, SocketAddr)>(
     }
     let resources = match (settings.watch_resources, cx.kube) {
         (true, Some(client)) => {
-            let (rx, task) = watch_resources(client, cx.config.trust_domain.clone());
-            tasks.extend(task);
-            rx
+            // The same class policy as LanyardIdentity resources.
+            let (rx, task) = crate::k8s::federations::spawn_for_class(
+                client,
+                cx.config.trust_domain.clone(),
+                cx.config.registry_config().class,
+            );
+            tasks.push(task);
+            Some(rx)
         }
         (true, None) => {
             tracing::warn!("LanyardFederation resources not watched: no Kubernetes client");
@@ -198,19 +203,4 @@ pub async fn start<L: Fn(&'static str, SocketAddr)>(
         resources,
     )));
     Ok(tasks)
-}
-
-/// The `LanyardFederation` resources' checked domains, watched (cluster mode).
-type ResourceWatch = (
-    Option<tokio::sync::watch::Receiver<Vec<FederatedDomain>>>,
-    Option<tokio::task::JoinHandle<()>>,
-);
-
-fn watch_resources(client: kube::Client, own: TrustDomain) -> ResourceWatch {
-    // `crate::k8s::federations::spawn(client, own)` once that informer lands.
-    let _ = (client, own);
-    tracing::warn!(
-        "LanyardFederation resources are not watched by this build; [[federation]] in --config applies"
-    );
-    (None, None)
 }
