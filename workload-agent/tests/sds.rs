@@ -66,6 +66,7 @@ struct Agent {
     _dir: tempfile::TempDir,
     socket: PathBuf,
     server: Arc<FakeServer>,
+    manager: CertificateManager,
     stop: Option<oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<Result<(), ServeError>>,
     driver: tokio::task::JoinHandle<()>,
@@ -81,22 +82,14 @@ impl Agent {
             AgentMetrics::unregistered(),
         );
         manager.set_bundles(server.bundles());
-        let view = wire::WatchNodeResponse {
-            node_name: "node-a".into(),
-            entries: vec![wire::StaticEntry {
-                spiffe_id: format!("spiffe://{TD}{ENVOY_ID}"),
-                selectors: vec![format!("unix:uid:{uid}")],
-                ..Default::default()
-            }],
-            pods: Vec::new(),
-        };
-        manager.set_view(NodeView::from_wire(&view, &TrustDomain::new(TD).unwrap()));
+        manager.set_view(view(&[(ENVOY_ID, uid)]));
         manager.set_attested(true);
         let driver = manager.spawn();
 
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("agent.sock");
         let (stop, stopped) = oneshot::channel::<()>();
+        let served = Arc::new(manager.clone());
         let task = tokio::spawn({
             let socket = socket.clone();
             async move {
@@ -105,7 +98,7 @@ impl Agent {
                     Arc::new(WorkloadAttestor::default()),
                     ConnectionLimits::default(),
                     Services::new().workload_api(
-                        Arc::new(manager),
+                        served,
                         Limits::default(),
                         WorkloadApiMetrics::default(),
                     ),
@@ -126,6 +119,7 @@ impl Agent {
             _dir: dir,
             socket,
             server,
+            manager,
             stop: Some(stop),
             task,
             driver,
@@ -148,6 +142,24 @@ impl Agent {
             .unwrap();
         self.driver.abort();
     }
+}
+
+/// A node view with a static entry `spiffe://example.org<path>` for callers of `uid`, for
+/// each `(path, uid)`.
+fn view(entries: &[(&str, u32)]) -> NodeView {
+    let view = wire::WatchNodeResponse {
+        node_name: "node-a".into(),
+        entries: entries
+            .iter()
+            .map(|(path, uid)| wire::StaticEntry {
+                spiffe_id: format!("spiffe://{TD}{path}"),
+                selectors: vec![format!("unix:uid:{uid}")],
+                ..Default::default()
+            })
+            .collect(),
+        pods: Vec::new(),
+    };
+    NodeView::from_wire(&view, &TrustDomain::new(TD).unwrap())
 }
 
 /// A plain tonic channel over the Unix socket: no Lanyard client code, no header.
@@ -291,7 +303,7 @@ fn svid_of(secret: &Secret, server: &FakeServer) -> X509Svid {
 }
 
 /// The trust domains and bundles (PEM) of a SPIFFE-validator validation context.
-fn spiffe_validator(context: &CertificateValidationContext) -> Vec<(String, Vec<u8>)> {
+fn spiffe_validator(context: &CertificateValidationContext) -> Vec<(String, String)> {
     assert!(context.trusted_ca.is_none());
     let custom = context
         .custom_validator_config
@@ -304,18 +316,21 @@ fn spiffe_validator(context: &CertificateValidationContext) -> Vec<(String, Vec<
         .unwrap()
         .trust_domains
         .into_iter()
-        .map(|td| (td.name, inline(&td.trust_bundle).to_vec()))
+        .map(|td| (td.name, pem_text(inline(&td.trust_bundle))))
         .collect()
 }
 
-fn own_bundle_pem(server: &FakeServer) -> Vec<u8> {
+fn own_bundle_pem(server: &FakeServer) -> String {
     server
         .bundles()
         .iter()
         .next()
         .unwrap()
         .x509_authorities_pem()
-        .into_bytes()
+}
+
+fn pem_text(bytes: &[u8]) -> String {
+    String::from_utf8(bytes.to_vec()).expect("PEM is text")
 }
 
 /// An open StreamSecrets stream: what the client sends, and what it receives.
@@ -469,7 +484,10 @@ async fn fetch_secrets_all_and_the_validator_switch() {
     let rootca = secrets(&response);
     let context = validation_context(named(&rootca, "ROOTCA"));
     assert!(context.custom_validator_config.is_none());
-    assert_eq!(inline(&context.trusted_ca), own_bundle_pem(&agent.server));
+    assert_eq!(
+        pem_text(inline(&context.trusted_ca)),
+        own_bundle_pem(&agent.server)
+    );
 
     // Names the caller holds nothing for are refused, as SPIRE refuses them.
     let refused = client
@@ -531,5 +549,60 @@ async fn a_caller_without_identity_is_refused() {
         .unwrap_err();
     assert_eq!(refused.code(), Code::PermissionDenied);
     assert_eq!(refused.message(), "no identity issued");
+    agent.stop().await;
+}
+
+#[tokio::test]
+async fn changes_that_leave_the_answer_alone_send_nothing_and_losing_the_identity_ends_the_stream()
+{
+    let agent = Agent::start(Duration::from_secs(3600), my_uid()).await;
+    let mut client = agent.sds().await;
+    let mut stream =
+        SdsStream::open(&mut client, request(&["ROOTCA"], Some(envoy_node(None)))).await;
+    let first = stream.next("the first response").await;
+    assert_eq!(first.version_info, "1");
+    stream
+        .send
+        .send(reply(&["ROOTCA"], &first, None))
+        .await
+        .unwrap();
+
+    // Another workload's entry arrives: a change for the agent, none for this caller. A
+    // FetchSecrets round trip lets the stream see it (the runtime runs the woken stream while
+    // the call crosses the socket). Then the own bundle gains a root: the next message is
+    // version 2 with it, so nothing went out for the first change.
+    agent.manager.set_view(view(&[
+        (ENVOY_ID, my_uid()),
+        ("/other", my_uid().wrapping_add(1)),
+    ]));
+    client
+        .fetch_secrets(request(&["ROOTCA"], Some(envoy_node(None))))
+        .await
+        .unwrap();
+    let td = TrustDomain::new(TD).unwrap();
+    let extra =
+        lanyard_svid::RootCa::generate(&td, Duration::from_secs(3600), SystemTime::now()).unwrap();
+    let mut bundles = agent.server.bundles();
+    let mut own = bundles.get(&td).unwrap().clone();
+    own.add_x509_authority(extra.cert_der().clone());
+    let own_pem = own.x509_authorities_pem();
+    bundles.insert(own);
+    agent.manager.set_bundles(bundles);
+    let second = stream.next("the new bundle").await;
+    assert_eq!(second.version_info, "2");
+    assert_eq!(
+        spiffe_validator(validation_context(named(&secrets(&second), "ROOTCA"))),
+        [(TD.to_owned(), own_pem)]
+    );
+
+    // This caller's entry goes: the stream ends with the Workload API's refusal.
+    agent
+        .manager
+        .set_view(view(&[("/other", my_uid().wrapping_add(1))]));
+    let ended = within("the stream to end", stream.receive.message())
+        .await
+        .expect_err("the stream ends");
+    assert_eq!(ended.code(), Code::PermissionDenied);
+    assert_eq!(ended.message(), "no identity issued");
     agent.stop().await;
 }

@@ -113,13 +113,13 @@ impl SdsRefusal {
         Status::new(self.code(), self.message())
     }
 
-    /// Whether an open stream ends on this refusal. Else it is temporary: the stream keeps
-    /// what it sent (or has not sent anything yet) and tries again at the next change.
+    /// Whether an open stream ends on this refusal. Else it is temporary (as the Workload
+    /// API's streams treat it): the stream keeps what it sent (or has not sent anything yet)
+    /// and tries again at the next change.
     pub fn ends_stream(&self) -> bool {
         !matches!(
             self,
-            Self::NoBundle { .. }
-                | Self::Identity(IdentityError::NotReady(_) | IdentityError::AgentNotAttested)
+            Self::NoBundle { .. } | Self::SvidWithoutKey { .. } | Self::Identity(_)
         )
     }
 }
@@ -204,6 +204,8 @@ mod tests {
     #[test]
     fn temporary_refusals_keep_the_stream() {
         assert!(!SdsRefusal::from(IdentityError::NotReady("x".into())).ends_stream());
+        assert!(!SdsRefusal::from(IdentityError::Refused("x".into())).ends_stream());
+        assert!(SdsRefusal::from(IdentityError::NoIdentity).ends_stream());
         assert!(
             !SdsRefusal::NoBundle {
                 trust_domain: "spiffe://a.test".into()
