@@ -62,8 +62,10 @@ impl Pki {
 struct Identities {
     pki: Pki,
     svids: Mutex<HashMap<SpiffeId, Arc<X509Svid>>>,
-    bundles: Arc<BundleSet>,
+    bundles: Mutex<Arc<BundleSet>>,
     db_entitled: Mutex<bool>,
+    /// The federated trust domains `web`'s registration names.
+    web_federates_with: Mutex<Vec<TrustDomain>>,
     view_version: AtomicU64,
     changes: watch::Sender<u64>,
     resolves: AtomicUsize,
@@ -84,8 +86,9 @@ impl Identities {
         Arc::new(Self {
             pki,
             svids: Mutex::new(svids),
-            bundles,
+            bundles: Mutex::new(bundles),
             db_entitled: Mutex::new(true),
+            web_federates_with: Mutex::new(Vec::new()),
             view_version: AtomicU64::new(1),
             changes: watch::channel(0).0,
             resolves: AtomicUsize::new(0),
@@ -106,6 +109,16 @@ impl Identities {
         self.changes.send_modify(|n| *n += 1);
     }
 
+    /// Holds `bundle` beside ours (replacing that domain's), and says so.
+    fn hold(&self, bundle: TrustBundle) {
+        let mut bundles = self.bundles.lock().unwrap();
+        let mut set = (**bundles).clone();
+        set.insert(bundle);
+        *bundles = Arc::new(set);
+        drop(bundles);
+        self.changes.send_modify(|n| *n += 1);
+    }
+
     fn svid_of(&self, id: &SpiffeId) -> Arc<X509Svid> {
         self.svids.lock().unwrap()[id].clone()
     }
@@ -123,7 +136,9 @@ fn db(pki: &Pki) -> SpiffeId {
 impl WorkloadIdentities for Identities {
     fn resolve(&self, attested: &Attested) -> Vec<Entitlement> {
         self.resolves.fetch_add(1, Ordering::SeqCst);
+        let mut federates_with = Vec::new();
         let id = if attested.selectors.contains(&Selector::uid(UID_WEB)) {
+            federates_with = self.web_federates_with.lock().unwrap().clone();
             web(&self.pki)
         } else if attested.selectors.contains(&Selector::uid(UID_DB))
             && *self.db_entitled.lock().unwrap()
@@ -137,7 +152,7 @@ impl WorkloadIdentities for Identities {
             workload: Default::default(),
             x509_ttl: None,
             hint: String::new(),
-            federates_with: Vec::new(),
+            federates_with,
         }]
     }
 
@@ -158,7 +173,12 @@ impl WorkloadIdentities for Identities {
     }
 
     fn bundles(&self) -> Arc<BundleSet> {
-        self.bundles.clone()
+        self.bundles.lock().unwrap().clone()
+    }
+
+    fn own_bundles(&self) -> Arc<BundleSet> {
+        let all = self.bundles();
+        Arc::new(BundleSet::from(all.get(&self.pki.td).unwrap().clone()))
     }
 
     fn changes(&self) -> watch::Receiver<u64> {
@@ -317,4 +337,73 @@ async fn bundle_streams_of_different_callers_share_one_build() {
         assert_eq!(next(stream).await.unwrap_err().code(), Code::Unavailable);
         assert!(stream.next().await.is_none());
     }
+}
+
+/// A bundle of `name` under a fresh root.
+fn foreign(name: &str) -> TrustBundle {
+    let td = TrustDomain::new(name).unwrap();
+    let root = RootCa::generate(&td, Duration::from_secs(3600), SystemTime::now()).unwrap();
+    TrustBundle::from_x509_authorities(td, [root.cert_der().clone()])
+}
+
+#[tokio::test]
+async fn bundle_streams_resend_only_when_a_domain_they_are_served_changes() {
+    use futures::FutureExt as _;
+    let identities = Identities::new();
+    let partner = foreign("partner.test");
+    *identities.web_federates_with.lock().unwrap() = vec![partner.trust_domain().clone()];
+    identities.hold(partner.clone());
+    let (service, _stop) = service(identities.clone());
+    let open = |uid| {
+        let service = service.clone();
+        async move {
+            service
+                .fetch_x509_bundles(request_as(uid, X509BundlesRequest {}).await)
+                .await
+                .expect("stream opens")
+                .into_inner()
+        }
+    };
+    let (mut federating, mut plain) = (open(UID_WEB).await, open(UID_DB).await);
+    let keys = |m: &lanyard_proto::workload::X509BundlesResponse| {
+        let mut keys: Vec<String> = m.bundles.keys().cloned().collect();
+        keys.sort();
+        keys
+    };
+    let first = next(&mut federating).await.unwrap();
+    assert_eq!(
+        keys(&first),
+        ["spiffe://example.org", "spiffe://partner.test"]
+    );
+    assert_eq!(
+        keys(&next(&mut plain).await.unwrap()),
+        ["spiffe://example.org"]
+    );
+    assert_eq!(
+        service.responses_built().x509_bundles,
+        2,
+        "one per federation key"
+    );
+
+    // A domain neither is served: both streams build, find nothing new, and send nothing
+    // (every step is ready at once, so a message would be there now).
+    identities.hold(foreign("unrelated.test"));
+    assert!(
+        federating.next().now_or_never().is_none(),
+        "nothing to resend"
+    );
+    assert!(plain.next().now_or_never().is_none(), "nothing to resend");
+
+    // partner.test rotates: only the stream served it sends, its new root.
+    let rotated = foreign("partner.test");
+    identities.hold(rotated.clone());
+    let update = next(&mut federating).await.unwrap();
+    assert_eq!(
+        update.bundles["spiffe://partner.test"],
+        rotated.x509_authorities_der()
+    );
+    assert!(
+        plain.next().now_or_never().is_none(),
+        "not served partner.test"
+    );
 }
