@@ -1,8 +1,8 @@
 //! Registration the Kubernetes way, against the API fixture with the real CRD: a
 //! LanyardIdentity created, edited and deleted through the API changes what the server (in
 //! --kube mode, with the RBAC `lanyard install` renders) issues a pod over its gRPC API (ID
-//! and DNS SANs) and what it feeds the node's agent, and the holder of the status Lease writes
-//! each resource's status (and gives the Lease up when it stops).
+//! and DNS SANs) and what it feeds the node's agent (federatesWith included), and the holder
+//! of the status Lease writes each resource's status (and gives the Lease up when it stops).
 
 mod common;
 
@@ -33,6 +33,7 @@ fn identity(template: &str, dns: &[&str]) -> LanyardIdentity {
                 ..Default::default()
             }),
             dns_name_templates: dns.iter().map(|d| d.to_string()).collect(),
+            federates_with: vec!["partner.example".into()],
             ..Default::default()
         },
     )
@@ -204,6 +205,8 @@ async fn lanyard_identity_drives_issuance_feed_and_status() {
     assert_eq!(pod.spiffe_id, "spiffe://example.org/web/web-1");
     assert_eq!(pod.registered_by, "LanyardIdentity/web");
     assert_eq!(pod.dns_names, ["web-1.web.default.svc", "web.example.org"]);
+    // Kept by the CRD's schema (not pruned) and carried to the agent.
+    assert_eq!(pod.federates_with, ["partner.example"]);
     assert_eq!(
         pod.container_names.get("c1").map(String::as_str),
         Some("app")
