@@ -609,7 +609,7 @@ mod tests {
             .expect("retired when the grace ended")
             .unwrap();
         let after = bundles.borrow().clone().unwrap();
-        assert_eq!(kids(&after), [new_kid.clone()]);
+        assert_eq!(kids(&after), std::slice::from_ref(&new_kid));
         assert!(after.sequence() > rotated.sequence());
         assert!(clock() >= rotated_at + GRACE);
         assert_eq!(authority.active().unwrap().jwt.key_id(), new_kid);

@@ -344,7 +344,7 @@ async fn discovery_serves_the_keys_that_verify_jwt_svids_and_follows_a_rotation(
     assert_eq!(keys.header("content-type"), Some("application/json"));
     assert_eq!(keys.header("cache-control"), Some("public, max-age=60"));
     let keys = keys.json();
-    assert_eq!(kids(&keys), [first_kid.clone()]);
+    assert_eq!(kids(&keys), std::slice::from_ref(&first_kid));
     let key = &keys["keys"][0];
     let mut members: Vec<_> = key.as_object().unwrap().keys().cloned().collect();
     members.sort();
