@@ -73,12 +73,14 @@ fn as_uid(uid: u32) -> Launch<'static> {
     }
 }
 
-/// The trust domains `lanyard-agent api fetch bundles` lists for this process.
+/// The trust domains `lanyard-agent api fetch bundles` lists for this process (it prints
+/// each as `spiffe://<td>`).
 fn served_domains(agent: &Agent) -> Vec<String> {
     let out = lanyard_e2e::client::api(&agent.socket, &["fetch", "bundles"], RunAs::Me);
     out.stdout
         .lines()
-        .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
+        .filter_map(|l| l.split_whitespace().next())
+        .map(|id| id.trim_start_matches("spiffe://").to_owned())
         .collect()
 }
 
@@ -88,7 +90,7 @@ fn wait_for_bundle(agent: &Agent, trust_domain: &str) {
         o.success
             && o.stdout
                 .lines()
-                .any(|l| l.starts_with(&format!("{trust_domain} ")))
+                .any(|l| l.starts_with(&format!("spiffe://{trust_domain} ")))
     });
 }
 
@@ -443,7 +445,7 @@ fn a_bundle_endpoint_serving_bad_documents_is_refused_and_the_previous_bundle_st
     for ((domain, _, _), (_, good_pem)) in cases.iter().zip(&endpoints) {
         let section = out
             .stdout
-            .split_once(&format!("{domain} "))
+            .split_once(&format!("spiffe://{domain} "))
             .unwrap_or_else(|| panic!("{domain} still served: {}", out.stdout))
             .1;
         assert!(
