@@ -35,7 +35,7 @@ use lanyard_agent::workload_api::{Limits, WorkloadApiMetrics};
 use lanyard_proto::identity::v1 as wire;
 use lanyard_proto::workload::X509svidRequest;
 use lanyard_proto::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient;
-use lanyard_svid::{PeerRole, TrustDomain, X509Svid, verify_peer};
+use lanyard_svid::{PeerRole, TrustBundle, TrustDomain, X509Svid, verify_peer};
 use prost::{Message as _, Name as _};
 use rustls_pki_types::pem::PemObject as _;
 use rustls_pki_types::{CertificateDer, PrivatePkcs8KeyDer};
@@ -48,6 +48,9 @@ use zeroize::Zeroizing;
 /// Every wait in these tests is bounded by this.
 const DEADLINE: Duration = Duration::from_secs(20);
 const ENVOY_ID: &str = "/envoy";
+/// A trust domain the Envoy's entry federates with, and one it does not.
+const PARTNER: &str = "partner.test";
+const OTHER: &str = "other.test";
 
 async fn within<T>(what: &str, fut: impl std::future::Future<Output = T>) -> T {
     tokio::time::timeout(DEADLINE, fut)
@@ -81,7 +84,19 @@ impl Agent {
             ManagerSettings::default(),
             AgentMetrics::unregistered(),
         );
-        manager.set_bundles(server.bundles());
+        // Two foreign trust domains: the Envoy's entry federates with partner.test only.
+        let mut bundles = server.bundles();
+        for foreign in [PARTNER, OTHER] {
+            let td = TrustDomain::new(foreign).unwrap();
+            let root =
+                lanyard_svid::RootCa::generate(&td, Duration::from_secs(3600), SystemTime::now())
+                    .unwrap();
+            bundles.insert(TrustBundle::from_x509_authorities(
+                td,
+                [root.cert_der().clone()],
+            ));
+        }
+        manager.set_bundles(bundles);
         manager.set_view(view(&[(ENVOY_ID, uid)]));
         manager.set_attested(true);
         let driver = manager.spawn();
@@ -154,6 +169,7 @@ fn view(entries: &[(&str, u32)]) -> NodeView {
             .map(|(path, uid)| wire::StaticEntry {
                 spiffe_id: format!("spiffe://{TD}{path}"),
                 selectors: vec![format!("unix:uid:{uid}")],
+                federates_with: vec![PARTNER.to_owned()],
                 ..Default::default()
             })
             .collect(),
@@ -464,12 +480,32 @@ async fn fetch_secrets_all_and_the_validator_switch() {
     let fetched = secrets(&response);
     assert_eq!(fetched.len(), 3);
     svid_of(named(&fetched, &id), &agent.server);
-    // ALL: the SPIFFE validator config with every bundle the caller is entitled to (here the
-    // own trust domain's; the fake server federates with nobody).
+    // ALL: the SPIFFE validator config with every bundle the caller is entitled to: its own
+    // and the federated partner.test, never other.test.
+    let all = spiffe_validator(validation_context(named(&fetched, "ALL")));
     assert_eq!(
-        spiffe_validator(validation_context(named(&fetched, "ALL"))),
-        [(TD.to_owned(), own_bundle_pem(&agent.server))]
+        all.iter().map(|(td, _)| td.as_str()).collect::<Vec<_>>(),
+        [TD, PARTNER]
     );
+    assert_eq!(all[0].1, own_bundle_pem(&agent.server));
+    let partner = format!("spiffe://{PARTNER}");
+    let response = client
+        .fetch_secrets(request(&[&partner], Some(envoy_node(None))))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        spiffe_validator(validation_context(named(&secrets(&response), &partner))),
+        [all[1].clone()]
+    );
+    let refused = client
+        .fetch_secrets(request(
+            &[&format!("spiffe://{OTHER}")],
+            Some(envoy_node(None)),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::InvalidArgument, "not federated with");
     assert_eq!(
         spiffe_validator(validation_context(named(&fetched, &td_id))),
         [(TD.to_owned(), own_bundle_pem(&agent.server))]
