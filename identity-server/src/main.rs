@@ -314,6 +314,13 @@ mod tests {
         "run --bundle-configmap",
         "run --agent-sa",
         "run --health",
+        "run --bundle-endpoint",
+        "run --bundle-endpoint-cert",
+        "run --bundle-endpoint-key",
+        "run --jwt-issuer",
+        "run --oidc-listen",
+        "run --oidc-cert",
+        "run --oidc-key",
         "entry show --node",
     ];
 
