@@ -416,7 +416,13 @@ async fn discovery_serves_the_keys_that_verify_jwt_svids_and_follows_a_rotation(
 async fn only_the_two_documents_and_only_get_and_head() {
     let dir = tempfile::tempdir().unwrap();
     let server = OidcServer::start(dir.path(), None).await;
-    for path in ["/", "/keys/", "/.well-known/jwks.json", "/KEYS", "/keys/extra"] {
+    for path in [
+        "/",
+        "/keys/",
+        "/.well-known/jwks.json",
+        "/KEYS",
+        "/keys/extra",
+    ] {
         let answer = http(server.oidc, "GET", path).await;
         assert_eq!(answer.status, 404, "{path}: {answer:?}");
     }
