@@ -2,7 +2,8 @@
 //! bundles of other trust domains from their SPIFFE bundle endpoints and sends them to its
 //! agents (`WatchBundle`, `SyncBundle`); a fake endpoint's bad answers are refused (each
 //! counted under its label) and the bundle held stays; `https_web` both ways; the bundle
-//! endpoint's own HTTP surface.
+//! endpoint's own HTTP surface; in cluster mode, a `LanyardFederation` resource created and
+//! deleted through the API fixture starts and stops the fetching.
 
 mod common;
 
@@ -29,7 +30,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 
-/// Fetch timing short enough for a test (the real minimum refresh is 30 s).
+/// Fetch timing short enough for a test (the real minimum refresh is 5 s).
 fn quick() -> FetchTiming {
     FetchTiming {
         min_refresh: Duration::from_millis(100),
@@ -634,4 +635,116 @@ async fn the_bundle_endpoint_answers_get_and_head_on_slash_only() {
         answer.is_empty() || answer.starts_with("HTTP/1.1 431"),
         "{answer}"
     );
+}
+
+#[tokio::test]
+async fn in_cluster_mode_a_lanyard_federation_resource_is_fetched_until_it_is_deleted() {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    use kube::Api;
+    use kube::api::{DeleteParams, PostParams};
+    use kube_fixture::{FixtureOptions, KubeFixture, TokenBinding};
+    use lanyard_registration::federation::{
+        BundleEndpointProfile, LanyardFederation, LanyardFederationSpec,
+    };
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut b_args = args("b.test", &dir.path().join("b"), "");
+    b_args.bundle_endpoint = Some("127.0.0.1:0".parse().unwrap());
+    let b = start(b_args).await;
+    let b_endpoint = b.bundle_endpoint.expect("B announces its bundle endpoint");
+
+    let fixture = KubeFixture::start(FixtureOptions::default()).await.unwrap();
+    let seeded = lanyard_e2e::cluster::seed(&fixture);
+    let admin_client = fixture.admin_client().unwrap();
+    let crd: CustomResourceDefinition =
+        serde_saphyr::from_str(lanyard_registration::crd::FEDERATION_CRD_YAML).unwrap();
+    Api::<CustomResourceDefinition>::all(admin_client.clone())
+        .create(&PostParams::default(), &crd)
+        .await
+        .expect("the fixture accepts the LanyardFederation CRD");
+    let federations: Api<LanyardFederation> = Api::all(admin_client);
+    federations
+        .create(
+            &PostParams::default(),
+            &LanyardFederation::new(
+                "b-test",
+                LanyardFederationSpec {
+                    trust_domain: "b.test".into(),
+                    bundle_endpoint_url: format!("https://{b_endpoint}"),
+                    bundle_endpoint_profile: BundleEndpointProfile {
+                        type_: "https_spiffe".into(),
+                        endpoint_spiffe_id: Some("spiffe://b.test/lanyard/server".into()),
+                    },
+                    trust_domain_bundle: Some(b.roots_pem().await),
+                    ..Default::default()
+                },
+            ),
+        )
+        .await
+        .expect("the fixture accepts the LanyardFederation");
+
+    // A cluster-mode replica under the RBAC `lanyard install` renders.
+    let a_args = RunArgs {
+        trust_domain: Some(TD.into()),
+        listen: Some("127.0.0.1:0".parse().unwrap()),
+        data_dir: Some(dir.path().join("a")),
+        kube: true,
+        ca_secret: Some("lanyard/lanyard-ca".into()),
+        bundle_configmap: Some("lanyard/lanyard-bundle".into()),
+        agent_sa: vec!["lanyard:lanyard-agent".into()],
+        replica_name: Some("lanyard-server-a".into()),
+        ..Default::default()
+    };
+    let client = fixture
+        .client_for(&fixture.issue_api_token("lanyard", "lanyard-server"))
+        .unwrap();
+    let a = common::start(a_args, Some(client)).await;
+    let agent = Caller::new(BundleSet::from(TrustBundle::from_x509_authorities(
+        td(),
+        [seeded.root.cert_der().clone()],
+    )));
+    let token = fixture.issue_service_account_token(
+        "lanyard",
+        "lanyard-agent",
+        Some(TokenBinding {
+            pod_name: "lanyard-agent-x".into(),
+            pod_uid: seeded.agent_pod_uid.clone(),
+            node_name: Some("node-1".into()),
+        }),
+        &["lanyard-server"],
+        Duration::from_secs(3600),
+    );
+    agent
+        .attest(a.addr, Method::K8sPsatToken(token))
+        .await
+        .unwrap();
+    let mut feed = agent
+        .client(a.addr)
+        .await
+        .watch_bundle(wire::WatchBundleRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    // Fetched from B's endpoint (the bootstrap PEM has no JWT key).
+    let fetched = federated_in_feed(&mut feed, "b.test", |b| !b.jwt_authorities().is_empty()).await;
+    assert!(!fetched.x509_authorities().is_empty());
+
+    // Deleted: the next message carries our bundle and no b.test.
+    federations
+        .delete("b-test", &DeleteParams::default())
+        .await
+        .unwrap();
+    tokio::time::timeout(DEADLINE, async {
+        loop {
+            let message = feed.message().await.unwrap().expect("feed open");
+            if message.federated_bundles.is_empty() {
+                assert!(message.bundle.is_some());
+                return;
+            }
+        }
+    })
+    .await
+    .expect("b.test dropped from the feed after its LanyardFederation was deleted");
+    a.stop().await;
+    b.stop().await;
 }
