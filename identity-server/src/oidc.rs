@@ -87,11 +87,6 @@ pub enum OidcTransport {
 /// Why OIDC discovery could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum OidcError {
-    #[error("cannot listen on {addr} (--oidc-listen): {source}")]
-    Bind {
-        addr: std::net::SocketAddr,
-        source: std::io::Error,
-    },
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,
@@ -105,10 +100,12 @@ pub enum OidcError {
     Tls(String),
 }
 
-/// Serves the discovery document and JWKS of `authority`'s bundle on `settings.listen`,
-/// announced to `on_listening` as `"oidc"`.
+/// Serves the discovery document and JWKS of `authority`'s bundle on `listener` (bound by
+/// `run` with the other listeners, before anything is written), announced to `on_listening`
+/// as `"oidc"`.
 pub async fn start(
     settings: &OidcSettings,
+    listener: TcpListener,
     authority: std::sync::Arc<crate::authority::Authority>,
     on_listening: &impl Fn(&'static str, SocketAddr),
 ) -> Result<tokio::task::JoinHandle<()>, OidcError> {
@@ -121,12 +118,6 @@ pub async fn start(
         )?))),
         OidcTransport::InsecureHttp => None,
     };
-    let listener = TcpListener::bind(settings.listen)
-        .await
-        .map_err(|source| OidcError::Bind {
-            addr: settings.listen,
-            source,
-        })?;
     let documents = Arc::new(Documents::new(&settings.issuer, &authority));
     on_listening("oidc", listener.local_addr().unwrap_or(settings.listen));
     Ok(tokio::spawn(serve(listener, tls, documents)))

@@ -101,6 +101,14 @@ pub async fn run(
         Some(addr) => Some(bind("health", addr).await?),
         None => None,
     };
+    let bundle_listener = match &config.federation.bundle_endpoint {
+        Some(endpoint) => Some(bind("bundle-endpoint", endpoint.listen).await?.0),
+        None => None,
+    };
+    let oidc_listener = match &config.oidc {
+        Some(oidc) => Some(bind("oidc", oidc.listen).await?.0),
+        None => None,
+    };
     // A data dir that does not exist yet is a first start: the only time a CA is created
     // without --init.
     let first_start = config.data_dir.as_ref().is_some_and(|dir| !dir.exists());
@@ -318,12 +326,13 @@ pub async fn run(
             federated: federated.clone(),
             metrics: metrics.clone(),
             kube: kube_client,
+            bundle_listener,
             on_listening: &on_listening,
         })
         .await?,
     );
-    if let Some(oidc) = &config.oidc {
-        tasks.push(crate::oidc::start(oidc, authority.clone(), &on_listening).await?);
+    if let (Some(oidc), Some(listener)) = (&config.oidc, oidc_listener) {
+        tasks.push(crate::oidc::start(oidc, listener, authority.clone(), &on_listening).await?);
     }
 
     let service = Arc::new(IdentityService::new(
@@ -483,6 +492,8 @@ fn longest_svid_ttl(config: &ServerConfig) -> Duration {
 fn listen_flag(role: &str) -> &'static str {
     match role {
         "health" => "health",
+        "bundle-endpoint" => "bundle-endpoint",
+        "oidc" => "oidc-listen",
         _ => "listen",
     }
 }

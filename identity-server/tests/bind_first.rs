@@ -52,6 +52,34 @@ fn a_taken_health_port_leaves_an_empty_data_dir_empty_even_with_init() {
 }
 
 #[test]
+fn taken_bundle_endpoint_and_oidc_ports_leave_a_new_data_dir_uncreated() {
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let out = run_server(
+        &["--listen", "127.0.0.1:0", "--bundle-endpoint", &addr],
+        &data_dir,
+    );
+    assert_refused(&out, &format!("cannot listen on {addr} (--bundle-endpoint"));
+    assert!(!data_dir.exists(), "the data dir was created");
+    let out = run_server(
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--oidc-listen",
+            &addr,
+            "--jwt-issuer",
+            "https://oidc.example.org",
+            "--oidc-insecure-http",
+        ],
+        &data_dir,
+    );
+    assert_refused(&out, &format!("cannot listen on {addr} (--oidc-listen"));
+    assert!(!data_dir.exists(), "the data dir was created");
+}
+
+#[test]
 fn a_listen_name_is_refused_before_anything_starts() {
     let dir = tempfile::tempdir().unwrap();
     let data_dir = dir.path().join("data");

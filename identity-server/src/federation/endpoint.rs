@@ -71,21 +71,16 @@ impl Default for Limits {
     }
 }
 
-/// Binds `settings.listen`, announces it as `"bundle-endpoint"` and serves until aborted.
+/// Serves on `listener` (bound by `run` with the other listeners, before anything is
+/// written), announced as `"bundle-endpoint"`, until aborted.
 pub async fn start(
     settings: &BundleEndpointSettings,
+    listener: TcpListener,
     authority: Arc<Authority>,
     server_svid: Arc<SvidStore>,
     on_listening: &impl Fn(&'static str, SocketAddr),
 ) -> Result<tokio::task::JoinHandle<()>, FederationError> {
     let tls = Arc::new(tls_config(&settings.profile, server_svid)?);
-    let listener =
-        TcpListener::bind(settings.listen)
-            .await
-            .map_err(|source| FederationError::Bind {
-                addr: settings.listen,
-                source,
-            })?;
     let addr = listener.local_addr().unwrap_or(settings.listen);
     on_listening("bundle-endpoint", addr);
     tracing::info!(%addr, profile = profile_name(&settings.profile), "serving the SPIFFE bundle endpoint");

@@ -122,11 +122,6 @@ impl FederatedBundles {
 /// Why federation could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum FederationError {
-    #[error("cannot listen on {addr} (--bundle-endpoint): {source}")]
-    Bind {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
     #[error("bundle endpoint certificate (--bundle-endpoint-cert/-key) {path}: {reason}")]
     Certificate { path: PathBuf, reason: String },
     #[error("bundle endpoint TLS: {0}")]
@@ -143,6 +138,8 @@ pub struct Context<'a, L: Fn(&'static str, SocketAddr)> {
     pub metrics: Arc<crate::metrics::ServerMetrics>,
     /// Cluster mode: the API client, to watch `LanyardFederation` resources.
     pub kube: Option<kube::Client>,
+    /// `--bundle-endpoint`, bound.
+    pub bundle_listener: Option<tokio::net::TcpListener>,
     pub on_listening: &'a L,
 }
 
@@ -154,10 +151,11 @@ pub async fn start<L: Fn(&'static str, SocketAddr)>(
 ) -> Result<Vec<tokio::task::JoinHandle<()>>, FederationError> {
     let settings = &cx.config.federation;
     let mut tasks = Vec::new();
-    if let Some(endpoint) = &settings.bundle_endpoint {
+    if let (Some(endpoint), Some(listener)) = (&settings.bundle_endpoint, cx.bundle_listener) {
         tasks.push(
             endpoint::start(
                 endpoint,
+                listener,
                 cx.authority.clone(),
                 cx.server_svid.clone(),
                 cx.on_listening,
