@@ -30,20 +30,12 @@ impl Server {
     /// As [`Server::start`], listening on `listen` (e.g. the address of a server that was
     /// killed, so agents pointed at it find the new one: the listener sets `SO_REUSEADDR`).
     pub fn start_on(dir: &Path, config: &str, listen: &str) -> Self {
-        let config_path = dir.join("server.toml");
-        std::fs::write(&config_path, config).expect("write server config");
-        let config_arg = config_path.to_str().expect("utf-8 path").to_owned();
-        Self::launch(dir, listen, &["--config", &config_arg], &[])
+        Self::start_in_domain(dir, TRUST_DOMAIN, config, listen, &[])
     }
 
     /// As [`Server::start`], with `extra` flags for `run` (e.g. OIDC discovery, lifetimes).
     pub fn start_with(dir: &Path, config: &str, extra: &[&str]) -> Self {
-        let config_path = dir.join("server.toml");
-        std::fs::write(&config_path, config).expect("write server config");
-        let config_arg = config_path.to_str().expect("utf-8 path").to_owned();
-        let mut args = vec!["--config", config_arg.as_str()];
-        args.extend_from_slice(extra);
-        Self::launch(dir, "127.0.0.1:0", &args, &[])
+        Self::start_in_domain(dir, TRUST_DOMAIN, config, "127.0.0.1:0", extra)
     }
 
     /// A server in cluster mode (`--kube`), its kube client from the kubeconfig at

@@ -109,15 +109,49 @@ fn test_pki(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
     )
 }
 
-/// A free loopback port. The issuer URL names the listener's port and is fixed before the
-/// server starts, so the port cannot be the kernel's choice at bind time; the gap between
-/// this probe and the server's bind is the only race.
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// A TCP forwarder on a port of the kernel's choosing, as an ingress in front of the OIDC
+/// listener: the issuer URL names the forwarder's port (fixed before the server starts), and
+/// the forwarder relays every connection to the listener once [`Ingress::route_to`] names it.
+struct Ingress {
+    port: u16,
+    target: std::sync::Arc<std::sync::OnceLock<std::net::SocketAddr>>,
+}
+
+impl Ingress {
+    fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let target = std::sync::Arc::new(std::sync::OnceLock::<std::net::SocketAddr>::new());
+        let route = target.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { return };
+                let Some(addr) = route.get().copied() else {
+                    continue; // not routed yet: the connection is closed
+                };
+                std::thread::spawn(move || {
+                    let Ok(upstream) = std::net::TcpStream::connect(addr) else {
+                        return;
+                    };
+                    let (mut c_read, mut u_write) =
+                        (client.try_clone().unwrap(), upstream.try_clone().unwrap());
+                    let up = std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut c_read, &mut u_write);
+                        let _ = u_write.shutdown(std::net::Shutdown::Write);
+                    });
+                    let (mut u_read, mut c_write) = (upstream, client);
+                    let _ = std::io::copy(&mut u_read, &mut c_write);
+                    let _ = c_write.shutdown(std::net::Shutdown::Write);
+                    let _ = up.join();
+                });
+            }
+        });
+        Self { port, target }
+    }
+
+    fn route_to(&self, addr: std::net::SocketAddr) {
+        self.target.set(addr).expect("routed once");
+    }
 }
 
 fn script() -> PathBuf {
@@ -149,10 +183,9 @@ fn fetch_jwt(agent: &Agent, audience: &str) -> String {
 fn pyjwt_validates_jwt_svids_from_the_discovery_url_across_a_jwt_key_rotation() {
     let tmp = tempfile::tempdir().unwrap();
     let (ca, cert, key) = test_pki(tmp.path());
-    let port = free_port();
-    let issuer = format!("https://localhost:{port}");
+    let ingress = Ingress::start();
+    let issuer = format!("https://localhost:{}", ingress.port);
     let discovery = format!("{issuer}/.well-known/openid-configuration");
-    let listen = format!("127.0.0.1:{port}");
     let entries = format!(
         "[[entries]]\nspiffe_id = \"spiffe://{TRUST_DOMAIN}/oidc\"\nselectors = [\"unix:uid:{}\"]\nnodes = [\"*\"]\n",
         my_uid()
@@ -164,7 +197,7 @@ fn pyjwt_validates_jwt_svids_from_the_discovery_url_across_a_jwt_key_rotation() 
             "--jwt-issuer",
             &issuer,
             "--oidc-listen",
-            &listen,
+            "127.0.0.1:0",
             "--oidc-cert",
             cert.to_str().unwrap(),
             "--oidc-key",
@@ -177,11 +210,7 @@ fn pyjwt_validates_jwt_svids_from_the_discovery_url_across_a_jwt_key_rotation() 
             TTL,
         ],
     );
-    assert_eq!(
-        server.process.listener("oidc").port(),
-        port,
-        "served where the issuer says"
-    );
+    ingress.route_to(server.process.listener("oidc"));
     let agent = Agent::start(tmp.path(), &server, "node-1");
     let want = format!("spiffe://{TRUST_DOMAIN}/oidc");
 
