@@ -200,7 +200,16 @@ impl FederatedDomain {
         if resource.name().is_empty() {
             return Err(FederationError::NoName);
         }
-        let spec = &resource.spec;
+        Self::from_spec(&resource.spec, own, format!("{KIND}/{}", resource.name()))
+    }
+
+    /// Checks one federated trust domain as a `LanyardFederation` spec says it (a server's
+    /// `[[federation]]` tables are read into one): `source` names where it came from.
+    pub fn from_spec(
+        spec: &LanyardFederationSpec,
+        own: &TrustDomain,
+        source: String,
+    ) -> Result<Self, FederationError> {
         let trust_domain = TrustDomain::new(&spec.trust_domain)
             .map_err(|e| FederationError::TrustDomain(format!("{:?}: {e}", spec.trust_domain)))?;
         if &trust_domain == own {
@@ -255,6 +264,10 @@ impl FederatedDomain {
                         bounded(text).map_err(FederationError::CaBundle)?;
                         let certs = lanyard_svid::bundle::certificates_from_pem(text.as_bytes())
                             .map_err(|e| FederationError::CaBundle(e.to_string()))?;
+                        if certs.is_empty() {
+                            // An empty set would make every fetch fail; say so now.
+                            return Err(FederationError::CaBundle("no PEM certificate".into()));
+                        }
                         Some(certs.into_iter().map(|c| c.to_vec()).collect())
                     }
                     None => None,
@@ -267,7 +280,7 @@ impl FederatedDomain {
             trust_domain,
             bundle_endpoint_url: spec.bundle_endpoint_url.clone(),
             profile,
-            source: format!("{KIND}/{}", resource.name()),
+            source,
         })
     }
 }

@@ -14,15 +14,12 @@
 
 use std::path::{Path, PathBuf};
 
+use lanyard_daemon::config_file;
 use lanyard_registration::federation::{
-    EndpointProfile, FederatedDomain, FederationError, PROFILE_HTTPS_SPIFFE, PROFILE_HTTPS_WEB,
-    check_endpoint_url, parse_bundle_text,
+    BundleEndpointProfile, FederatedDomain, LanyardFederationSpec,
 };
-use lanyard_svid::{SpiffeId, TrustDomain};
+use lanyard_svid::TrustDomain;
 use serde::Deserialize;
-
-/// Largest bootstrap bundle or CA file read.
-const MAX_FILE_LEN: u64 = 1 << 20;
 
 /// One `[[federation]]` table as written.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
@@ -64,9 +61,7 @@ pub fn validate(
             trust_domain: trust_domain.clone(),
             reason,
         };
-        let domain = config
-            .check(own, base, index)
-            .map_err(|e| fail(e.to_string()))?;
+        let domain = config.check(own, base, index).map_err(fail)?;
         if out.iter().any(|d| d.trust_domain == domain.trust_domain) {
             return Err(fail("listed twice".into()));
         }
@@ -76,102 +71,142 @@ pub fn validate(
 }
 
 impl FederationConfig {
+    /// The table as a `LanyardFederation` spec (its files read), checked by the code that
+    /// checks the resources; refusals name the table's keys.
     fn check(
         self,
         own: &TrustDomain,
         base: &Path,
         index: usize,
-    ) -> Result<FederatedDomain, FederationError> {
-        let trust_domain = TrustDomain::new(&self.trust_domain)
-            .map_err(|e| FederationError::TrustDomain(e.to_string()))?;
-        if &trust_domain == own {
-            return Err(FederationError::OwnTrustDomain(self.trust_domain));
-        }
-        check_endpoint_url(&self.bundle_endpoint_url)?;
-        let profile = match self.bundle_endpoint_profile.as_str() {
-            PROFILE_HTTPS_SPIFFE => {
-                if self.ca_file.is_some() {
-                    return Err(FederationError::NotForProfile("ca_file", PROFILE_HTTPS_WEB));
-                }
-                let id = self
-                    .endpoint_spiffe_id
-                    .as_deref()
-                    .ok_or(FederationError::EndpointIdMissing)?;
-                let endpoint_spiffe_id =
-                    SpiffeId::parse(id).map_err(|e| FederationError::EndpointId(e.to_string()))?;
-                if endpoint_spiffe_id.trust_domain() != &trust_domain {
-                    return Err(FederationError::EndpointIdOtherDomain {
-                        id: id.to_owned(),
-                        trust_domain: trust_domain.to_string(),
-                    });
-                }
-                let bootstrap = match &self.trust_domain_bundle_file {
-                    Some(file) => {
-                        let text =
-                            read_bounded(&base.join(file)).map_err(FederationError::Bundle)?;
-                        Some(parse_bundle_text(&trust_domain, &text)?)
-                    }
-                    None => None,
-                };
-                EndpointProfile::HttpsSpiffe {
-                    endpoint_spiffe_id,
-                    bootstrap,
-                }
-            }
-            PROFILE_HTTPS_WEB => {
-                if self.endpoint_spiffe_id.is_some() {
-                    return Err(FederationError::NotForProfile(
-                        "endpoint_spiffe_id",
-                        PROFILE_HTTPS_SPIFFE,
-                    ));
-                }
-                if self.trust_domain_bundle_file.is_some() {
-                    return Err(FederationError::NotForProfile(
-                        "trust_domain_bundle_file",
-                        PROFILE_HTTPS_SPIFFE,
-                    ));
-                }
-                let ca_roots = match &self.ca_file {
-                    Some(file) => {
-                        let text =
-                            read_bounded(&base.join(file)).map_err(FederationError::CaBundle)?;
-                        let certs = lanyard_svid::bundle::certificates_from_pem(&text)
-                            .map_err(|e| FederationError::CaBundle(e.to_string()))?;
-                        if certs.is_empty() {
-                            return Err(FederationError::CaBundle(
-                                "no certificate in the file".into(),
-                            ));
-                        }
-                        Some(certs.into_iter().map(|c| c.to_vec()).collect())
-                    }
-                    None => None,
-                };
-                EndpointProfile::HttpsWeb { ca_roots }
-            }
-            other => return Err(FederationError::Profile(other.to_owned())),
+    ) -> Result<FederatedDomain, String> {
+        let read = |file: PathBuf, key: &str| {
+            config_file::read_text(&base.join(file)).map_err(|e| format!("{key}: {e}"))
         };
-        Ok(FederatedDomain {
-            trust_domain,
+        let spec = LanyardFederationSpec {
+            trust_domain: self.trust_domain,
             bundle_endpoint_url: self.bundle_endpoint_url,
-            profile,
-            source: format!("--config [[federation]] #{index}"),
-        })
+            bundle_endpoint_profile: BundleEndpointProfile {
+                type_: self.bundle_endpoint_profile,
+                endpoint_spiffe_id: self.endpoint_spiffe_id,
+            },
+            trust_domain_bundle: self
+                .trust_domain_bundle_file
+                .map(|f| read(f, "trust_domain_bundle_file"))
+                .transpose()?,
+            ca_bundle: self.ca_file.map(|f| read(f, "ca_file")).transpose()?,
+            class_name: None,
+        };
+        FederatedDomain::from_spec(&spec, own, format!("--config [[federation]] #{index}"))
+            .map_err(|e| in_table_keys(&e.to_string()))
     }
 }
 
-/// A file's bytes, refused past [`MAX_FILE_LEN`].
-fn read_bounded(path: &Path) -> Result<Vec<u8>, String> {
-    use std::io::Read;
-    let file = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let mut bytes = Vec::new();
-    file.take(MAX_FILE_LEN + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    if bytes.len() as u64 > MAX_FILE_LEN {
-        return Err(format!(
-            "{}: larger than {MAX_FILE_LEN} bytes",
-            path.display()
-        ));
+/// A refusal worded with the resource's field names, reworded with the table's keys.
+fn in_table_keys(message: &str) -> String {
+    // Longest first: `trustDomain` is a prefix of `trustDomainBundle`.
+    [
+        ("trustDomainBundle", "trust_domain_bundle_file"),
+        ("bundleEndpointProfile", "bundle_endpoint_profile"),
+        ("bundleEndpointURL", "bundle_endpoint_url"),
+        ("endpointSPIFFEID", "endpoint_spiffe_id"),
+        ("trustDomain", "trust_domain"),
+        ("caBundle", "ca_file"),
+    ]
+    .iter()
+    .fold(message.to_owned(), |text, (field, key)| {
+        text.replace(field, key)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lanyard_registration::federation::EndpointProfile;
+
+    fn own() -> TrustDomain {
+        TrustDomain::new("example.org").unwrap()
     }
-    Ok(bytes)
+
+    fn spiffe(td: &str) -> FederationConfig {
+        FederationConfig {
+            trust_domain: td.into(),
+            bundle_endpoint_url: format!("https://bundles.{td}:8443"),
+            bundle_endpoint_profile: "https_spiffe".into(),
+            endpoint_spiffe_id: Some(format!("spiffe://{td}/lanyard/server")),
+            ..Default::default()
+        }
+    }
+
+    fn refusal(configs: Vec<FederationConfig>, base: &Path) -> String {
+        validate(configs, &own(), base).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn tables_become_domains_with_their_files_read_from_the_config_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let td = TrustDomain::new("b.test").unwrap();
+        let root = lanyard_svid::ca::RootCa::generate(
+            &td,
+            std::time::Duration::from_secs(3600),
+            std::time::SystemTime::now(),
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("b.pem"), root.cert_pem()).unwrap();
+        let mut b = spiffe("b.test");
+        b.trust_domain_bundle_file = Some("b.pem".into());
+        let web = FederationConfig {
+            trust_domain: "web.test".into(),
+            bundle_endpoint_url: "https://web.test/bundle".into(),
+            bundle_endpoint_profile: "https_web".into(),
+            ..Default::default()
+        };
+        let domains = validate(vec![b, web], &own(), dir.path()).unwrap();
+        assert_eq!(domains[0].source, "--config [[federation]] #0");
+        match &domains[0].profile {
+            EndpointProfile::HttpsSpiffe { bootstrap, .. } => assert_eq!(
+                bootstrap.as_ref().unwrap().x509_authorities(),
+                std::slice::from_ref(root.cert_der())
+            ),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            domains[1].profile,
+            EndpointProfile::HttpsWeb { ca_roots: None }
+        );
+    }
+
+    #[test]
+    fn refusals_name_the_table_and_its_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path();
+        assert_eq!(
+            refusal(vec![spiffe("b.test"), spiffe("b.test")], base),
+            "[[federation]] 1 (b.test): listed twice"
+        );
+        assert!(refusal(vec![spiffe("example.org")], base).contains("own trust domain"));
+        let mut missing = spiffe("b.test");
+        missing.trust_domain_bundle_file = Some("absent.pem".into());
+        let err = refusal(vec![missing], base);
+        assert!(
+            err.starts_with("[[federation]] 0 (b.test): trust_domain_bundle_file: "),
+            "{err}"
+        );
+        let mut web_with_id = spiffe("b.test");
+        web_with_id.bundle_endpoint_profile = "https_web".into();
+        let err = refusal(vec![web_with_id], base);
+        assert!(err.contains("endpoint_spiffe_id"), "{err}");
+        assert!(!err.contains("endpointSPIFFEID"), "{err}");
+        std::fs::write(base.join("empty.pem"), "").unwrap();
+        let empty_ca = FederationConfig {
+            trust_domain: "web.test".into(),
+            bundle_endpoint_url: "https://web.test".into(),
+            bundle_endpoint_profile: "https_web".into(),
+            ca_file: Some("empty.pem".into()),
+            ..Default::default()
+        };
+        assert!(refusal(vec![empty_ca], base).contains("ca_file: "));
+        let mut http = spiffe("b.test");
+        http.bundle_endpoint_url = "http://b.test".into();
+        assert!(refusal(vec![http], base).contains("bundle_endpoint_url"));
+    }
 }
