@@ -1,12 +1,15 @@
 //! Files holding secrets (CA keys, node SVID keys, eviction lists, workloads' SVID keys):
 //! written atomically as new files with mode 0600, never through what was at the path, in
-//! directories only we can enter.
+//! directories only we can enter; read back ([`read_private`]) only when nobody else may read
+//! them.
 
 use std::fs::{self, OpenOptions};
 use std::hash::{BuildHasher as _, Hasher as _};
-use std::io::Write;
+use std::io::{Read as _, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
+
+use zeroize::Zeroizing;
 
 /// Writes `contents` to `path` atomically with mode 0600; see [`write_new_atomic`].
 pub fn write_private_atomic(path: &Path, contents: &[u8]) -> std::io::Result<()> {
@@ -90,9 +93,105 @@ pub fn mode_of(path: &Path) -> std::io::Result<u32> {
     Ok(fs::metadata(path)?.permissions().mode() & 0o7777)
 }
 
+/// Why [`read_private`] refused a file.
+#[derive(Debug, thiserror::Error)]
+pub enum PrivateFileError {
+    /// Opening, inspecting or reading it failed (missing, no permission, an I/O error).
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    /// Group or others may read it: whatever it holds may already be known to them.
+    #[error(
+        "readable by group or others (mode {mode:o}); a file holding a private key must be \
+         0600 (chmod 600 it)"
+    )]
+    Exposed { mode: u32 },
+    /// Larger than the caller's bound: not the file it expects.
+    #[error("larger than {max_len} bytes")]
+    TooLarge { max_len: u64 },
+}
+
+impl PrivateFileError {
+    /// The file does not exist (a caller may treat that as "none yet").
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, Self::Io(e) if e.kind() == std::io::ErrorKind::NotFound)
+    }
+}
+
+/// The contents of the private file at `path`, at most `max_len` bytes, wiped from memory when
+/// dropped. Refused when group or others may read it. The mode checked is that of the file
+/// opened (fstat), not of whatever the path names a moment later.
+pub fn read_private(path: &Path, max_len: u64) -> Result<Zeroizing<Vec<u8>>, PrivateFileError> {
+    let file = fs::File::open(path)?;
+    let mode = file.metadata()?.permissions().mode() & 0o7777;
+    if mode & 0o077 != 0 {
+        return Err(PrivateFileError::Exposed { mode });
+    }
+    let mut contents = Zeroizing::new(Vec::new());
+    // One byte more than allowed tells "exactly the bound" from "beyond it".
+    file.take(max_len.saturating_add(1))
+        .read_to_end(&mut contents)?;
+    if contents.len() as u64 > max_len {
+        return Err(PrivateFileError::TooLarge { max_len });
+    }
+    Ok(contents)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_a_private_file_and_refuses_an_exposed_or_oversized_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tls.key");
+        write_private_atomic(&path, b"secret").unwrap();
+        assert_eq!(read_private(&path, 6).unwrap().as_slice(), b"secret");
+
+        let err = read_private(&path, 5).unwrap_err();
+        assert!(
+            matches!(err, PrivateFileError::TooLarge { max_len: 5 }),
+            "{err}"
+        );
+
+        for mode in [0o640, 0o604, 0o644] {
+            fs::set_permissions(&path, fs::Permissions::from_mode(mode)).unwrap();
+            let err = read_private(&path, 64).unwrap_err();
+            assert!(
+                matches!(err, PrivateFileError::Exposed { mode: m } if m == mode),
+                "{mode:o}: {err}"
+            );
+            let message = err.to_string();
+            assert!(message.contains("chmod 600"), "{message}");
+            assert!(message.contains(&format!("{mode:o}")), "{message}");
+        }
+        // Owner-only modes other than 0600 are private too.
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o400)).unwrap();
+        assert_eq!(read_private(&path, 64).unwrap().as_slice(), b"secret");
+    }
+
+    #[test]
+    fn a_missing_file_says_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = read_private(&dir.path().join("missing"), 64).unwrap_err();
+        assert!(err.is_not_found(), "{err}");
+        assert!(!PrivateFileError::TooLarge { max_len: 1 }.is_not_found());
+    }
+
+    #[test]
+    fn the_mode_checked_is_the_opened_files_not_a_symlinks() {
+        // A symlink's own mode (0777) is not what counts: the file it names is.
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("key");
+        write_private_atomic(&target, b"k").unwrap();
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        assert_eq!(read_private(&link, 64).unwrap().as_slice(), b"k");
+        fs::set_permissions(&target, fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(matches!(
+            read_private(&link, 64),
+            Err(PrivateFileError::Exposed { mode: 0o644 })
+        ));
+    }
 
     #[test]
     fn writes_0600_and_replaces() {

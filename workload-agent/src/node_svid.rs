@@ -15,7 +15,6 @@
 //!   logged as needing a new token.
 
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -467,22 +466,11 @@ pub fn save(dir: &Path, svid: &X509Svid) -> std::io::Result<()> {
 /// Reads `<dir>/node-svid.pem` back; `Ok(None)` when there is none.
 pub fn load(dir: &Path) -> Result<Option<X509Svid>, String> {
     let path = dir.join(NODE_SVID_FILE);
-    let meta = match fs::metadata(&path) {
-        Ok(m) => m,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e.to_string()),
+    let pem = match lanyard_daemon::private_file::read_private(&path, MAX_FILE_BYTES) {
+        Ok(pem) => pem,
+        Err(e) if e.is_not_found() => return Ok(None),
+        Err(e) => return Err(format!("{}: {e}", path.display())),
     };
-    if meta.len() > MAX_FILE_BYTES {
-        return Err("file larger than 64 KiB".into());
-    }
-    if meta.permissions().mode() & 0o077 != 0 {
-        return Err(format!(
-            "{} is readable by others (mode {:o}); refusing a key stored that way",
-            path.display(),
-            meta.permissions().mode() & 0o777
-        ));
-    }
-    let pem = Zeroizing::new(fs::read(&path).map_err(|e| e.to_string())?);
     let chain = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| format!("certificates: {e}"))?;
@@ -504,6 +492,7 @@ mod tests {
     use lanyard_svid::RootCa;
     use lanyard_svid::csr::VerifiedCsr;
     use lanyard_svid::reserved::agent_id;
+    use std::os::unix::fs::PermissionsExt;
 
     fn node_svid(ttl: Duration) -> X509Svid {
         let td = TrustDomain::new("example.org").unwrap();
@@ -554,7 +543,11 @@ mod tests {
         save(dir.path(), &svid).unwrap();
         let file = dir.path().join(NODE_SVID_FILE);
         fs::set_permissions(&file, fs::Permissions::from_mode(0o644)).unwrap();
-        assert!(load(dir.path()).unwrap_err().contains("readable by others"));
+        assert!(
+            load(dir.path())
+                .unwrap_err()
+                .contains("readable by group or others")
+        );
         // A key that belongs to another certificate.
         let other = node_svid(Duration::from_secs(3600));
         let mut pem = lanyard_svid::pem::encode_certificates(svid.chain());
