@@ -29,6 +29,9 @@
 //! - [`admin`]: the admin Unix socket behind `token generate`, `agent evict`, `bundle show`.
 //! - [`federation`]: federation with other trust domains: `[[federation]]`, the federated
 //!   bundles held, this trust domain's bundle endpoint and the fetcher of the others'.
+//! - [`document_listener`]: bounded serving of read-only documents over TLS or plain HTTP (the
+//!   bundle endpoint's and OIDC discovery's): limits, refusals, a PEM certificate reloaded on
+//!   change.
 //! - [`oidc`]: OIDC discovery (`/.well-known/openid-configuration`, JWKS) for JWT-SVIDs.
 //! - [`metrics`]: Prometheus metrics (issuance, refusals, CA expiries, bundle propagation).
 //! - [`run`]: wiring it all together for `lanyard-server run`.
@@ -40,6 +43,7 @@ pub mod ca_rotation;
 pub mod ca_store;
 pub mod config;
 pub mod discovery;
+pub mod document_listener;
 pub mod duration;
 pub mod entries;
 pub mod entry_reload;

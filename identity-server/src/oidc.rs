@@ -13,43 +13,25 @@
 //!   [`lanyard_svid::TrustBundle::to_oidc_jwks`]).
 //!
 //! Documents are encoded once per bundle (read from the authority's bundle watch at each
-//! request, so a rotation shows at once). GET and HEAD only; HTTP/1.1; bounded: connections,
-//! TLS handshake time, header size and read time, and each connection's lifetime.
+//! request, so a rotation shows at once). Served by [`crate::document_listener`]: GET and HEAD
+//! only, HTTP/1.1, its limits; over HTTPS its [`PemCert`] reads the certificate and key again
+//! when either file changes.
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Method, Request, Response, StatusCode, header};
+use http::{Request, Response, StatusCode};
 use http_body_util::Full;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
 use lanyard_svid::TrustBundle;
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
 use crate::authority::Authority;
+use crate::document_listener::{self, Limits, PemCert, PemCertError};
 
-/// Connections served at once; more wait in the kernel's backlog.
-const MAX_CONNECTIONS: usize = 512;
-/// A TLS handshake not finished in this time is dropped.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// A request's headers not received in this time (also between keep-alive requests).
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
-/// Largest request head read (hyper's smallest allowed buffer): the requests are tiny GETs.
-const MAX_HEADER_BYTES: usize = 8192;
-/// A connection is closed (gracefully) after this, however busy.
-const CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
-/// How long a connection closing at its lifetime may finish its response.
-const CLOSE_GRACE: Duration = Duration::from_secs(5);
-/// Largest certificate or key file read.
-const MAX_PEM_FILE: u64 = 1 << 20;
 /// `Cache-Control` of the discovery document: it changes only with the algorithms in use.
 const DISCOVERY_CACHE_CONTROL: &str = "public, max-age=3600";
 /// `Cache-Control` of the JWK Set: short, so a relying party that caches it and does not
@@ -87,15 +69,10 @@ pub enum OidcTransport {
 /// Why OIDC discovery could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum OidcError {
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("{path} is readable by others (mode {mode:o}); run `chmod 600` on it (--oidc-key)")]
-    InsecureKey { path: PathBuf, mode: u32 },
-    #[error("{path}: {message}")]
-    Pem { path: PathBuf, message: String },
+    /// A file of the pair: unreadable, not PEM, the key readable by others or not the
+    /// certificate's.
+    #[error("--oidc-cert/--oidc-key {0}")]
+    Certificate(#[from] PemCertError),
     #[error("--oidc-cert and --oidc-key: {0}")]
     Tls(String),
 }
@@ -114,13 +91,27 @@ pub async fn start(
             cert_file,
             key_file,
         } => Some(TlsAcceptor::from(Arc::new(tls_config(
-            cert_file, key_file,
+            cert_file.clone(),
+            key_file.clone(),
         )?))),
         OidcTransport::InsecureHttp => None,
     };
-    let documents = Arc::new(Documents::new(&settings.issuer, &authority));
+    let documents = Documents::new(&settings.issuer, &authority);
     on_listening("oidc", listener.local_addr().unwrap_or(settings.listen));
-    Ok(tokio::spawn(serve(listener, tls, documents)))
+    Ok(tokio::spawn(document_listener::serve(
+        "oidc",
+        listener,
+        tls,
+        Limits::default(),
+        move |request| documents.respond(request),
+    )))
+}
+
+/// The listener's TLS: the `--oidc-cert` chain and `--oidc-key`, reloaded when they change.
+fn tls_config(cert_file: PathBuf, key_file: PathBuf) -> Result<rustls::ServerConfig, OidcError> {
+    let resolver = PemCert::load(cert_file, key_file, "oidc")?;
+    document_listener::tls_server_config(Arc::new(resolver))
+        .map_err(|e| OidcError::Tls(e.to_string()))
 }
 
 /// The documents of one bundle, encoded.
@@ -206,49 +197,27 @@ impl Documents {
         } else if path == self.keys_path {
             Document::Keys
         } else {
-            return text(StatusCode::NOT_FOUND, "not found\n");
+            return document_listener::not_found("not found\n");
         };
-        if request.method() != Method::GET && request.method() != Method::HEAD {
-            let mut response = text(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD\n");
-            response
-                .headers_mut()
-                .insert(header::ALLOW, header::HeaderValue::from_static("GET, HEAD"));
-            return response;
+        if !document_listener::is_read_only(request.method()) {
+            return document_listener::method_not_allowed();
         }
         let Some(encoded) = self.current() else {
-            return text(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "the CA is not loaded yet\n",
-            );
+            return document_listener::ca_not_loaded();
         };
         let (body, cache_control) = match document {
             Document::Discovery => (encoded.discovery.clone(), DISCOVERY_CACHE_CONTROL),
             Document::Keys => match &encoded.keys {
                 Ok(keys) => (keys.clone(), KEYS_CACHE_CONTROL),
                 Err(_) => {
-                    return text(
+                    return document_listener::plain(
                         StatusCode::INTERNAL_SERVER_ERROR,
                         "a JWT key cannot be written as a JWK; see the server's log\n",
                     );
                 }
             },
         };
-        // hyper leaves the body out of a HEAD answer and keeps its length.
-        let mut response = Response::new(Full::new(body));
-        let headers = response.headers_mut();
-        headers.insert(
-            header::CONTENT_TYPE,
-            header::HeaderValue::from_static("application/json"),
-        );
-        headers.insert(
-            header::CACHE_CONTROL,
-            header::HeaderValue::from_static(cache_control),
-        );
-        headers.insert(
-            header::X_CONTENT_TYPE_OPTIONS,
-            header::HeaderValue::from_static("nosniff"),
-        );
-        response
+        document_listener::json(body, cache_control)
     }
 }
 
@@ -268,149 +237,14 @@ impl std::fmt::Display for Document {
     }
 }
 
-fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        header::HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    response
-}
-
-async fn serve(listener: TcpListener, tls: Option<TlsAcceptor>, documents: Arc<Documents>) {
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    loop {
-        let Ok(slot) = slots.clone().acquire_owned().await else {
-            return;
-        };
-        let stream = match listener.accept().await {
-            Ok((stream, _)) => stream,
-            Err(e) => {
-                // Out of file descriptors, say: back off rather than spin.
-                tracing::warn!(error = %e, "OIDC discovery listener: accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let (tls, documents) = (tls.clone(), documents.clone());
-        tokio::spawn(async move {
-            let _slot = slot;
-            match tls {
-                None => serve_connection(TokioIo::new(stream), documents).await,
-                Some(acceptor) => {
-                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                        Ok(Ok(stream)) => serve_connection(TokioIo::new(stream), documents).await,
-                        Ok(Err(e)) => {
-                            tracing::debug!(error = %e, "OIDC discovery: TLS handshake failed")
-                        }
-                        Err(_) => tracing::debug!("OIDC discovery: TLS handshake timed out"),
-                    }
-                }
-            }
-        });
-    }
-}
-
-async fn serve_connection<I>(io: I, documents: Arc<Documents>)
-where
-    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-{
-    let service = service_fn(move |request: Request<hyper::body::Incoming>| {
-        let response = documents.respond(&request);
-        tracing::debug!(
-            method = %request.method(),
-            path = request.uri().path(),
-            status = response.status().as_u16(),
-            "OIDC discovery request"
-        );
-        async move { Ok::<_, Infallible>(response) }
-    });
-    let mut builder = hyper::server::conn::http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
-        .max_buf_size(MAX_HEADER_BYTES);
-    let connection = builder.serve_connection(io, service);
-    tokio::pin!(connection);
-    tokio::select! {
-        _ = connection.as_mut() => {}
-        () = tokio::time::sleep(CONNECTION_LIFETIME) => {
-            connection.as_mut().graceful_shutdown();
-            let _ = tokio::time::timeout(CLOSE_GRACE, connection).await;
-        }
-    }
-}
-
-/// The listener's TLS configuration from PEM files; the key file must be private.
-fn tls_config(cert_file: &Path, key_file: &Path) -> Result<rustls::ServerConfig, OidcError> {
-    let mode = lanyard_daemon::private_file::mode_of(key_file).map_err(|source| OidcError::Io {
-        path: key_file.to_owned(),
-        source,
-    })?;
-    if mode & 0o077 != 0 {
-        return Err(OidcError::InsecureKey {
-            path: key_file.to_owned(),
-            mode,
-        });
-    }
-    let cert_pem = read_bounded(cert_file)?;
-    let chain = CertificateDer::pem_slice_iter(&cert_pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| OidcError::Pem {
-            path: cert_file.to_owned(),
-            message: format!("not a PEM certificate chain: {e}"),
-        })?;
-    if chain.is_empty() {
-        return Err(OidcError::Pem {
-            path: cert_file.to_owned(),
-            message: "holds no certificate".into(),
-        });
-    }
-    let key_pem = zeroize::Zeroizing::new(read_bounded(key_file)?);
-    let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| OidcError::Pem {
-        path: key_file.to_owned(),
-        message: format!("not a PEM private key: {e}"),
-    })?;
-    let mut config =
-        rustls::ServerConfig::builder_with_provider(lanyard_svid::verify::crypto_provider())
-            .with_safe_default_protocol_versions()
-            .map_err(|e| OidcError::Tls(e.to_string()))?
-            .with_no_client_auth()
-            .with_single_cert(chain, key)
-            .map_err(|e| OidcError::Tls(format!("the key does not fit the certificate: {e}")))?;
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(config)
-}
-
-fn read_bounded(path: &Path) -> Result<Vec<u8>, OidcError> {
-    use std::io::Read;
-    let io = |source| OidcError::Io {
-        path: path.to_owned(),
-        source,
-    };
-    let mut contents = Vec::new();
-    std::fs::File::open(path)
-        .map_err(io)?
-        .take(MAX_PEM_FILE + 1)
-        .read_to_end(&mut contents)
-        .map_err(io)?;
-    if contents.len() as u64 > MAX_PEM_FILE {
-        return Err(OidcError::Pem {
-            path: path.to_owned(),
-            message: format!("larger than {MAX_PEM_FILE} bytes"),
-        });
-    }
-    Ok(contents)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::Method;
     use lanyard_svid::TrustDomain;
     use lanyard_svid::ca::RootCa;
     use lanyard_svid::jwt::JwtSigner;
-    use std::time::SystemTime;
+    use std::time::{Duration, SystemTime};
 
     fn authority() -> Arc<Authority> {
         let td = TrustDomain::new("example.org").unwrap();
@@ -514,6 +348,7 @@ mod tests {
 
     #[test]
     fn a_group_readable_key_is_refused() {
+        use lanyard_daemon::private_file::PrivateFileError;
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
         let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
@@ -521,15 +356,24 @@ mod tests {
         std::fs::write(&cert, pair.cert.pem()).unwrap();
         std::fs::write(&key, pair.signing_key.serialize_pem()).unwrap();
         std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o640)).unwrap();
-        assert!(matches!(
-            tls_config(&cert, &key),
-            Err(OidcError::InsecureKey { mode: 0o640, .. })
-        ));
+        let err = tls_config(cert.clone(), key.clone()).unwrap_err();
+        assert!(
+            matches!(
+                &err,
+                OidcError::Certificate(PemCertError {
+                    problem: document_listener::PemProblem::KeyFile(PrivateFileError::Exposed {
+                        mode: 0o640
+                    }),
+                    ..
+                })
+            ),
+            "{err}"
+        );
         std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
-        tls_config(&cert, &key).expect("a private key file is accepted");
+        tls_config(cert.clone(), key.clone()).expect("a private key file is accepted");
         // A certificate file holding no certificate.
         std::fs::write(&cert, "nothing here\n").unwrap();
-        let err = tls_config(&cert, &key).unwrap_err();
+        let err = tls_config(cert, key).unwrap_err();
         assert!(err.to_string().contains("no certificate"), "{err}");
     }
 }
