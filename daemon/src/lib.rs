@@ -13,7 +13,8 @@
 //!   static entries and LanyardIdentity TTLs.
 //! - [`help_defaults`]: the check that every optional option shows its default in `--help`.
 //! - [`private_file`]: files written atomically as new files (never through an existing file or
-//!   symlink), secrets with mode 0600, in directories only we can enter.
+//!   symlink), secrets with mode 0600, in directories only we can enter; and read back
+//!   (`read_private`) only when no one else may read them.
 //! - [`rewind`]: a stream that replays the bytes a listener read before choosing its server.
 
 #![forbid(unsafe_code)]

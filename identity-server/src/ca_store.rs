@@ -37,7 +37,9 @@ use serde::{Deserialize, Serialize};
 use x509_parser::prelude::{FromDer, X509Certificate};
 use zeroize::Zeroizing;
 
-use lanyard_daemon::private_file::{ensure_dir, mode_of, write_private_atomic};
+use lanyard_daemon::private_file::{
+    PrivateFileError, ensure_dir, read_private, write_private_atomic,
+};
 
 /// Root lifetime in data-dir mode.
 pub const ROOT_TTL: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
@@ -52,6 +54,8 @@ const JWT_KEY: &str = "jwt.key";
 const MANIFEST: &str = "ca.json";
 /// JWT keys that stopped signing and until when they are published (optional).
 const JWT_RETIRED: &str = "jwt-retired.json";
+/// Largest CA file read (PEM certificates and keys, the manifest): far above any real one.
+const MAX_CA_FILE_LEN: u64 = 1 << 20;
 /// Most retired JWT keys recorded: more would mean rotations faster than tokens expire.
 const MAX_RETIRED_JWT_KEYS: usize = 32;
 /// A rotation's new pair, before it is renamed into place.
@@ -308,16 +312,25 @@ impl DataDirCa {
     fn load(dir: &Path, td: &TrustDomain, now: SystemTime) -> Result<Self, CaStoreError> {
         let read = |name: &str| -> Result<Zeroizing<String>, CaStoreError> {
             let path = dir.join(name);
-            let mode = mode_of(&path).map_err(|source| CaStoreError::Io {
-                path: path.clone(),
-                source,
+            let bytes = read_private(&path, MAX_CA_FILE_LEN).map_err(|e| match e {
+                PrivateFileError::Exposed { mode } => CaStoreError::InsecureMode {
+                    path: path.clone(),
+                    mode,
+                },
+                PrivateFileError::Io(source) => CaStoreError::Io {
+                    path: path.clone(),
+                    source,
+                },
+                too_large @ PrivateFileError::TooLarge { .. } => CaStoreError::Invalid {
+                    path: path.clone(),
+                    message: too_large.to_string(),
+                },
             })?;
-            if mode & 0o077 != 0 {
-                return Err(CaStoreError::InsecureMode { path, mode });
-            }
-            std::fs::read_to_string(&path)
-                .map(Zeroizing::new)
-                .map_err(|source| CaStoreError::Io { path, source })
+            let text = std::str::from_utf8(&bytes).map_err(|_| CaStoreError::Invalid {
+                path: path.clone(),
+                message: "not UTF-8 text".into(),
+            })?;
+            Ok(Zeroizing::new(text.to_owned()))
         };
         let invalid = |name: &str, message: String| CaStoreError::Invalid {
             path: dir.join(name),
@@ -495,6 +508,7 @@ fn pem_decode_private_key(pem: &str) -> Option<Zeroizing<Vec<u8>>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use lanyard_daemon::private_file::mode_of;
 
     fn td(name: &str) -> TrustDomain {
         TrustDomain::new(name).unwrap()
