@@ -21,7 +21,7 @@ use lanyard_svid::{SpiffeId, TrustBundle, TrustDomain};
 use serde::{Deserialize, Serialize};
 
 use crate::registry::ClassPolicy;
-use crate::resource::{API_VERSION, GROUP, VERSION};
+use crate::resource::API_VERSION;
 
 pub const KIND: &str = "LanyardFederation";
 pub const PLURAL: &str = "lanyardfederations";
@@ -106,29 +106,12 @@ impl LanyardFederation {
     }
 }
 
-// As for `LanyardIdentity`: kube's `Resource` comes from these k8s-openapi traits.
-impl k8s_openapi::Resource for LanyardFederation {
-    const API_VERSION: &'static str = API_VERSION;
-    const GROUP: &'static str = GROUP;
-    const KIND: &'static str = KIND;
-    const VERSION: &'static str = VERSION;
-    const URL_PATH_SEGMENT: &'static str = PLURAL;
-    type Scope = k8s_openapi::ClusterResourceScope;
-}
-
-impl k8s_openapi::Metadata for LanyardFederation {
-    type Ty = ObjectMeta;
-    fn metadata(&self) -> &ObjectMeta {
-        &self.metadata
-    }
-    fn metadata_mut(&mut self) -> &mut ObjectMeta {
-        &mut self.metadata
-    }
-}
-
-impl k8s_openapi::ListableResource for LanyardFederation {
-    const LIST_KIND: &'static str = "LanyardFederationList";
-}
+crate::resource::cluster_resource!(
+    LanyardFederation,
+    kind: KIND,
+    plural: PLURAL,
+    list_kind: "LanyardFederationList"
+);
 
 /// One federated trust domain, checked: what the server's bundle fetcher works from.
 #[derive(Debug, Clone, PartialEq)]

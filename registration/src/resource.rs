@@ -126,27 +126,35 @@ pub struct RefusedPod {
     pub message: String,
 }
 
-// kube's `Resource` comes from these two k8s-openapi traits (its blanket impl), so
-// `kube::Api<LanyardIdentity>` works without kube's derive macro.
-impl k8s_openapi::Resource for LanyardIdentity {
-    const API_VERSION: &'static str = API_VERSION;
-    const GROUP: &'static str = GROUP;
-    const KIND: &'static str = KIND;
-    const VERSION: &'static str = VERSION;
-    const URL_PATH_SEGMENT: &'static str = PLURAL;
-    type Scope = k8s_openapi::ClusterResourceScope;
-}
+/// Makes a cluster-scoped `lanyard.dev/v1alpha1` type with a `metadata: ObjectMeta` field a
+/// Kubernetes resource: kube's `Resource` comes from these k8s-openapi traits (its blanket
+/// impl), so `kube::Api<T>` works without kube's derive macro.
+macro_rules! cluster_resource {
+    ($ty:ty, kind: $kind:expr, plural: $plural:expr, list_kind: $list_kind:expr) => {
+        impl k8s_openapi::Resource for $ty {
+            const API_VERSION: &'static str = $crate::resource::API_VERSION;
+            const GROUP: &'static str = $crate::resource::GROUP;
+            const KIND: &'static str = $kind;
+            const VERSION: &'static str = $crate::resource::VERSION;
+            const URL_PATH_SEGMENT: &'static str = $plural;
+            type Scope = k8s_openapi::ClusterResourceScope;
+        }
 
-impl k8s_openapi::Metadata for LanyardIdentity {
-    type Ty = ObjectMeta;
-    fn metadata(&self) -> &ObjectMeta {
-        &self.metadata
-    }
-    fn metadata_mut(&mut self) -> &mut ObjectMeta {
-        &mut self.metadata
-    }
-}
+        impl k8s_openapi::Metadata for $ty {
+            type Ty = k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+            fn metadata(&self) -> &Self::Ty {
+                &self.metadata
+            }
+            fn metadata_mut(&mut self) -> &mut Self::Ty {
+                &mut self.metadata
+            }
+        }
 
-impl k8s_openapi::ListableResource for LanyardIdentity {
-    const LIST_KIND: &'static str = "LanyardIdentityList";
+        impl k8s_openapi::ListableResource for $ty {
+            const LIST_KIND: &'static str = $list_kind;
+        }
+    };
 }
+pub(crate) use cluster_resource;
+
+cluster_resource!(LanyardIdentity, kind: KIND, plural: PLURAL, list_kind: "LanyardIdentityList");
