@@ -172,17 +172,10 @@ impl Cluster {
             .client_for(&self.fixture.issue_api_token("lanyard", "lanyard-server"))
             .unwrap();
         let args = RunArgs {
-            trust_domain: Some(TD.into()),
-            listen: Some("127.0.0.1:0".parse().unwrap()),
             health: Some("127.0.0.1:0".parse().unwrap()),
-            data_dir: Some(self.dir.path().join("server")),
-            kube: true,
-            ca_secret: Some("lanyard/lanyard-ca".into()),
-            bundle_configmap: Some("lanyard/lanyard-bundle".into()),
             ca_jwt_secret: jwt_secret.map(Into::into),
             replica_name: Some("server-0".into()),
-            agent_sa: vec!["lanyard:lanyard-agent".into()],
-            ..Default::default()
+            ..cluster_args(self.dir.path().join("server"))
         };
         start(args, Some(client)).await
     }

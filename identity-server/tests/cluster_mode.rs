@@ -67,16 +67,7 @@ async fn cluster(options: FixtureOptions) -> Cluster {
 
 impl Cluster {
     fn args(&self, name: &str) -> RunArgs {
-        RunArgs {
-            trust_domain: Some(TD.into()),
-            listen: Some("127.0.0.1:0".parse().unwrap()),
-            data_dir: Some(self._dir.path().join(name)),
-            kube: true,
-            ca_secret: Some("lanyard/lanyard-ca".into()),
-            bundle_configmap: Some("lanyard/lanyard-bundle".into()),
-            agent_sa: vec!["lanyard:lanyard-agent".into()],
-            ..Default::default()
-        }
+        cluster_args(self._dir.path().join(name))
     }
 
     /// A server using the `lanyard-server` ServiceAccount's API token (so RBAC applies).

@@ -345,15 +345,8 @@ async fn metered_server(c: &Cluster) -> MeteredServer {
         .client_for(&c.fixture.issue_api_token("lanyard", "lanyard-server"))
         .unwrap();
     let args = RunArgs {
-        trust_domain: Some(TD.into()),
-        listen: Some("127.0.0.1:0".parse().unwrap()),
         health: Some("127.0.0.1:0".parse().unwrap()),
-        data_dir: Some(c.dir.path().join("metered")),
-        kube: true,
-        ca_secret: Some("lanyard/lanyard-ca".into()),
-        bundle_configmap: Some("lanyard/lanyard-bundle".into()),
-        agent_sa: vec!["lanyard:lanyard-agent".into()],
-        ..Default::default()
+        ..common::cluster_args(c.dir.path().join("metered"))
     };
     let config = args.resolve().unwrap();
     let (addr_tx, mut addr_rx) = mpsc::unbounded_channel();

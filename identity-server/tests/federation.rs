@@ -642,7 +642,7 @@ async fn in_cluster_mode_a_lanyard_federation_resource_is_fetched_until_it_is_de
     use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
     use kube::Api;
     use kube::api::{DeleteParams, PostParams};
-    use kube_fixture::{FixtureOptions, KubeFixture, TokenBinding};
+    use kube_fixture::{FixtureOptions, KubeFixture};
     use lanyard_registration::federation::{
         BundleEndpointProfile, LanyardFederation, LanyardFederationSpec,
     };
@@ -685,15 +685,8 @@ async fn in_cluster_mode_a_lanyard_federation_resource_is_fetched_until_it_is_de
 
     // A cluster-mode replica under the RBAC `lanyard install` renders.
     let a_args = RunArgs {
-        trust_domain: Some(TD.into()),
-        listen: Some("127.0.0.1:0".parse().unwrap()),
-        data_dir: Some(dir.path().join("a")),
-        kube: true,
-        ca_secret: Some("lanyard/lanyard-ca".into()),
-        bundle_configmap: Some("lanyard/lanyard-bundle".into()),
-        agent_sa: vec!["lanyard:lanyard-agent".into()],
         replica_name: Some("lanyard-server-a".into()),
-        ..Default::default()
+        ..cluster_args(dir.path().join("a"))
     };
     let client = fixture
         .client_for(&fixture.issue_api_token("lanyard", "lanyard-server"))
@@ -703,17 +696,7 @@ async fn in_cluster_mode_a_lanyard_federation_resource_is_fetched_until_it_is_de
         td(),
         [seeded.root.cert_der().clone()],
     )));
-    let token = fixture.issue_service_account_token(
-        "lanyard",
-        "lanyard-agent",
-        Some(TokenBinding {
-            pod_name: "lanyard-agent-x".into(),
-            pod_uid: seeded.agent_pod_uid.clone(),
-            node_name: Some("node-1".into()),
-        }),
-        &["lanyard-server"],
-        Duration::from_secs(3600),
-    );
+    let token = lanyard_e2e::cluster::agent_token(&fixture, &seeded);
     agent
         .attest(a.addr, Method::K8sPsatToken(token))
         .await

@@ -6,15 +6,13 @@
 
 mod common;
 
-use std::time::Duration;
-
 use common::*;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::Api;
 use kube::api::{DeleteParams, PostParams};
-use kube_fixture::{FixtureOptions, KubeFixture, TokenBinding};
+use kube_fixture::{FixtureOptions, KubeFixture};
 use lanyard_e2e::cluster;
 use lanyard_proto::identity::v1 as wire;
 use lanyard_proto::identity::v1::attest_node_request::Method;
@@ -85,16 +83,9 @@ async fn lanyard_identity_drives_issuance_feed_and_status() {
 
     let dir = tempfile::tempdir().unwrap();
     let args = RunArgs {
-        trust_domain: Some(TD.into()),
-        listen: Some("127.0.0.1:0".parse().unwrap()),
-        data_dir: Some(dir.path().join("s1")),
-        kube: true,
-        ca_secret: Some("lanyard/lanyard-ca".into()),
-        bundle_configmap: Some("lanyard/lanyard-bundle".into()),
-        agent_sa: vec!["lanyard:lanyard-agent".into()],
         replica_name: Some("lanyard-server-a".into()),
         health: Some("127.0.0.1:0".parse().unwrap()),
-        ..Default::default()
+        ..cluster_args(dir.path().join("s1"))
     };
     // The server's own ServiceAccount token: only the rendered RBAC applies.
     let client = fixture
@@ -105,17 +96,7 @@ async fn lanyard_identity_drives_issuance_feed_and_status() {
         td(),
         [seeded.root.cert_der().clone()],
     )));
-    let token = fixture.issue_service_account_token(
-        "lanyard",
-        "lanyard-agent",
-        Some(TokenBinding {
-            pod_name: "lanyard-agent-x".into(),
-            pod_uid: seeded.agent_pod_uid.clone(),
-            node_name: Some("node-1".into()),
-        }),
-        &["lanyard-server"],
-        Duration::from_secs(3600),
-    );
+    let token = lanyard_e2e::cluster::agent_token(&fixture, &seeded);
     agent
         .attest(server.addr, Method::K8sPsatToken(token))
         .await

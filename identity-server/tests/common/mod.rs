@@ -76,6 +76,23 @@ impl Drop for TestServer {
     }
 }
 
+/// A cluster-mode replica's options on the seeded fixture (`lanyard_e2e::cluster::seed`): CA
+/// Secret `lanyard/lanyard-ca`, bundle ConfigMap `lanyard/lanyard-bundle`, agents of
+/// `lanyard:lanyard-agent`; its files under `data_dir`. Callers add the rest
+/// (`RunArgs { health: .., ..cluster_args(dir) }`).
+pub fn cluster_args(data_dir: PathBuf) -> RunArgs {
+    RunArgs {
+        trust_domain: Some(TD.into()),
+        listen: Some("127.0.0.1:0".parse().unwrap()),
+        data_dir: Some(data_dir),
+        kube: true,
+        ca_secret: Some("lanyard/lanyard-ca".into()),
+        bundle_configmap: Some("lanyard/lanyard-bundle".into()),
+        agent_sa: vec!["lanyard:lanyard-agent".into()],
+        ..Default::default()
+    }
+}
+
 /// Starts a data-dir mode server on `data_dir` with the TOML `config` (entries, TTLs).
 pub async fn start_data_dir(data_dir: &Path, config: &str) -> TestServer {
     let _ = rustls::crypto::ring::default_provider().install_default();

@@ -94,14 +94,8 @@ impl Cluster {
             .client_for(&self.fixture.issue_api_token("lanyard", "lanyard-server"))
             .unwrap();
         let args = RunArgs {
-            trust_domain: Some(TD.into()),
             listen: Some(listen),
-            data_dir: Some(self.dir.path().join(name)),
-            kube: true,
-            ca_secret: Some("lanyard/lanyard-ca".into()),
-            bundle_configmap: Some("lanyard/lanyard-bundle".into()),
-            agent_sa: vec!["lanyard:lanyard-agent".into()],
-            ..Default::default()
+            ..crate::common::cluster_args(self.dir.path().join(name))
         };
         let config = args.resolve().unwrap();
         let (addr_tx, addr_rx) = oneshot::channel();
