@@ -93,9 +93,17 @@ impl Cluster {
             .fixture
             .client_for(&self.fixture.issue_api_token("lanyard", "lanyard-server"))
             .unwrap();
+        // Spelled out (not tests/common's cluster_args): the agent's discovery bench includes
+        // this module without tests/common.
         let args = RunArgs {
+            trust_domain: Some(TD.into()),
             listen: Some(listen),
-            ..crate::common::cluster_args(self.dir.path().join(name))
+            data_dir: Some(self.dir.path().join(name)),
+            kube: true,
+            ca_secret: Some("lanyard/lanyard-ca".into()),
+            bundle_configmap: Some("lanyard/lanyard-bundle".into()),
+            agent_sa: vec!["lanyard:lanyard-agent".into()],
+            ..Default::default()
         };
         let config = args.resolve().unwrap();
         let (addr_tx, addr_rx) = oneshot::channel();
