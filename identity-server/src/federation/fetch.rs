@@ -323,8 +323,9 @@ pub fn check_document(
 
 /// A trust domain other than `expected` that `cert` names in a `spiffe://` URI SAN (an
 /// unparsable `spiffe://` URI counts as another). CA certificates without one are fine.
-/// Stricter than [`lanyard_svid::bundle::trust_domain_of`], which accepts a certificate naming
-/// two trust domains as long as one is asked for.
+/// Not [`lanyard_svid::bundle::trust_domain_of`], which guesses a bundle file's one trust
+/// domain and skips an unparsable `spiffe://` URI; here the domain is known and such a URI
+/// refuses the document.
 fn other_trust_domain(expected: &TrustDomain, cert: &CertificateDer<'_>) -> Option<String> {
     use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
     let (_, parsed) = X509Certificate::from_der(cert.as_ref()).ok()?;
